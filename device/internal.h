@@ -1,0 +1,237 @@
+/*
+ * Shared by the files of the software SKS. Not a public interface.
+ */
+#ifndef SKS_DEVICE_INTERNAL_H
+#define SKS_DEVICE_INTERNAL_H
+
+#include <sqlite3.h>
+
+#include "sks_device.h"
+#include "algorithms.h"
+
+#define SKS_API_LEVEL 100
+#define SKS_CRYPTO_DATA_SIZE 65536
+#define SKS_EXTENSION_DATA_SIZE 65536
+#define SKS_MAX_SYMMETRIC_KEY 128
+#define SKS_MAX_PIN 128
+
+struct sks_device {
+    sqlite3 *db;
+    uint8_t master_key[32];
+    EVP_PKEY *device_key;
+    uint8_t *device_cert; /* DER */
+    size_t device_cert_len;
+    sks_test_hooks hooks;
+};
+
+/* What a handler reports besides its status: the message, and which provisioning session
+ * (if any) must be terminated when the call fails. */
+typedef struct {
+    char message[2000];
+    uint32_t abort_session;
+} sks_call;
+
+/* Records the first error of a call and returns its status, so handlers can write
+ * `return sks_fail(call, SKS_ERROR_MAC, "...", ...)`. */
+sks_status sks_fail(sks_call *call, sks_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- store.c: SQLite and sealing ---- */
+
+int store_begin(sks_device *dev, int write);
+int store_commit(sks_device *dev);
+void store_rollback(sks_device *dev);
+/* Prepared statement helper: returns NULL and sets the call's error on failure. */
+sqlite3_stmt *store_prepare(sks_device *dev, sks_call *call, const char *sql);
+/* Runs a statement without results; binds are done by the caller. SQLITE_DONE -> 1. */
+int store_step_done(sks_device *dev, sks_call *call, sqlite3_stmt *st);
+/* Runs one statement whose parameters are ?1 (a) and, if present, ?2 (b). */
+int store_run(sks_device *dev, sks_call *call, const char *sql, int64_t a, int64_t b);
+/* Executes literal SQL with no bindings. */
+int store_exec(sks_device *dev, sks_call *call, const char *sql);
+
+/* AES-256-GCM under the master key; `label` binds the blob to its purpose. */
+int seal(const sks_device *dev, const char *label, const uint8_t *in, size_t n, sks_buf *out);
+int unseal(const sks_device *dev, const char *label, const uint8_t *in, size_t n, sks_buf *out);
+
+/* ---- crypto.c ---- */
+
+int hmac_sha256(const uint8_t *key, size_t keylen, const uint8_t *data, size_t n, uint8_t out[32]);
+int sha256(const uint8_t *data, size_t n, uint8_t out[32]);
+/* AES-CBC with PKCS#7 padding (pad=1) or none; key length selects AES-128/192/256. */
+int aes_cbc(int encrypt, int pad, const uint8_t *key, size_t keylen, const uint8_t iv[16],
+            const uint8_t *in, size_t n, sks_buf *out);
+int aes_ecb_nopad(int encrypt, const uint8_t *key, size_t keylen, const uint8_t *in, size_t n,
+                  sks_buf *out);
+/* SubjectPublicKeyInfo DER of a key, in the strict form the MACs use. */
+int spki_der(EVP_PKEY *pkey, sks_buf *out);
+EVP_PKEY *spki_parse(const uint8_t *p, size_t n);
+int pkcs8_der(EVP_PKEY *pkey, sks_buf *out);
+EVP_PKEY *pkcs8_parse(const uint8_t *p, size_t n);
+/* The curve's short name (OpenSSL's), or NULL for non-EC keys. */
+const char *ec_curve_name(EVP_PKEY *pkey, char *buf, size_t buflen);
+EVP_PKEY *ec_generate(const char *curve);
+/* ECDH: Z = the x coordinate at full field length. */
+int ecdh_z(EVP_PKEY *priv, EVP_PKEY *peer, sks_buf *z);
+/* Signature in the SKS encoding: ECDSA as r||s, RSA PKCS#1 v1.5, Ed25519 raw.
+ * `md` is the digest the data was hashed with (NULL: data signed as is, for ecdsa.none,
+ * rsa.pkcs1.none and Ed25519); `pss` selects RSA-PSS with salt = hash length. */
+int sign_hash(EVP_PKEY *key, const EVP_MD *md, int pss, const uint8_t *data, size_t n, sks_buf *sig);
+/* Signs SHA-256(data) the way attestations and authorizations are signed. */
+int sign_sha256(EVP_PKEY *key, const uint8_t *data, size_t n, sks_buf *sig);
+int verify_sha256(EVP_PKEY *key, const uint8_t *data, size_t n, const uint8_t *sig, size_t siglen);
+int public_keys_equal(EVP_PKEY *a, EVP_PKEY *b);
+int random_bytes(uint8_t *p, size_t n);
+
+
+/* ---- objects.c: rows of the credential database as structs ---- */
+
+typedef struct {
+    uint32_t handle;
+    int open;
+    uint8_t session_key[32];
+    char *algorithm;
+    int privacy;
+    char *client_session_id;
+    char *server_session_id;
+    char *issuer_uri;
+    sks_buf kmk; /* SPKI DER, empty if none */
+    uint32_t client_time;
+    uint32_t lifetime;
+    uint32_t key_limit;
+    uint32_t mac_counter;
+} prov_session;
+
+typedef struct {
+    uint32_t handle;
+    uint32_t session;
+    char *id;
+    uint32_t pin_policy;
+    int64_t pin;
+    int device_pin;
+    int pin_caching;
+    uint8_t biometric;
+    uint8_t export_protection;
+    uint8_t delete_protection;
+    uint8_t app_usage;
+    char *friendly_name;
+    char *key_algorithm;
+    sks_buf key_parameters;
+    sks_buf endorsed;     /* list of uri, wire encoding */
+    sks_buf public_key;   /* SPKI of the generated key */
+    sks_buf certificates; /* list of byte[], wire encoding; empty until setCertificatePath */
+    int has_certificates;
+    int has_private_key;
+    uint32_t symmetric_length;
+    uint8_t key_backup;
+    sks_buf mac; /* the createKeyEntry MAC */
+} key_entry;
+
+typedef struct {
+    uint32_t handle;
+    char *id;
+    uint32_t puk;
+    int user_defined;
+    int user_modifiable;
+    uint8_t format;
+    uint16_t retry_limit;
+    uint8_t grouping;
+    uint8_t patterns;
+    uint16_t min_length;
+    uint16_t max_length;
+    uint8_t input_method;
+} pin_policy;
+
+typedef struct {
+    uint32_t handle;
+    char *id;
+    uint8_t format;
+    uint16_t retry_limit;
+    uint16_t error_count;
+} puk_policy;
+
+/* Loads a session; SKS_ERROR_NO_SESSION if missing, or if must_be_open and it is closed. */
+sks_status session_load(sks_device *dev, sks_call *call, uint32_t handle, int must_be_open, prov_session *s);
+void session_free(prov_session *s);
+/* Persists mac_counter and key_limit. */
+sks_status session_save_counters(sks_device *dev, sks_call *call, const prov_session *s);
+/* Removes a session and everything it owns (keys, policies, PINs, extensions, pending ops). */
+sks_status session_delete_all(sks_device *dev, sks_call *call, uint32_t handle);
+/* The Device ID of the specification (2.7). */
+void device_id(const sks_device *dev, int privacy, const uint8_t **p, size_t *n);
+
+sks_status key_load(sks_device *dev, sks_call *call, uint32_t handle, key_entry *k);
+void key_free(key_entry *k);
+/* The end-entity certificate (first of the path); empty span if none. */
+sks_span key_ee_certificate(const key_entry *k);
+/* The private key, unsealed and parsed; NULL with an error in call. */
+EVP_PKEY *key_private(sks_device *dev, sks_call *call, const key_entry *k);
+/* The symmetric key, unsealed into out. */
+sks_status key_symmetric(sks_device *dev, sks_call *call, const key_entry *k, sks_buf *out);
+/* Deletes a key and the PIN/PUK/session objects only it kept alive. */
+sks_status key_delete(sks_device *dev, sks_call *call, uint32_t handle);
+
+sks_status pin_policy_load(sks_device *dev, sks_call *call, uint32_t handle, pin_policy *p);
+void pin_policy_free(pin_policy *p);
+sks_status puk_policy_load(sks_device *dev, sks_call *call, uint32_t handle, puk_policy *p);
+void puk_policy_free(puk_policy *p);
+
+/* ---- pin.c: PIN syntax, patterns, and verification with error counters ---- */
+
+/* Checks a PIN/PUK value against a format (5.6). */
+sks_status pin_check_format(sks_call *call, const char *what, uint8_t format, const uint8_t *v, size_t n);
+/* Checks a PIN against its policy: format, length, patterns. */
+sks_status pin_check_policy(sks_call *call, const pin_policy *p, const uint8_t *v, size_t n);
+/* Verifies the authorization of a User API call or of a PIN-protected management
+ * operation; counts errors and blocks at the retry limit. */
+sks_status pin_verify(sks_device *dev, sks_call *call, const key_entry *k, int biometric_auth,
+                      sks_span authorization);
+/* Verifies a PUK for the key's PIN policy, counting PUK errors. */
+sks_status puk_verify(sks_device *dev, sks_call *call, const key_entry *k, sks_span authorization);
+/* 1 if the key's PIN object has reached its retry limit. */
+int pin_blocked(sks_device *dev, const key_entry *k, const pin_policy *p);
+
+/* ---- handlers: one per method, in provisioning.c, management.c, user_api.c ---- */
+
+typedef sks_status (*sks_handler)(sks_device *dev, sks_reader *in, sks_buf *out, sks_call *call);
+
+#define SKS_HANDLER(name) sks_status name(sks_device *dev, sks_reader *in, sks_buf *out, sks_call *call)
+SKS_HANDLER(h_get_device_info);
+SKS_HANDLER(h_create_provisioning_session);
+SKS_HANDLER(h_close_provisioning_session);
+SKS_HANDLER(h_enumerate_provisioning_sessions);
+SKS_HANDLER(h_abort_provisioning_session);
+SKS_HANDLER(h_update_key_management_key);
+SKS_HANDLER(h_create_puk_policy);
+SKS_HANDLER(h_create_pin_policy);
+SKS_HANDLER(h_create_key_entry);
+SKS_HANDLER(h_get_key_handle);
+SKS_HANDLER(h_set_certificate_path);
+SKS_HANDLER(h_import_symmetric_key);
+SKS_HANDLER(h_import_private_key);
+SKS_HANDLER(h_add_extension);
+SKS_HANDLER(h_post_delete_key);
+SKS_HANDLER(h_post_unlock_key);
+SKS_HANDLER(h_post_update_key);
+SKS_HANDLER(h_post_clone_key_protection);
+SKS_HANDLER(h_enumerate_keys);
+SKS_HANDLER(h_get_key_attributes);
+SKS_HANDLER(h_get_key_protection_info);
+SKS_HANDLER(h_get_extension);
+SKS_HANDLER(h_set_property);
+SKS_HANDLER(h_delete_key);
+SKS_HANDLER(h_export_key);
+SKS_HANDLER(h_unlock_key);
+SKS_HANDLER(h_change_pin);
+SKS_HANDLER(h_set_pin);
+SKS_HANDLER(h_update_firmware);
+SKS_HANDLER(h_sign_hashed_data);
+SKS_HANDLER(h_asymmetric_key_decrypt);
+SKS_HANDLER(h_key_agreement);
+SKS_HANDLER(h_perform_hmac);
+SKS_HANDLER(h_symmetric_key_encrypt);
+
+/* Turns a decoding error into a status with the field named; SKS_OK if the reader is fine. */
+sks_status reader_status(sks_call *call, const char *method, const sks_reader *r);
+
+#endif

@@ -1,0 +1,364 @@
+/*
+ * The User API (spec methods 100-104): sign, decrypt, key agreement, HMAC and symmetric
+ * encryption with keys whose provisioning session is closed. The algorithm and the key's
+ * endorsed algorithms are checked before the PIN, so a refused operation never consumes
+ * a PIN attempt.
+ */
+#include "internal.h"
+
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/hmac.h>
+#include <openssl/rsa.h>
+
+#define ALG_NONE SKS_ALG_PREFIX "none"
+
+/* The arguments every User API method starts with. */
+typedef struct {
+    uint32_t handle;
+    sks_span algorithm;
+    sks_span parameters;
+    int biometric;
+    sks_span authorization;
+} user_args;
+
+static int endorsed_allows(const key_entry *k, sks_span alg)
+{
+    sks_reader r;
+    uint16_t n, i;
+
+    sks_reader_init(&r, k->endorsed.data, k->endorsed.len);
+    n = sks_get_ushort(&r, "count");
+    if (n == 0)
+        return 1; /* only constrained by the key material */
+    for (i = 0; i < n; i++) {
+        sks_span e = sks_get_array(&r, "uri");
+        if (sks_reader_ok(&r) && sks_span_eq(e, alg))
+            return 1;
+    }
+    return 0;
+}
+
+static const char *class_name(alg_class c)
+{
+    switch (c) {
+    case ALG_SIGN:
+        return "a signature";
+    case ALG_DECRYPT:
+        return "an asymmetric decryption";
+    case ALG_AGREE:
+        return "a key agreement";
+    case ALG_HMAC:
+        return "an HMAC";
+    case ALG_SYM_ENCRYPT:
+        return "a symmetric encryption";
+    default:
+        return "a usable";
+    }
+}
+
+static key_type key_type_of(EVP_PKEY *k)
+{
+    switch (EVP_PKEY_get_base_id(k)) {
+    case EVP_PKEY_RSA:
+        return KEYTYPE_RSA;
+    case EVP_PKEY_EC:
+        return KEYTYPE_EC;
+    case EVP_PKEY_ED25519:
+        return KEYTYPE_ED25519;
+    default:
+        return KEYTYPE_NONE;
+    }
+}
+
+/* Resolves the algorithm for a method class; Ed25519's one URI serves as a signature. */
+static const sks_algorithm *algorithm_for(sks_span uri, alg_class cls)
+{
+    const sks_algorithm *a = alg_find_n((const char *)uri.p, uri.n);
+
+    if (a != NULL && cls == ALG_SIGN && a->cls == ALG_KEY_GEN && a->key == KEYTYPE_ED25519)
+        return a;
+    return a != NULL && a->cls == cls ? a : NULL;
+}
+
+/*
+ * Everything a User API call checks before touching key material: the key exists and is
+ * provisioned, the algorithm is of the method's class and endorsed, the key is of the right
+ * kind, and then the PIN. On success *pkey holds the private key (asymmetric methods) or
+ * sym holds the secret key (symmetric methods).
+ */
+static sks_status prepare(sks_device *dev, sks_call *call, const char *method, alg_class cls, const user_args *a,
+                          key_entry *k, const sks_algorithm **alg, EVP_PKEY **pkey, sks_buf *sym)
+{
+    int symmetric_method = cls == ALG_HMAC || cls == ALG_SYM_ENCRYPT;
+    sqlite3_stmt *st;
+    int open = 1;
+    sks_status rc;
+
+    *pkey = NULL;
+    if ((rc = key_load(dev, call, a->handle, k)) != SKS_OK)
+        return rc;
+    st = store_prepare(dev, call, "SELECT open FROM sessions WHERE handle = ?");
+    if (st == NULL)
+        return SKS_ERROR_STORAGE;
+    sqlite3_bind_int64(st, 1, k->session);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        open = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (open)
+        return sks_fail(call, SKS_ERROR_NO_KEY, "%s: key #%u is still being provisioned", method, a->handle);
+    if ((*alg = algorithm_for(a->algorithm, cls)) == NULL)
+        return sks_fail(call, SKS_ERROR_ALGORITHM, "%s: \"%.*s\" is not %s algorithm", method, (int)a->algorithm.n,
+                        a->algorithm.p, class_name(cls));
+    if (!endorsed_allows(k, a->algorithm))
+        return sks_fail(call, SKS_ERROR_ALGORITHM, "%s: key #%u is not endorsed for \"%.*s\"", method, a->handle,
+                        (int)a->algorithm.n, a->algorithm.p);
+    if (symmetric_method != (k->symmetric_length > 0))
+        return sks_fail(call, SKS_ERROR_ALGORITHM, "%s: key #%u is %s key", method, a->handle,
+                        k->symmetric_length > 0 ? "a symmetric" : "an asymmetric");
+    if (!(cls == ALG_SYM_ENCRYPT && (*alg)->sym == SYM_CBC_PARAM_IV) && a->parameters.n != 0)
+        return sks_fail(call, SKS_ERROR_OPTION, "%s: \"parameters\" must be empty for this algorithm", method);
+    if (symmetric_method) {
+        if ((rc = pin_verify(dev, call, k, a->biometric, a->authorization)) != SKS_OK)
+            return rc;
+        return key_symmetric(dev, call, k, sym);
+    }
+    if ((*pkey = key_private(dev, call, k)) == NULL)
+        return SKS_ERROR_INTERNAL;
+    if (key_type_of(*pkey) != (*alg)->key)
+        return sks_fail(call, SKS_ERROR_ALGORITHM, "%s: \"%.*s\" does not fit the type of key #%u", method,
+                        (int)a->algorithm.n, a->algorithm.p, a->handle);
+    return pin_verify(dev, call, k, a->biometric, a->authorization);
+}
+
+static void read_user_args(sks_reader *in, user_args *a, int with_mode, int *mode)
+{
+    a->handle = sks_get_uint(in, "keyHandle");
+    a->algorithm = sks_get_uri(in, "algorithm");
+    if (with_mode)
+        *mode = sks_get_bool(in, "mode");
+    a->parameters = sks_get_array(in, "parameters");
+    a->biometric = sks_get_bool(in, "biometricAuth");
+    a->authorization = sks_get_array(in, "authorization");
+}
+
+SKS_HANDLER(h_sign_hashed_data)
+{
+    user_args a;
+    sks_span data;
+    key_entry k;
+    const sks_algorithm *alg = NULL;
+    EVP_PKEY *pkey = NULL;
+    sks_buf sig;
+    sks_status rc;
+
+    read_user_args(in, &a, 0, NULL);
+    data = sks_get_array(in, "data");
+    sks_reader_expect_end(in);
+    if ((rc = reader_status(call, "signHashedData", in)) != SKS_OK)
+        return rc;
+    sks_buf_init(&sig);
+    if ((rc = prepare(dev, call, "signHashedData", ALG_SIGN, &a, &k, &alg, &pkey, NULL)) != SKS_OK)
+        goto done;
+    if (alg->hash_len != 0 && data.n != alg->hash_len) {
+        rc = sks_fail(call, SKS_ERROR_OPTION, "signHashedData: \"data\" must be a %zu-byte hash for \"%s\", got %zu bytes",
+                      alg->hash_len, alg->uri, data.n);
+        goto done;
+    }
+    if (alg->hash_len == 0 && alg->key != KEYTYPE_ED25519 && (data.n == 0 || data.n > 64 * 8)) {
+        rc = sks_fail(call, SKS_ERROR_OPTION, "signHashedData: \"data\" length %zu is outside the key's limits", data.n);
+        goto done;
+    }
+    if (!sign_hash(pkey, alg->md ? EVP_get_digestbyname(alg->md) : NULL, alg->pss, data.p, data.n, &sig)) {
+        rc = sks_fail(call, SKS_ERROR_CRYPTO, "signHashedData: signing with key #%u failed (data too long for the key?)",
+                      a.handle);
+        goto done;
+    }
+    sks_buf_array(out, sig.data, sig.len);
+done:
+    EVP_PKEY_free(pkey);
+    sks_buf_free(&sig);
+    key_free(&k);
+    return rc;
+}
+
+SKS_HANDLER(h_asymmetric_key_decrypt)
+{
+    user_args a;
+    sks_span data;
+    key_entry k;
+    const sks_algorithm *alg = NULL;
+    EVP_PKEY *pkey = NULL;
+    EVP_PKEY_CTX *c = NULL;
+    uint8_t buf[1024];
+    size_t len = sizeof(buf);
+    sks_status rc;
+
+    read_user_args(in, &a, 0, NULL);
+    data = sks_get_array(in, "data");
+    sks_reader_expect_end(in);
+    if ((rc = reader_status(call, "asymmetricKeyDecrypt", in)) != SKS_OK)
+        return rc;
+    if ((rc = prepare(dev, call, "asymmetricKeyDecrypt", ALG_DECRYPT, &a, &k, &alg, &pkey, NULL)) != SKS_OK)
+        goto done;
+    c = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
+    if (c == NULL || EVP_PKEY_decrypt_init(c) != 1 || EVP_PKEY_CTX_set_rsa_padding(c, alg->pad) != 1
+        || (alg->md != NULL
+            && (EVP_PKEY_CTX_set_rsa_oaep_md(c, EVP_get_digestbyname(alg->md)) != 1
+                || EVP_PKEY_CTX_set_rsa_mgf1_md(c, EVP_get_digestbyname(alg->md)) != 1))
+        || EVP_PKEY_decrypt(c, buf, &len, data.p, data.n) != 1) {
+        rc = sks_fail(call, SKS_ERROR_CRYPTO, "asymmetricKeyDecrypt: decryption with key #%u failed", a.handle);
+        goto done;
+    }
+    sks_buf_array(out, buf, len);
+done:
+    OPENSSL_cleanse(buf, sizeof(buf));
+    EVP_PKEY_CTX_free(c);
+    EVP_PKEY_free(pkey);
+    key_free(&k);
+    return rc;
+}
+
+SKS_HANDLER(h_key_agreement)
+{
+    user_args a;
+    sks_span peer_der;
+    key_entry k;
+    const sks_algorithm *alg = NULL;
+    EVP_PKEY *pkey = NULL, *peer = NULL;
+    char c1[64], c2[64];
+    sks_buf z;
+    sks_status rc;
+
+    read_user_args(in, &a, 0, NULL);
+    peer_der = sks_get_array(in, "publicKey");
+    sks_reader_expect_end(in);
+    if ((rc = reader_status(call, "keyAgreement", in)) != SKS_OK)
+        return rc;
+    sks_buf_init(&z);
+    if ((rc = prepare(dev, call, "keyAgreement", ALG_AGREE, &a, &k, &alg, &pkey, NULL)) != SKS_OK)
+        goto done;
+    peer = spki_parse(peer_der.p, peer_der.n);
+    if (peer == NULL || ec_curve_name(peer, c1, sizeof(c1)) == NULL || ec_curve_name(pkey, c2, sizeof(c2)) == NULL
+        || strcmp(c1, c2) != 0) {
+        rc = sks_fail(call, SKS_ERROR_OPTION, "keyAgreement: \"publicKey\" must be an EC public key on the curve of key #%u",
+                      a.handle);
+        goto done;
+    }
+    if (!ecdh_z(pkey, peer, &z)) {
+        rc = sks_fail(call, SKS_ERROR_CRYPTO, "keyAgreement: ECDH failed (point not on the curve?)");
+        goto done;
+    }
+    sks_buf_array(out, z.data, z.len);
+done:
+    sks_buf_free(&z);
+    EVP_PKEY_free(peer);
+    EVP_PKEY_free(pkey);
+    key_free(&k);
+    return rc;
+}
+
+SKS_HANDLER(h_perform_hmac)
+{
+    user_args a;
+    sks_span data;
+    key_entry k;
+    const sks_algorithm *alg = NULL;
+    EVP_PKEY *unused = NULL;
+    sks_buf key;
+    uint8_t mac[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    sks_status rc;
+
+    read_user_args(in, &a, 0, NULL);
+    data = sks_get_blob(in, "data");
+    sks_reader_expect_end(in);
+    if ((rc = reader_status(call, "performHmac", in)) != SKS_OK)
+        return rc;
+    sks_buf_init(&key);
+    if ((rc = prepare(dev, call, "performHmac", ALG_HMAC, &a, &k, &alg, &unused, &key)) != SKS_OK)
+        goto done;
+    if (data.n > SKS_CRYPTO_DATA_SIZE) {
+        rc = sks_fail(call, SKS_ERROR_OPTION, "performHmac: \"data\" exceeds cryptoDataSize (%d)", SKS_CRYPTO_DATA_SIZE);
+        goto done;
+    }
+    if (HMAC(EVP_get_digestbyname(alg->md), key.data, (int)key.len, data.n ? data.p : (const uint8_t *)"", data.n, mac,
+             &len)
+        == NULL) {
+        rc = sks_fail(call, SKS_ERROR_CRYPTO, "performHmac failed");
+        goto done;
+    }
+    sks_buf_array(out, mac, len);
+done:
+    sks_buf_free(&key);
+    key_free(&k);
+    return rc;
+}
+
+SKS_HANDLER(h_symmetric_key_encrypt)
+{
+    user_args a;
+    int mode = 0;
+    sks_span data;
+    key_entry k;
+    const sks_algorithm *alg = NULL;
+    EVP_PKEY *unused = NULL;
+    sks_buf key, res;
+    uint8_t iv[16];
+    int ok = 0;
+    sks_status rc;
+
+    read_user_args(in, &a, 1, &mode);
+    data = sks_get_blob(in, "data");
+    sks_reader_expect_end(in);
+    if ((rc = reader_status(call, "symmetricKeyEncrypt", in)) != SKS_OK)
+        return rc;
+    sks_buf_init(&key);
+    sks_buf_init(&res);
+    if ((rc = prepare(dev, call, "symmetricKeyEncrypt", ALG_SYM_ENCRYPT, &a, &k, &alg, &unused, &key)) != SKS_OK)
+        goto done;
+    if (alg->sym_key_len != 0 && key.len != alg->sym_key_len) {
+        rc = sks_fail(call, SKS_ERROR_ALGORITHM, "symmetricKeyEncrypt: \"%s\" needs a %zu-byte key, key #%u has %zu",
+                      alg->uri, alg->sym_key_len, a.handle, key.len);
+        goto done;
+    }
+    if (data.n > SKS_CRYPTO_DATA_SIZE) {
+        rc = sks_fail(call, SKS_ERROR_OPTION, "symmetricKeyEncrypt: \"data\" exceeds cryptoDataSize");
+        goto done;
+    }
+    switch (alg->sym) {
+    case SYM_CBC_INTERNAL_IV:
+        if (mode) {
+            ok = random_bytes(iv, 16);
+            sks_buf_put(&res, iv, 16);
+            ok = ok && aes_cbc(1, 1, key.data, key.len, iv, data.p, data.n, &res);
+        } else {
+            ok = data.n >= 32 && aes_cbc(0, 1, key.data, key.len, data.p, data.p + 16, data.n - 16, &res);
+        }
+        break;
+    case SYM_CBC_PARAM_IV:
+        if (a.parameters.n != 16) {
+            rc = sks_fail(call, SKS_ERROR_OPTION, "symmetricKeyEncrypt: aes.cbc needs a 16-byte IV in \"parameters\"");
+            goto done;
+        }
+        ok = aes_cbc(mode, 1, key.data, key.len, a.parameters.p, data.p, data.n, &res);
+        break;
+    case SYM_ECB_NOPAD:
+        ok = aes_ecb_nopad(mode, key.data, key.len, data.p, data.n, &res);
+        break;
+    default:
+        break;
+    }
+    if (!ok) {
+        rc = sks_fail(call, SKS_ERROR_CRYPTO, "symmetricKeyEncrypt: %s failed (wrong length or padding?)",
+                      mode ? "encryption" : "decryption");
+        goto done;
+    }
+    sks_buf_blob(out, res.data, res.len);
+done:
+    sks_buf_free(&key);
+    sks_buf_free(&res);
+    key_free(&k);
+    return rc;
+}

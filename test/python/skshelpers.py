@@ -1,0 +1,88 @@
+"""Assertion helpers shared by the provisioning tests."""
+
+import hashlib
+
+import sksissuer as s
+
+
+def expect_error(fn, *args, codes=(), **kw):
+    """Calls fn and returns the SksError it must raise. `codes`: the acceptable statuses
+    (empty: any non-zero status)."""
+    try:
+        result = fn(*args, **kw)
+    except s.SksError as e:
+        if codes:
+            assert e.status in codes, (
+                f"{e.method} returned {s.STATUS_NAMES.get(e.status, e.status)} ({e.message}); "
+                f"expected {[s.STATUS_NAMES[c] for c in codes]}")
+        return e
+    name = getattr(fn, "__name__", str(fn))
+    raise AssertionError(f"{name} succeeded (returned {result!r}) but must fail"
+                         + (f" with {[s.STATUS_NAMES[c] for c in codes]}" if codes else ""))
+
+
+def find_session(device, handle):
+    """The enumerated session with this handle: (session, is_open) or (None, None)."""
+    for is_open in (True, False):
+        for sess in device.list_sessions(is_open):
+            if sess.provisioning_handle == handle:
+                return sess, is_open
+    return None, None
+
+
+def assert_session_state(device, issuer, is_open):
+    sess, state = find_session(device, issuer.handle)
+    assert sess is not None, f"session {issuer.handle} is not enumerated"
+    assert state == is_open, f"session {issuer.handle} open={state}, expected open={is_open}"
+    return sess
+
+
+def assert_no_trace(device, issuer, key_handles=()):
+    """A failed/aborted session must be gone with everything it created."""
+    for sess in device.all_sessions():
+        assert sess.provisioning_handle != issuer.handle, \
+            f"aborted session {issuer.handle} is still enumerated"
+        assert sess.server_session_id != issuer.server_session_id, \
+            "a session with the aborted session's serverSessionId is still enumerated"
+    handles = set(key_handles) | {k.handle for k in issuer.keys.values()}
+    listed = device.list_keys()
+    for h in handles:
+        assert h not in listed, f"key {h} of the aborted session is still enumerated"
+        e = expect_error(device.get_key_attributes, h)
+        assert e.status == s.ERROR_NO_KEY, (
+            f"getKeyAttributes({h}) of an aborted session returned "
+            f"{s.STATUS_NAMES.get(e.status)} ({e.message}), expected ERROR_NO_KEY")
+    e = expect_error(device.abort_provisioning_session, issuer.handle)
+    assert e.status == s.ERROR_NO_SESSION, (
+        f"abortProvisioningSession({issuer.handle}) of a removed session returned "
+        f"{s.STATUS_NAMES.get(e.status)} ({e.message}), expected ERROR_NO_SESSION")
+
+
+def assert_key_gone(device, handle):
+    assert handle not in device.list_keys(), f"key {handle} is still enumerated"
+    expect_error(device.get_key_attributes, handle, codes=(s.ERROR_NO_KEY,))
+
+
+def sha256(data):
+    return hashlib.sha256(data).digest()
+
+
+def sign_and_verify(device, key, algorithm=None, pin=None, data=None, spki=None):
+    """signHashedData with the key and verify the result independently."""
+    info = s.load_public_key(spki or key.certified_key or key.public_key)
+    if algorithm is None:
+        algorithm = {"rsa": s.SIG_RSA_SHA256, "ec": s.SIG_ECDSA_SHA256,
+                     "ed25519": s.SIG_ED25519}[info.kind]
+    if data is None:
+        h = s.hash_for(algorithm)
+        data = s.digest(h, b"signed by sks " + algorithm.encode()) if h else sha256(b"x")
+        if algorithm == s.SIG_ED25519:
+            data = b"an Ed25519 message of arbitrary length"
+    pin = key.pin if pin is None else pin
+    sig = device.sign_hashed_data(key.handle, algorithm, data, pin or b"")
+    s.verify_signature(spki or key.certified_key or key.public_key, algorithm, data, sig)
+    return sig
+
+
+def protection(device, key):
+    return device.get_key_protection_info(key.handle)

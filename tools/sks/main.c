@@ -1,0 +1,193 @@
+/*
+ * sks: the command-line tool for a Secure Key Store.
+ *
+ *   sks [--store PATH] [--master-key PATH] COMMAND [ARGS]
+ *
+ * The store is chosen by --store, else $SKS_STORE, else $XDG_DATA_HOME/sks/store.db
+ * (~/.local/share/sks/store.db). Its master key is --master-key, else $SKS_MASTER_KEY,
+ * else the store path with ".key" appended.
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const cli_command COMMANDS[] = {
+    { "init", "create a new store with its master key and device identity", cmd_init },
+    { "info", "show the device: vendor, API level, certificate, algorithms", cmd_info },
+    { "serve", "serve the device over --stdio with length-prefixed frames", cmd_serve },
+};
+
+void cli_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("sks: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static int mkdir_parents(const char *path)
+{
+    char tmp[4096];
+    char *p;
+
+    snprintf(tmp, sizeof(tmp), "%s", path);
+    p = strrchr(tmp, '/');
+    if (p == NULL || p == tmp)
+        return 1;
+    *p = '\0';
+    for (p = tmp + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+                return 0;
+            *p = '/';
+        }
+    }
+    return mkdir(tmp, 0700) == 0 || errno == EEXIST;
+}
+
+int cli_store_resolve(cli_store *s, const char *store_opt, const char *master_opt)
+{
+    const char *env;
+
+    memset(s, 0, sizeof(*s));
+    if (store_opt != NULL)
+        snprintf(s->db_path, sizeof(s->db_path), "%s", store_opt);
+    else if ((env = getenv("SKS_STORE")) != NULL && *env)
+        snprintf(s->db_path, sizeof(s->db_path), "%s", env);
+    else if ((env = getenv("XDG_DATA_HOME")) != NULL && *env)
+        snprintf(s->db_path, sizeof(s->db_path), "%s/sks/store.db", env);
+    else if ((env = getenv("HOME")) != NULL && *env)
+        snprintf(s->db_path, sizeof(s->db_path), "%s/.local/share/sks/store.db", env);
+    else {
+        cli_error("no store: give --store PATH or set SKS_STORE");
+        return 0;
+    }
+    if (master_opt != NULL)
+        snprintf(s->master_path, sizeof(s->master_path), "%s", master_opt);
+    else if ((env = getenv("SKS_MASTER_KEY")) != NULL && *env)
+        snprintf(s->master_path, sizeof(s->master_path), "%s", env);
+    s->loc.db_path = s->db_path;
+    s->loc.master_key_path = s->master_path[0] ? s->master_path : NULL;
+    return 1;
+}
+
+int cmd_init(cli_store *store, int argc, char **argv)
+{
+    char err[512] = "";
+
+    if (argc > 1 && strcmp(argv[1], "--help") == 0) {
+        printf("usage: sks init\n  Creates the store %s, its master key, and the device key and certificate.\n",
+               store->db_path);
+        return 0;
+    }
+    if (argc > 1) {
+        cli_error("init: unexpected argument '%s'", argv[1]);
+        return 2;
+    }
+    if (!mkdir_parents(store->db_path)) {
+        cli_error("init: cannot create the directory of %s: %s", store->db_path, strerror(errno));
+        return 1;
+    }
+    if (!sks_store_create(&store->loc, NULL, NULL, err, sizeof(err))) {
+        cli_error("init: %s", err);
+        return 1;
+    }
+    printf("created store %s\n", store->db_path);
+    return 0;
+}
+
+int cmd_serve(cli_store *store, int argc, char **argv)
+{
+    char err[512] = "";
+    sks_device *dev;
+    sks_buf req, reply;
+    int r;
+
+    if (argc != 2 || strcmp(argv[1], "--stdio") != 0) {
+        if (argc > 1 && strcmp(argv[1], "--help") == 0) {
+            printf("usage: sks serve --stdio\n  Serves the device on stdin/stdout; every request and reply is\n"
+                   "  framed by a 4-byte big-endian length (docs/wire-format.md).\n");
+            return 0;
+        }
+        cli_error("serve: only 'serve --stdio' is supported");
+        return 2;
+    }
+    dev = sks_device_open(&store->loc, err, sizeof(err));
+    if (dev == NULL) {
+        cli_error("serve: %s", err);
+        return 1;
+    }
+    sks_buf_init(&req);
+    sks_buf_init(&reply);
+    while ((r = sks_frame_read(0, &req)) == 1) {
+        sks_device_dispatch(dev, req.data, req.len, &reply);
+        if (reply.failed || !sks_frame_write(1, reply.data, reply.len)) {
+            r = -1;
+            break;
+        }
+    }
+    sks_buf_free(&req);
+    sks_buf_free(&reply);
+    sks_device_close(dev);
+    if (r < 0) {
+        cli_error("serve: broken or oversized frame on standard input/output");
+        return 1;
+    }
+    return 0;
+}
+
+static void usage(FILE *f)
+{
+    size_t i;
+
+    fprintf(f, "usage: sks [--store PATH] [--master-key PATH] COMMAND [ARGS]\n\ncommands:\n");
+    for (i = 0; i < sizeof(COMMANDS) / sizeof(COMMANDS[0]); i++)
+        fprintf(f, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
+    fprintf(f, "\nThe store is --store, else $SKS_STORE, else ~/.local/share/sks/store.db.\n"
+               "Every command takes --help.\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *store_opt = NULL, *master_opt = NULL;
+    cli_store store;
+    int i;
+    size_t c;
+
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--store") == 0 && i + 1 < argc)
+            store_opt = argv[++i];
+        else if (strcmp(argv[i], "--master-key") == 0 && i + 1 < argc)
+            master_opt = argv[++i];
+        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (argv[i][0] == '-') {
+            cli_error("unknown option '%s' (see sks --help)", argv[i]);
+            return 2;
+        } else
+            break;
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    for (c = 0; c < sizeof(COMMANDS) / sizeof(COMMANDS[0]); c++) {
+        if (strcmp(argv[i], COMMANDS[c].name) == 0) {
+            if (!cli_store_resolve(&store, store_opt, master_opt))
+                return 2;
+            return COMMANDS[c].run(&store, argc - i, argv + i);
+        }
+    }
+    cli_error("unknown command '%s' (see sks --help)", argv[i]);
+    return 2;
+}

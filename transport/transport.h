@@ -1,0 +1,32 @@
+/*
+ * How a client reaches a device: one call = one request in the SKS byte stream and one
+ * reply. The in-process transport hands the request straight to the dispatcher; the socket
+ * and PC/SC transports (later) carry the same bytes.
+ */
+#ifndef SKS_TRANSPORT_H
+#define SKS_TRANSPORT_H
+
+#include "../device/sks_device.h"
+#include "../wire/codec.h"
+
+typedef struct sks_transport sks_transport;
+
+struct sks_transport {
+    /* Sends one request, fills reply (status byte first). 1 on success, 0 if the device
+     * could not be reached (then err holds why). */
+    int (*call)(sks_transport *t, const uint8_t *req, size_t n, sks_buf *reply, char *err, size_t errlen);
+    void (*close)(sks_transport *t);
+};
+
+/* The embedded store, in this process. */
+sks_transport *sks_transport_open_local(const sks_store_location *loc, char *err, size_t errlen);
+/* The device behind a local transport (tests use it to install hooks). */
+sks_device *sks_transport_local_device(sks_transport *t);
+
+/* Length-prefixed framing on a byte stream (4-byte big-endian length, at most 16 MiB). */
+#define SKS_FRAME_MAX (16u * 1024 * 1024)
+/* Reads one frame; 1 = frame read, 0 = clean end of stream, -1 = error. */
+int sks_frame_read(int fd, sks_buf *out);
+int sks_frame_write(int fd, const uint8_t *p, size_t n);
+
+#endif

@@ -1,0 +1,170 @@
+/*
+ * The one dispatcher: decodes the method id, runs the handler inside one transaction, and
+ * encodes the reply. Every transport ends here (the in-process one calls it directly).
+ *
+ * Transaction rules:
+ *  - success commits, and so does ERROR_AUTHORIZATION outside provisioning (a wrong PIN
+ *    must be counted);
+ *  - any other error rolls the call back, and if the call named an open provisioning
+ *    session, that session is then removed with everything it created (spec 7.4,
+ *    createProvisioningSession remarks).
+ */
+#include "../device/internal.h"
+
+#include <string.h>
+
+typedef enum { TXN_READ, TXN_WRITE, TXN_BY_KEY } txn_mode;
+
+typedef struct {
+    uint8_t id;
+    const char *name;
+    sks_handler handler;
+    txn_mode txn;
+} method;
+
+static const method METHODS[] = {
+    { 1, "getDeviceInfo", h_get_device_info, TXN_READ },
+    { 2, "createProvisioningSession", h_create_provisioning_session, TXN_WRITE },
+    { 3, "closeProvisioningSession", h_close_provisioning_session, TXN_WRITE },
+    { 4, "enumerateProvisioningSessions", h_enumerate_provisioning_sessions, TXN_READ },
+    { 5, "abortProvisioningSession", h_abort_provisioning_session, TXN_WRITE },
+    { 7, "updateKeyManagementKey", h_update_key_management_key, TXN_WRITE },
+    { 8, "createPukPolicy", h_create_puk_policy, TXN_WRITE },
+    { 9, "createPinPolicy", h_create_pin_policy, TXN_WRITE },
+    { 10, "createKeyEntry", h_create_key_entry, TXN_WRITE },
+    { 11, "getKeyHandle", h_get_key_handle, TXN_WRITE },
+    { 12, "setCertificatePath", h_set_certificate_path, TXN_WRITE },
+    { 13, "importSymmetricKey", h_import_symmetric_key, TXN_WRITE },
+    { 14, "importPrivateKey", h_import_private_key, TXN_WRITE },
+    { 15, "addExtension", h_add_extension, TXN_WRITE },
+    { 50, "postDeleteKey", h_post_delete_key, TXN_WRITE },
+    { 51, "postUnlockKey", h_post_unlock_key, TXN_WRITE },
+    { 52, "postUpdateKey", h_post_update_key, TXN_WRITE },
+    { 53, "postCloneKeyProtection", h_post_clone_key_protection, TXN_WRITE },
+    { 70, "enumerateKeys", h_enumerate_keys, TXN_READ },
+    { 71, "getKeyAttributes", h_get_key_attributes, TXN_READ },
+    { 72, "getKeyProtectionInfo", h_get_key_protection_info, TXN_READ },
+    { 73, "getExtension", h_get_extension, TXN_READ },
+    { 74, "setProperty", h_set_property, TXN_WRITE },
+    { 80, "deleteKey", h_delete_key, TXN_WRITE },
+    { 81, "exportKey", h_export_key, TXN_WRITE },
+    { 82, "unlockKey", h_unlock_key, TXN_WRITE },
+    { 83, "changePin", h_change_pin, TXN_WRITE },
+    { 84, "setPin", h_set_pin, TXN_WRITE },
+    { 90, "updateFirmware", h_update_firmware, TXN_READ },
+    { 100, "signHashedData", h_sign_hashed_data, TXN_BY_KEY },
+    { 101, "asymmetricKeyDecrypt", h_asymmetric_key_decrypt, TXN_BY_KEY },
+    { 102, "keyAgreement", h_key_agreement, TXN_BY_KEY },
+    { 103, "performHmac", h_perform_hmac, TXN_BY_KEY },
+    { 104, "symmetricKeyEncrypt", h_symmetric_key_encrypt, TXN_BY_KEY },
+};
+
+static const method *find_method(uint8_t id)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(METHODS) / sizeof(METHODS[0]); i++)
+        if (METHODS[i].id == id)
+            return &METHODS[i];
+    return NULL;
+}
+
+/* User API calls on keys without a PIN only read; with a PIN they update the error counter
+ * and must hold the write lock from the start so concurrent guesses are counted exactly. */
+static int needs_write_lock(sks_device *dev, const method *m, const uint8_t *args, size_t n)
+{
+    sqlite3_stmt *st = NULL;
+    uint32_t handle;
+    int write = 1;
+
+    if (m->txn != TXN_BY_KEY)
+        return m->txn == TXN_WRITE;
+    if (n < 4)
+        return 0;
+    handle = ((uint32_t)args[0] << 24) | ((uint32_t)args[1] << 16) | ((uint32_t)args[2] << 8) | args[3];
+    if (sqlite3_prepare_v2(dev->db, "SELECT pin_policy FROM keys WHERE handle = ?", -1, &st, NULL) != SQLITE_OK)
+        return 1;
+    sqlite3_bind_int64(st, 1, handle);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        write = sqlite3_column_int64(st, 0) != 0;
+    else
+        write = 0;
+    sqlite3_finalize(st);
+    return write;
+}
+
+static void write_error(sks_buf *reply, sks_status status, const char *message)
+{
+    size_t n = strlen(message);
+
+    sks_buf_reset(reply);
+    sks_buf_byte(reply, (uint8_t)status);
+    sks_buf_array(reply, message, n > 2000 ? 2000 : n);
+}
+
+/* Removes a failed session in a transaction of its own. */
+static void terminate_session(sks_device *dev, uint32_t handle)
+{
+    sks_call scratch;
+
+    memset(&scratch, 0, sizeof(scratch));
+    if (!store_begin(dev, 1))
+        return;
+    if (session_delete_all(dev, &scratch, handle) == SKS_OK)
+        store_commit(dev);
+    else
+        store_rollback(dev);
+}
+
+void sks_device_dispatch(sks_device *dev, const uint8_t *req, size_t reqlen, sks_buf *reply)
+{
+    const method *m;
+    sks_reader in;
+    sks_buf out;
+    sks_call call;
+    sks_status rc;
+
+    memset(&call, 0, sizeof(call));
+    sks_buf_reset(reply);
+    if (reqlen == 0) {
+        write_error(reply, SKS_ERROR_OPTION, "empty request: a request starts with the method id byte");
+        return;
+    }
+    m = find_method(req[0]);
+    if (m == NULL) {
+        char msg[80];
+        snprintf(msg, sizeof(msg), "unknown method id %u", req[0]);
+        write_error(reply, SKS_ERROR_OPTION, msg);
+        return;
+    }
+    if (!store_begin(dev, needs_write_lock(dev, m, req + 1, reqlen - 1))) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "%s: the store is busy or unavailable: %s", m->name, sqlite3_errmsg(dev->db));
+        write_error(reply, SKS_ERROR_STORAGE, msg);
+        return;
+    }
+    sks_buf_init(&out);
+    sks_reader_init(&in, req + 1, reqlen - 1);
+    rc = m->handler(dev, &in, &out, &call);
+    if (rc == SKS_OK && out.failed)
+        rc = sks_fail(&call, SKS_ERROR_INTERNAL, "%s: out of memory", m->name);
+    /* A wrong PIN or PUK in the User API or key management is not fatal and its error
+     * count must stick; in provisioning every error is fatal. */
+    if (rc == SKS_OK || (rc == SKS_ERROR_AUTHORIZATION && m->id >= 70)) {
+        if (!store_commit(dev)) {
+            store_rollback(dev);
+            rc = sks_fail(&call, SKS_ERROR_STORAGE, "%s: commit failed: %s", m->name, sqlite3_errmsg(dev->db));
+        }
+    } else {
+        store_rollback(dev);
+        if (call.abort_session != 0)
+            terminate_session(dev, call.abort_session);
+    }
+    if (rc == SKS_OK) {
+        sks_buf_byte(reply, SKS_OK);
+        sks_buf_put(reply, out.data, out.len);
+    } else {
+        write_error(reply, rc, call.message[0] ? call.message : "error");
+    }
+    sks_buf_free(&out);
+}
