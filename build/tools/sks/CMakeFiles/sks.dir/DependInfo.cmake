@@ -14,7 +14,7 @@ set(CMAKE_DEPENDS_DEPENDENCY_FILES
 
 # Targets to which this target links.
 set(CMAKE_TARGET_LINKED_INFO_FILES
-  "/work/main/build/tools/sks/CMakeFiles/skstransport.dir/DependInfo.cmake"
+  "/work/main/build/CMakeFiles/skstransport.dir/DependInfo.cmake"
   "/work/main/build/CMakeFiles/sksdevice.dir/DependInfo.cmake"
   "/work/main/build/CMakeFiles/skswire.dir/DependInfo.cmake"
   )

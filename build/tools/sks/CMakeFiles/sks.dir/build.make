@@ -108,7 +108,7 @@ sks_EXTERNAL_OBJECTS =
 tools/sks/sks: tools/sks/CMakeFiles/sks.dir/main.c.o
 tools/sks/sks: tools/sks/CMakeFiles/sks.dir/info.c.o
 tools/sks/sks: tools/sks/CMakeFiles/sks.dir/build.make
-tools/sks/sks: tools/sks/libskstransport.a
+tools/sks/sks: libskstransport.a
 tools/sks/sks: libsksdevice.a
 tools/sks/sks: libskswire.a
 tools/sks/sks: /usr/lib/x86_64-linux-gnu/libcrypto.so

@@ -1,0 +1,57 @@
+/*
+ * libFuzzer target for the wire decoder and the dispatcher behind it: every input is one
+ * request in the SKS byte stream, dispatched to a real device on a real store. The reply
+ * must always be well formed: a status byte, and after an error exactly one string.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../device/sks_device.h"
+
+static sks_device *dev;
+
+static void open_device(void)
+{
+    char dir[] = "/tmp/sks-fuzz-XXXXXX";
+    char path[256], err[512];
+    sks_store_location loc = { path, NULL };
+
+    if (mkdtemp(dir) == NULL)
+        abort();
+    snprintf(path, sizeof(path), "%s/fuzz.db", dir);
+    if (!sks_store_create(&loc, NULL, NULL, err, sizeof(err)) || (dev = sks_device_open(&loc, err, sizeof(err))) == NULL) {
+        fprintf(stderr, "fuzz: %s\n", err);
+        abort();
+    }
+}
+
+static void check_reply(const sks_buf *reply)
+{
+    sks_reader r;
+
+    if (reply->failed || reply->len == 0)
+        abort();
+    if (reply->data[0] != 0) {
+        sks_reader_init(&r, reply->data + 1, reply->len - 1);
+        sks_get_string(&r, "message");
+        sks_reader_expect_end(&r);
+        if (!sks_reader_ok(&r))
+            abort();
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    sks_buf reply;
+
+    if (dev == NULL)
+        open_device();
+    sks_buf_init(&reply);
+    sks_device_dispatch(dev, data, size, &reply);
+    check_reply(&reply);
+    sks_buf_free(&reply);
+    return 0;
+}
