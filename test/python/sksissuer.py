@@ -1636,7 +1636,7 @@ class Issuer:
     # -- protection objects --------------------------------------------------------------------
 
     def create_puk_policy(self, puk, *, id=None, format=FORMAT_NUMERIC, retry_limit=3):
-        id_ = id or self.new_id("PUK")
+        id_ = self.new_id("PUK") if id is None else id
         puk = puk.encode() if isinstance(puk, str) else bytes(puk)
         encrypted = self.encrypt(puk)
         m = self.mac(M_CREATE_PUK_POLICY, create_puk_policy_mac_data(id_, encrypted, format,
@@ -1650,7 +1650,7 @@ class Issuer:
                           format=FORMAT_NUMERIC, retry_limit=3, grouping=GROUPING_NONE,
                           pattern_restrictions=0, min_length=4, max_length=8,
                           input_method=INPUT_ANY):
-        id_ = id or self.new_id("PIN")
+        id_ = self.new_id("PIN") if id is None else id
         m = self.mac(M_CREATE_PIN_POLICY, create_pin_policy_mac_data(
             id_, puk.id if puk else "", user_defined, user_modifiable, format, retry_limit,
             grouping, pattern_restrictions, min_length, max_length, input_method))
@@ -1674,7 +1674,7 @@ class Issuer:
         """createKeyEntry; verifies the key.1 attestation and (check_key) that the public key
         matches the request. The PIN is sent in clear for user-defined policies and encrypted
         for issuer-set ones."""
-        id_ = id or self.new_id("Key")
+        id_ = self.new_id("Key") if id is None else id
         if isinstance(pin, str):
             pin = pin.encode("utf-8")
         endorsed = list(endorsed_algorithms)

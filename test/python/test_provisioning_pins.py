@@ -266,6 +266,27 @@ def test_grouping_signature_plus_standard(new_issuer, device):
     sign(device, auth, "2222")
 
 
+def test_change_pin_respects_grouping(new_issuer, device):
+    """After a PIN change the grouping rules still hold: under signature+standard and unique
+    a group's new PIN must differ from the other groups' PINs."""
+    iss = new_issuer()
+    sps = iss.create_pin_policy(grouping=s.GROUPING_SIGNATURE_PLUS_STANDARD)
+    sig = iss.provision_key(pin_policy=sps, pin="1111", app_usage=s.APP_SIGNATURE)
+    std = iss.provision_key(pin_policy=sps, pin="2222", app_usage=s.APP_AUTHENTICATION)
+    uni = iss.create_pin_policy(grouping=s.GROUPING_UNIQUE)
+    u_enc = iss.provision_key(pin_policy=uni, pin="3333", app_usage=s.APP_ENCRYPTION)
+    u_all = iss.provision_key(pin_policy=uni, pin="4444", app_usage=s.APP_UNIVERSAL)
+    iss.close()
+    expect_error(device.change_pin, sig.handle, b"1111", b"2222")
+    expect_error(device.change_pin, std.handle, b"2222", b"1111")
+    expect_error(device.change_pin, u_enc.handle, b"3333", b"4444")
+    sign(device, sig, "1111")
+    sign(device, std, "2222")
+    sign(device, u_all, "4444")
+    device.change_pin(u_enc.handle, b"3333", b"5555")
+    sign(device, u_enc, "5555")
+
+
 @pytest.mark.parametrize("first,second,ok", [
     ((s.APP_SIGNATURE, "1111"), (s.APP_SIGNATURE, "2222"), False),        # sig PINs differ
     ((s.APP_SIGNATURE, "1111"), (s.APP_AUTHENTICATION, "1111"), False),   # std == sig

@@ -1,2 +1,0 @@
-# Empty dependencies file for sks.
-# This may be replaced when dependencies are built.

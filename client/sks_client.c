@@ -1,0 +1,997 @@
+/*
+ * The typed SKS client: one function per method of docs/wire-format.md. Every function has
+ * the same shape: call_begin() writes the method id, the arguments are appended, call_run()
+ * makes the transport call and consumes the status (copying the device's message on
+ * failure), the outputs are read, and call_end() checks that the reply was consumed exactly
+ * and wipes both buffers.
+ */
+#include "sks_client.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+/* ------------------------------------------------------------------ errors */
+
+static void set_error(sks_client_error *err, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void set_error(sks_client_error *err, int status, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err == NULL)
+        return;
+    err->status = status;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    va_end(ap);
+}
+
+const char *sks_client_status_name(int status)
+{
+    static const char *const NAMES[] = {
+        "OK", "ERROR_AUTHORIZATION", "ERROR_NOT_ALLOWED", "ERROR_STORAGE", "ERROR_MAC", "ERROR_CRYPTO",
+        "ERROR_NO_SESSION", "ERROR_NO_KEY", "ERROR_ALGORITHM", "ERROR_OPTION", "ERROR_INTERNAL",
+        "ERROR_EXTERNAL", "ERROR_USER_ABORT", "ERROR_NOT_AVAILABLE",
+    };
+
+    switch (status) {
+    case SKS_CLIENT_ERROR_TRANSPORT:
+        return "transport error";
+    case SKS_CLIENT_ERROR_REPLY:
+        return "malformed reply";
+    case SKS_CLIENT_ERROR_ARGUMENT:
+        return "invalid argument";
+    default:
+        break;
+    }
+    if (status >= 0 && (size_t)status < sizeof(NAMES) / sizeof(NAMES[0]))
+        return NAMES[status];
+    return "unknown status";
+}
+
+/* ------------------------------------------------------------------ owned outputs */
+
+static void bytes_free(sks_bytes *b)
+{
+    OPENSSL_clear_free(b->data, b->len);
+    b->data = NULL;
+    b->len = 0;
+}
+
+void sks_bytes_list_free(sks_bytes_list *l)
+{
+    size_t i;
+
+    if (l == NULL)
+        return;
+    for (i = 0; i < l->count && l->items != NULL; i++)
+        bytes_free(&l->items[i]);
+    OPENSSL_free(l->items);
+    l->items = NULL;
+    l->count = 0;
+}
+
+void sks_string_list_free(sks_string_list *l)
+{
+    size_t i;
+
+    if (l == NULL)
+        return;
+    for (i = 0; i < l->count && l->items != NULL; i++)
+        OPENSSL_free(l->items[i]);
+    OPENSSL_free(l->items);
+    l->items = NULL;
+    l->count = 0;
+}
+
+/* Marks a reader failed; decoders then read zeros and call_end() reports the field. */
+static void reader_fail(sks_reader *r, const char *error, const char *field)
+{
+    if (r->error == NULL) {
+        r->error = error;
+        r->field = field;
+    }
+}
+
+/* Copies a span into owned bytes (a zero-length span gives data = NULL). */
+static void take_bytes(sks_reader *r, sks_span s, sks_bytes *out, const char *field)
+{
+    out->data = NULL;
+    out->len = 0;
+    if (!sks_reader_ok(r) || s.n == 0)
+        return;
+    out->data = OPENSSL_memdup(s.p, s.n);
+    if (out->data == NULL)
+        reader_fail(r, "out of memory", field);
+    else
+        out->len = s.n;
+}
+
+/* Copies a span into a NUL-terminated string; never returns NULL unless the reader failed. */
+static char *take_string(sks_reader *r, sks_span s, const char *field)
+{
+    char *str;
+
+    if (!sks_reader_ok(r))
+        return NULL;
+    str = sks_span_strdup(s);
+    if (str == NULL)
+        reader_fail(r, "out of memory", field);
+    return str;
+}
+
+static void read_bytes_list(sks_reader *r, sks_bytes_list *l, const char *field)
+{
+    uint16_t n = sks_get_ushort(r, field);
+    size_t i;
+
+    l->count = 0;
+    l->items = NULL;
+    if (!sks_reader_ok(r) || n == 0)
+        return;
+    l->items = OPENSSL_zalloc(n * sizeof(*l->items));
+    if (l->items == NULL) {
+        reader_fail(r, "out of memory", field);
+        return;
+    }
+    l->count = n;
+    for (i = 0; i < n && sks_reader_ok(r); i++)
+        take_bytes(r, sks_get_array(r, field), &l->items[i], field);
+}
+
+/* A list of uri (validated as such by the reader). */
+static void read_uri_list(sks_reader *r, sks_string_list *l, const char *field)
+{
+    uint16_t n = sks_get_ushort(r, field);
+    size_t i;
+
+    l->count = 0;
+    l->items = NULL;
+    if (!sks_reader_ok(r) || n == 0)
+        return;
+    l->items = OPENSSL_zalloc(n * sizeof(*l->items));
+    if (l->items == NULL) {
+        reader_fail(r, "out of memory", field);
+        return;
+    }
+    l->count = n;
+    for (i = 0; i < n && sks_reader_ok(r); i++)
+        l->items[i] = take_string(r, sks_get_uri(r, field), field);
+}
+
+/* Reads a byte[] that must be exactly `n` bytes into a fixed array. */
+static void read_fixed(sks_reader *r, uint8_t *out, size_t n, const char *field)
+{
+    sks_span s = sks_get_array(r, field);
+
+    if (sks_reader_ok(r) && s.n != n)
+        reader_fail(r, "has the wrong length", field);
+    if (sks_reader_ok(r))
+        memcpy(out, s.p, n);
+}
+
+/* Appends a byte[] output to a caller's buffer. */
+static void read_into_buf(sks_reader *r, sks_span s, sks_buf *out, const char *field)
+{
+    if (!sks_reader_ok(r))
+        return;
+    sks_buf_put(out, s.p, s.n);
+    if (out->failed)
+        reader_fail(r, "out of memory", field);
+}
+
+/* ------------------------------------------------------------------ one call */
+
+typedef struct {
+    const char *method;
+    sks_buf req;
+    sks_buf reply;
+    sks_reader r; /* over the reply, after the status byte */
+    sks_client_error *err;
+} call_ctx;
+
+static void call_begin(call_ctx *c, uint8_t id, const char *method, sks_client_error *err)
+{
+    c->method = method;
+    c->err = err;
+    sks_buf_init(&c->req);
+    sks_buf_init(&c->reply);
+    sks_reader_init(&c->r, NULL, 0);
+    sks_buf_byte(&c->req, id);
+    if (err != NULL) {
+        err->status = SKS_OK;
+        err->message[0] = '\0';
+    }
+}
+
+/* Copies the device's error string (status already read) into err. */
+static void take_device_error(call_ctx *c, uint8_t status)
+{
+    sks_span m = sks_get_string(&c->r, "message");
+
+    if (sks_reader_ok(&c->r) && m.n > 0)
+        set_error(c->err, status, "%.*s", (int)m.n, (const char *)m.p);
+    else
+        set_error(c->err, status, "%s failed with %s (the device gave no message)", c->method,
+                  sks_client_status_name(status));
+}
+
+/* Sends the request; 1 if the device answered OK (the reader then points at the outputs). */
+static int call_run(call_ctx *c, sks_transport *t)
+{
+    char terr[512] = "";
+    uint8_t status;
+
+    if (c->req.failed) {
+        set_error(c->err, SKS_CLIENT_ERROR_ARGUMENT,
+                  "%s: an argument does not fit the wire format (byte[] longer than 65535 bytes, or out of memory)",
+                  c->method);
+        return 0;
+    }
+    if (t == NULL || !t->call(t, c->req.data, c->req.len, &c->reply, terr, sizeof(terr))) {
+        set_error(c->err, SKS_CLIENT_ERROR_TRANSPORT, "%s: cannot reach the device: %s", c->method,
+                  terr[0] ? terr : "no transport");
+        return 0;
+    }
+    sks_reader_init(&c->r, c->reply.data, c->reply.len);
+    status = sks_get_byte(&c->r, "status");
+    if (!sks_reader_ok(&c->r)) {
+        set_error(c->err, SKS_CLIENT_ERROR_REPLY, "%s: empty reply", c->method);
+        return 0;
+    }
+    if (status != SKS_OK) {
+        take_device_error(c, status);
+        return 0;
+    }
+    return 1;
+}
+
+/* Finishes a call: on success the reply must have been consumed exactly. Wipes both
+ * buffers (they may hold secrets) and returns the final result. */
+static int call_end(call_ctx *c, int ok)
+{
+    if (ok) {
+        sks_reader_expect_end(&c->r);
+        if (!sks_reader_ok(&c->r)) {
+            set_error(c->err, SKS_CLIENT_ERROR_REPLY, "%s: malformed reply: %s %s", c->method,
+                      c->r.field ? c->r.field : "reply", c->r.error ? c->r.error : "is invalid");
+            ok = 0;
+        }
+    }
+    sks_buf_free(&c->req);
+    sks_buf_free(&c->reply);
+    return ok;
+}
+
+/* A call without outputs. */
+static int call_simple(call_ctx *c, sks_transport *t)
+{
+    return call_end(c, call_run(c, t));
+}
+
+static void put_span(sks_buf *b, sks_span s)
+{
+    sks_buf_array(b, s.p, s.n);
+}
+
+static void put_str(sks_buf *b, const char *s)
+{
+    sks_buf_string(b, s ? s : "");
+}
+
+/* ------------------------------------------------------------------ device */
+
+int sks_client_get_device_info(sks_transport *t, sks_device_info *out, sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    memset(out, 0, sizeof(*out));
+    call_begin(&c, SKS_METHOD_GET_DEVICE_INFO, "getDeviceInfo", err);
+    ok = call_run(&c, t);
+    if (ok) {
+        sks_reader *r = &c.r;
+        out->api_level = sks_get_ushort(r, "apiLevel");
+        out->device_type = sks_get_byte(r, "deviceType");
+        out->update_url = take_string(r, sks_get_uri(r, "updateUrl"), "updateUrl");
+        out->vendor_name = take_string(r, sks_get_string(r, "vendorName"), "vendorName");
+        out->vendor_description = take_string(r, sks_get_string(r, "vendorDescription"), "vendorDescription");
+        read_bytes_list(r, &out->certificates, "certificate");
+        read_uri_list(r, &out->algorithms, "supportedAlgorithm");
+        out->crypto_data_size = sks_get_uint(r, "cryptoDataSize");
+        out->extension_data_size = sks_get_uint(r, "extensionDataSize");
+        out->device_pin_support = sks_get_bool(r, "devicePinSupport");
+        out->biometric_support = sks_get_bool(r, "biometricSupport");
+    }
+    ok = call_end(&c, ok);
+    if (!ok)
+        sks_device_info_free(out);
+    return ok;
+}
+
+void sks_device_info_free(sks_device_info *d)
+{
+    if (d == NULL)
+        return;
+    OPENSSL_free(d->update_url);
+    OPENSSL_free(d->vendor_name);
+    OPENSSL_free(d->vendor_description);
+    sks_bytes_list_free(&d->certificates);
+    sks_string_list_free(&d->algorithms);
+    memset(d, 0, sizeof(*d));
+}
+
+int sks_client_update_firmware(sks_transport *t, sks_span chunk, char **next_url, sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    *next_url = NULL;
+    call_begin(&c, SKS_METHOD_UPDATE_FIRMWARE, "updateFirmware", err);
+    sks_buf_blob(&c.req, chunk.p, chunk.n);
+    ok = call_run(&c, t);
+    if (ok)
+        *next_url = take_string(&c.r, sks_get_uri(&c.r, "nextURL"), "nextURL");
+    ok = call_end(&c, ok);
+    if (!ok) {
+        OPENSSL_free(*next_url);
+        *next_url = NULL;
+    }
+    return ok;
+}
+
+/* ------------------------------------------------------------------ provisioning sessions */
+
+int sks_client_create_provisioning_session(sks_transport *t, const sks_session_request *in, sks_session_reply *out,
+                                           sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    memset(out, 0, sizeof(*out));
+    call_begin(&c, SKS_METHOD_CREATE_PROVISIONING_SESSION, "createProvisioningSession", err);
+    put_str(&c.req, in->session_key_algorithm);
+    sks_buf_bool(&c.req, in->privacy_enabled);
+    put_str(&c.req, in->server_session_id);
+    put_span(&c.req, in->server_ephemeral_key);
+    put_str(&c.req, in->issuer_uri);
+    put_span(&c.req, in->key_management_key);
+    sks_buf_uint(&c.req, in->client_time);
+    sks_buf_ushort(&c.req, in->session_life_time);
+    sks_buf_ushort(&c.req, in->session_key_limit);
+    put_span(&c.req, in->server_certificate);
+    ok = call_run(&c, t);
+    if (ok) {
+        sks_reader *r = &c.r;
+        sks_span id = sks_get_id(r, "clientSessionId");
+        if (sks_reader_ok(r)) {
+            memcpy(out->client_session_id, id.p, id.n); /* an id is at most 32 characters */
+            out->client_session_id[id.n] = '\0';
+        }
+        take_bytes(r, sks_get_array(r, "clientEphemeralKey"), &out->client_ephemeral_key, "clientEphemeralKey");
+        take_bytes(r, sks_get_array(r, "attestation"), &out->attestation, "attestation");
+        out->provisioning_handle = sks_get_uint(r, "provisioningHandle");
+    }
+    ok = call_end(&c, ok);
+    if (!ok)
+        sks_session_reply_free(out);
+    return ok;
+}
+
+void sks_session_reply_free(sks_session_reply *r)
+{
+    if (r == NULL)
+        return;
+    bytes_free(&r->client_ephemeral_key);
+    bytes_free(&r->attestation);
+    memset(r, 0, sizeof(*r));
+}
+
+int sks_client_close_provisioning_session(sks_transport *t, uint32_t provisioning_handle, sks_span nonce, sks_span mac,
+                                          uint8_t attestation[32], sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    call_begin(&c, SKS_METHOD_CLOSE_PROVISIONING_SESSION, "closeProvisioningSession", err);
+    sks_buf_uint(&c.req, provisioning_handle);
+    put_span(&c.req, nonce);
+    put_span(&c.req, mac);
+    ok = call_run(&c, t);
+    if (ok)
+        read_fixed(&c.r, attestation, 32, "attestation");
+    return call_end(&c, ok);
+}
+
+int sks_client_enumerate_provisioning_sessions(sks_transport *t, uint32_t after, int open_state,
+                                               sks_session_info *out, sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    memset(out, 0, sizeof(*out));
+    call_begin(&c, SKS_METHOD_ENUMERATE_PROVISIONING_SESSIONS, "enumerateProvisioningSessions", err);
+    sks_buf_uint(&c.req, after);
+    sks_buf_bool(&c.req, open_state);
+    ok = call_run(&c, t);
+    if (ok) {
+        sks_reader *r = &c.r;
+        out->provisioning_handle = sks_get_uint(r, "provisioningHandle");
+        if (sks_reader_ok(r) && out->provisioning_handle != 0) {
+            out->session_key_algorithm = take_string(r, sks_get_uri(r, "sessionKeyAlgorithm"), "sessionKeyAlgorithm");
+            out->privacy_enabled = sks_get_bool(r, "privacyEnabled");
+            take_bytes(r, sks_get_array(r, "keyManagementKey"), &out->key_management_key, "keyManagementKey");
+            out->client_time = sks_get_uint(r, "clientTime");
+            out->session_life_time = sks_get_uint(r, "sessionLifeTime");
+            out->server_session_id = take_string(r, sks_get_id(r, "serverSessionId"), "serverSessionId");
+            out->client_session_id = take_string(r, sks_get_id(r, "clientSessionId"), "clientSessionId");
+            out->issuer_uri = take_string(r, sks_get_uri(r, "issuerUri"), "issuerUri");
+        }
+    }
+    ok = call_end(&c, ok);
+    if (!ok)
+        sks_session_info_free(out);
+    return ok;
+}
+
+void sks_session_info_free(sks_session_info *s)
+{
+    if (s == NULL)
+        return;
+    OPENSSL_free(s->session_key_algorithm);
+    bytes_free(&s->key_management_key);
+    OPENSSL_free(s->server_session_id);
+    OPENSSL_free(s->client_session_id);
+    OPENSSL_free(s->issuer_uri);
+    memset(s, 0, sizeof(*s));
+}
+
+int sks_client_abort_provisioning_session(sks_transport *t, uint32_t provisioning_handle, sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, SKS_METHOD_ABORT_PROVISIONING_SESSION, "abortProvisioningSession", err);
+    sks_buf_uint(&c.req, provisioning_handle);
+    return call_simple(&c, t);
+}
+
+int sks_client_update_key_management_key(sks_transport *t, uint32_t provisioning_handle, sks_span key_management_key,
+                                         sks_span authorization, sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, SKS_METHOD_UPDATE_KEY_MANAGEMENT_KEY, "updateKeyManagementKey", err);
+    sks_buf_uint(&c.req, provisioning_handle);
+    put_span(&c.req, key_management_key);
+    put_span(&c.req, authorization);
+    return call_simple(&c, t);
+}
+
+/* ------------------------------------------------------------------ policies and keys */
+
+/* A call whose only output is one uint handle. */
+static int call_handle_out(call_ctx *c, sks_transport *t, uint32_t *handle, const char *field)
+{
+    int ok = call_run(c, t);
+
+    *handle = 0;
+    if (ok)
+        *handle = sks_get_uint(&c->r, field);
+    ok = call_end(c, ok);
+    if (!ok)
+        *handle = 0;
+    return ok;
+}
+
+int sks_client_create_puk_policy(sks_transport *t, const sks_puk_policy_args *a, uint32_t *puk_policy_handle,
+                                 sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, SKS_METHOD_CREATE_PUK_POLICY, "createPukPolicy", err);
+    sks_buf_uint(&c.req, a->provisioning_handle);
+    put_str(&c.req, a->id);
+    put_span(&c.req, a->encrypted_puk);
+    sks_buf_byte(&c.req, a->format);
+    sks_buf_ushort(&c.req, a->retry_limit);
+    put_span(&c.req, a->mac);
+    return call_handle_out(&c, t, puk_policy_handle, "pukPolicyHandle");
+}
+
+int sks_client_create_pin_policy(sks_transport *t, const sks_pin_policy_args *a, uint32_t *pin_policy_handle,
+                                 sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, SKS_METHOD_CREATE_PIN_POLICY, "createPinPolicy", err);
+    sks_buf_uint(&c.req, a->provisioning_handle);
+    put_str(&c.req, a->id);
+    sks_buf_uint(&c.req, a->puk_policy_handle);
+    sks_buf_bool(&c.req, a->user_defined);
+    sks_buf_bool(&c.req, a->user_modifiable);
+    sks_buf_byte(&c.req, a->format);
+    sks_buf_ushort(&c.req, a->retry_limit);
+    sks_buf_byte(&c.req, a->grouping);
+    sks_buf_byte(&c.req, a->pattern_restrictions);
+    sks_buf_ushort(&c.req, a->min_length);
+    sks_buf_ushort(&c.req, a->max_length);
+    sks_buf_byte(&c.req, a->input_method);
+    put_span(&c.req, a->mac);
+    return call_handle_out(&c, t, pin_policy_handle, "pinPolicyHandle");
+}
+
+static void put_key_entry_args(sks_buf *b, const sks_key_entry_args *a)
+{
+    size_t i;
+
+    sks_buf_uint(b, a->provisioning_handle);
+    put_str(b, a->id);
+    put_str(b, a->key_entry_algorithm);
+    put_span(b, a->server_seed);
+    sks_buf_bool(b, a->device_pin_protection);
+    sks_buf_uint(b, a->pin_policy_handle);
+    put_span(b, a->pin_value);
+    sks_buf_bool(b, a->enable_pin_caching);
+    sks_buf_byte(b, a->biometric_protection);
+    sks_buf_byte(b, a->export_protection);
+    sks_buf_byte(b, a->delete_protection);
+    sks_buf_byte(b, a->app_usage);
+    put_str(b, a->friendly_name);
+    put_str(b, a->key_algorithm);
+    put_span(b, a->key_parameters);
+    if (a->endorsed_count > 0xFFFF)
+        b->failed = 1;
+    sks_buf_ushort(b, (uint16_t)a->endorsed_count);
+    for (i = 0; i < a->endorsed_count; i++)
+        put_str(b, a->endorsed_algorithms[i]);
+    put_span(b, a->mac);
+}
+
+int sks_client_create_key_entry(sks_transport *t, const sks_key_entry_args *a, sks_key_entry_reply *out,
+                                sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    memset(out, 0, sizeof(*out));
+    call_begin(&c, SKS_METHOD_CREATE_KEY_ENTRY, "createKeyEntry", err);
+    put_key_entry_args(&c.req, a);
+    ok = call_run(&c, t);
+    if (ok) {
+        out->key_handle = sks_get_uint(&c.r, "keyHandle");
+        take_bytes(&c.r, sks_get_array(&c.r, "publicKey"), &out->public_key, "publicKey");
+        read_fixed(&c.r, out->attestation, 32, "attestation");
+    }
+    ok = call_end(&c, ok);
+    if (!ok)
+        sks_key_entry_reply_free(out);
+    return ok;
+}
+
+void sks_key_entry_reply_free(sks_key_entry_reply *r)
+{
+    if (r == NULL)
+        return;
+    bytes_free(&r->public_key);
+    memset(r, 0, sizeof(*r));
+}
+
+int sks_client_get_key_handle(sks_transport *t, uint32_t provisioning_handle, const char *id, uint32_t *key_handle,
+                              sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, SKS_METHOD_GET_KEY_HANDLE, "getKeyHandle", err);
+    sks_buf_uint(&c.req, provisioning_handle);
+    put_str(&c.req, id);
+    return call_handle_out(&c, t, key_handle, "keyHandle");
+}
+
+int sks_client_set_certificate_path(sks_transport *t, uint32_t key_handle, const sks_span *certificates, size_t count,
+                                    sks_span mac, sks_client_error *err)
+{
+    call_ctx c;
+    size_t i;
+
+    call_begin(&c, SKS_METHOD_SET_CERTIFICATE_PATH, "setCertificatePath", err);
+    sks_buf_uint(&c.req, key_handle);
+    if (count > 0xFFFF)
+        c.req.failed = 1;
+    sks_buf_ushort(&c.req, (uint16_t)count);
+    for (i = 0; i < count; i++)
+        put_span(&c.req, certificates[i]);
+    put_span(&c.req, mac);
+    return call_simple(&c, t);
+}
+
+/* importSymmetricKey and importPrivateKey: (keyHandle, encryptedKey, mac). */
+static int import_key(sks_transport *t, uint8_t id, const char *method, uint32_t key_handle, sks_span encrypted_key,
+                      sks_span mac, sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, id, method, err);
+    sks_buf_uint(&c.req, key_handle);
+    put_span(&c.req, encrypted_key);
+    put_span(&c.req, mac);
+    return call_simple(&c, t);
+}
+
+int sks_client_import_symmetric_key(sks_transport *t, uint32_t key_handle, sks_span encrypted_key, sks_span mac,
+                                    sks_client_error *err)
+{
+    return import_key(t, SKS_METHOD_IMPORT_SYMMETRIC_KEY, "importSymmetricKey", key_handle, encrypted_key, mac, err);
+}
+
+int sks_client_import_private_key(sks_transport *t, uint32_t key_handle, sks_span encrypted_key, sks_span mac,
+                                  sks_client_error *err)
+{
+    return import_key(t, SKS_METHOD_IMPORT_PRIVATE_KEY, "importPrivateKey", key_handle, encrypted_key, mac, err);
+}
+
+int sks_client_add_extension(sks_transport *t, uint32_t key_handle, const char *type, uint8_t sub_type,
+                             const char *qualifier, sks_span extension_data, sks_span mac, sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, SKS_METHOD_ADD_EXTENSION, "addExtension", err);
+    sks_buf_uint(&c.req, key_handle);
+    put_str(&c.req, type);
+    sks_buf_byte(&c.req, sub_type);
+    put_str(&c.req, qualifier);
+    sks_buf_blob(&c.req, extension_data.p, extension_data.n);
+    put_span(&c.req, mac);
+    return call_simple(&c, t);
+}
+
+/* ------------------------------------------------------------------ post-provisioning */
+
+/* All four post operations take (uint, uint, byte[] authorization, byte[] mac). */
+static int post_op(sks_transport *t, uint8_t id, const char *method, uint32_t first, uint32_t target,
+                   sks_span authorization, sks_span mac, sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, id, method, err);
+    sks_buf_uint(&c.req, first);
+    sks_buf_uint(&c.req, target);
+    put_span(&c.req, authorization);
+    put_span(&c.req, mac);
+    return call_simple(&c, t);
+}
+
+int sks_client_post_delete_key(sks_transport *t, uint32_t provisioning_handle, uint32_t target_key_handle,
+                               sks_span authorization, sks_span mac, sks_client_error *err)
+{
+    return post_op(t, SKS_METHOD_POST_DELETE_KEY, "postDeleteKey", provisioning_handle, target_key_handle,
+                   authorization, mac, err);
+}
+
+int sks_client_post_unlock_key(sks_transport *t, uint32_t provisioning_handle, uint32_t target_key_handle,
+                               sks_span authorization, sks_span mac, sks_client_error *err)
+{
+    return post_op(t, SKS_METHOD_POST_UNLOCK_KEY, "postUnlockKey", provisioning_handle, target_key_handle,
+                   authorization, mac, err);
+}
+
+int sks_client_post_update_key(sks_transport *t, uint32_t key_handle, uint32_t target_key_handle,
+                               sks_span authorization, sks_span mac, sks_client_error *err)
+{
+    return post_op(t, SKS_METHOD_POST_UPDATE_KEY, "postUpdateKey", key_handle, target_key_handle, authorization, mac,
+                   err);
+}
+
+int sks_client_post_clone_key_protection(sks_transport *t, uint32_t key_handle, uint32_t target_key_handle,
+                                         sks_span authorization, sks_span mac, sks_client_error *err)
+{
+    return post_op(t, SKS_METHOD_POST_CLONE_KEY_PROTECTION, "postCloneKeyProtection", key_handle, target_key_handle,
+                   authorization, mac, err);
+}
+
+/* ------------------------------------------------------------------ key queries */
+
+int sks_client_enumerate_keys(sks_transport *t, uint32_t after, uint32_t *key_handle, uint32_t *provisioning_handle,
+                              sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    *key_handle = 0;
+    if (provisioning_handle != NULL)
+        *provisioning_handle = 0;
+    call_begin(&c, SKS_METHOD_ENUMERATE_KEYS, "enumerateKeys", err);
+    sks_buf_uint(&c.req, after);
+    ok = call_run(&c, t);
+    if (ok) {
+        uint32_t k = sks_get_uint(&c.r, "keyHandle");
+        uint32_t p = k != 0 ? sks_get_uint(&c.r, "provisioningHandle") : 0;
+        if (sks_reader_ok(&c.r)) {
+            *key_handle = k;
+            if (provisioning_handle != NULL)
+                *provisioning_handle = p;
+        }
+    }
+    ok = call_end(&c, ok);
+    if (!ok)
+        *key_handle = 0;
+    return ok;
+}
+
+int sks_client_get_key_attributes(sks_transport *t, uint32_t key_handle, sks_key_attributes *out,
+                                  sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    memset(out, 0, sizeof(*out));
+    call_begin(&c, SKS_METHOD_GET_KEY_ATTRIBUTES, "getKeyAttributes", err);
+    sks_buf_uint(&c.req, key_handle);
+    ok = call_run(&c, t);
+    if (ok) {
+        sks_reader *r = &c.r;
+        out->symmetric_key_length = sks_get_ushort(r, "symmetricKeyLength");
+        read_bytes_list(r, &out->certificates, "certificate");
+        out->app_usage = sks_get_byte(r, "appUsage");
+        out->friendly_name = take_string(r, sks_get_string(r, "friendlyName"), "friendlyName");
+        read_uri_list(r, &out->endorsed_algorithms, "endorsedAlgorithm");
+        read_uri_list(r, &out->extension_types, "extensionType");
+    }
+    ok = call_end(&c, ok);
+    if (!ok)
+        sks_key_attributes_free(out);
+    return ok;
+}
+
+void sks_key_attributes_free(sks_key_attributes *a)
+{
+    if (a == NULL)
+        return;
+    sks_bytes_list_free(&a->certificates);
+    OPENSSL_free(a->friendly_name);
+    sks_string_list_free(&a->endorsed_algorithms);
+    sks_string_list_free(&a->extension_types);
+    memset(a, 0, sizeof(*a));
+}
+
+static void read_protection_info(sks_reader *r, sks_key_protection_info *o)
+{
+    o->protection_status = sks_get_byte(r, "protectionStatus");
+    o->puk_format = sks_get_byte(r, "pukFormat");
+    o->puk_retry_limit = sks_get_ushort(r, "pukRetryLimit");
+    o->puk_error_count = sks_get_ushort(r, "pukErrorCount");
+    o->user_defined = sks_get_bool(r, "userDefined");
+    o->user_modifiable = sks_get_bool(r, "userModifiable");
+    o->format = sks_get_byte(r, "format");
+    o->retry_limit = sks_get_ushort(r, "retryLimit");
+    o->grouping = sks_get_byte(r, "grouping");
+    o->pattern_restrictions = sks_get_byte(r, "patternRestrictions");
+    o->min_length = sks_get_ushort(r, "minLength");
+    o->max_length = sks_get_ushort(r, "maxLength");
+    o->input_method = sks_get_byte(r, "inputMethod");
+    o->pin_error_count = sks_get_ushort(r, "pinErrorCount");
+    o->enable_pin_caching = sks_get_bool(r, "enablePinCaching");
+    o->biometric_protection = sks_get_byte(r, "biometricProtection");
+    o->export_protection = sks_get_byte(r, "exportProtection");
+    o->delete_protection = sks_get_byte(r, "deleteProtection");
+    o->key_backup = sks_get_byte(r, "keyBackup");
+}
+
+int sks_client_get_key_protection_info(sks_transport *t, uint32_t key_handle, sks_key_protection_info *out,
+                                       sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    memset(out, 0, sizeof(*out));
+    call_begin(&c, SKS_METHOD_GET_KEY_PROTECTION_INFO, "getKeyProtectionInfo", err);
+    sks_buf_uint(&c.req, key_handle);
+    ok = call_run(&c, t);
+    if (ok)
+        read_protection_info(&c.r, out);
+    ok = call_end(&c, ok);
+    if (!ok)
+        memset(out, 0, sizeof(*out));
+    return ok;
+}
+
+int sks_client_get_extension(sks_transport *t, uint32_t key_handle, const char *type, sks_extension *out,
+                             sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    memset(out, 0, sizeof(*out));
+    call_begin(&c, SKS_METHOD_GET_EXTENSION, "getExtension", err);
+    sks_buf_uint(&c.req, key_handle);
+    put_str(&c.req, type);
+    ok = call_run(&c, t);
+    if (ok) {
+        out->sub_type = sks_get_byte(&c.r, "subType");
+        out->qualifier = take_string(&c.r, sks_get_string(&c.r, "qualifier"), "qualifier");
+        take_bytes(&c.r, sks_get_blob(&c.r, "extensionData"), &out->data, "extensionData");
+    }
+    ok = call_end(&c, ok);
+    if (!ok)
+        sks_extension_free(out);
+    return ok;
+}
+
+void sks_extension_free(sks_extension *e)
+{
+    if (e == NULL)
+        return;
+    OPENSSL_free(e->qualifier);
+    bytes_free(&e->data); /* an encrypted extension is returned in clear: wipe it */
+    memset(e, 0, sizeof(*e));
+}
+
+int sks_client_set_property(sks_transport *t, uint32_t key_handle, const char *type, const char *name,
+                            const char *value, sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, SKS_METHOD_SET_PROPERTY, "setProperty", err);
+    sks_buf_uint(&c.req, key_handle);
+    put_str(&c.req, type);
+    put_str(&c.req, name);
+    put_str(&c.req, value);
+    return call_simple(&c, t);
+}
+
+/* ------------------------------------------------------------------ key management */
+
+/* deleteKey and unlockKey: (keyHandle, authorization). */
+static int key_auth_op(sks_transport *t, uint8_t id, const char *method, uint32_t key_handle, sks_span authorization,
+                       sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, id, method, err);
+    sks_buf_uint(&c.req, key_handle);
+    put_span(&c.req, authorization);
+    return call_simple(&c, t);
+}
+
+int sks_client_delete_key(sks_transport *t, uint32_t key_handle, sks_span authorization, sks_client_error *err)
+{
+    return key_auth_op(t, SKS_METHOD_DELETE_KEY, "deleteKey", key_handle, authorization, err);
+}
+
+int sks_client_unlock_key(sks_transport *t, uint32_t key_handle, sks_span authorization, sks_client_error *err)
+{
+    return key_auth_op(t, SKS_METHOD_UNLOCK_KEY, "unlockKey", key_handle, authorization, err);
+}
+
+int sks_client_export_key(sks_transport *t, uint32_t key_handle, sks_span authorization, sks_buf *key,
+                          sks_client_error *err)
+{
+    call_ctx c;
+    size_t start = key->len;
+    int ok;
+
+    call_begin(&c, SKS_METHOD_EXPORT_KEY, "exportKey", err);
+    sks_buf_uint(&c.req, key_handle);
+    put_span(&c.req, authorization);
+    ok = call_run(&c, t);
+    if (ok)
+        read_into_buf(&c.r, sks_get_array(&c.r, "key"), key, "key");
+    ok = call_end(&c, ok);
+    if (!ok && key->data != NULL && key->len > start) {
+        OPENSSL_cleanse(key->data + start, key->len - start);
+        key->len = start;
+    }
+    return ok;
+}
+
+/* changePin and setPin: (keyHandle, authorization, newPin). */
+static int new_pin_op(sks_transport *t, uint8_t id, const char *method, uint32_t key_handle, sks_span authorization,
+                      sks_span new_pin, sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, id, method, err);
+    sks_buf_uint(&c.req, key_handle);
+    put_span(&c.req, authorization);
+    put_span(&c.req, new_pin);
+    return call_simple(&c, t);
+}
+
+int sks_client_change_pin(sks_transport *t, uint32_t key_handle, sks_span authorization, sks_span new_pin,
+                          sks_client_error *err)
+{
+    return new_pin_op(t, SKS_METHOD_CHANGE_PIN, "changePin", key_handle, authorization, new_pin, err);
+}
+
+int sks_client_set_pin(sks_transport *t, uint32_t key_handle, sks_span authorization, sks_span new_pin,
+                       sks_client_error *err)
+{
+    return new_pin_op(t, SKS_METHOD_SET_PIN, "setPin", key_handle, authorization, new_pin, err);
+}
+
+/* ------------------------------------------------------------------ User API */
+
+static void put_user_args(sks_buf *b, const sks_user_args *a, int with_mode, int mode)
+{
+    sks_buf_uint(b, a->key_handle);
+    put_str(b, a->algorithm);
+    if (with_mode)
+        sks_buf_bool(b, mode);
+    put_span(b, a->parameters);
+    sks_buf_bool(b, a->biometric_auth);
+    put_span(b, a->authorization);
+}
+
+/* How one User API method lays out its data and result. */
+typedef struct {
+    uint8_t id;
+    const char *name;
+    int has_mode;    /* symmetricKeyEncrypt's bool mode after the algorithm */
+    int blob_data;   /* data is a blob, not a byte[] */
+    int blob_result; /* result is a blob, not a byte[] */
+} user_method;
+
+static const user_method SIGN = { SKS_METHOD_SIGN_HASHED_DATA, "signHashedData", 0, 0, 0 };
+static const user_method DECRYPT = { SKS_METHOD_ASYMMETRIC_KEY_DECRYPT, "asymmetricKeyDecrypt", 0, 0, 0 };
+static const user_method AGREE = { SKS_METHOD_KEY_AGREEMENT, "keyAgreement", 0, 0, 0 };
+static const user_method HMAC_OP = { SKS_METHOD_PERFORM_HMAC, "performHmac", 0, 1, 0 };
+static const user_method SYM_ENCRYPT = { SKS_METHOD_SYMMETRIC_KEY_ENCRYPT, "symmetricKeyEncrypt", 1, 1, 1 };
+
+/* Runs a User API call and appends its result to `result` (untouched on failure: a
+ * decryption result is secret, so a partial append is wiped). */
+static int user_op(sks_transport *t, const user_method *m, const sks_user_args *a, int mode, sks_span data,
+                   sks_buf *result, sks_client_error *err)
+{
+    call_ctx c;
+    size_t start = result->len;
+    int ok;
+
+    call_begin(&c, m->id, m->name, err);
+    put_user_args(&c.req, a, m->has_mode, mode);
+    if (m->blob_data)
+        sks_buf_blob(&c.req, data.p, data.n);
+    else
+        sks_buf_array(&c.req, data.p, data.n);
+    ok = call_run(&c, t);
+    if (ok)
+        read_into_buf(&c.r, m->blob_result ? sks_get_blob(&c.r, "result") : sks_get_array(&c.r, "result"), result,
+                      "result");
+    ok = call_end(&c, ok);
+    if (!ok && result->data != NULL && result->len > start) {
+        OPENSSL_cleanse(result->data + start, result->len - start);
+        result->len = start;
+    }
+    return ok;
+}
+
+int sks_client_sign_hashed_data(sks_transport *t, const sks_user_args *a, sks_span data, sks_buf *result,
+                                sks_client_error *err)
+{
+    return user_op(t, &SIGN, a, 0, data, result, err);
+}
+
+int sks_client_asymmetric_key_decrypt(sks_transport *t, const sks_user_args *a, sks_span data, sks_buf *result,
+                                      sks_client_error *err)
+{
+    return user_op(t, &DECRYPT, a, 0, data, result, err);
+}
+
+int sks_client_key_agreement(sks_transport *t, const sks_user_args *a, sks_span public_key, sks_buf *result,
+                             sks_client_error *err)
+{
+    return user_op(t, &AGREE, a, 0, public_key, result, err);
+}
+
+int sks_client_perform_hmac(sks_transport *t, const sks_user_args *a, sks_span data, sks_buf *result,
+                            sks_client_error *err)
+{
+    return user_op(t, &HMAC_OP, a, 0, data, result, err);
+}
+
+int sks_client_symmetric_key_encrypt(sks_transport *t, const sks_user_args *a, int mode, sks_span data,
+                                     sks_buf *result, sks_client_error *err)
+{
+    return user_op(t, &SYM_ENCRYPT, a, mode, data, result, err);
+}

@@ -1,0 +1,375 @@
+/*
+ * A typed C client for every method of the SKS wire format (docs/wire-format.md), over any
+ * sks_transport. Each function encodes one request, makes one transport call, checks the
+ * status and decodes the outputs.
+ *
+ * Conventions:
+ *  - Every function returns 1 on success and 0 on failure; on failure `err` (may be NULL)
+ *    holds the device's status and message, or one of the negative SKS_CLIENT_* codes below
+ *    when the failure happened on this side of the transport.
+ *  - Inputs of type byte[] are sks_span (pointer + length; {NULL, 0} is the empty array);
+ *    id, uri and string inputs are NUL-terminated UTF-8.
+ *  - Outputs go into caller-provided structs. Variable-length outputs are allocated with
+ *    OPENSSL_malloc and released by the struct's _free function (which wipes them), or are
+ *    appended to a caller-provided sks_buf (sks_buf_free wipes it). Outputs are only valid when
+ *    the call succeeded; the _free functions are safe on zeroed or failed structs.
+ *  - Request and reply buffers are wiped after each call: they may carry PINs, PUKs,
+ *    encrypted keys or exported key material.
+ */
+#ifndef SKS_CLIENT_H
+#define SKS_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../transport/transport.h"
+
+/* Failures on the client side (the device's own statuses are sks_status, 0x01-0x0D). */
+#define SKS_CLIENT_ERROR_TRANSPORT (-1) /* the device could not be reached */
+#define SKS_CLIENT_ERROR_REPLY (-2)     /* the reply does not decode as the method's outputs */
+#define SKS_CLIENT_ERROR_ARGUMENT (-3)  /* an input does not fit the wire format */
+
+typedef struct sks_client_error {
+    int status; /* sks_status from the device, or SKS_CLIENT_ERROR_* */
+    char message[2048];
+} sks_client_error;
+
+/* The English name of a status ("ERROR_MAC", "transport error", ...). */
+const char *sks_client_status_name(int status);
+
+/* Owned byte string (OPENSSL_malloc). */
+typedef struct {
+    uint8_t *data;
+    size_t len;
+} sks_bytes;
+
+typedef struct {
+    size_t count;
+    sks_bytes *items;
+} sks_bytes_list;
+
+typedef struct {
+    size_t count;
+    char **items; /* NUL-terminated */
+} sks_string_list;
+
+void sks_bytes_list_free(sks_bytes_list *l);
+void sks_string_list_free(sks_string_list *l);
+
+/* Method ids (docs/wire-format.md). */
+enum {
+    SKS_METHOD_GET_DEVICE_INFO = 1,
+    SKS_METHOD_CREATE_PROVISIONING_SESSION = 2,
+    SKS_METHOD_CLOSE_PROVISIONING_SESSION = 3,
+    SKS_METHOD_ENUMERATE_PROVISIONING_SESSIONS = 4,
+    SKS_METHOD_ABORT_PROVISIONING_SESSION = 5,
+    SKS_METHOD_UPDATE_KEY_MANAGEMENT_KEY = 7,
+    SKS_METHOD_CREATE_PUK_POLICY = 8,
+    SKS_METHOD_CREATE_PIN_POLICY = 9,
+    SKS_METHOD_CREATE_KEY_ENTRY = 10,
+    SKS_METHOD_GET_KEY_HANDLE = 11,
+    SKS_METHOD_SET_CERTIFICATE_PATH = 12,
+    SKS_METHOD_IMPORT_SYMMETRIC_KEY = 13,
+    SKS_METHOD_IMPORT_PRIVATE_KEY = 14,
+    SKS_METHOD_ADD_EXTENSION = 15,
+    SKS_METHOD_POST_DELETE_KEY = 50,
+    SKS_METHOD_POST_UNLOCK_KEY = 51,
+    SKS_METHOD_POST_UPDATE_KEY = 52,
+    SKS_METHOD_POST_CLONE_KEY_PROTECTION = 53,
+    SKS_METHOD_ENUMERATE_KEYS = 70,
+    SKS_METHOD_GET_KEY_ATTRIBUTES = 71,
+    SKS_METHOD_GET_KEY_PROTECTION_INFO = 72,
+    SKS_METHOD_GET_EXTENSION = 73,
+    SKS_METHOD_SET_PROPERTY = 74,
+    SKS_METHOD_DELETE_KEY = 80,
+    SKS_METHOD_EXPORT_KEY = 81,
+    SKS_METHOD_UNLOCK_KEY = 82,
+    SKS_METHOD_CHANGE_PIN = 83,
+    SKS_METHOD_SET_PIN = 84,
+    SKS_METHOD_UPDATE_FIRMWARE = 90,
+    SKS_METHOD_SIGN_HASHED_DATA = 100,
+    SKS_METHOD_ASYMMETRIC_KEY_DECRYPT = 101,
+    SKS_METHOD_KEY_AGREEMENT = 102,
+    SKS_METHOD_PERFORM_HMAC = 103,
+    SKS_METHOD_SYMMETRIC_KEY_ENCRYPT = 104
+};
+
+/* Values of the specification's byte enumerations. */
+enum { SKS_APP_SIGNATURE = 0, SKS_APP_AUTHENTICATION = 1, SKS_APP_ENCRYPTION = 2, SKS_APP_UNIVERSAL = 3 };
+enum { SKS_PIN_FORMAT_NUMERIC = 0, SKS_PIN_FORMAT_ALPHANUMERIC = 1, SKS_PIN_FORMAT_STRING = 2, SKS_PIN_FORMAT_BINARY = 3 };
+enum { SKS_GROUPING_NONE = 0, SKS_GROUPING_SHARED = 1, SKS_GROUPING_SIGNATURE_PLUS_STANDARD = 2, SKS_GROUPING_UNIQUE = 3 };
+enum { SKS_INPUT_ANY = 0, SKS_INPUT_PROGRAMMATIC = 1, SKS_INPUT_TRUSTED_GUI = 2 };
+/* exportProtection / deleteProtection */
+enum { SKS_PROTECT_NONE = 0, SKS_PROTECT_PIN = 1, SKS_PROTECT_PUK = 2, SKS_PROTECT_NEVER = 3 };
+/* getKeyProtectionInfo protectionStatus bits */
+#define SKS_PROTSTAT_PIN_PROTECTED 0x01
+#define SKS_PROTSTAT_PUK_PROTECTED 0x02
+#define SKS_PROTSTAT_PIN_BLOCKED 0x04
+#define SKS_PROTSTAT_PUK_BLOCKED 0x08
+/* keyBackup bits */
+#define SKS_KEYBACKUP_IMPORTED 0x01
+#define SKS_KEYBACKUP_EXPORTED 0x02
+
+/* ------------------------------------------------------------------ device */
+
+typedef struct {
+    uint16_t api_level;
+    uint8_t device_type;
+    char *update_url;
+    char *vendor_name;
+    char *vendor_description;
+    sks_bytes_list certificates; /* DER, device certificate first */
+    sks_string_list algorithms;
+    uint32_t crypto_data_size;
+    uint32_t extension_data_size;
+    int device_pin_support;
+    int biometric_support;
+} sks_device_info;
+
+int sks_client_get_device_info(sks_transport *t, sks_device_info *out, sks_client_error *err);
+void sks_device_info_free(sks_device_info *d);
+
+/* updateFirmware: *next_url (OPENSSL_malloc) receives the next URL. */
+int sks_client_update_firmware(sks_transport *t, sks_span chunk, char **next_url, sks_client_error *err);
+
+/* ------------------------------------------------------------------ provisioning sessions */
+
+typedef struct {
+    const char *session_key_algorithm;
+    int privacy_enabled;
+    const char *server_session_id;
+    sks_span server_ephemeral_key; /* SPKI DER */
+    const char *issuer_uri;
+    sks_span key_management_key; /* SPKI DER or empty */
+    uint32_t client_time;
+    uint16_t session_life_time;
+    uint16_t session_key_limit;
+    sks_span server_certificate; /* DER */
+} sks_session_request;
+
+typedef struct {
+    char client_session_id[33];
+    sks_bytes client_ephemeral_key; /* SPKI DER */
+    sks_bytes attestation;
+    uint32_t provisioning_handle;
+} sks_session_reply;
+
+int sks_client_create_provisioning_session(sks_transport *t, const sks_session_request *in, sks_session_reply *out,
+                                           sks_client_error *err);
+void sks_session_reply_free(sks_session_reply *r);
+
+/* attestation: the 32-byte close attestation. */
+int sks_client_close_provisioning_session(sks_transport *t, uint32_t provisioning_handle, sks_span nonce, sks_span mac,
+                                          uint8_t attestation[32], sks_client_error *err);
+
+typedef struct {
+    uint32_t provisioning_handle; /* 0: no more sessions; the other fields are then empty */
+    char *session_key_algorithm;
+    int privacy_enabled;
+    sks_bytes key_management_key;
+    uint32_t client_time;
+    uint32_t session_life_time;
+    char *server_session_id;
+    char *client_session_id;
+    char *issuer_uri;
+} sks_session_info;
+
+/* The next session after `after` (0: the first) that is open (open_state=1) or closed. */
+int sks_client_enumerate_provisioning_sessions(sks_transport *t, uint32_t after, int open_state,
+                                               sks_session_info *out, sks_client_error *err);
+void sks_session_info_free(sks_session_info *s);
+
+int sks_client_abort_provisioning_session(sks_transport *t, uint32_t provisioning_handle, sks_client_error *err);
+
+int sks_client_update_key_management_key(sks_transport *t, uint32_t provisioning_handle, sks_span key_management_key,
+                                         sks_span authorization, sks_client_error *err);
+
+/* ------------------------------------------------------------------ policies and keys */
+
+typedef struct {
+    uint32_t provisioning_handle;
+    const char *id;
+    sks_span encrypted_puk;
+    uint8_t format;
+    uint16_t retry_limit;
+    sks_span mac;
+} sks_puk_policy_args;
+
+int sks_client_create_puk_policy(sks_transport *t, const sks_puk_policy_args *a, uint32_t *puk_policy_handle,
+                                 sks_client_error *err);
+
+typedef struct {
+    uint32_t provisioning_handle;
+    const char *id;
+    uint32_t puk_policy_handle; /* 0: none */
+    int user_defined;
+    int user_modifiable;
+    uint8_t format;
+    uint16_t retry_limit;
+    uint8_t grouping;
+    uint8_t pattern_restrictions;
+    uint16_t min_length;
+    uint16_t max_length;
+    uint8_t input_method;
+    sks_span mac;
+} sks_pin_policy_args;
+
+int sks_client_create_pin_policy(sks_transport *t, const sks_pin_policy_args *a, uint32_t *pin_policy_handle,
+                                 sks_client_error *err);
+
+typedef struct {
+    uint32_t provisioning_handle;
+    const char *id;
+    const char *key_entry_algorithm;
+    sks_span server_seed;
+    int device_pin_protection;
+    uint32_t pin_policy_handle; /* 0: none */
+    sks_span pin_value;         /* encrypted (issuer-set) or clear (user-defined) */
+    int enable_pin_caching;
+    uint8_t biometric_protection;
+    uint8_t export_protection;
+    uint8_t delete_protection;
+    uint8_t app_usage;
+    const char *friendly_name;
+    const char *key_algorithm;
+    sks_span key_parameters;
+    const char *const *endorsed_algorithms; /* sorted ascending */
+    size_t endorsed_count;
+    sks_span mac;
+} sks_key_entry_args;
+
+typedef struct {
+    uint32_t key_handle;
+    sks_bytes public_key; /* SPKI DER */
+    uint8_t attestation[32];
+} sks_key_entry_reply;
+
+int sks_client_create_key_entry(sks_transport *t, const sks_key_entry_args *a, sks_key_entry_reply *out,
+                                sks_client_error *err);
+void sks_key_entry_reply_free(sks_key_entry_reply *r);
+
+int sks_client_get_key_handle(sks_transport *t, uint32_t provisioning_handle, const char *id, uint32_t *key_handle,
+                              sks_client_error *err);
+
+/* certificates: DER, end-entity first. */
+int sks_client_set_certificate_path(sks_transport *t, uint32_t key_handle, const sks_span *certificates, size_t count,
+                                    sks_span mac, sks_client_error *err);
+
+int sks_client_import_symmetric_key(sks_transport *t, uint32_t key_handle, sks_span encrypted_key, sks_span mac,
+                                    sks_client_error *err);
+int sks_client_import_private_key(sks_transport *t, uint32_t key_handle, sks_span encrypted_key, sks_span mac,
+                                  sks_client_error *err);
+
+int sks_client_add_extension(sks_transport *t, uint32_t key_handle, const char *type, uint8_t sub_type,
+                             const char *qualifier, sks_span extension_data, sks_span mac, sks_client_error *err);
+
+/* ------------------------------------------------------------------ post-provisioning */
+
+int sks_client_post_delete_key(sks_transport *t, uint32_t provisioning_handle, uint32_t target_key_handle,
+                               sks_span authorization, sks_span mac, sks_client_error *err);
+int sks_client_post_unlock_key(sks_transport *t, uint32_t provisioning_handle, uint32_t target_key_handle,
+                               sks_span authorization, sks_span mac, sks_client_error *err);
+int sks_client_post_update_key(sks_transport *t, uint32_t key_handle, uint32_t target_key_handle,
+                               sks_span authorization, sks_span mac, sks_client_error *err);
+int sks_client_post_clone_key_protection(sks_transport *t, uint32_t key_handle, uint32_t target_key_handle,
+                                         sks_span authorization, sks_span mac, sks_client_error *err);
+
+/* ------------------------------------------------------------------ key queries */
+
+/* The next provisioned key after `after` (0: the first). *key_handle = 0 at the end. */
+int sks_client_enumerate_keys(sks_transport *t, uint32_t after, uint32_t *key_handle, uint32_t *provisioning_handle,
+                              sks_client_error *err);
+
+typedef struct {
+    uint16_t symmetric_key_length; /* 0 for asymmetric keys */
+    sks_bytes_list certificates;   /* DER, end-entity first */
+    uint8_t app_usage;
+    char *friendly_name;
+    sks_string_list endorsed_algorithms;
+    sks_string_list extension_types;
+} sks_key_attributes;
+
+int sks_client_get_key_attributes(sks_transport *t, uint32_t key_handle, sks_key_attributes *out,
+                                  sks_client_error *err);
+void sks_key_attributes_free(sks_key_attributes *a);
+
+typedef struct {
+    uint8_t protection_status; /* SKS_PROTSTAT_* bits */
+    uint8_t puk_format;
+    uint16_t puk_retry_limit;
+    uint16_t puk_error_count;
+    int user_defined;
+    int user_modifiable;
+    uint8_t format;
+    uint16_t retry_limit;
+    uint8_t grouping;
+    uint8_t pattern_restrictions;
+    uint16_t min_length;
+    uint16_t max_length;
+    uint8_t input_method;
+    uint16_t pin_error_count;
+    int enable_pin_caching;
+    uint8_t biometric_protection;
+    uint8_t export_protection;
+    uint8_t delete_protection;
+    uint8_t key_backup; /* SKS_KEYBACKUP_* bits */
+} sks_key_protection_info;
+
+int sks_client_get_key_protection_info(sks_transport *t, uint32_t key_handle, sks_key_protection_info *out,
+                                       sks_client_error *err);
+
+typedef struct {
+    uint8_t sub_type;
+    char *qualifier;
+    sks_bytes data;
+} sks_extension;
+
+int sks_client_get_extension(sks_transport *t, uint32_t key_handle, const char *type, sks_extension *out,
+                             sks_client_error *err);
+void sks_extension_free(sks_extension *e);
+
+int sks_client_set_property(sks_transport *t, uint32_t key_handle, const char *type, const char *name,
+                            const char *value, sks_client_error *err);
+
+/* ------------------------------------------------------------------ key management */
+
+/* authorization: the PIN or PUK the key's delete/export protection asks for, else empty. */
+int sks_client_delete_key(sks_transport *t, uint32_t key_handle, sks_span authorization, sks_client_error *err);
+/* Appends the exported key (PKCS#8 DER, or the raw symmetric key) to `key`. */
+int sks_client_export_key(sks_transport *t, uint32_t key_handle, sks_span authorization, sks_buf *key,
+                          sks_client_error *err);
+/* authorization: the PUK. */
+int sks_client_unlock_key(sks_transport *t, uint32_t key_handle, sks_span authorization, sks_client_error *err);
+/* authorization: the current PIN. */
+int sks_client_change_pin(sks_transport *t, uint32_t key_handle, sks_span authorization, sks_span new_pin,
+                          sks_client_error *err);
+/* authorization: the PUK. */
+int sks_client_set_pin(sks_transport *t, uint32_t key_handle, sks_span authorization, sks_span new_pin,
+                       sks_client_error *err);
+
+/* ------------------------------------------------------------------ User API */
+
+/* The arguments every User API method starts with. */
+typedef struct {
+    uint32_t key_handle;
+    const char *algorithm;
+    sks_span parameters;
+    int biometric_auth;
+    sks_span authorization; /* the PIN, or empty */
+} sks_user_args;
+
+/* Each appends its result to `result`. */
+int sks_client_sign_hashed_data(sks_transport *t, const sks_user_args *a, sks_span data, sks_buf *result,
+                                sks_client_error *err);
+int sks_client_asymmetric_key_decrypt(sks_transport *t, const sks_user_args *a, sks_span data, sks_buf *result,
+                                      sks_client_error *err);
+/* public_key: the peer's SPKI DER. */
+int sks_client_key_agreement(sks_transport *t, const sks_user_args *a, sks_span public_key, sks_buf *result,
+                             sks_client_error *err);
+int sks_client_perform_hmac(sks_transport *t, const sks_user_args *a, sks_span data, sks_buf *result,
+                            sks_client_error *err);
+/* mode: 1 encrypt, 0 decrypt. */
+int sks_client_symmetric_key_encrypt(sks_transport *t, const sks_user_args *a, int mode, sks_span data,
+                                     sks_buf *result, sks_client_error *err);
+
+#endif

@@ -1,0 +1,310 @@
+/*
+ * Entry point of the sks provider: configuration, the algorithms it offers, errors, and
+ * the connection to the device (opened on first use, reopened in a forked child).
+ *
+ * Configuration (openssl.cnf, in the provider's section), all optional:
+ *   sks-store = PATH        the embedded store (else $SKS_STORE, else the sks tool's default)
+ *   sks-master-key = PATH   its master key (else $SKS_MASTER_KEY, else PATH.key)
+ *   pin = VALUE             PIN used for keys when the URI gives none
+ */
+#include "provider.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/params.h>
+#include <openssl/provider.h>
+
+static OSSL_FUNC_core_get_params_fn *core_get_params;
+static OSSL_FUNC_core_new_error_fn *core_new_error;
+static OSSL_FUNC_core_set_error_debug_fn *core_set_error_debug;
+static OSSL_FUNC_core_vset_error_fn *core_vset_error;
+
+static OSSL_FUNC_provider_teardown_fn sks_teardown;
+static OSSL_FUNC_provider_gettable_params_fn sks_gettable_params;
+static OSSL_FUNC_provider_get_params_fn sks_get_params;
+static OSSL_FUNC_provider_query_operation_fn sks_query_operation;
+static OSSL_FUNC_provider_get_reason_strings_fn sks_reason_strings;
+
+#define PROPS "provider=sks"
+
+static const OSSL_ALGORITHM KEYMGMT[] = {
+    { "EC:id-ecPublicKey:1.2.840.10045.2.1", PROPS, sks_ec_keymgmt_functions, "sks EC keys" },
+    { "RSA:rsaEncryption:1.2.840.113549.1.1.1", PROPS, sks_rsa_keymgmt_functions, "sks RSA keys" },
+    { "RSA-PSS:RSASSA-PSS:1.2.840.113549.1.1.10", PROPS, sks_rsapss_keymgmt_functions, "sks RSA-PSS keys" },
+    { "ED25519:1.3.101.112", PROPS, sks_ed25519_keymgmt_functions, "sks Ed25519 keys" },
+    { NULL, NULL, NULL, NULL }
+};
+
+static const OSSL_ALGORITHM SIGNATURE[] = {
+    { "ECDSA", PROPS, sks_ecdsa_signature_functions, "ECDSA with sks keys" },
+    { "RSA:rsaEncryption:1.2.840.113549.1.1.1", PROPS, sks_rsa_signature_functions, "RSA signatures with sks keys" },
+    { "ED25519:1.3.101.112", PROPS, sks_ed25519_signature_functions, "Ed25519 with sks keys" },
+    { NULL, NULL, NULL, NULL }
+};
+
+static const OSSL_ALGORITHM KEYEXCH[] = {
+    { "ECDH", PROPS, sks_ecdh_keyexch_functions, "ECDH with sks keys" },
+    { NULL, NULL, NULL, NULL }
+};
+
+static const OSSL_ALGORITHM ASYM_CIPHER[] = {
+    { "RSA:rsaEncryption:1.2.840.113549.1.1.1", PROPS, sks_rsa_asym_cipher_functions, "RSA decryption with sks keys" },
+    { NULL, NULL, NULL, NULL }
+};
+
+static const OSSL_ALGORITHM STORE[] = {
+    { "sks", PROPS, sks_store_functions, "sks: URIs" },
+    { NULL, NULL, NULL, NULL }
+};
+
+static const OSSL_ITEM REASONS[] = {
+    { SKS_R_DEVICE, "sks device error" },
+    { SKS_R_UNREACHABLE, "sks device unreachable" },
+    { SKS_R_BAD_URI, "malformed sks: URI" },
+    { SKS_R_NOT_FOUND, "no matching object in the sks store" },
+    { SKS_R_PIN, "wrong PIN for the sks key" },
+    { SKS_R_LOCKED, "the sks key is locked" },
+    { SKS_R_NOT_ENDORSED, "the sks key is not endorsed for this operation" },
+    { SKS_R_UNSUPPORTED, "operation or parameters not supported by the sks device" },
+    { SKS_R_PUBLIC_ONLY, "a public key cannot do private operations" },
+    { SKS_R_INTERNAL, "sks provider internal error" },
+    { 0, NULL }
+};
+
+void sks_raise(sks_provctx *ctx, int reason, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (ctx == NULL || core_new_error == NULL)
+        return;
+    core_new_error(ctx->core);
+    core_set_error_debug(ctx->core, OPENSSL_FILE, OPENSSL_LINE, "sks");
+    va_start(ap, fmt);
+    core_vset_error(ctx->core, ERR_PACK(ERR_LIB_PROV, 0, reason), fmt, ap);
+    va_end(ap);
+}
+
+/* Opens (or after fork, reopens) the device connection. Called with ctx->lock held. */
+static sks_pstatus ensure_transport(sks_provctx *ctx)
+{
+    char err[512] = "", db[4096];
+    const char *env;
+    sks_store_location loc;
+
+    if (ctx->transport != NULL && ctx->transport_pid == getpid())
+        return SKS_P_OK;
+    if (ctx->transport != NULL) {
+        /* A forked child must not share the parent's SQLite connection; it is abandoned
+         * (not closed, which would disturb the parent's locks) and a new one opened. */
+        ctx->transport = NULL;
+    }
+    if (ctx->store_path != NULL)
+        snprintf(db, sizeof(db), "%s", ctx->store_path);
+    else if ((env = getenv("SKS_STORE")) != NULL && *env)
+        snprintf(db, sizeof(db), "%s", env);
+    else if ((env = getenv("XDG_DATA_HOME")) != NULL && *env)
+        snprintf(db, sizeof(db), "%s/sks/store.db", env);
+    else if ((env = getenv("HOME")) != NULL && *env)
+        snprintf(db, sizeof(db), "%s/.local/share/sks/store.db", env);
+    else {
+        sks_raise(ctx, SKS_R_UNREACHABLE, "no sks store configured (sks-store in openssl.cnf, or SKS_STORE)");
+        return SKS_P_FAIL;
+    }
+    loc.db_path = db;
+    loc.master_key_path = ctx->master_key_path;
+    if (loc.master_key_path == NULL && (env = getenv("SKS_MASTER_KEY")) != NULL && *env)
+        loc.master_key_path = env;
+    ctx->transport = sks_transport_open_local(&loc, err, sizeof(err));
+    if (ctx->transport == NULL) {
+        sks_raise(ctx, SKS_R_UNREACHABLE, "cannot open the sks store: %s", err);
+        return SKS_P_FAIL;
+    }
+    ctx->transport_pid = getpid();
+    return SKS_P_OK;
+}
+
+sks_pstatus sks_device_call(sks_provctx *ctx, const char *method, const sks_buf *req, sks_buf *reply,
+                            sks_reader *out, int *status)
+{
+    char err[512] = "";
+    sks_pstatus rc = SKS_P_FAIL;
+    uint8_t st;
+
+    *status = -1;
+    if (req->failed) {
+        sks_raise(ctx, SKS_R_INTERNAL, "%s: out of memory", method);
+        return SKS_P_FAIL;
+    }
+    pthread_mutex_lock(&ctx->lock);
+    if (ensure_transport(ctx) == SKS_P_OK) {
+        if (!ctx->transport->call(ctx->transport, req->data, req->len, reply, err, sizeof(err)))
+            sks_raise(ctx, SKS_R_UNREACHABLE, "%s: %s", method, err);
+        else
+            rc = SKS_P_OK;
+    }
+    pthread_mutex_unlock(&ctx->lock);
+    if (rc != SKS_P_OK)
+        return rc;
+    sks_reader_init(out, reply->data, reply->len);
+    st = sks_get_byte(out, "status");
+    *status = st;
+    if (st != 0) {
+        sks_span m = sks_get_string(out, "message");
+        int reason = st == 0x01 ? SKS_R_PIN : st == 0x08 ? SKS_R_NOT_ENDORSED : SKS_R_DEVICE;
+        sks_raise(ctx, reason, "%s: %.*s", method, (int)m.n, m.p ? (const char *)m.p : "");
+        return SKS_P_FAIL;
+    }
+    return SKS_P_OK;
+}
+
+static const OSSL_PARAM *sks_gettable_params(void *provctx)
+{
+    static const OSSL_PARAM params[] = {
+        OSSL_PARAM_DEFN(OSSL_PROV_PARAM_NAME, OSSL_PARAM_UTF8_PTR, NULL, 0),
+        OSSL_PARAM_DEFN(OSSL_PROV_PARAM_VERSION, OSSL_PARAM_UTF8_PTR, NULL, 0),
+        OSSL_PARAM_DEFN(OSSL_PROV_PARAM_BUILDINFO, OSSL_PARAM_UTF8_PTR, NULL, 0),
+        OSSL_PARAM_DEFN(OSSL_PROV_PARAM_STATUS, OSSL_PARAM_INTEGER, NULL, 0),
+        OSSL_PARAM_END
+    };
+    (void)provctx;
+    return params;
+}
+
+static int sks_get_params(void *provctx, OSSL_PARAM params[])
+{
+    OSSL_PARAM *p;
+
+    (void)provctx;
+    if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_NAME)) != NULL && !OSSL_PARAM_set_utf8_ptr(p, "sks"))
+        return 0;
+    if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_VERSION)) != NULL && !OSSL_PARAM_set_utf8_ptr(p, "0.1.0"))
+        return 0;
+    if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_BUILDINFO)) != NULL
+        && !OSSL_PARAM_set_utf8_ptr(p, "sks provider for the Secure Key Store"))
+        return 0;
+    if ((p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_STATUS)) != NULL && !OSSL_PARAM_set_int(p, 1))
+        return 0;
+    return 1;
+}
+
+static const OSSL_ALGORITHM *sks_query_operation(void *provctx, int operation_id, int *no_cache)
+{
+    (void)provctx;
+    *no_cache = 0;
+    switch (operation_id) {
+    case OSSL_OP_KEYMGMT:
+        return KEYMGMT;
+    case OSSL_OP_SIGNATURE:
+        return SIGNATURE;
+    case OSSL_OP_KEYEXCH:
+        return KEYEXCH;
+    case OSSL_OP_ASYM_CIPHER:
+        return ASYM_CIPHER;
+    case OSSL_OP_STORE:
+        return STORE;
+    default:
+        return NULL;
+    }
+}
+
+static const OSSL_ITEM *sks_reason_strings(void *provctx)
+{
+    (void)provctx;
+    return REASONS;
+}
+
+static void sks_teardown(void *provctx)
+{
+    sks_provctx *ctx = provctx;
+
+    if (ctx == NULL)
+        return;
+    if (ctx->transport != NULL && ctx->transport_pid == getpid())
+        ctx->transport->close(ctx->transport);
+    OSSL_LIB_CTX_free(ctx->libctx);
+    OPENSSL_free(ctx->store_path);
+    OPENSSL_free(ctx->master_key_path);
+    if (ctx->pin != NULL)
+        OPENSSL_clear_free(ctx->pin, strlen(ctx->pin));
+    pthread_mutex_destroy(&ctx->lock);
+    OPENSSL_free(ctx);
+}
+
+static const OSSL_DISPATCH PROVIDER_FUNCTIONS[] = {
+    { OSSL_FUNC_PROVIDER_TEARDOWN, (void (*)(void))sks_teardown },
+    { OSSL_FUNC_PROVIDER_GETTABLE_PARAMS, (void (*)(void))sks_gettable_params },
+    { OSSL_FUNC_PROVIDER_GET_PARAMS, (void (*)(void))sks_get_params },
+    { OSSL_FUNC_PROVIDER_QUERY_OPERATION, (void (*)(void))sks_query_operation },
+    { OSSL_FUNC_PROVIDER_GET_REASON_STRINGS, (void (*)(void))sks_reason_strings },
+    { 0, NULL }
+};
+
+/* Reads the provider's configuration values from openssl.cnf. */
+static int read_config(sks_provctx *ctx)
+{
+    char *store = NULL, *master = NULL, *pin = NULL;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_utf8_ptr("sks-store", &store, 0),
+        OSSL_PARAM_utf8_ptr("sks-master-key", &master, 0),
+        OSSL_PARAM_utf8_ptr("pin", &pin, 0),
+        OSSL_PARAM_END
+    };
+
+    if (!core_get_params(ctx->core, params))
+        return 0;
+    if (store != NULL && *store && (ctx->store_path = OPENSSL_strdup(store)) == NULL)
+        return 0;
+    if (master != NULL && *master && (ctx->master_key_path = OPENSSL_strdup(master)) == NULL)
+        return 0;
+    if (pin != NULL && *pin && (ctx->pin = OPENSSL_strdup(pin)) == NULL)
+        return 0;
+    return 1;
+}
+
+int OSSL_provider_init(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, const OSSL_DISPATCH **out,
+                       void **provctx)
+{
+    const OSSL_DISPATCH *orig = in;
+    sks_provctx *ctx;
+
+    for (; in->function_id != 0; in++) {
+        switch (in->function_id) {
+        case OSSL_FUNC_CORE_GET_PARAMS:
+            core_get_params = OSSL_FUNC_core_get_params(in);
+            break;
+        case OSSL_FUNC_CORE_NEW_ERROR:
+            core_new_error = OSSL_FUNC_core_new_error(in);
+            break;
+        case OSSL_FUNC_CORE_SET_ERROR_DEBUG:
+            core_set_error_debug = OSSL_FUNC_core_set_error_debug(in);
+            break;
+        case OSSL_FUNC_CORE_VSET_ERROR:
+            core_vset_error = OSSL_FUNC_core_vset_error(in);
+            break;
+        default:
+            break;
+        }
+    }
+    ctx = OPENSSL_zalloc(sizeof(*ctx));
+    if (ctx == NULL)
+        return 0;
+    ctx->core = handle;
+    pthread_mutex_init(&ctx->lock, NULL);
+    /* Public-key work (cached public halves, verification, hashing) runs in a child
+     * library context that sees the application's providers, "default" among them. */
+    ctx->libctx = OSSL_LIB_CTX_new_child(handle, orig);
+    *provctx = ctx;
+    *out = PROVIDER_FUNCTIONS;
+    if (ctx->libctx == NULL || core_get_params == NULL || !read_config(ctx)) {
+        sks_teardown(ctx);
+        return 0;
+    }
+    return 1;
+}

@@ -1,0 +1,106 @@
+/*
+ * The sks OpenSSL 3 provider: shared types. Each operation lives in its own folder
+ * (keymgmt/, signature/, exchange/, asymcipher/, store/), as in OpenSSL's own
+ * providers/implementations/.
+ */
+#ifndef SKS_PROVIDER_H
+#define SKS_PROVIDER_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <openssl/core.h>
+#include <openssl/core_dispatch.h>
+#include <openssl/evp.h>
+
+#include "../transport/transport.h"
+
+/* The status type used inside the provider; converted to 1/0 at every OpenSSL boundary. */
+typedef enum { SKS_P_OK = 0, SKS_P_FAIL = 1 } sks_pstatus;
+
+/* Reason codes for ERR_raise (the provider's own library code). */
+enum {
+    SKS_R_DEVICE = 1,       /* the device answered an error (message attached) */
+    SKS_R_UNREACHABLE,      /* the device could not be reached */
+    SKS_R_BAD_URI,          /* a malformed sks: URI */
+    SKS_R_NOT_FOUND,        /* no object matched */
+    SKS_R_PIN,              /* wrong PIN */
+    SKS_R_LOCKED,           /* key locked */
+    SKS_R_NOT_ENDORSED,     /* the key is not endorsed for the operation */
+    SKS_R_UNSUPPORTED,      /* parameters the device cannot do */
+    SKS_R_PUBLIC_ONLY,      /* a public key has no private operations */
+    SKS_R_INTERNAL
+};
+
+typedef struct sks_provctx {
+    const OSSL_CORE_HANDLE *core;
+    OSSL_LIB_CTX *libctx;    /* child library context: public-key work goes to "default" */
+    char *store_path;        /* embedded store (NULL: as the sks tool finds it) */
+    char *master_key_path;
+    char *pin;               /* PIN from the configuration, if any */
+    pthread_mutex_t lock;    /* serialises device calls on the shared transport */
+    sks_transport *transport;
+    pid_t transport_pid;     /* a forked child reopens its own connection */
+} sks_provctx;
+
+/* Raises an error on the provider's error stack. */
+void sks_raise(sks_provctx *ctx, int reason, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/*
+ * Calls the device: req is one request in the SKS byte stream; on success reply holds the
+ * outputs after the status byte (the reader is positioned after it). On a device error,
+ * the message is raised with the method name and *status receives the device status.
+ */
+sks_pstatus sks_device_call(sks_provctx *ctx, const char *method, const sks_buf *req, sks_buf *reply,
+                            sks_reader *out, int *status);
+
+/* The kinds of key the provider handles. */
+typedef enum { SKS_KIND_EC, SKS_KIND_RSA, SKS_KIND_RSA_PSS, SKS_KIND_ED25519 } sks_key_kind;
+
+/*
+ * A key as the provider sees it: a reference to a device key (handle), and its public half
+ * cached at load time in the default provider, so that get_params and match never touch
+ * the device. handle == 0: a plain public key (imported, e.g. a peer's).
+ */
+typedef struct sks_key {
+    sks_provctx *ctx;
+    int refs;
+    pthread_mutex_t ref_lock;
+    sks_key_kind kind;
+    uint32_t handle;
+    EVP_PKEY *pub;
+    char *pin;               /* PIN for this key, wiped on free */
+    char **endorsed;         /* endorsed algorithm URIs (NULL-terminated), empty = any */
+    char *name;              /* friendlyName */
+} sks_key;
+
+sks_key *sks_key_new(sks_provctx *ctx, sks_key_kind kind);
+int sks_key_up_ref(sks_key *k);
+void sks_key_free(sks_key *k);
+/* 1 if the key is endorsed for the algorithm URI (or has no endorsement list). */
+int sks_key_endorses(const sks_key *k, const char *uri);
+const char *sks_kind_name(sks_key_kind kind);
+
+/* Operation dispatch tables, defined in their folders. */
+extern const OSSL_DISPATCH sks_ec_keymgmt_functions[];
+extern const OSSL_DISPATCH sks_rsa_keymgmt_functions[];
+extern const OSSL_DISPATCH sks_rsapss_keymgmt_functions[];
+extern const OSSL_DISPATCH sks_ed25519_keymgmt_functions[];
+extern const OSSL_DISPATCH sks_ecdsa_signature_functions[];
+extern const OSSL_DISPATCH sks_rsa_signature_functions[];
+extern const OSSL_DISPATCH sks_ed25519_signature_functions[];
+extern const OSSL_DISPATCH sks_ecdh_keyexch_functions[];
+extern const OSSL_DISPATCH sks_rsa_asym_cipher_functions[];
+extern const OSSL_DISPATCH sks_store_functions[];
+
+#define SKS_ALG_URI(frag) "https://webpki.github.io/sks/algorithm#" frag
+#define SKS_XMLDSIG_MORE(frag) "http://www.w3.org/2001/04/xmldsig-more#" frag
+
+/* Device operations used by the operation implementations (provider/device_ops.c). */
+sks_pstatus sks_op_sign(sks_key *k, const char *alg_uri, const uint8_t *params, size_t params_len,
+                        const uint8_t *data, size_t n, sks_buf *sig);
+sks_pstatus sks_op_decrypt(sks_key *k, const char *alg_uri, const uint8_t *in, size_t n, sks_buf *out);
+sks_pstatus sks_op_agree(sks_key *k, const uint8_t *peer_spki, size_t n, sks_buf *z);
+
+#endif
