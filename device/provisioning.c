@@ -1284,7 +1284,7 @@ SKS_HANDLER(h_add_extension)
     else if ((sub_type == 3) != (qualifier.n > 0))
         rc = sks_fail(call, SKS_ERROR_OPTION,
                       "addExtension: a logotype needs a qualifier (its MIME type); other sub-types need an empty one");
-    else if (ext.n > SKS_EXTENSION_DATA_SIZE)
+    else if (ext.n > SKS_EXTENSION_DATA_SIZE + (sub_type == 1 ? 32 : 0)) /* IV and padding */
         rc = sks_fail(call, SKS_ERROR_OPTION, "addExtension: \"extensionData\" exceeds %d bytes",
                       SKS_EXTENSION_DATA_SIZE);
     else if (sub_type == 2 && !property_bag_valid(ext.p, ext.n))
@@ -1296,6 +1296,11 @@ SKS_HANDLER(h_add_extension)
             goto done;
         stored = clear.data;
         stored_len = clear.len;
+        if (stored_len > SKS_EXTENSION_DATA_SIZE) {
+            rc = sks_fail(call, SKS_ERROR_OPTION, "addExtension: decrypted \"extensionData\" exceeds %d bytes",
+                          SKS_EXTENSION_DATA_SIZE);
+            goto done;
+        }
     }
     st = store_prepare(dev, call, "SELECT 1 FROM extensions WHERE key = ? AND type = ?");
     if (st == NULL) {
@@ -1771,7 +1776,7 @@ static sks_status apply_post_ops(sks_device *dev, sks_call *call, uint32_t sessi
 {
     sqlite3_stmt *st = store_prepare(
         dev, call,
-        "SELECT o.kind, o.new_key, o.target, k.session FROM post_ops o JOIN keys k ON k.handle = o.target"
+        "SELECT o.kind, o.new_key, o.target, k.session FROM post_ops o LEFT JOIN keys k ON k.handle = o.target"
         " WHERE o.session = ? ORDER BY o.seq");
     uint32_t owners[256];
     size_t n_owners = 0, i;
@@ -1787,6 +1792,12 @@ static sks_status apply_post_ops(sks_device *dev, sks_call *call, uint32_t sessi
     sqlite3_bind_int64(st, 1, session);
     while (sqlite3_step(st) == SQLITE_ROW) {
         uint32_t owner = (uint32_t)sqlite3_column_int64(st, 3);
+        if (sqlite3_column_type(st, 3) == SQLITE_NULL) {
+            rc = sks_fail(call, SKS_ERROR_NO_KEY,
+                          "closeProvisioningSession: target key #%u of a post operation no longer exists",
+                          (uint32_t)sqlite3_column_int64(st, 2));
+            break;
+        }
         if (n_ops == sizeof(ops) / sizeof(ops[0])) {
             rc = sks_fail(call, SKS_ERROR_NOT_ALLOWED, "too many post operations in one session");
             break;

@@ -15,48 +15,54 @@
 
 typedef enum { TXN_READ, TXN_WRITE, TXN_BY_KEY } txn_mode;
 
+/* What a provisioning method's first argument names: the session it belongs to, directly
+ * or through a key. A call that fails before its handler identified the session (e.g. a
+ * malformed argument) still terminates that session. */
+typedef enum { FIRST_OTHER, FIRST_SESSION, FIRST_KEY } first_arg;
+
 typedef struct {
     uint8_t id;
     const char *name;
     sks_handler handler;
     txn_mode txn;
+    first_arg first;
 } method;
 
 static const method METHODS[] = {
-    { 1, "getDeviceInfo", h_get_device_info, TXN_READ },
-    { 2, "createProvisioningSession", h_create_provisioning_session, TXN_WRITE },
-    { 3, "closeProvisioningSession", h_close_provisioning_session, TXN_WRITE },
-    { 4, "enumerateProvisioningSessions", h_enumerate_provisioning_sessions, TXN_READ },
-    { 5, "abortProvisioningSession", h_abort_provisioning_session, TXN_WRITE },
-    { 7, "updateKeyManagementKey", h_update_key_management_key, TXN_WRITE },
-    { 8, "createPukPolicy", h_create_puk_policy, TXN_WRITE },
-    { 9, "createPinPolicy", h_create_pin_policy, TXN_WRITE },
-    { 10, "createKeyEntry", h_create_key_entry, TXN_WRITE },
-    { 11, "getKeyHandle", h_get_key_handle, TXN_WRITE },
-    { 12, "setCertificatePath", h_set_certificate_path, TXN_WRITE },
-    { 13, "importSymmetricKey", h_import_symmetric_key, TXN_WRITE },
-    { 14, "importPrivateKey", h_import_private_key, TXN_WRITE },
-    { 15, "addExtension", h_add_extension, TXN_WRITE },
-    { 50, "postDeleteKey", h_post_delete_key, TXN_WRITE },
-    { 51, "postUnlockKey", h_post_unlock_key, TXN_WRITE },
-    { 52, "postUpdateKey", h_post_update_key, TXN_WRITE },
-    { 53, "postCloneKeyProtection", h_post_clone_key_protection, TXN_WRITE },
-    { 70, "enumerateKeys", h_enumerate_keys, TXN_READ },
-    { 71, "getKeyAttributes", h_get_key_attributes, TXN_READ },
-    { 72, "getKeyProtectionInfo", h_get_key_protection_info, TXN_READ },
-    { 73, "getExtension", h_get_extension, TXN_READ },
-    { 74, "setProperty", h_set_property, TXN_WRITE },
-    { 80, "deleteKey", h_delete_key, TXN_WRITE },
-    { 81, "exportKey", h_export_key, TXN_WRITE },
-    { 82, "unlockKey", h_unlock_key, TXN_WRITE },
-    { 83, "changePin", h_change_pin, TXN_WRITE },
-    { 84, "setPin", h_set_pin, TXN_WRITE },
-    { 90, "updateFirmware", h_update_firmware, TXN_READ },
-    { 100, "signHashedData", h_sign_hashed_data, TXN_BY_KEY },
-    { 101, "asymmetricKeyDecrypt", h_asymmetric_key_decrypt, TXN_BY_KEY },
-    { 102, "keyAgreement", h_key_agreement, TXN_BY_KEY },
-    { 103, "performHmac", h_perform_hmac, TXN_BY_KEY },
-    { 104, "symmetricKeyEncrypt", h_symmetric_key_encrypt, TXN_BY_KEY },
+    { 1, "getDeviceInfo", h_get_device_info, TXN_READ, FIRST_OTHER },
+    { 2, "createProvisioningSession", h_create_provisioning_session, TXN_WRITE, FIRST_OTHER },
+    { 3, "closeProvisioningSession", h_close_provisioning_session, TXN_WRITE, FIRST_SESSION },
+    { 4, "enumerateProvisioningSessions", h_enumerate_provisioning_sessions, TXN_READ, FIRST_OTHER },
+    { 5, "abortProvisioningSession", h_abort_provisioning_session, TXN_WRITE, FIRST_OTHER },
+    { 7, "updateKeyManagementKey", h_update_key_management_key, TXN_WRITE, FIRST_OTHER },
+    { 8, "createPukPolicy", h_create_puk_policy, TXN_WRITE, FIRST_SESSION },
+    { 9, "createPinPolicy", h_create_pin_policy, TXN_WRITE, FIRST_SESSION },
+    { 10, "createKeyEntry", h_create_key_entry, TXN_WRITE, FIRST_SESSION },
+    { 11, "getKeyHandle", h_get_key_handle, TXN_WRITE, FIRST_SESSION },
+    { 12, "setCertificatePath", h_set_certificate_path, TXN_WRITE, FIRST_KEY },
+    { 13, "importSymmetricKey", h_import_symmetric_key, TXN_WRITE, FIRST_KEY },
+    { 14, "importPrivateKey", h_import_private_key, TXN_WRITE, FIRST_KEY },
+    { 15, "addExtension", h_add_extension, TXN_WRITE, FIRST_KEY },
+    { 50, "postDeleteKey", h_post_delete_key, TXN_WRITE, FIRST_SESSION },
+    { 51, "postUnlockKey", h_post_unlock_key, TXN_WRITE, FIRST_SESSION },
+    { 52, "postUpdateKey", h_post_update_key, TXN_WRITE, FIRST_KEY },
+    { 53, "postCloneKeyProtection", h_post_clone_key_protection, TXN_WRITE, FIRST_KEY },
+    { 70, "enumerateKeys", h_enumerate_keys, TXN_READ, FIRST_OTHER },
+    { 71, "getKeyAttributes", h_get_key_attributes, TXN_READ, FIRST_OTHER },
+    { 72, "getKeyProtectionInfo", h_get_key_protection_info, TXN_READ, FIRST_OTHER },
+    { 73, "getExtension", h_get_extension, TXN_READ, FIRST_OTHER },
+    { 74, "setProperty", h_set_property, TXN_WRITE, FIRST_OTHER },
+    { 80, "deleteKey", h_delete_key, TXN_WRITE, FIRST_OTHER },
+    { 81, "exportKey", h_export_key, TXN_WRITE, FIRST_OTHER },
+    { 82, "unlockKey", h_unlock_key, TXN_WRITE, FIRST_OTHER },
+    { 83, "changePin", h_change_pin, TXN_WRITE, FIRST_OTHER },
+    { 84, "setPin", h_set_pin, TXN_WRITE, FIRST_OTHER },
+    { 90, "updateFirmware", h_update_firmware, TXN_READ, FIRST_OTHER },
+    { 100, "signHashedData", h_sign_hashed_data, TXN_BY_KEY, FIRST_OTHER },
+    { 101, "asymmetricKeyDecrypt", h_asymmetric_key_decrypt, TXN_BY_KEY, FIRST_OTHER },
+    { 102, "keyAgreement", h_key_agreement, TXN_BY_KEY, FIRST_OTHER },
+    { 103, "performHmac", h_perform_hmac, TXN_BY_KEY, FIRST_OTHER },
+    { 104, "symmetricKeyEncrypt", h_symmetric_key_encrypt, TXN_BY_KEY, FIRST_OTHER },
 };
 
 static const method *find_method(uint8_t id)
@@ -100,6 +106,29 @@ static void write_error(sks_buf *reply, sks_status status, const char *message)
     sks_buf_reset(reply);
     sks_buf_byte(reply, (uint8_t)status);
     sks_buf_array(reply, message, n > 2000 ? 2000 : n);
+}
+
+/* The open session a failed provisioning call names by its first argument, or 0. */
+static uint32_t named_open_session(sks_device *dev, const method *m, const uint8_t *args, size_t n)
+{
+    static const char *const SQL[] = {
+        [FIRST_SESSION] = "SELECT handle FROM sessions WHERE handle = ? AND open = 1",
+        [FIRST_KEY] = "SELECT s.handle FROM keys k JOIN sessions s ON s.handle = k.session"
+                      " WHERE k.handle = ? AND s.open = 1",
+    };
+    sqlite3_stmt *st = NULL;
+    uint32_t first, session = 0;
+
+    if (m->first == FIRST_OTHER || n < 4)
+        return 0;
+    first = ((uint32_t)args[0] << 24) | ((uint32_t)args[1] << 16) | ((uint32_t)args[2] << 8) | args[3];
+    if (sqlite3_prepare_v2(dev->db, SQL[m->first], -1, &st, NULL) != SQLITE_OK)
+        return 0;
+    sqlite3_bind_int64(st, 1, first);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        session = (uint32_t)sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return session;
 }
 
 /* Removes a failed session in a transaction of its own. */
@@ -157,6 +186,8 @@ void sks_device_dispatch(sks_device *dev, const uint8_t *req, size_t reqlen, sks
         }
     } else {
         store_rollback(dev);
+        if (call.abort_session == 0)
+            call.abort_session = named_open_session(dev, m, req + 1, reqlen - 1);
         if (call.abort_session != 0)
             terminate_session(dev, call.abort_session);
     }

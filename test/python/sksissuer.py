@@ -215,6 +215,7 @@ CURVES = {
     "P-256": ec.SECP256R1(),
     "P-384": ec.SECP384R1(),
     "P-521": ec.SECP521R1(),
+    "secp256k1": ec.SECP256K1(),        # not an SKS curve: for rejection tests
 }
 
 

@@ -258,6 +258,26 @@ def test_user_api_refuses_keys_of_open_sessions(new_issuer, device):
     sign_and_verify(device, key)
 
 
+def test_parameters_and_biometrics_rejected(new_issuer, device):
+    """parameters must be empty for algorithms without parameters; biometricAuth on a key
+    without biometric protection is an authorization error."""
+    iss = new_issuer()
+    ec_key = iss.provision_key()
+    rsa_key = iss.provision_key(s.KEY_RSA1024)
+    iss.close()
+    d = sha256(b"x")
+    expect_error(device.sign_hashed_data, ec_key.handle, s.SIG_ECDSA_SHA256, d,
+                 parameters=b"\x00")
+    peer, _ = s.ecdh_peer(ec_key.public_key)
+    expect_error(device.key_agreement, ec_key.handle, s.KA_ECDH_RAW, peer, parameters=b"\x00")
+    ct = s.rsa_encrypt(rsa_key.public_key, s.ASYM_RSA_PKCS1, b"x")
+    expect_error(device.asymmetric_key_decrypt, rsa_key.handle, s.ASYM_RSA_PKCS1, ct,
+                 parameters=b"\x00")
+    expect_error(device.sign_hashed_data, ec_key.handle, s.SIG_ECDSA_SHA256, d,
+                 biometric_auth=True, codes=(s.ERROR_AUTHORIZATION,))
+    sign_and_verify(device, ec_key)
+
+
 def test_unknown_key_handle(device):
     expect_error(device.sign_hashed_data, 0x7FFFFFF0, s.SIG_ECDSA_SHA256, sha256(b"x"),
                  codes=(s.ERROR_NO_KEY,))

@@ -160,6 +160,43 @@ def test_close_before_set_certificate_path(new_issuer, device):
     assert_no_trace(device, iss, [k1.handle, k2.handle])
 
 
+@pytest.mark.parametrize("length,ok", [(0, False), (1, True), (32, True), (33, False)])
+def test_close_nonce_length(new_issuer, device, length, ok):
+    iss = new_issuer()
+    key = iss.provision_key()
+    if ok:
+        iss.close(nonce=b"\x5a" * length)
+        sign_and_verify(device, key)
+    else:
+        expect_error(iss.close, nonce=b"\x5a" * length)
+        assert_no_trace(device, iss, [key.handle])
+
+
+@pytest.mark.parametrize("case", ["secp256k1-cert", "garbage-cert", "empty-path"])
+def test_bad_certificate_path_aborts(new_issuer, device, case):
+    iss = new_issuer()
+    key = iss.create_key_entry()
+    if case == "secp256k1-cert":
+        other = s.spki(ec.generate_private_key(ec.SECP256K1()).public_key())
+        path = [iss.ca.issue(other, "k1"), iss.ca.der]
+    elif case == "garbage-cert":
+        path = [b"\x30\x03\x02\x01\x00"]
+    else:
+        path = []
+    expect_error(iss.set_certificate_path, key, path)
+    assert_no_trace(device, iss, [key.handle])
+
+
+def test_import_of_unsupported_private_key_aborts(new_issuer, device):
+    priv = ec.generate_private_key(ec.SECP256K1())
+    iss = new_issuer()
+    key = iss.create_key_entry()
+    path = [iss.ca.issue(s.spki(ec.generate_private_key(ec.SECP256R1()).public_key()), "x")]
+    iss.set_certificate_path(key, path)
+    expect_error(iss.import_private_key, key, priv)
+    assert_no_trace(device, iss, [key.handle])
+
+
 def test_set_certificate_path_twice(new_issuer, device):
     iss = new_issuer()
     k1 = iss.provision_key()
@@ -227,25 +264,60 @@ def test_unreferenced_policy_at_close(new_issuer, device, what):
     assert_no_trace(device, iss, [key.handle])
 
 
+def import_with_certificate(iss, private_key, path=None):
+    """A key entry holding an imported private key; returns the key (path reused if given)."""
+    key = iss.create_key_entry()
+    if path is None:
+        iss.set_certificate_path(key, certify=s.spki(private_key.public_key()))
+    else:
+        iss.set_certificate_path(key, path)
+        key.certified_key = s.spki(private_key.public_key())
+    iss.import_private_key(key, private_key)
+    return key
+
+
 def test_duplicate_end_entity_certificate_in_session(new_issuer, device):
+    """Two keys with the same end-entity certificate (and matching private keys, so only
+    the duplicate rule can object)."""
+    priv = ec.generate_private_key(ec.SECP256R1())
     iss = new_issuer()
-    k1 = iss.provision_key()
-    k2 = iss.create_key_entry()
-    iss.set_certificate_path(k2, k1.certificate_path)
+    k1 = import_with_certificate(iss, priv)
+    k2 = import_with_certificate(iss, priv, k1.certificate_path)
     expect_error(iss.close)
     assert_no_trace(device, iss, [k1.handle, k2.handle])
 
 
 def test_duplicate_end_entity_certificate_across_sessions(new_issuer, device):
+    priv = ec.generate_private_key(ec.SECP256R1())
     a = new_issuer()
-    k1 = a.provision_key()
+    k1 = import_with_certificate(a, priv)
     a.close()
     b = new_issuer()
-    k2 = b.create_key_entry()
-    b.set_certificate_path(k2, k1.certificate_path)
+    k2 = import_with_certificate(b, priv, k1.certificate_path)
     expect_error(b.close)
     assert_no_trace(device, b, [k2.handle])
     sign_and_verify(device, k1)
+
+
+@pytest.mark.parametrize("op", ["delete", "update"])
+def test_duplicate_certificate_allowed_when_target_is_replaced(new_issuer, device, ec_kmk, op):
+    """The same end-entity certificate may come back in a session that deletes or updates
+    the key currently holding it."""
+    priv = ec.generate_private_key(ec.SECP256R1())
+    a = new_issuer(kmk=ec_kmk)
+    old = import_with_certificate(a, priv)
+    a.close()
+    b = new_issuer()
+    new = import_with_certificate(b, priv, old.certificate_path)
+    if op == "delete":
+        b.post_delete_key(old, kmk=ec_kmk)
+    else:
+        b.post_update_key(new, old, kmk=ec_kmk)
+    b.close()
+    handle = new.handle if op == "delete" else old.handle
+    assert device.list_keys() == {handle: b.handle}
+    assert device.get_key_attributes(handle).certificate_path == old.certificate_path
+    sign_and_verify(device, new if op == "delete" else old)
 
 
 @pytest.mark.parametrize("bad_id", ["", "has space", "x" * 33, "tab\t", "é"],

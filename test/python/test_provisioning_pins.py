@@ -86,12 +86,36 @@ def test_invalid_pin_policy_aborts(new_issuer, device, kw):
     assert_no_trace(device, iss, [good.handle])
 
 
-@pytest.mark.parametrize("kw", [dict(retry_limit=10001), dict(format=4)],
-                         ids=["retry10001", "format4"])
-def test_invalid_puk_policy_aborts(new_issuer, device, kw):
+@pytest.mark.parametrize("puk,kw", [("123456", dict(retry_limit=10001)),
+                                    ("123456", dict(format=4)),
+                                    ("", dict(format=s.FORMAT_BINARY)),
+                                    ("1" * 129, dict())],
+                         ids=["retry10001", "format4", "empty", "129bytes"])
+def test_invalid_puk_policy_aborts(new_issuer, device, puk, kw):
     iss = new_issuer()
-    expect_error(iss.create_puk_policy, "123456", **kw)
+    expect_error(iss.create_puk_policy, puk, **kw)
     assert_no_trace(device, iss)
+
+
+def test_puk_without_retry_limit_delays(new_issuer, device):
+    """retryLimit 0: the PUK never locks, but every unlock attempt is delayed (1-10 s)."""
+    import time
+    iss = new_issuer()
+    puk = iss.create_puk_policy("12345678", retry_limit=0)
+    policy = iss.create_pin_policy(puk=puk, retry_limit=1)
+    key = iss.provision_key(pin_policy=policy, pin="2580")
+    iss.close()
+    bad_pin(device, key)
+    for auth in (b"00000000", b"11111111", b"12345678"):
+        t0 = time.monotonic()
+        try:
+            device.unlock_key(key.handle, auth)
+        except s.SksError as e:
+            assert e.status == s.ERROR_AUTHORIZATION and auth != b"12345678"
+        assert time.monotonic() - t0 >= 0.9, "no delay before acting on the PUK"
+    info = protection(device, key)
+    assert not info.protection_status & (s.PROTSTAT_PIN_BLOCKED | s.PROTSTAT_PUK_BLOCKED)
+    sign(device, key, "2580")
 
 
 def test_puk_syntax_checked(new_issuer, device):

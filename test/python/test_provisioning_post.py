@@ -347,3 +347,73 @@ def test_new_key_needs_certificate(new_issuer, device, ec_kmk):
     expect_error(iss.post_update_key, new, old, kmk=ec_kmk)
     assert_no_trace(device, iss, [new.handle])
     assert_intact(device, old_iss, old)
+
+
+def test_post_operation_on_vanished_target_fails_at_close(new_issuer, device, ec_kmk):
+    """Two open sessions delete the same key: the first close wins; the second session's
+    post operation can no longer succeed, so its close must fail and leave no trace."""
+    old_iss, old = provision_target(new_issuer, ec_kmk)
+    first = new_issuer()
+    second = new_issuer()
+    first.post_delete_key(old, kmk=ec_kmk)
+    second.post_delete_key(old, kmk=ec_kmk)
+    first.close()
+    assert_key_gone(device, old.handle)
+    expect_error(second.close)
+    assert_no_trace(device, second)
+
+
+def test_update_of_key_deleted_meanwhile_fails_at_close(new_issuer, device, ec_kmk):
+    """postUpdateKey whose target is deleted (deleteKey) before the close: the update cannot
+    be committed, so the close fails and the new key does not survive as a plain key."""
+    old_iss, old = provision_target(new_issuer, ec_kmk, pin=None)
+    iss = new_issuer()
+    new = iss.provision_key(app_usage=old.app_usage)
+    iss.post_update_key(new, old, kmk=ec_kmk)
+    device.delete_key(old.handle)
+    expect_error(iss.close)
+    assert_no_trace(device, iss, [new.handle])
+
+
+def test_post_update_replaces_all_key_data(new_issuer, device, ec_kmk):
+    """An update replaces everything of the key entry (certificate path, key material,
+    symmetric key, extensions, friendly name, endorsed algorithms) except PIN protection."""
+    old_iss = new_issuer(kmk=ec_kmk)
+    policy = old_iss.create_pin_policy()
+    old = old_iss.provision_key(pin_policy=policy, pin="2580", friendly_name="old",
+                                endorsed_algorithms=[s.HMAC_SHA256])
+    old_iss.import_symmetric_key(old, b"\x01" * 32)
+    old_iss.add_extension(old, "http://example.com/old", s.SUB_TYPE_EXTENSION, b"old")
+    old_iss.close()
+    iss = new_issuer()
+    new = iss.provision_key(s.KEY_EC_P384, friendly_name="new",
+                            endorsed_algorithms=[s.SIG_ECDSA_SHA384])
+    iss.add_extension(new, "http://example.com/new", s.SUB_TYPE_EXTENSION, b"new")
+    iss.post_update_key(new, old, kmk=ec_kmk)
+    iss.close()
+    attrs = device.get_key_attributes(old.handle)
+    assert attrs.symmetric_key_length == 0
+    assert attrs.certificate_path == new.certificate_path
+    assert attrs.friendly_name == "new"
+    assert attrs.endorsed_algorithms == [s.SIG_ECDSA_SHA384]
+    assert attrs.extension_types == ["http://example.com/new"]
+    assert device.get_extension(old.handle, "http://example.com/new").extension_data == b"new"
+    expect_error(device.get_extension, old.handle, "http://example.com/old",
+                 codes=(s.ERROR_OPTION,))
+    expect_error(device.perform_hmac, old.handle, s.HMAC_SHA256, b"x", authorization=b"2580")
+    sign_and_verify(device, old, s.SIG_ECDSA_SHA384, pin=b"2580", spki=new.public_key)
+
+
+def test_clone_keeps_pin_after_target_deleted(new_issuer, device, ec_kmk):
+    old_iss, old = provision_target(new_issuer, ec_kmk)
+    iss = new_issuer()
+    clone = iss.provision_key()
+    iss.post_clone_key_protection(clone, old, kmk=ec_kmk)
+    iss.close()
+    device.delete_key(old.handle)
+    info = protection(device, clone)
+    assert info.protection_status == s.PROTSTAT_PIN_PROTECTED | s.PROTSTAT_PUK_PROTECTED
+    expect_error(device.sign_hashed_data, clone.handle, s.SIG_ECDSA_SHA256, DIGEST, b"",
+                 codes=(s.ERROR_AUTHORIZATION,))
+    sign_and_verify(device, clone, pin=b"2580")
+    device.unlock_key(clone.handle, b"12345678")

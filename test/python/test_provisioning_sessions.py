@@ -62,6 +62,7 @@ def test_session_on_curve(new_issuer, device, curve):
     assert client_key.curve == s.CURVES[curve].name
     key = iss.provision_key(s.KEY_EC_P256)
     assert_session_state(device, iss, True)
+    assert key.handle not in device.list_keys(), "enumerateKeys lists closed sessions only"
     iss.close()
     assert_session_state(device, iss, False)
     assert device.list_keys().get(key.handle) == iss.handle
@@ -114,6 +115,24 @@ def test_unknown_session_key_algorithm_rejected(device, ca):
     iss = s.Issuer(device, ca=ca, session_key_algorithm=s.SKS + "session.2")
     expect_error(iss.open)
     assert device.list_sessions(True) == []
+
+
+@pytest.mark.parametrize("case", ["secp256k1-ephemeral", "ed25519-kmk", "empty-issuer-uri",
+                                  "long-issuer-uri"])
+def test_bad_session_parameters_rejected(device, ca, case):
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    kw = {}
+    if case == "secp256k1-ephemeral":
+        kw["curve"] = "secp256k1"
+    elif case == "ed25519-kmk":
+        kw["kmk"] = ed25519.Ed25519PrivateKey.generate()
+    elif case == "empty-issuer-uri":
+        kw["issuer_uri"] = ""
+    else:
+        kw["issuer_uri"] = "https://issuer.example.com/" + "x" * 1000
+    iss = s.Issuer(device, ca=ca, **kw)
+    expect_error(iss.open)
+    assert device.all_sessions() == []
 
 
 def test_enumeration_of_several_sessions(new_issuer, device):

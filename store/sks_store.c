@@ -1,0 +1,424 @@
+/*
+ * The STORE loader for sks: URIs (store/uri.h). It lists the device's keys once per open,
+ * filters them by the URI, and yields for each key its private key (as a reference the
+ * keymgmt loads), its public key, and its certificate chain, as the URI's type asks.
+ *
+ * The PIN of a PIN-protected key comes from the URI, else the provider configuration,
+ * else the application's passphrase callback, asked once at load. A wrong PIN is never
+ * retried here; a locked key is refused at load with a message that says so.
+ */
+#include "../provider/provider.h"
+#include "uri.h"
+
+#include <string.h>
+
+#include <openssl/core_names.h>
+#include <openssl/core_object.h>
+#include <openssl/crypto.h>
+#include <openssl/params.h>
+#include <openssl/store.h>
+#include <openssl/x509.h>
+
+static OSSL_FUNC_store_open_fn store_open;
+static OSSL_FUNC_store_load_fn store_load;
+static OSSL_FUNC_store_eof_fn store_eof;
+static OSSL_FUNC_store_close_fn store_close;
+static OSSL_FUNC_store_set_ctx_params_fn store_set_ctx_params;
+static OSSL_FUNC_store_settable_ctx_params_fn store_settable_ctx_params;
+
+#define PROT_PIN_PROTECTED 0x01
+#define PROT_PIN_BLOCKED 0x04
+
+/* One object to hand out. */
+typedef struct {
+    int type; /* OSSL_OBJECT_PKEY or OSSL_OBJECT_CERT */
+    int is_private;
+    uint32_t handle;
+    sks_buf der; /* certificate DER, or SubjectPublicKeyInfo for public keys */
+} pending_object;
+
+typedef struct {
+    sks_provctx *ctx;
+    sks_uri uri;
+    int expect;          /* OSSL_STORE_INFO_* hint from the application, 0 = any */
+    int listed;
+    pending_object *objects;
+    size_t count, next;
+    /* per-key data for private keys, filled while listing */
+    struct key_info {
+        uint32_t handle;
+        char *name;
+        char **endorsed;
+        sks_buf spki;
+    } *keys;
+    size_t nkeys;
+} store_ctx;
+
+static void *store_open(void *provctx, const char *uri)
+{
+    store_ctx *s = OPENSSL_zalloc(sizeof(*s));
+    char err[256] = "";
+
+    if (s == NULL)
+        return NULL;
+    s->ctx = provctx;
+    if (!sks_uri_parse(uri, &s->uri, err, sizeof(err))) {
+        sks_raise(s->ctx, SKS_R_BAD_URI, "%s", err);
+        OPENSSL_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+static int store_set_ctx_params(void *vctx, const OSSL_PARAM params[])
+{
+    store_ctx *s = vctx;
+    const OSSL_PARAM *p;
+
+    if (params == NULL)
+        return 1;
+    if ((p = OSSL_PARAM_locate_const(params, OSSL_STORE_PARAM_EXPECT)) != NULL && !OSSL_PARAM_get_int(p, &s->expect))
+        return 0;
+    return 1;
+}
+
+static const OSSL_PARAM *store_settable_ctx_params(void *provctx)
+{
+    static const OSSL_PARAM params[] = { OSSL_PARAM_int(OSSL_STORE_PARAM_EXPECT, NULL), OSSL_PARAM_END };
+    (void)provctx;
+    return params;
+}
+
+static int simple_call(sks_provctx *ctx, const char *method, uint8_t id, uint32_t handle, sks_buf *reply, sks_reader *r)
+{
+    sks_buf req;
+    int status;
+    sks_pstatus rc;
+
+    sks_buf_init(&req);
+    sks_buf_byte(&req, id);
+    sks_buf_uint(&req, handle);
+    rc = sks_device_call(ctx, method, &req, reply, r, &status);
+    sks_buf_free(&req);
+    return rc == SKS_P_OK;
+}
+
+static int add_object(store_ctx *s, int type, int is_private, uint32_t handle, const uint8_t *der, size_t n)
+{
+    pending_object *o;
+
+    o = OPENSSL_realloc(s->objects, (s->count + 1) * sizeof(*o));
+    if (o == NULL)
+        return 0;
+    s->objects = o;
+    o = &s->objects[s->count++];
+    memset(o, 0, sizeof(*o));
+    o->type = type;
+    o->is_private = is_private;
+    o->handle = handle;
+    sks_buf_init(&o->der);
+    sks_buf_put(&o->der, der, n);
+    return !o->der.failed;
+}
+
+static int wants(const store_ctx *s, sks_uri_type t)
+{
+    if (s->uri.type != SKS_URI_ANY)
+        return s->uri.type == t;
+    switch (s->expect) {
+    case OSSL_STORE_INFO_PKEY:
+        return t == SKS_URI_PRIVATE;
+    case OSSL_STORE_INFO_PUBKEY:
+        return t == SKS_URI_PUBLIC;
+    case OSSL_STORE_INFO_CERT:
+        return t == SKS_URI_CERT;
+    default:
+        /* Listing everything: private keys and certificates (public keys only on request). */
+        return t != SKS_URI_PUBLIC;
+    }
+}
+
+/* Reads getKeyAttributes and queues the key's objects if it matches the URI. */
+static int consider_key(store_ctx *s, uint32_t handle)
+{
+    sks_buf reply;
+    sks_reader r;
+    uint16_t sym, ncert, i, nend;
+    sks_span certs[32], name;
+    uint8_t fp[32];
+    int ok = 1;
+    X509 *ee = NULL;
+    const unsigned char *q;
+    unsigned char *spki = NULL;
+    int spki_len;
+
+    sks_buf_init(&reply);
+    if (!simple_call(s->ctx, "getKeyAttributes", 71, handle, &reply, &r)) {
+        sks_buf_free(&reply);
+        return 0;
+    }
+    sym = sks_get_ushort(&r, "symmetricKeyLength");
+    ncert = sks_get_ushort(&r, "certificates");
+    for (i = 0; i < ncert && sks_reader_ok(&r); i++) {
+        sks_span c = sks_get_array(&r, "certificate");
+        if (i < 32)
+            certs[i] = c;
+    }
+    if (ncert > 32)
+        ncert = 32;
+    sks_get_byte(&r, "appUsage");
+    name = sks_get_string(&r, "friendlyName");
+    nend = sks_get_ushort(&r, "endorsed");
+    if (!sks_reader_ok(&r) || sym > 0 || ncert == 0)
+        goto done; /* symmetric keys and uncertified entries are not OpenSSL objects */
+    if (s->uri.has_handle && s->uri.handle != handle)
+        goto done;
+    if (s->uri.name != NULL && !sks_span_eq_str(name, s->uri.name))
+        goto done;
+    if (s->uri.has_sha256) {
+        if (EVP_Digest(certs[0].p, certs[0].n, fp, NULL, EVP_sha256(), NULL) != 1 || memcmp(fp, s->uri.sha256, 32) != 0)
+            goto done;
+    }
+    q = certs[0].p;
+    ee = d2i_X509(NULL, &q, (long)certs[0].n);
+    if (ee == NULL || (spki_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(ee), &spki)) <= 0)
+        goto done;
+    if (wants(s, SKS_URI_PRIVATE) || wants(s, SKS_URI_PUBLIC)) {
+        struct key_info *ki = OPENSSL_realloc(s->keys, (s->nkeys + 1) * sizeof(*ki));
+        if (ki == NULL) {
+            ok = 0;
+            goto done;
+        }
+        s->keys = ki;
+        ki = &s->keys[s->nkeys++];
+        memset(ki, 0, sizeof(*ki));
+        ki->handle = handle;
+        ki->name = sks_span_strdup(name);
+        sks_buf_init(&ki->spki);
+        sks_buf_put(&ki->spki, spki, (size_t)spki_len);
+        if (nend > 0 && (ki->endorsed = OPENSSL_zalloc((nend + 1) * sizeof(char *))) != NULL)
+            for (i = 0; i < nend && sks_reader_ok(&r); i++)
+                ki->endorsed[i] = sks_span_strdup(sks_get_uri(&r, "endorsed"));
+    }
+    if (wants(s, SKS_URI_PRIVATE))
+        ok = add_object(s, OSSL_OBJECT_PKEY, 1, handle, NULL, 0);
+    if (ok && wants(s, SKS_URI_PUBLIC))
+        ok = add_object(s, OSSL_OBJECT_PKEY, 0, handle, spki, (size_t)spki_len);
+    for (i = 0; ok && i < ncert && wants(s, SKS_URI_CERT); i++)
+        ok = add_object(s, OSSL_OBJECT_CERT, 0, handle, certs[i].p, certs[i].n);
+done:
+    OPENSSL_free(spki);
+    X509_free(ee);
+    sks_buf_free(&reply);
+    return ok;
+}
+
+/* Lists the store once: enumerateKeys, then attributes of each key. */
+static int list_objects(store_ctx *s)
+{
+    uint32_t handle = 0;
+
+    s->listed = 1;
+    for (;;) {
+        sks_buf reply;
+        sks_reader r;
+        if (s->uri.has_handle && handle == 0) {
+            /* A handle selects one key: no scan. */
+            return consider_key(s, s->uri.handle);
+        }
+        sks_buf_init(&reply);
+        if (!simple_call(s->ctx, "enumerateKeys", 70, handle, &reply, &r)) {
+            sks_buf_free(&reply);
+            return 0;
+        }
+        handle = sks_get_uint(&r, "keyHandle");
+        sks_buf_free(&reply);
+        if (handle == 0)
+            break;
+        if (!consider_key(s, handle))
+            return 0;
+    }
+    if (s->count == 0)
+        sks_raise(s->ctx, SKS_R_NOT_FOUND, "no %s in the sks store matches the URI%s%s",
+                  s->uri.type == SKS_URI_CERT ? "certificate" : "key", s->uri.name ? ": name=" : "",
+                  s->uri.name ? s->uri.name : "");
+    return 1;
+}
+
+static struct key_info *find_key_info(store_ctx *s, uint32_t handle)
+{
+    size_t i;
+
+    for (i = 0; i < s->nkeys; i++)
+        if (s->keys[i].handle == handle)
+            return &s->keys[i];
+    return NULL;
+}
+
+/* getKeyProtectionInfo: is the key PIN protected, and is it locked? */
+static int protection_of(store_ctx *s, uint32_t handle, int *pin_protected, int *locked)
+{
+    sks_buf reply;
+    sks_reader r;
+    uint8_t status;
+
+    sks_buf_init(&reply);
+    if (!simple_call(s->ctx, "getKeyProtectionInfo", 72, handle, &reply, &r)) {
+        sks_buf_free(&reply);
+        return 0;
+    }
+    status = sks_get_byte(&r, "protectionStatus");
+    sks_buf_free(&reply);
+    *pin_protected = (status & PROT_PIN_PROTECTED) != 0;
+    *locked = (status & PROT_PIN_BLOCKED) != 0;
+    return 1;
+}
+
+static char *ask_pin(const char *name, OSSL_PASSPHRASE_CALLBACK *pw_cb, void *pw_cbarg)
+{
+    char buf[256], info[300];
+    size_t len = 0;
+    OSSL_PARAM params[2];
+    char *pin = NULL;
+
+    if (pw_cb == NULL)
+        return NULL;
+    snprintf(info, sizeof(info), "PIN for sks key \"%s\"", name ? name : "?");
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PASSPHRASE_PARAM_INFO, info, 0);
+    params[1] = OSSL_PARAM_construct_end();
+    if (pw_cb(buf, sizeof(buf) - 1, &len, params, pw_cbarg) && len < sizeof(buf)) {
+        buf[len] = '\0';
+        pin = OPENSSL_strdup(buf);
+    }
+    OPENSSL_cleanse(buf, sizeof(buf));
+    return pin;
+}
+
+/* Builds the provider key object for a private key, with its PIN. */
+static sks_key *make_key(store_ctx *s, struct key_info *ki, OSSL_PASSPHRASE_CALLBACK *pw_cb, void *pw_cbarg)
+{
+    const unsigned char *q = ki->spki.data;
+    EVP_PKEY *pub = d2i_PUBKEY_ex(NULL, &q, (long)ki->spki.len, s->ctx->libctx, "provider=default");
+    int pin_protected = 0, locked = 0;
+    sks_key_kind kind;
+    sks_key *k;
+    size_t i, n = 0;
+
+    if (pub == NULL)
+        return NULL;
+    kind = EVP_PKEY_is_a(pub, "RSA-PSS") ? SKS_KIND_RSA_PSS
+           : EVP_PKEY_is_a(pub, "RSA")   ? SKS_KIND_RSA
+           : EVP_PKEY_is_a(pub, "ED25519") ? SKS_KIND_ED25519
+                                           : SKS_KIND_EC;
+    if (!protection_of(s, ki->handle, &pin_protected, &locked)) {
+        EVP_PKEY_free(pub);
+        return NULL;
+    }
+    if (locked) {
+        sks_raise(s->ctx, SKS_R_LOCKED, "sks key \"%s\" is locked: too many wrong PINs (unlock it with its PUK)",
+                  ki->name ? ki->name : "?");
+        EVP_PKEY_free(pub);
+        return NULL;
+    }
+    if ((k = sks_key_new(s->ctx, kind)) == NULL) {
+        EVP_PKEY_free(pub);
+        return NULL;
+    }
+    k->handle = ki->handle;
+    k->pub = pub;
+    k->name = ki->name ? OPENSSL_strdup(ki->name) : NULL;
+    while (ki->endorsed != NULL && ki->endorsed[n] != NULL)
+        n++;
+    if (n > 0 && (k->endorsed = OPENSSL_zalloc((n + 1) * sizeof(char *))) != NULL)
+        for (i = 0; i < n; i++)
+            k->endorsed[i] = OPENSSL_strdup(ki->endorsed[i]);
+    if (pin_protected) {
+        if (s->uri.pin != NULL)
+            k->pin = OPENSSL_strdup(s->uri.pin);
+        else if (s->ctx->pin != NULL)
+            k->pin = OPENSSL_strdup(s->ctx->pin);
+        else
+            k->pin = ask_pin(ki->name, pw_cb, pw_cbarg);
+        if (k->pin == NULL) {
+            sks_raise(s->ctx, SKS_R_PIN, "sks key \"%s\" needs a PIN: give ?pin-value= or ?pin-source=file: in the URI,"
+                      " pin in the provider configuration, or a passphrase callback", ki->name ? ki->name : "?");
+            sks_key_free(k);
+            return NULL;
+        }
+    }
+    return k;
+}
+
+static int store_load(void *vctx, OSSL_CALLBACK *object_cb, void *object_cbarg, OSSL_PASSPHRASE_CALLBACK *pw_cb,
+                      void *pw_cbarg)
+{
+    store_ctx *s = vctx;
+    pending_object *o;
+    OSSL_PARAM params[5], *p = params;
+    int object_type, ok;
+    sks_key *k = NULL;
+
+    if (!s->listed && !list_objects(s))
+        return 0;
+    if (s->next >= s->count)
+        return 0;
+    o = &s->objects[s->next++];
+    object_type = o->type;
+    *p++ = OSSL_PARAM_construct_int(OSSL_OBJECT_PARAM_TYPE, &object_type);
+    if (o->type == OSSL_OBJECT_CERT) {
+        *p++ = OSSL_PARAM_construct_octet_string(OSSL_OBJECT_PARAM_DATA, o->der.data, o->der.len);
+    } else if (!o->is_private) {
+        *p++ = OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DATA_STRUCTURE, "SubjectPublicKeyInfo", 0);
+        *p++ = OSSL_PARAM_construct_octet_string(OSSL_OBJECT_PARAM_DATA, o->der.data, o->der.len);
+    } else {
+        struct key_info *ki = find_key_info(s, o->handle);
+        if (ki == NULL || (k = make_key(s, ki, pw_cb, pw_cbarg)) == NULL)
+            return 0;
+        *p++ = OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DATA_TYPE, (char *)sks_kind_name(k->kind), 0);
+        *p++ = OSSL_PARAM_construct_octet_string(OSSL_OBJECT_PARAM_REFERENCE, &k, sizeof(k));
+    }
+    *p = OSSL_PARAM_construct_end();
+    ok = object_cb(params, object_cbarg);
+    sks_key_free(k);
+    return ok;
+}
+
+static int store_eof(void *vctx)
+{
+    store_ctx *s = vctx;
+
+    return s->listed && s->next >= s->count;
+}
+
+static int store_close(void *vctx)
+{
+    store_ctx *s = vctx;
+    size_t i, j;
+
+    if (s == NULL)
+        return 1;
+    for (i = 0; i < s->count; i++)
+        sks_buf_free(&s->objects[i].der);
+    OPENSSL_free(s->objects);
+    for (i = 0; i < s->nkeys; i++) {
+        OPENSSL_free(s->keys[i].name);
+        sks_buf_free(&s->keys[i].spki);
+        for (j = 0; s->keys[i].endorsed != NULL && s->keys[i].endorsed[j] != NULL; j++)
+            OPENSSL_free(s->keys[i].endorsed[j]);
+        OPENSSL_free(s->keys[i].endorsed);
+    }
+    OPENSSL_free(s->keys);
+    sks_uri_clear(&s->uri);
+    OPENSSL_free(s);
+    return 1;
+}
+
+const OSSL_DISPATCH sks_store_functions[] = {
+    { OSSL_FUNC_STORE_OPEN, (void (*)(void))store_open },
+    { OSSL_FUNC_STORE_SETTABLE_CTX_PARAMS, (void (*)(void))store_settable_ctx_params },
+    { OSSL_FUNC_STORE_SET_CTX_PARAMS, (void (*)(void))store_set_ctx_params },
+    { OSSL_FUNC_STORE_LOAD, (void (*)(void))store_load },
+    { OSSL_FUNC_STORE_EOF, (void (*)(void))store_eof },
+    { OSSL_FUNC_STORE_CLOSE, (void (*)(void))store_close },
+    { 0, NULL }
+};
