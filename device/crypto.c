@@ -241,7 +241,8 @@ done:
     return ok;
 }
 
-int sign_hash(EVP_PKEY *key, const EVP_MD *md, int pss, const uint8_t *data, size_t n, sks_buf *sig)
+int sign_hash(EVP_PKEY *key, const EVP_MD *md, int pss, int saltlen, const EVP_MD *mgf1, const uint8_t *data,
+              size_t n, sks_buf *sig)
 {
     int type = EVP_PKEY_get_base_id(key);
     EVP_PKEY_CTX *c = NULL;
@@ -267,8 +268,8 @@ int sign_hash(EVP_PKEY *key, const EVP_MD *md, int pss, const uint8_t *data, siz
         if (pss) {
             if (EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PSS_PADDING) != 1
                 || EVP_PKEY_CTX_set_signature_md(c, md) != 1
-                || EVP_PKEY_CTX_set_rsa_mgf1_md(c, md) != 1
-                || EVP_PKEY_CTX_set_rsa_pss_saltlen(c, RSA_PSS_SALTLEN_DIGEST) != 1)
+                || EVP_PKEY_CTX_set_rsa_mgf1_md(c, mgf1 != NULL ? mgf1 : md) != 1
+                || EVP_PKEY_CTX_set_rsa_pss_saltlen(c, saltlen >= 0 ? saltlen : RSA_PSS_SALTLEN_DIGEST) != 1)
                 goto done;
         } else if (EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PADDING) != 1
                    || (md != NULL && EVP_PKEY_CTX_set_signature_md(c, md) != 1)) {
@@ -300,7 +301,7 @@ int sign_sha256(EVP_PKEY *key, const uint8_t *data, size_t n, sks_buf *sig)
 
     if (!sha256(data, n, h))
         return 0;
-    return sign_hash(key, EVP_sha256(), 0, h, sizeof(h), sig);
+    return sign_hash(key, EVP_sha256(), 0, -1, NULL, h, sizeof(h), sig);
 }
 
 int verify_sha256(EVP_PKEY *key, const uint8_t *data, size_t n, const uint8_t *sig, size_t siglen)

@@ -75,8 +75,10 @@ EVP_PKEY *ec_generate(const char *curve);
 int ecdh_z(EVP_PKEY *priv, EVP_PKEY *peer, sks_buf *z);
 /* Signature in the SKS encoding: ECDSA as r||s, RSA PKCS#1 v1.5, Ed25519 raw.
  * `md` is the digest the data was hashed with (NULL: data signed as is, for ecdsa.none,
- * rsa.pkcs1.none and Ed25519); `pss` selects RSA-PSS with salt = hash length. */
-int sign_hash(EVP_PKEY *key, const EVP_MD *md, int pss, const uint8_t *data, size_t n, sks_buf *sig);
+ * rsa.pkcs1.none and Ed25519); `pss` selects RSA-PSS with the given salt length (-1: the
+ * hash length) and MGF1 digest (NULL: md). */
+int sign_hash(EVP_PKEY *key, const EVP_MD *md, int pss, int saltlen, const EVP_MD *mgf1, const uint8_t *data,
+              size_t n, sks_buf *sig);
 /* Signs SHA-256(data) the way attestations and authorizations are signed. */
 int sign_sha256(EVP_PKEY *key, const uint8_t *data, size_t n, sks_buf *sig);
 int verify_sha256(EVP_PKEY *key, const uint8_t *data, size_t n, const uint8_t *sig, size_t siglen);

@@ -117,7 +117,7 @@ static sks_status prepare(sks_device *dev, sks_call *call, const char *method, a
     if (symmetric_method != (k->symmetric_length > 0))
         return sks_fail(call, SKS_ERROR_ALGORITHM, "%s: key #%u is %s key", method, a->handle,
                         k->symmetric_length > 0 ? "a symmetric" : "an asymmetric");
-    if (!(cls == ALG_SYM_ENCRYPT && (*alg)->sym == SYM_CBC_PARAM_IV) && a->parameters.n != 0)
+    if (!(cls == ALG_SYM_ENCRYPT && (*alg)->sym == SYM_CBC_PARAM_IV) && !(*alg)->pss && a->parameters.n != 0)
         return sks_fail(call, SKS_ERROR_OPTION, "%s: \"parameters\" must be empty for this algorithm", method);
     if (symmetric_method) {
         if ((rc = pin_verify(dev, call, k, a->biometric, a->authorization)) != SKS_OK)
@@ -143,8 +143,40 @@ static void read_user_args(sks_reader *in, user_args *a, int with_mode, int *mod
     a->authorization = sks_get_array(in, "authorization");
 }
 
+/* RSA-PSS parameters (a project extension, docs/algorithms.md): empty = salt length equal
+ * to the hash length and MGF1 with the signature's hash; else ushort saltLength, optionally
+ * followed by string mgf1Digest. */
+static int pss_parameters(sks_span p, int *saltlen, const EVP_MD **mgf1)
+{
+    sks_reader r;
+    sks_span name;
+    char buf[16];
+
+    *saltlen = -1;
+    *mgf1 = NULL;
+    if (p.n == 0)
+        return 1;
+    sks_reader_init(&r, p.p, p.n);
+    *saltlen = sks_get_ushort(&r, "saltLength");
+    if (r.off < r.n) {
+        name = sks_get_string(&r, "mgf1Digest");
+        if (!sks_reader_ok(&r) || name.n == 0 || name.n >= sizeof(buf))
+            return 0;
+        memcpy(buf, name.p, name.n);
+        buf[name.n] = '\0';
+        if (strcmp(buf, "SHA1") != 0 && strcmp(buf, "SHA256") != 0 && strcmp(buf, "SHA384") != 0
+            && strcmp(buf, "SHA512") != 0)
+            return 0;
+        *mgf1 = EVP_get_digestbyname(buf);
+    }
+    sks_reader_expect_end(&r);
+    return sks_reader_ok(&r);
+}
+
 SKS_HANDLER(h_sign_hashed_data)
 {
+    int saltlen = -1;
+    const EVP_MD *mgf1 = NULL;
     user_args a;
     sks_span data;
     key_entry k;
@@ -170,7 +202,13 @@ SKS_HANDLER(h_sign_hashed_data)
         rc = sks_fail(call, SKS_ERROR_OPTION, "signHashedData: \"data\" length %zu is outside the key's limits", data.n);
         goto done;
     }
-    if (!sign_hash(pkey, alg->md ? EVP_get_digestbyname(alg->md) : NULL, alg->pss, data.p, data.n, &sig)) {
+    if (alg->pss && !pss_parameters(a.parameters, &saltlen, &mgf1)) {
+        rc = sks_fail(call, SKS_ERROR_OPTION, "signHashedData: RSA-PSS \"parameters\" must be empty or ushort"
+                      " saltLength followed by an optional MGF1 digest name (SHA1, SHA256, SHA384, SHA512)");
+        goto done;
+    }
+    if (!sign_hash(pkey, alg->md ? EVP_get_digestbyname(alg->md) : NULL, alg->pss, saltlen, mgf1, data.p, data.n,
+                   &sig)) {
         rc = sks_fail(call, SKS_ERROR_CRYPTO, "signHashedData: signing with key #%u failed (data too long for the key?)",
                       a.handle);
         goto done;

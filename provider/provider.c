@@ -87,7 +87,7 @@ void sks_raise(sks_provctx *ctx, int reason, const char *fmt, ...)
     core_new_error(ctx->core);
     core_set_error_debug(ctx->core, OPENSSL_FILE, OPENSSL_LINE, "sks");
     va_start(ap, fmt);
-    core_vset_error(ctx->core, ERR_PACK(ERR_LIB_PROV, 0, reason), fmt, ap);
+    core_vset_error(ctx->core, (uint32_t)reason, fmt, ap);
     va_end(ap);
 }
 

@@ -49,6 +49,7 @@ typedef struct {
     int saltlen;       /* RSA-PSS: length or RSA_PSS_SALTLEN_* */
     char mgf1name[64]; /* RSA-PSS: "" = same as the digest */
     EVP_PKEY_CTX *shadow; /* default-provider verify context on the public key */
+    EVP_MD_CTX *shadow_md; /* Ed25519 has no plain verify: its shadow is a digest-verify context */
 } sigctx;
 
 static void *newctx(void *provctx, sks_key_kind kind)
@@ -90,7 +91,9 @@ static void sig_freectx(void *vctx)
         return;
     sks_key_free(c->key);
     EVP_MD_CTX_free(c->mdctx);
-    EVP_PKEY_CTX_free(c->shadow);
+    if (c->shadow_md == NULL)
+        EVP_PKEY_CTX_free(c->shadow);
+    EVP_MD_CTX_free(c->shadow_md);
     OPENSSL_free(c);
 }
 
@@ -104,13 +107,19 @@ static void *sig_dupctx(void *vctx)
     c->key = NULL;
     c->mdctx = NULL;
     c->shadow = NULL;
+    c->shadow_md = NULL;
     if (src->key != NULL && sks_key_up_ref(src->key))
         c->key = src->key;
     if (src->mdctx != NULL
         && ((c->mdctx = EVP_MD_CTX_new()) == NULL || !EVP_MD_CTX_copy_ex(c->mdctx, src->mdctx)))
         goto fail;
-    if (src->shadow != NULL && (c->shadow = EVP_PKEY_CTX_dup(src->shadow)) == NULL)
+    if (src->shadow_md != NULL) {
+        if ((c->shadow_md = EVP_MD_CTX_new()) == NULL || !EVP_MD_CTX_copy_ex(c->shadow_md, src->shadow_md))
+            goto fail;
+        c->shadow = EVP_MD_CTX_get_pkey_ctx(c->shadow_md);
+    } else if (src->shadow != NULL && (c->shadow = EVP_PKEY_CTX_dup(src->shadow)) == NULL) {
         goto fail;
+    }
     return c;
 fail:
     sig_freectx(c);
@@ -146,6 +155,8 @@ static int sync_shadow(sigctx *c)
         }
     }
     *p = OSSL_PARAM_construct_end();
+    if (p == params)
+        return 1; /* nothing to mirror (Ed25519 contexts take no parameters at all) */
     return EVP_PKEY_CTX_set_params(c->shadow, params) == 1;
 }
 
@@ -167,10 +178,22 @@ static int signverify_init(sigctx *c, void *vkey, int operation, const OSSL_PARA
     if (c->key == NULL)
         return 0;
     c->operation = operation;
-    EVP_PKEY_CTX_free(c->shadow);
-    c->shadow = EVP_PKEY_CTX_new_from_pkey(c->ctx->libctx, c->key->pub, "provider=default");
-    if (c->shadow == NULL || EVP_PKEY_verify_init(c->shadow) != 1)
-        return 0;
+    if (c->shadow_md == NULL)
+        EVP_PKEY_CTX_free(c->shadow);
+    EVP_MD_CTX_free(c->shadow_md);
+    c->shadow = NULL;
+    c->shadow_md = NULL;
+    if (c->kind == SKS_KIND_ED25519) {
+        c->shadow_md = EVP_MD_CTX_new();
+        if (c->shadow_md == NULL
+            || EVP_DigestVerifyInit_ex(c->shadow_md, &c->shadow, NULL, c->ctx->libctx, "provider=default", c->key->pub,
+                                       NULL) != 1)
+            return 0;
+    } else {
+        c->shadow = EVP_PKEY_CTX_new_from_pkey(c->ctx->libctx, c->key->pub, "provider=default");
+        if (c->shadow == NULL || EVP_PKEY_verify_init(c->shadow) != 1)
+            return 0;
+    }
     return sig_set_ctx_params(c, params) && sync_shadow(c);
 }
 
