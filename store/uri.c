@@ -30,10 +30,7 @@ static char *pct_decode(const char *p, size_t n)
     for (i = 0; i < n; i++) {
         if (p[i] == '%') {
             int hi, lo;
-            if (i + 2 >= n + 0 && i + 2 > n - 1 + 1) {
-                OPENSSL_free(out);
-                return NULL;
-            }
+            /* "%" must be followed by two hex digits, and never encode NUL */
             hi = i + 1 < n ? hexval((unsigned char)p[i + 1]) : -1;
             lo = i + 2 < n ? hexval((unsigned char)p[i + 2]) : -1;
             if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
