@@ -444,3 +444,15 @@ def test_session_key_limit(new_issuer, device, ec_kmk, scenario, needed, enough)
     assert_no_trace(device, iss)
     if scenario is scenario_post_delete:
         sign_and_verify(device, ctx["target"])
+
+
+@pytest.mark.parametrize("limit,ok", [(5, True), (4, False)])
+def test_session_key_limit_privacy_mode(new_issuer, device, limit, ok):
+    """In privacy mode the session attestation is an HMAC with sessionKey, but like the KDF
+    it does not count against sessionKeyLimit."""
+    iss = new_issuer(privacy_enabled=True, session_key_limit=limit)
+    if ok:
+        scenario_plain(iss, {})
+    else:
+        expect_error(scenario_plain, iss, {})
+        assert_no_trace(device, iss)

@@ -557,3 +557,52 @@ def test_device_pin_and_biometrics_follow_device_info(new_issuer, device):
     policy = iss.create_pin_policy()
     expect_error(iss.create_key_entry, pin_policy=policy, pin="2580", device_pin_protection=True)
     assert_no_trace(device, iss)
+
+
+def test_error_counter_persists_across_processes(new_issuer, device, store, sks_binary, tmp_path):
+    iss = new_issuer()
+    policy = iss.create_pin_policy(retry_limit=3)
+    key = iss.provision_key(pin_policy=policy, pin="2580")
+    iss.close()
+    bad_pin(device, key)
+    bad_pin(device, key)
+    device.close()
+    other = s.Device(sks_binary, store, stderr_path=tmp_path / "other.stderr")
+    try:
+        assert other.get_key_protection_info(key.handle).pin_error_count == 2
+        bad_pin(other, key)
+        assert other.get_key_protection_info(key.handle).protection_status & \
+            s.PROTSTAT_PIN_BLOCKED
+    finally:
+        other.close()
+
+
+def test_concurrent_wrong_pins_are_all_counted(new_issuer, device, store, sks_binary, tmp_path):
+    """Two device processes on one store guessing at the same time: every wrong guess
+    counts (no lost updates of the error counter)."""
+    import threading
+    iss = new_issuer()
+    policy = iss.create_pin_policy(retry_limit=1000)
+    key = iss.provision_key(pin_policy=policy, pin="2580")
+    iss.close()
+    devices = [s.Device(sks_binary, store, stderr_path=tmp_path / f"d{i}.stderr")
+               for i in range(2)]
+    errors = []
+
+    def guess(dev):
+        try:
+            for _ in range(15):
+                bad_pin(dev, key)
+        except Exception as e:   # reported below
+            errors.append(e)
+    threads = [threading.Thread(target=guess, args=(d,)) for d in devices]
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(120)
+    finally:
+        for d in devices:
+            d.close()
+    assert not errors, errors
+    assert protection(device, key).pin_error_count == 30

@@ -417,3 +417,29 @@ def test_clone_keeps_pin_after_target_deleted(new_issuer, device, ec_kmk):
                  codes=(s.ERROR_AUTHORIZATION,))
     sign_and_verify(device, clone, pin=b"2580")
     device.unlock_key(clone.handle, b"12345678")
+
+
+def test_post_operation_adopts_all_keys_of_the_old_session(new_issuer, device, ec_kmk):
+    """All keys of a session touched by a post operation move to the closing session, and
+    from then on that session's key management key (not the old one) governs them."""
+    old_iss = new_issuer(kmk=ec_kmk)
+    a = old_iss.provision_key()
+    b = old_iss.provision_key()
+    old_iss.close()
+    kmk2 = ec.generate_private_key(ec.SECP256R1())
+    iss = new_issuer(kmk=kmk2)
+    iss.post_delete_key(a, kmk=ec_kmk)
+    iss.close()
+    assert device.list_keys() == {b.handle: iss.handle}
+    assert_session_gone(device, old_iss)
+    sess, is_open = find_session(device, iss.handle)
+    assert sess.key_management_key == iss.kmk_spki and is_open is False
+    stale = new_issuer()
+    expect_error(stale.post_delete_key, b, kmk=ec_kmk)
+    assert_no_trace(device, stale)
+    assert device.list_keys() == {b.handle: iss.handle}
+    fresh = new_issuer()
+    fresh.post_delete_key(b, kmk=kmk2)
+    fresh.close()
+    assert device.list_keys() == {}
+    assert device.all_sessions() == []

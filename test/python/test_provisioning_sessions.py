@@ -230,3 +230,21 @@ def test_get_key_handle_unknown_id_aborts(new_issuer, device):
     key = iss.create_key_entry(id="my-key")
     expect_error(iss.get_key_handle, "no-such-key")
     assert_no_trace(device, iss, [key.handle])
+
+
+def test_interleaved_sessions(new_issuer, device):
+    """Two sessions provisioning at the same time keep separate counters and objects."""
+    a = new_issuer()
+    b = new_issuer(curve="P-384")
+    pa = a.create_pin_policy()
+    pb = b.create_pin_policy()
+    ka = a.create_key_entry(pin_policy=pa, pin="1111")
+    kb = b.create_key_entry(s.KEY_RSA1024, pin_policy=pb, pin="2222")
+    b.set_certificate_path(kb)
+    a.set_certificate_path(ka)
+    b.close()
+    assert device.list_keys() == {kb.handle: b.handle}
+    a.close()
+    assert device.list_keys() == {ka.handle: a.handle, kb.handle: b.handle}
+    sign_and_verify(device, ka, pin=b"1111")
+    sign_and_verify(device, kb, pin=b"2222")
