@@ -3,7 +3,9 @@
  * the connection to the device (opened on first use, reopened in a forked child).
  *
  * Configuration (openssl.cnf, in the provider's section), all optional:
- *   sks-store = PATH        the embedded store (else $SKS_STORE, else the sks tool's default)
+ *   sks-device = SPEC       file:PATH, unix:PATH (sksd) or pcsc:[READER]
+ *   sks-store = PATH        the embedded store, same as sks-device = file:PATH
+ *   (neither: $SKS_DEVICE, else $SKS_STORE, else the sks tool's default store)
  *   sks-master-key = PATH   its master key (else $SKS_MASTER_KEY, else PATH.key)
  *   pin = VALUE             PIN used for keys when the URI gives none
  */
@@ -94,36 +96,26 @@ void sks_raise(sks_provctx *ctx, int reason, const char *fmt, ...)
 /* Opens (or after fork, reopens) the device connection. Called with ctx->lock held. */
 static sks_pstatus ensure_transport(sks_provctx *ctx)
 {
-    char err[512] = "", db[4096];
-    const char *env;
-    sks_store_location loc;
+    char err[512] = "", spec[4200];
 
     if (ctx->transport != NULL && ctx->transport_pid == getpid())
         return SKS_P_OK;
-    if (ctx->transport != NULL) {
-        /* A forked child must not share the parent's SQLite connection; it is abandoned
-         * (not closed, which would disturb the parent's locks) and a new one opened. */
-        ctx->transport = NULL;
-    }
-    if (ctx->store_path != NULL)
-        snprintf(db, sizeof(db), "%s", ctx->store_path);
-    else if ((env = getenv("SKS_STORE")) != NULL && *env)
-        snprintf(db, sizeof(db), "%s", env);
-    else if ((env = getenv("XDG_DATA_HOME")) != NULL && *env)
-        snprintf(db, sizeof(db), "%s/sks/store.db", env);
-    else if ((env = getenv("HOME")) != NULL && *env)
-        snprintf(db, sizeof(db), "%s/.local/share/sks/store.db", env);
-    else {
-        sks_raise(ctx, SKS_R_UNREACHABLE, "no sks store configured (sks-store in openssl.cnf, or SKS_STORE)");
+    /* A forked child must not share the parent's connection (an SQLite handle or a socket
+     * mid-conversation): it is abandoned, not closed, so the parent's locks and stream are
+     * undisturbed, and the child opens its own. */
+    ctx->transport = NULL;
+    if (ctx->device != NULL)
+        snprintf(spec, sizeof(spec), "%s", ctx->device);
+    else if (ctx->store_path != NULL)
+        snprintf(spec, sizeof(spec), "file:%s", ctx->store_path);
+    else if (!sks_default_device(spec, sizeof(spec))) {
+        sks_raise(ctx, SKS_R_UNREACHABLE, "no sks device configured (sks-device or sks-store in openssl.cnf,"
+                  " or SKS_DEVICE / SKS_STORE)");
         return SKS_P_FAIL;
     }
-    loc.db_path = db;
-    loc.master_key_path = ctx->master_key_path;
-    if (loc.master_key_path == NULL && (env = getenv("SKS_MASTER_KEY")) != NULL && *env)
-        loc.master_key_path = env;
-    ctx->transport = sks_transport_open_local(&loc, err, sizeof(err));
+    ctx->transport = sks_transport_open(spec, ctx->master_key_path, err, sizeof(err));
     if (ctx->transport == NULL) {
-        sks_raise(ctx, SKS_R_UNREACHABLE, "cannot open the sks store: %s", err);
+        sks_raise(ctx, SKS_R_UNREACHABLE, "cannot open the sks device %s: %s", spec, err);
         return SKS_P_FAIL;
     }
     ctx->transport_pid = getpid();
@@ -229,6 +221,7 @@ static void sks_teardown(void *provctx)
     if (ctx->transport != NULL && ctx->transport_pid == getpid())
         ctx->transport->close(ctx->transport);
     OSSL_LIB_CTX_free(ctx->libctx);
+    OPENSSL_free(ctx->device);
     OPENSSL_free(ctx->store_path);
     OPENSSL_free(ctx->master_key_path);
     if (ctx->pin != NULL)
@@ -249,8 +242,9 @@ static const OSSL_DISPATCH PROVIDER_FUNCTIONS[] = {
 /* Reads the provider's configuration values from openssl.cnf. */
 static int read_config(sks_provctx *ctx)
 {
-    char *store = NULL, *master = NULL, *pin = NULL;
+    char *device = NULL, *store = NULL, *master = NULL, *pin = NULL;
     OSSL_PARAM params[] = {
+        OSSL_PARAM_utf8_ptr("sks-device", &device, 0),
         OSSL_PARAM_utf8_ptr("sks-store", &store, 0),
         OSSL_PARAM_utf8_ptr("sks-master-key", &master, 0),
         OSSL_PARAM_utf8_ptr("pin", &pin, 0),
@@ -258,6 +252,8 @@ static int read_config(sks_provctx *ctx)
     };
 
     if (!core_get_params(ctx->core, params))
+        return 0;
+    if (device != NULL && *device && (ctx->device = OPENSSL_strdup(device)) == NULL)
         return 0;
     if (store != NULL && *store && (ctx->store_path = OPENSSL_strdup(store)) == NULL)
         return 0;

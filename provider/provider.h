@@ -36,6 +36,7 @@ enum {
 typedef struct sks_provctx {
     const OSSL_CORE_HANDLE *core;
     OSSL_LIB_CTX *libctx;    /* child library context: public-key work goes to "default" */
+    char *device;            /* device specification (transport/transport.h), or NULL */
     char *store_path;        /* embedded store (NULL: as the sks tool finds it) */
     char *master_key_path;
     char *pin;               /* PIN from the configuration, if any */

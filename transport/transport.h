@@ -23,6 +23,25 @@ sks_transport *sks_transport_open_local(const sks_store_location *loc, char *err
 /* The device behind a local transport (tests use it to install hooks). */
 sks_device *sks_transport_local_device(sks_transport *t);
 
+/* The sksd daemon on a Unix socket. */
+sks_transport *sks_transport_open_unix(const char *socket_path, char *err, size_t errlen);
+
+/*
+ * Opens the device a specification names:
+ *   file:PATH      the embedded store PATH (master key: master_key_path, else PATH.key)
+ *   unix:PATH      sksd listening on the Unix socket PATH
+ *   pcsc:[READER]  an SKS card through pcsc-lite (reader by name, or the first with a card)
+ * A bare path is taken as file:PATH.
+ */
+sks_transport *sks_transport_open(const char *spec, const char *master_key_path, char *err, size_t errlen);
+
+/*
+ * The device to use when nothing more specific is configured: $SKS_DEVICE, else
+ * file:$SKS_STORE, else file:$XDG_DATA_HOME/sks/store.db, else file:~/.local/share/sks/store.db.
+ * Writes the specification into out; 0 if none can be formed.
+ */
+int sks_default_device(char *out, size_t n);
+
 /* Length-prefixed framing on a byte stream (4-byte big-endian length, at most 16 MiB). */
 #define SKS_FRAME_MAX (16u * 1024 * 1024)
 /* Reads one frame; 1 = frame read, 0 = clean end of stream, -1 = error. */
