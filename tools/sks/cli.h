@@ -2,7 +2,11 @@
 #ifndef SKS_CLI_H
 #define SKS_CLI_H
 
+#include <openssl/x509.h>
+
+#include "../../client/sks_client.h"
 #include "../../transport/transport.h"
+#include "issuer.h"
 
 typedef struct {
     sks_store_location loc;
@@ -23,8 +27,138 @@ typedef struct {
     int (*run)(cli_store *store, int argc, char **argv);
 } cli_command;
 
+/* Exit codes: 0 success, 1 the operation failed, 2 the command line is wrong. */
+enum { CLI_EXIT_OK = 0, CLI_EXIT_FAIL = 1, CLI_EXIT_USAGE = 2 };
+
 int cmd_init(cli_store *store, int argc, char **argv);
 int cmd_info(cli_store *store, int argc, char **argv);
 int cmd_serve(cli_store *store, int argc, char **argv);
+int cmd_list(cli_store *store, int argc, char **argv);
+int cmd_generate(cli_store *store, int argc, char **argv);
+int cmd_import(cli_store *store, int argc, char **argv);
+int cmd_delete(cli_store *store, int argc, char **argv);
+int cmd_export(cli_store *store, int argc, char **argv);
+int cmd_pin(cli_store *store, int argc, char **argv);
+int cmd_cert(cli_store *store, int argc, char **argv);
+
+/* ---- opts.c: option parsing ---- */
+
+typedef enum {
+    OPT_FLAG,  /* target: int *, set to 1 */
+    OPT_VALUE, /* target: const char **; refused if given twice */
+    OPT_LIST   /* target: cli_list *; repeatable */
+} cli_opt_kind;
+
+#define CLI_LIST_MAX 64
+
+typedef struct {
+    const char *items[CLI_LIST_MAX];
+    size_t count;
+} cli_list;
+
+typedef struct {
+    const char *name; /* with the dashes: "--name" */
+    cli_opt_kind kind;
+    void *target;
+} cli_opt;
+
+enum { CLI_PARSE_ERROR = 0, CLI_PARSE_OK = 1, CLI_PARSE_HELP = 2 };
+
+/* Parses argv[first..]: "--opt value", "--opt=value", flags, --help/-h. Prints the error
+ * (naming the command and the option) and returns CLI_PARSE_ERROR on a bad command line. */
+int cli_parse(const char *cmd, int argc, char **argv, int first, const cli_opt *opts, size_t nopts);
+
+/* Parses a decimal number in [min, max]; prints "<cmd>: <opt> ..." on failure. */
+int cli_parse_number(const char *cmd, const char *opt, const char *s, unsigned long min, unsigned long max,
+                     unsigned long *out);
+
+/* A byte span over a NUL-terminated string (NULL gives the empty span). */
+sks_span cli_span(const char *s);
+
+/* ---- keys.c: the store, key lookup and key descriptions ---- */
+
+/* Opens the store's device; prints the error naming the store on failure. */
+sks_transport *cli_open(const cli_store *store, const char *cmd);
+
+/* Prints a device/client error: "<cmd>: <message> (<status name>)". */
+void cli_client_error(const char *cmd, const sks_client_error *e);
+
+/* Resolves exactly one of --name / --handle to a provisioned key's handle. */
+int cli_find_key(sks_transport *t, const char *cmd, const char *name, const char *handle, uint32_t *out);
+
+/* An empty authorization counts as a wrong PIN on the device, so a command that would send
+ * none to a key whose export (for_export) or delete protection needs a PIN/PUK stops here. */
+int cli_check_auth(sks_transport *t, const char *cmd, uint32_t handle, int for_export, const char *auth);
+
+/* 1 (and prints which key) if a provisioned key already has this end-entity certificate,
+ * or if the store cannot be read; the device refuses a second key with the same one. */
+int cli_certificate_taken(sks_transport *t, const char *cmd, X509 *cert);
+
+/* Sets *taken if a provisioned key already has this friendly name. */
+int cli_name_taken(sks_transport *t, const char *cmd, const char *name, int *taken);
+
+/* 1 if the device lists the algorithm URI (getDeviceInfo), so no session is spent on a key
+ * it cannot make; otherwise prints "<cmd>: the device does not support <name> (<uri>)". */
+int cli_device_supports(sks_transport *t, const char *cmd, const char *uri, const char *name);
+
+/* Everything `list` shows about a key. */
+typedef struct {
+    uint32_t handle;
+    sks_key_attributes attr;
+    sks_key_protection_info prot;
+    char algorithm[64];  /* P-256, RSA-2048, Ed25519, brainpoolP320r1, symmetric-256, ... */
+    char sha256[96];     /* of the end-entity certificate, AB:CD:... as openssl prints it */
+    char *subject;       /* RFC 2253, UTF-8; "" if there is no certificate */
+} cli_key_info;
+
+int cli_key_info_load(sks_transport *t, const char *cmd, uint32_t handle, cli_key_info *k);
+void cli_key_info_free(cli_key_info *k);
+
+/* "P-256", "RSA-2048", "Ed25519", "brainpoolP320r1", ... for a public key. */
+void cli_algorithm_name(EVP_PKEY *pub, char *buf, size_t n);
+/* SHA-256 of the DER certificate as uppercase hex pairs separated by colons. */
+void cli_fingerprint(const uint8_t *der, size_t n, char out[96]);
+
+const char *cli_app_usage_name(uint8_t app_usage);
+int cli_app_usage_parse(const char *s, uint8_t *out);
+
+/* ---- keyopts.c: the key options generate and import share ---- */
+
+typedef struct {
+    const char *name;
+    const char *pin;
+    const char *puk;
+    const char *pin_retries;
+    const char *puk_retries;
+    const char *app_usage;
+    const char *delete_protection;
+    int exportable;
+    cli_list endorse;
+    const char *subject;
+    const char *days;
+    const char *ca_key;
+    const char *ca_cert;
+    const char *ca_pass;
+} cli_key_opts;
+
+/* The cli_opt entries for the shared options (appended to each command's own). */
+#define CLI_KEY_OPTS(o)                                                                                               \
+    { "--name", OPT_VALUE, &(o).name }, { "--pin", OPT_VALUE, &(o).pin }, { "--puk", OPT_VALUE, &(o).puk },           \
+        { "--pin-retries", OPT_VALUE, &(o).pin_retries }, { "--puk-retries", OPT_VALUE, &(o).puk_retries },           \
+        { "--app-usage", OPT_VALUE, &(o).app_usage }, { "--delete-protection", OPT_VALUE, &(o).delete_protection },   \
+        { "--exportable", OPT_FLAG, &(o).exportable }, { "--endorse", OPT_LIST, &(o).endorse }
+
+/* Help text for the shared options. */
+extern const char CLI_KEY_OPTS_HELP[];
+
+/* Validates the shared options and fills spec; spec points into o (the endorsed list is
+ * sorted and de-duplicated in place). Prints the error and returns 0 if an option is wrong. */
+int cli_key_spec(const char *cmd, cli_key_opts *o, issuer_key_spec *spec);
+
+/* Refuses a missing, over-long or already used friendly name. */
+int cli_check_new_name(sks_transport *t, const char *cmd, const char *name);
+
+/* Prints what generate and import report: handle, name, certificate fingerprint. */
+void cli_print_new_key(uint32_t handle, const char *name, X509 *ee);
 
 #endif

@@ -4,6 +4,7 @@
  * (by default next to the store) and certifies the public key the device returned.
  */
 #include "issuer.h"
+#include "files.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -272,54 +273,16 @@ static int save_ca(const issuer_ca *ca, const char *path, int *exists, char *err
     return ok;
 }
 
-/* Supplies --passin to OpenSSL; without one an encrypted key fails instead of prompting. */
-static int pass_cb(char *buf, int size, int rwflag, void *u)
-{
-    const char *pass = u;
-    size_t n;
-
-    (void)rwflag;
-    if (pass == NULL)
-        return -1;
-    n = strlen(pass);
-    if (n > (size_t)size)
-        return -1;
-    memcpy(buf, pass, n);
-    return (int)n;
-}
-
-static EVP_PKEY *read_key(const char *path, const char *pass, char *err, size_t errlen)
-{
-    BIO *b = BIO_new_file(path, "r");
-    EVP_PKEY *k = b ? PEM_read_bio_PrivateKey(b, NULL, pass_cb, (void *)pass) : NULL;
-
-    if (b == NULL)
-        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
-    else if (k == NULL)
-        snprintf(err, errlen, "%s holds no readable PEM private key%s", path, pass ? " (wrong pass phrase?)" : "");
-    BIO_free(b);
-    return k;
-}
-
-static X509 *read_cert(const char *path, char *err, size_t errlen)
-{
-    BIO *b = BIO_new_file(path, "r");
-    X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
-
-    if (b == NULL)
-        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
-    else if (x == NULL)
-        snprintf(err, errlen, "%s holds no PEM certificate", path);
-    BIO_free(b);
-    return x;
-}
-
 static int load_pair(issuer_ca *ca, const char *key_path, const char *cert_path, const char *pass, char *err,
                      size_t errlen)
 {
-    if ((ca->key = read_key(key_path, pass, err, errlen)) == NULL
-        || (ca->cert = read_cert(cert_path, err, errlen)) == NULL)
+    STACK_OF(X509) *certs;
+
+    if ((ca->key = files_read_key(key_path, pass, err, errlen)) == NULL
+        || (certs = files_read_certs(cert_path, err, errlen)) == NULL)
         return 0;
+    ca->cert = sk_X509_shift(certs); /* the first certificate is the CA's own */
+    sk_X509_pop_free(certs, X509_free);
     if (X509_check_private_key(ca->cert, ca->key) != 1) {
         snprintf(err, errlen, "the CA key %s does not match the CA certificate %s", key_path, cert_path);
         return 0;

@@ -20,6 +20,13 @@ static const cli_command COMMANDS[] = {
     { "init", "create a new store with its master key and device identity", cmd_init },
     { "info", "show the device: vendor, API level, certificate, algorithms", cmd_info },
     { "serve", "serve the device over --stdio with length-prefixed frames", cmd_serve },
+    { "list", "list the provisioned keys (--json for a machine-readable array)", cmd_list },
+    { "generate", "create a key pair in the store, certified by the local issuer CA", cmd_generate },
+    { "import", "import a private key with its certificate (PEM or PKCS#12)", cmd_import },
+    { "export", "write an exportable private key as PKCS#8 PEM", cmd_export },
+    { "cert", "write a key's certificate (--chain: its whole path) as PEM", cmd_cert },
+    { "delete", "delete a key", cmd_delete },
+    { "pin", "change, unlock or reset (with the PUK) a key's PIN", cmd_pin },
 };
 
 void cli_error(const char *fmt, ...)

@@ -1,0 +1,24 @@
+/* Reading keys and certificates from files (PEM, PKCS#12) and writing secrets safely. */
+#ifndef SKS_TOOL_FILES_H
+#define SKS_TOOL_FILES_H
+
+#include <stddef.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+/* The first PEM private key in path; pass (may be NULL) decrypts it. Never prompts. */
+EVP_PKEY *files_read_key(const char *path, const char *pass, char *err, size_t errlen);
+
+/* Every PEM certificate in path, in file order (at least one). */
+STACK_OF(X509) *files_read_certs(const char *path, char *err, size_t errlen);
+
+/* A PKCS#12 file: its private key, its certificate and the other certificates. pass may be
+ * NULL (no password). */
+int files_read_pkcs12(const char *path, const char *pass, EVP_PKEY **key, X509 **cert, STACK_OF(X509) **chain,
+                      char *err, size_t errlen);
+
+/* Creates path (refusing to overwrite) with mode 0600 and writes data; 0 with a message. */
+int files_write_new(const char *path, const void *data, size_t n, char *err, size_t errlen);
+
+#endif
