@@ -176,6 +176,27 @@ static int supported_kmk(EVP_PKEY *k)
     return t == EVP_PKEY_RSA || (t == EVP_PKEY_EC && is_ec_on_supported_curve(k, curve, sizeof(curve)));
 }
 
+/* Open sessions whose sessionLifeTime has run out (by the device's clock: clientTime is the
+ * issuer's word) are abandoned provisioning: remove them, as the lifetime exists for. */
+static sks_status remove_expired_sessions(sks_device *dev, sks_call *call)
+{
+    sqlite3_stmt *st = store_prepare(dev, call,
+                                     "SELECT handle FROM sessions WHERE open = 1"
+                                     " AND created + lifetime < CAST(strftime('%s','now') AS INTEGER)");
+    uint32_t expired[64];
+    size_t n = 0, i;
+    sks_status rc = SKS_OK;
+
+    if (st == NULL)
+        return SKS_ERROR_STORAGE;
+    while (n < sizeof(expired) / sizeof(expired[0]) && sqlite3_step(st) == SQLITE_ROW)
+        expired[n++] = (uint32_t)sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    for (i = 0; i < n && rc == SKS_OK; i++)
+        rc = session_delete_all(dev, call, expired[i]);
+    return rc;
+}
+
 SKS_HANDLER(h_create_provisioning_session)
 {
     sks_span alg = sks_get_uri(in, "sessionKeyAlgorithm");
@@ -272,6 +293,8 @@ SKS_HANDLER(h_create_provisioning_session)
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "cannot seal the session key");
         goto done;
     }
+    if ((rc = remove_expired_sessions(dev, call)) != SKS_OK)
+        goto done;
     st = store_prepare(dev, call,
                        "INSERT INTO sessions (open, session_key, algorithm, privacy, client_session_id,"
                        " server_session_id, issuer_uri, kmk, client_time, lifetime, key_limit, mac_counter)"

@@ -31,7 +31,9 @@ static const char SCHEMA[] =
     " session_key BLOB NOT NULL, algorithm TEXT NOT NULL, privacy INTEGER NOT NULL,"
     " client_session_id TEXT NOT NULL, server_session_id TEXT NOT NULL, issuer_uri TEXT NOT NULL,"
     " kmk BLOB NOT NULL, client_time INTEGER NOT NULL, lifetime INTEGER NOT NULL,"
-    " key_limit INTEGER NOT NULL, mac_counter INTEGER NOT NULL);"
+    " key_limit INTEGER NOT NULL, mac_counter INTEGER NOT NULL,"
+    /* device clock at creation: open sessions older than their lifetime are removed */
+    " created INTEGER NOT NULL DEFAULT (strftime('%s','now')));"
     "CREATE TABLE IF NOT EXISTS puk_policies ("
     " handle INTEGER PRIMARY KEY AUTOINCREMENT, session INTEGER NOT NULL, id TEXT NOT NULL,"
     " value BLOB NOT NULL, format INTEGER NOT NULL, retry_limit INTEGER NOT NULL,"

@@ -1,6 +1,8 @@
 """Device information and provisioning sessions: key agreement on every curve, E2ES and
 privacy-enabled attestations, enumeration, abort, persistence, handle uniqueness."""
 
+import time
+
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -248,3 +250,18 @@ def test_interleaved_sessions(new_issuer, device):
     assert device.list_keys() == {ka.handle: a.handle, kb.handle: b.handle}
     sign_and_verify(device, ka, pin=b"1111")
     sign_and_verify(device, kb, pin=b"2222")
+
+
+def test_expired_open_session_is_removed(new_issuer, device):
+    """An open session past its sessionLifeTime (by the device's clock) is abandoned
+    provisioning: the next createProvisioningSession removes it with its keys."""
+    stale = new_issuer(session_life_time=1)
+    key = stale.provision_key()
+    fresh = new_issuer()
+    assert_session_state(device, stale, True)   # not yet expired
+    time.sleep(2.2)
+    later = new_issuer()
+    open_handles = [x.provisioning_handle for x in device.list_sessions(True)]
+    assert stale.handle not in open_handles
+    assert sorted(open_handles) == sorted([fresh.handle, later.handle])
+    assert_no_trace(device, stale, [key.handle])

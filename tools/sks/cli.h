@@ -9,13 +9,24 @@
 #include "issuer.h"
 
 typedef struct {
+    char device[4200];       /* device specification: file:PATH, unix:PATH or pcsc:[READER] */
+    int is_file;             /* the embedded store: init and serve need one */
     sks_store_location loc;
+    /* The embedded store's path; for other devices, the base name the local issuer CA
+     * lives beside (~/.local/share/sks/device). */
     char db_path[4096];
     char master_path[4096];
 } cli_store;
 
-/* Resolves --store/--master-key, then SKS_STORE/SKS_MASTER_KEY, then the per-user default. */
-int cli_store_resolve(cli_store *s, const char *store_opt, const char *master_opt);
+/*
+ * Resolves the device: --device SPEC, else --store PATH (file:PATH), else $SKS_DEVICE,
+ * else $SKS_STORE, else the per-user default store. The master key of an embedded store is
+ * --master-key, else $SKS_MASTER_KEY, else PATH.key.
+ */
+int cli_store_resolve(cli_store *s, const char *device_opt, const char *store_opt, const char *master_opt);
+
+/* Creates the directories above path (0700). */
+int cli_mkdir_parents(const char *path);
 
 /* Prints "sks: <message>" to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -19,11 +19,9 @@ int cmd_info(cli_store *store, int argc, char **argv)
         printf("usage: sks info\n  Shows the device's vendor, API level, certificate and algorithms.\n");
         return 0;
     }
-    t = sks_transport_open_local(&store->loc, err, sizeof(err));
-    if (t == NULL) {
-        cli_error("info: %s", err);
+    t = cli_open(store, "info");
+    if (t == NULL)
         return 1;
-    }
     sks_buf_init(&reply);
     if (!t->call(t, &req, 1, &reply, err, sizeof(err))) {
         cli_error("info: %s", err);
@@ -43,7 +41,7 @@ int cmd_info(cli_store *store, int argc, char **argv)
         sks_span desc = sks_get_string(&r, "vendorDescription");
         uint16_t ncert = sks_get_ushort(&r, "certificates"), i;
         (void)url;
-        printf("store:       %s\n", store->db_path);
+        printf("device:      %s\n", store->device);
         printf("vendor:      %.*s\n", (int)vendor.n, vendor.p);
         printf("description: %.*s\n", (int)desc.n, desc.p);
         printf("API level:   %u.%02u\n", api / 100, api % 100);

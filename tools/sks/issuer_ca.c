@@ -4,6 +4,7 @@
  * (by default next to the store) and certifies the public key the device returned.
  */
 #include "issuer.h"
+#include "cli.h"
 #include "files.h"
 
 #include <errno.h>
@@ -310,6 +311,10 @@ int issuer_ca_load(issuer_ca *ca, const char *store_path, const char *key_path, 
         ok = load_pair(ca, key_path, cert_path, pass, err, errlen);
     else {
         snprintf(path, sizeof(path), "%s.issuer-ca.pem", store_path);
+        if (access(path, F_OK) != 0 && !cli_mkdir_parents(path)) {
+            snprintf(err, errlen, "cannot create the directory of %s", path);
+            return 0;
+        }
         if (access(path, F_OK) != 0) {
             ok = make_ca(ca, err, errlen) && save_ca(ca, path, &exists, err, errlen);
             if (ok || !exists)

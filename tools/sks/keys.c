@@ -10,10 +10,10 @@
 sks_transport *cli_open(const cli_store *store, const char *cmd)
 {
     char err[512] = "";
-    sks_transport *t = sks_transport_open_local(&store->loc, err, sizeof(err));
+    sks_transport *t = sks_transport_open(store->device, store->loc.master_key_path, err, sizeof(err));
 
     if (t == NULL)
-        cli_error("%s: cannot open the store %s: %s", cmd, store->db_path, err[0] ? err : "out of memory");
+        cli_error("%s: cannot open the device %s: %s", cmd, store->device, err[0] ? err : "out of memory");
     return t;
 }
 

@@ -3,8 +3,9 @@
  *
  *   sks [--store PATH] [--master-key PATH] COMMAND [ARGS]
  *
- * The store is chosen by --store, else $SKS_STORE, else $XDG_DATA_HOME/sks/store.db
- * (~/.local/share/sks/store.db). Its master key is --master-key, else $SKS_MASTER_KEY,
+ * The device is --device SPEC (file:PATH, unix:SOCKET for sksd, pcsc:[READER]), else
+ * --store PATH, else $SKS_DEVICE, else $SKS_STORE, else $XDG_DATA_HOME/sks/store.db
+ * (~/.local/share/sks/store.db). A store's master key is --master-key, else $SKS_MASTER_KEY,
  * else the store path with ".key" appended.
  */
 #include "cli.h"
@@ -40,7 +41,7 @@ void cli_error(const char *fmt, ...)
     fputc('\n', stderr);
 }
 
-static int mkdir_parents(const char *path)
+int cli_mkdir_parents(const char *path)
 {
     char tmp[4096];
     char *p;
@@ -61,22 +62,31 @@ static int mkdir_parents(const char *path)
     return mkdir(tmp, 0700) == 0 || errno == EEXIST;
 }
 
-int cli_store_resolve(cli_store *s, const char *store_opt, const char *master_opt)
+int cli_store_resolve(cli_store *s, const char *device_opt, const char *store_opt, const char *master_opt)
 {
     const char *env;
 
     memset(s, 0, sizeof(*s));
-    if (store_opt != NULL)
-        snprintf(s->db_path, sizeof(s->db_path), "%s", store_opt);
-    else if ((env = getenv("SKS_STORE")) != NULL && *env)
-        snprintf(s->db_path, sizeof(s->db_path), "%s", env);
-    else if ((env = getenv("XDG_DATA_HOME")) != NULL && *env)
-        snprintf(s->db_path, sizeof(s->db_path), "%s/sks/store.db", env);
-    else if ((env = getenv("HOME")) != NULL && *env)
-        snprintf(s->db_path, sizeof(s->db_path), "%s/.local/share/sks/store.db", env);
-    else {
-        cli_error("no store: give --store PATH or set SKS_STORE");
+    if (device_opt != NULL)
+        snprintf(s->device, sizeof(s->device), "%s", device_opt);
+    else if (store_opt != NULL)
+        snprintf(s->device, sizeof(s->device), "file:%s", store_opt);
+    else if (!sks_default_device(s->device, sizeof(s->device))) {
+        cli_error("no device: give --device SPEC or --store PATH, or set SKS_DEVICE or SKS_STORE");
         return 0;
+    }
+    if (strncmp(s->device, "file:", 5) == 0 || (strchr(s->device, ':') == NULL)) {
+        const char *path = strncmp(s->device, "file:", 5) == 0 ? s->device + 5 : s->device;
+        s->is_file = 1;
+        if (strlen(path) >= sizeof(s->db_path)) {
+            cli_error("store path too long: %s", path);
+            return 0;
+        }
+        memcpy(s->db_path, path, strlen(path) + 1);
+    } else if ((env = getenv("XDG_DATA_HOME")) != NULL && *env) {
+        snprintf(s->db_path, sizeof(s->db_path), "%s/sks/device", env);
+    } else {
+        snprintf(s->db_path, sizeof(s->db_path), "%s/.local/share/sks/device", getenv("HOME") ? getenv("HOME") : "/tmp");
     }
     if (master_opt != NULL)
         snprintf(s->master_path, sizeof(s->master_path), "%s", master_opt);
@@ -85,6 +95,15 @@ int cli_store_resolve(cli_store *s, const char *store_opt, const char *master_op
     s->loc.db_path = s->db_path;
     s->loc.master_key_path = s->master_path[0] ? s->master_path : NULL;
     return 1;
+}
+
+/* init and serve work on an embedded store only. */
+static int require_file_device(const cli_store *store, const char *cmd)
+{
+    if (store->is_file)
+        return 1;
+    cli_error("%s: needs an embedded store (--store PATH), not the device %s", cmd, store->device);
+    return 0;
 }
 
 int cmd_init(cli_store *store, int argc, char **argv)
@@ -100,7 +119,9 @@ int cmd_init(cli_store *store, int argc, char **argv)
         cli_error("init: unexpected argument '%s'", argv[1]);
         return 2;
     }
-    if (!mkdir_parents(store->db_path)) {
+    if (!require_file_device(store, "init"))
+        return 2;
+    if (!cli_mkdir_parents(store->db_path)) {
         cli_error("init: cannot create the directory of %s: %s", store->db_path, strerror(errno));
         return 1;
     }
@@ -128,6 +149,8 @@ int cmd_serve(cli_store *store, int argc, char **argv)
         cli_error("serve: only 'serve --stdio' is supported");
         return 2;
     }
+    if (!require_file_device(store, "serve"))
+        return 2;
     dev = sks_device_open(&store->loc, err, sizeof(err));
     if (dev == NULL) {
         cli_error("serve: %s", err);
@@ -156,22 +179,25 @@ static void usage(FILE *f)
 {
     size_t i;
 
-    fprintf(f, "usage: sks [--store PATH] [--master-key PATH] COMMAND [ARGS]\n\ncommands:\n");
+    fprintf(f, "usage: sks [--device SPEC | --store PATH] [--master-key PATH] COMMAND [ARGS]\n\ncommands:\n");
     for (i = 0; i < sizeof(COMMANDS) / sizeof(COMMANDS[0]); i++)
         fprintf(f, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
-    fprintf(f, "\nThe store is --store, else $SKS_STORE, else ~/.local/share/sks/store.db.\n"
+    fprintf(f, "\nThe device is --device (file:PATH, unix:SOCKET for sksd, pcsc:[READER]), else --store PATH,\n"
+               "else $SKS_DEVICE, else $SKS_STORE, else ~/.local/share/sks/store.db.\n"
                "Every command takes --help.\n");
 }
 
 int main(int argc, char **argv)
 {
-    const char *store_opt = NULL, *master_opt = NULL;
+    const char *device_opt = NULL, *store_opt = NULL, *master_opt = NULL;
     cli_store store;
     int i;
     size_t c;
 
     for (i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--store") == 0 && i + 1 < argc)
+        if (strcmp(argv[i], "--device") == 0 && i + 1 < argc)
+            device_opt = argv[++i];
+        else if (strcmp(argv[i], "--store") == 0 && i + 1 < argc)
             store_opt = argv[++i];
         else if (strcmp(argv[i], "--master-key") == 0 && i + 1 < argc)
             master_opt = argv[++i];
@@ -190,7 +216,7 @@ int main(int argc, char **argv)
     }
     for (c = 0; c < sizeof(COMMANDS) / sizeof(COMMANDS[0]); c++) {
         if (strcmp(argv[i], COMMANDS[c].name) == 0) {
-            if (!cli_store_resolve(&store, store_opt, master_opt))
+            if (!cli_store_resolve(&store, device_opt, store_opt, master_opt))
                 return 2;
             return COMMANDS[c].run(&store, argc - i, argv + i);
         }
