@@ -177,11 +177,13 @@ static int supported_kmk(EVP_PKEY *k)
 }
 
 /* Open sessions whose sessionLifeTime has run out (by the device's clock: clientTime is the
- * issuer's word) are abandoned provisioning: remove them, as the lifetime exists for. */
+ * issuer's word) are abandoned provisioning: remove them, as the lifetime exists for. A SKIP
+ * factory-key session waits for its package as long as it takes (docs/skip.md). */
 static sks_status remove_expired_sessions(sks_device *dev, sks_call *call)
 {
     sqlite3_stmt *st = store_prepare(dev, call,
                                      "SELECT handle FROM sessions WHERE open = 1"
+                                     " AND issuer_uri != 'urn:sks:skip'"
                                      " AND created + lifetime < CAST(strftime('%s','now') AS INTEGER)");
     uint32_t expired[64];
     size_t n = 0, i;

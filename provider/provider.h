@@ -70,7 +70,8 @@ typedef struct sks_key {
     pthread_mutex_t ref_lock;
     sks_key_kind kind;
     uint32_t handle;
-    EVP_PKEY *pub;
+    EVP_PKEY *pub;           /* public half; with params_only, EC domain parameters alone */
+    int params_only;         /* a parameters-only copy (keymgmt dup): no public key yet */
     char *pin;               /* PIN for this key, wiped on free */
     char **endorsed;         /* endorsed algorithm URIs (NULL-terminated), empty = any */
     char *name;              /* friendlyName */
