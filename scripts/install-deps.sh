@@ -7,6 +7,7 @@ PACKAGES=(
   build-essential cmake pkg-config clang
   libssl-dev openssl libsqlite3-dev sqlite3 libtasn1-6-dev libtasn1-bin libcjson-dev
   python3 python3-pytest python3-cryptography
+  nginx-light curl util-linux procps
 )
 
 missing=()
@@ -19,3 +20,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# The tests start their own nginx instances; the packaged service is not wanted.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
+pkill -x nginx 2>/dev/null || true

@@ -2,6 +2,7 @@
 #include "transport.h"
 
 #include <errno.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 static int read_full(int fd, uint8_t *p, size_t n)
@@ -25,7 +26,11 @@ static int read_full(int fd, uint8_t *p, size_t n)
 static int write_full(int fd, const uint8_t *p, size_t n)
 {
     while (n > 0) {
-        ssize_t w = write(fd, p, n);
+        /* On a socket whose peer is gone, report EPIPE instead of raising SIGPIPE in the
+         * application that loaded us; pipes (serve --stdio) fall back to write(). */
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == ENOTSOCK)
+            w = write(fd, p, n);
         if (w < 0) {
             if (errno == EINTR)
                 continue;

@@ -51,6 +51,7 @@ typedef struct {
     const config *cfg;
     int fd;
     struct ucred peer;
+    int allowed; /* 0: every request is answered with a refusal */
 } client;
 
 static volatile sig_atomic_t stopping;
@@ -127,17 +128,19 @@ static void *serve_client(void *arg)
 {
     client *cl = arg;
     char err[512] = "";
-    sks_device *dev = sks_device_open(&cl->cfg->loc, err, sizeof(err));
+    sks_device *dev = cl->allowed ? sks_device_open(&cl->cfg->loc, err, sizeof(err)) : NULL;
     int admin = peer_admin(cl->cfg, &cl->peer);
     sks_buf req, reply;
-    int r;
 
     sks_buf_init(&req);
     sks_buf_init(&reply);
-    if (dev == NULL)
+    if (cl->allowed && dev == NULL)
         logmsg("cannot open the store for uid %u: %s", (unsigned)cl->peer.uid, err);
-    while (dev != NULL && !stopping && (r = sks_frame_read(cl->fd, &req)) == 1) {
-        if (req.len > 0 && !admin && !method_is_open(req.data[0])) {
+    while ((dev != NULL || !cl->allowed) && !stopping && sks_frame_read(cl->fd, &req) == 1) {
+        if (!cl->allowed) {
+            /* Answered in the protocol, so the client can say why it was turned away. */
+            refuse(&reply, "sksd: this user is not allowed to use the key store");
+        } else if (req.len > 0 && !admin && !method_is_open(req.data[0])) {
             char msg[160];
             snprintf(msg, sizeof(msg), "sksd: method %u is restricted to administrators (uid %u is not one)",
                      req.data[0], (unsigned)cl->peer.uid);
@@ -343,18 +346,10 @@ int main(int argc, char **argv)
             close(fd);
             continue;
         }
-        if (!peer_allowed(&cfg, &cl->peer)) {
-            sks_buf reply;
+        cl->allowed = peer_allowed(&cfg, &cl->peer);
+        if (!cl->allowed)
             logmsg("refused connection from uid %u gid %u pid %d: not in the allow-list", (unsigned)cl->peer.uid,
                    (unsigned)cl->peer.gid, (int)cl->peer.pid);
-            sks_buf_init(&reply);
-            refuse(&reply, "sksd: this user is not allowed to use the key store");
-            sks_frame_write(fd, reply.data, reply.len);
-            sks_buf_free(&reply);
-            free(cl);
-            close(fd);
-            continue;
-        }
         cl->cfg = &cfg;
         cl->fd = fd;
         pthread_mutex_lock(&count_lock);
