@@ -321,8 +321,9 @@ def _engine_cnf(base):
     return path
 
 
-def _workers():
-    out = subprocess.run(["ps", "-o", "pid=,user=,args=", "-C", "nginx"], capture_output=True).stdout.decode()
+def _workers(master):
+    """The worker processes of our nginx (not of any other nginx on the machine)."""
+    out = subprocess.run(["ps", "-o", "pid=,user=,args=", "--ppid", str(master)], capture_output=True).stdout.decode()
     return [(int(l.split()[0]), l.split()[1]) for l in out.splitlines() if "worker process" in l]
 
 
@@ -367,7 +368,7 @@ def nginx(env):
 
 
 def test_nginx_unprivileged_workers_serve_with_keys_in_sksd(env, nginx):
-    workers = _workers()
+    workers = _workers(nginx["proc"].pid)
     assert workers and all(user == "nobody" for _, user in workers), workers
     res = _curl(env["base"], nginx["port"], cert_from_engine=False, device=env["device"])
     assert res.returncode == 0, res.stderr
@@ -383,11 +384,11 @@ def test_nginx_unprivileged_workers_serve_with_keys_in_sksd(env, nginx):
 
 
 def test_nginx_worker_killed_and_respawned_still_serves(env, nginx):
-    before = _workers()
+    before = _workers(nginx["proc"].pid)
     for pid, _ in before:
         os.kill(pid, signal.SIGKILL)
     for _ in range(50):
-        after = _workers()
+        after = _workers(nginx["proc"].pid)
         if len(after) == len(before) and not set(p for p, _ in after) & set(p for p, _ in before):
             break
         time.sleep(0.1)
