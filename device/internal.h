@@ -15,8 +15,32 @@
 #define SKS_MAX_SYMMETRIC_KEY 128
 #define SKS_MAX_PIN 128
 
+/* Parsed private keys, so a signature does not re-decode PKCS#8 every time. An entry is
+ * valid while the sealed blob in the database still starts with the same version and
+ * nonce: every seal draws a fresh nonce, so any change of the key material shows. */
+#define SKS_KEY_CACHE 32
+typedef struct {
+    uint32_t handle;
+    uint8_t tag[13];
+    EVP_PKEY *pkey;
+} key_cache_entry;
+
+/* What the User API needs of a key without PIN protection, kept between calls while the
+ * store's change counter stays put (generation.c). */
+#define SKS_USER_CACHE 32
+typedef struct {
+    uint32_t handle;
+    uint64_t gen;
+    sks_buf endorsed;
+    EVP_PKEY *pkey;
+} user_cache_entry;
+
 struct sks_device {
     sqlite3 *db;
+    volatile uint64_t *gen;  /* shared change counter, NULL if unavailable */
+    user_cache_entry user_cache[SKS_USER_CACHE];
+    key_cache_entry key_cache[SKS_KEY_CACHE];
+    unsigned key_cache_next;
     uint8_t master_key[32];
     EVP_PKEY *device_key;
     uint8_t *device_cert; /* DER */
@@ -53,6 +77,23 @@ int store_exec(sks_device *dev, sks_call *call, const char *sql);
 /* AES-256-GCM under the master key; `label` binds the blob to its purpose. */
 int seal(const sks_device *dev, const char *label, const uint8_t *in, size_t n, sks_buf *out);
 int unseal(const sks_device *dev, const char *label, const uint8_t *in, size_t n, sks_buf *out);
+
+/* ---- generation.c: the store's shared change counter ---- */
+
+void gen_open(sks_device *dev, const char *db_path);
+void gen_close(sks_device *dev);
+uint64_t gen_current(const sks_device *dev);
+/* Even: no writer is between begin and end. */
+int gen_is_stable(uint64_t g);
+/* Called by the holder of the write lock around every change. */
+void gen_write_begin(sks_device *dev);
+void gen_write_end(sks_device *dev);
+
+/* ---- user_api.c ---- */
+
+/* 1 if a User API call on this key can be answered from the cache, without the database. */
+int user_cache_valid(sks_device *dev, uint32_t handle);
+void user_cache_clear(sks_device *dev);
 
 /* ---- crypto.c ---- */
 
@@ -168,6 +209,8 @@ void key_free(key_entry *k);
 sks_span key_ee_certificate(const key_entry *k);
 /* The private key, unsealed and parsed; NULL with an error in call. */
 EVP_PKEY *key_private(sks_device *dev, sks_call *call, const key_entry *k);
+/* Drops the parsed private keys (wiped by OpenSSL when freed). */
+void key_cache_clear(sks_device *dev);
 /* The symmetric key, unsealed into out. */
 sks_status key_symmetric(sks_device *dev, sks_call *call, const key_entry *k, sks_buf *out);
 /* Deletes a key and the PIN/PUK/session objects only it kept alive. */

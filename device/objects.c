@@ -232,17 +232,71 @@ static sks_status load_sealed_column(sks_device *dev, sks_call *call, uint32_t h
     return rc;
 }
 
+static key_cache_entry *cache_lookup(sks_device *dev, uint32_t handle, const uint8_t *tag)
+{
+    size_t i;
+
+    for (i = 0; i < SKS_KEY_CACHE; i++)
+        if (dev->key_cache[i].pkey != NULL && dev->key_cache[i].handle == handle
+            && memcmp(dev->key_cache[i].tag, tag, sizeof(dev->key_cache[i].tag)) == 0)
+            return &dev->key_cache[i];
+    return NULL;
+}
+
+static void cache_store(sks_device *dev, uint32_t handle, const uint8_t *tag, EVP_PKEY *pkey)
+{
+    key_cache_entry *e = &dev->key_cache[dev->key_cache_next++ % SKS_KEY_CACHE];
+
+    EVP_PKEY_free(e->pkey);
+    e->pkey = EVP_PKEY_up_ref(pkey) ? pkey : NULL;
+    e->handle = handle;
+    memcpy(e->tag, tag, sizeof(e->tag));
+}
+
+void key_cache_clear(sks_device *dev)
+{
+    size_t i;
+
+    for (i = 0; i < SKS_KEY_CACHE; i++) {
+        EVP_PKEY_free(dev->key_cache[i].pkey);
+        dev->key_cache[i].pkey = NULL;
+    }
+}
+
 EVP_PKEY *key_private(sks_device *dev, sks_call *call, const key_entry *k)
 {
+    sqlite3_stmt *st;
+    key_cache_entry *hit;
+    const uint8_t *blob;
+    uint8_t tag[13];
     sks_buf der;
     EVP_PKEY *pkey = NULL;
+    int n;
 
-    sks_buf_init(&der);
-    if (load_sealed_column(dev, call, k->handle, "private_key", "private-key", &der) == SKS_OK) {
-        pkey = pkcs8_parse(der.data, der.len);
-        if (pkey == NULL)
-            sks_fail(call, SKS_ERROR_INTERNAL, "the private key of key #%u is corrupt", k->handle);
+    st = store_prepare(dev, call, "SELECT private_key FROM keys WHERE handle = ?");
+    if (st == NULL)
+        return NULL;
+    sqlite3_bind_int64(st, 1, k->handle);
+    if (sqlite3_step(st) != SQLITE_ROW || (blob = sqlite3_column_blob(st, 0)) == NULL
+        || (n = sqlite3_column_bytes(st, 0)) < (int)sizeof(tag)) {
+        sqlite3_finalize(st);
+        sks_fail(call, SKS_ERROR_NO_KEY, "key #%u has no private key", k->handle);
+        return NULL;
     }
+    memcpy(tag, blob, sizeof(tag));
+    if ((hit = cache_lookup(dev, k->handle, tag)) != NULL && EVP_PKEY_up_ref(hit->pkey)) {
+        sqlite3_finalize(st);
+        return hit->pkey;
+    }
+    sks_buf_init(&der);
+    if (!unseal(dev, "private-key", blob, (size_t)n, &der))
+        sks_fail(call, SKS_ERROR_INTERNAL, "the private-key of key #%u cannot be unsealed (wrong master key?)",
+                 k->handle);
+    else if ((pkey = pkcs8_parse(der.data, der.len)) == NULL)
+        sks_fail(call, SKS_ERROR_INTERNAL, "the private key of key #%u is corrupt", k->handle);
+    else
+        cache_store(dev, k->handle, tag, pkey);
+    sqlite3_finalize(st);
     sks_buf_free(&der);
     return pkey;
 }

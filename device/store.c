@@ -343,6 +343,7 @@ sks_device *sks_device_open(const sks_store_location *loc, char *err, size_t err
         goto fail;
     if (!db_open(loc->db_path, 0, &dev->db, err, errlen))
         goto fail;
+    gen_open(dev, loc->db_path);
     if (!meta_get(dev->db, "device_certificate", &der) || !meta_get(dev->db, "device_key", &sealed)) {
         set_err(err, errlen, "%s is not an sks store (no device identity)", loc->db_path);
         goto fail;
@@ -369,6 +370,9 @@ void sks_device_close(sks_device *dev)
 {
     if (dev == NULL)
         return;
+    key_cache_clear(dev);
+    user_cache_clear(dev);
+    gen_close(dev);
     sqlite3_close(dev->db);
     EVP_PKEY_free(dev->device_key);
     OPENSSL_free(dev->device_cert);

@@ -82,6 +82,93 @@ static const sks_algorithm *algorithm_for(sks_span uri, alg_class cls)
     return a != NULL && a->cls == cls ? a : NULL;
 }
 
+/* ---- the cache of keys without PIN protection ---- */
+
+static user_cache_entry *user_cache_find(sks_device *dev, uint32_t handle, uint64_t g)
+{
+    size_t i;
+
+    if (!gen_is_stable(g))
+        return NULL;
+    for (i = 0; i < SKS_USER_CACHE; i++)
+        if (dev->user_cache[i].pkey != NULL && dev->user_cache[i].handle == handle && dev->user_cache[i].gen == g)
+            return &dev->user_cache[i];
+    return NULL;
+}
+
+int user_cache_valid(sks_device *dev, uint32_t handle)
+{
+    return user_cache_find(dev, handle, gen_current(dev)) != NULL;
+}
+
+void user_cache_clear(sks_device *dev)
+{
+    size_t i;
+
+    for (i = 0; i < SKS_USER_CACHE; i++) {
+        EVP_PKEY_free(dev->user_cache[i].pkey);
+        sks_buf_free(&dev->user_cache[i].endorsed);
+        dev->user_cache[i].pkey = NULL;
+    }
+}
+
+/* Remembers a provisioned key without PIN, biometric or symmetric material, as read when
+ * the change counter was g. */
+static void user_cache_put(sks_device *dev, const key_entry *k, EVP_PKEY *pkey, uint64_t g)
+{
+    user_cache_entry *e = &dev->user_cache[k->handle % SKS_USER_CACHE];
+
+    if (!gen_is_stable(g) || k->pin_policy != 0 || k->device_pin || k->biometric != 0 || k->symmetric_length != 0)
+        return;
+    EVP_PKEY_free(e->pkey);
+    sks_buf_free(&e->endorsed);
+    e->pkey = EVP_PKEY_up_ref(pkey) ? pkey : NULL;
+    e->handle = k->handle;
+    e->gen = g;
+    sks_buf_put(&e->endorsed, k->endorsed.data, k->endorsed.len);
+    if (e->endorsed.failed) {
+        EVP_PKEY_free(e->pkey);
+        e->pkey = NULL;
+    }
+}
+
+/* Fills k and *pkey from the cache; 1 on a hit. */
+static int user_cache_get(sks_device *dev, uint32_t handle, key_entry *k, EVP_PKEY **pkey)
+{
+    user_cache_entry *e = user_cache_find(dev, handle, gen_current(dev));
+
+    if (e == NULL || !EVP_PKEY_up_ref(e->pkey))
+        return 0;
+    memset(k, 0, sizeof(*k));
+    k->handle = handle;
+    sks_buf_put(&k->endorsed, e->endorsed.data, e->endorsed.len);
+    *pkey = e->pkey;
+    return 1;
+}
+
+static sks_status check_algorithm(sks_call *call, const char *method, alg_class cls, const user_args *a,
+                                  const key_entry *k, const sks_algorithm **alg);
+
+/* The checks of prepare() for a cached key: it is provisioned, asymmetric and has no PIN. */
+static sks_status check_cached(sks_call *call, const char *method, alg_class cls, const user_args *a,
+                               const key_entry *k, const sks_algorithm **alg, EVP_PKEY *pkey)
+{
+    sks_status rc = check_algorithm(call, method, cls, a, k, alg);
+
+    if (rc != SKS_OK)
+        return rc;
+    if (key_type_of(pkey) != (*alg)->key)
+        return sks_fail(call, SKS_ERROR_ALGORITHM, "%s: \"%.*s\" does not fit the type of key #%u", method,
+                        (int)a->algorithm.n, a->algorithm.p, a->handle);
+    /* No PIN: an authorization or biometric claim is an error, exactly as pin_verify says. */
+    if (a->biometric)
+        return sks_fail(call, SKS_ERROR_AUTHORIZATION, "key #%u has no biometric protection", k->handle);
+    if (a->authorization.n != 0)
+        return sks_fail(call, SKS_ERROR_AUTHORIZATION, "key #%u is not PIN protected: authorization must be empty",
+                        k->handle);
+    return SKS_OK;
+}
+
 /*
  * Everything a User API call checks before touching key material: the key exists and is
  * provisioned, the algorithm is of the method's class and endorsed, the key is of the right
@@ -92,11 +179,14 @@ static sks_status prepare(sks_device *dev, sks_call *call, const char *method, a
                           key_entry *k, const sks_algorithm **alg, EVP_PKEY **pkey, sks_buf *sym)
 {
     int symmetric_method = cls == ALG_HMAC || cls == ALG_SYM_ENCRYPT;
+    uint64_t g = gen_current(dev); /* read before the first query of this transaction */
     sqlite3_stmt *st;
     int open = 1;
     sks_status rc;
 
     *pkey = NULL;
+    if (!symmetric_method && user_cache_get(dev, a->handle, k, pkey))
+        return check_cached(call, method, cls, a, k, alg, *pkey);
     if ((rc = key_load(dev, call, a->handle, k)) != SKS_OK)
         return rc;
     st = store_prepare(dev, call, "SELECT open FROM sessions WHERE handle = ?");
@@ -108,6 +198,31 @@ static sks_status prepare(sks_device *dev, sks_call *call, const char *method, a
     sqlite3_finalize(st);
     if (open)
         return sks_fail(call, SKS_ERROR_NO_KEY, "%s: key #%u is still being provisioned", method, a->handle);
+    if ((rc = check_algorithm(call, method, cls, a, k, alg)) != SKS_OK)
+        return rc;
+    if (symmetric_method) {
+        if ((rc = pin_verify(dev, call, k, a->biometric, a->authorization)) != SKS_OK)
+            return rc;
+        return key_symmetric(dev, call, k, sym);
+    }
+    if ((*pkey = key_private(dev, call, k)) == NULL)
+        return SKS_ERROR_INTERNAL;
+    if (key_type_of(*pkey) != (*alg)->key)
+        return sks_fail(call, SKS_ERROR_ALGORITHM, "%s: \"%.*s\" does not fit the type of key #%u", method,
+                        (int)a->algorithm.n, a->algorithm.p, a->handle);
+    rc = pin_verify(dev, call, k, a->biometric, a->authorization);
+    if (rc == SKS_OK)
+        user_cache_put(dev, k, *pkey, g);
+    return rc;
+}
+
+/* The algorithm is of the method's class, endorsed for the key, fits its kind (symmetric or
+ * not), and gets parameters only where it takes them. */
+static sks_status check_algorithm(sks_call *call, const char *method, alg_class cls, const user_args *a,
+                                  const key_entry *k, const sks_algorithm **alg)
+{
+    int symmetric_method = cls == ALG_HMAC || cls == ALG_SYM_ENCRYPT;
+
     if ((*alg = algorithm_for(a->algorithm, cls)) == NULL)
         return sks_fail(call, SKS_ERROR_ALGORITHM, "%s: \"%.*s\" is not %s algorithm", method, (int)a->algorithm.n,
                         a->algorithm.p, class_name(cls));
@@ -119,17 +234,7 @@ static sks_status prepare(sks_device *dev, sks_call *call, const char *method, a
                         k->symmetric_length > 0 ? "a symmetric" : "an asymmetric");
     if (!(cls == ALG_SYM_ENCRYPT && (*alg)->sym == SYM_CBC_PARAM_IV) && !(*alg)->pss && a->parameters.n != 0)
         return sks_fail(call, SKS_ERROR_OPTION, "%s: \"parameters\" must be empty for this algorithm", method);
-    if (symmetric_method) {
-        if ((rc = pin_verify(dev, call, k, a->biometric, a->authorization)) != SKS_OK)
-            return rc;
-        return key_symmetric(dev, call, k, sym);
-    }
-    if ((*pkey = key_private(dev, call, k)) == NULL)
-        return SKS_ERROR_INTERNAL;
-    if (key_type_of(*pkey) != (*alg)->key)
-        return sks_fail(call, SKS_ERROR_ALGORITHM, "%s: \"%.*s\" does not fit the type of key #%u", method,
-                        (int)a->algorithm.n, a->algorithm.p, a->handle);
-    return pin_verify(dev, call, k, a->biometric, a->authorization);
+    return SKS_OK;
 }
 
 static void read_user_args(sks_reader *in, user_args *a, int with_mode, int *mode)

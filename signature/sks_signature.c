@@ -178,11 +178,22 @@ static int signverify_init(sigctx *c, void *vkey, int operation, const OSSL_PARA
     if (c->key == NULL)
         return 0;
     c->operation = operation;
+    /* The shadow is made on first need (verify, parameters): signing never needs it. */
     if (c->shadow_md == NULL)
         EVP_PKEY_CTX_free(c->shadow);
     EVP_MD_CTX_free(c->shadow_md);
     c->shadow = NULL;
     c->shadow_md = NULL;
+    return sig_set_ctx_params(c, params);
+}
+
+/* Creates the shadow context on the cached public key and mirrors our settings onto it. */
+static int ensure_shadow(sigctx *c)
+{
+    if (c->shadow != NULL)
+        return 1;
+    if (c->key == NULL)
+        return 0;
     if (c->kind == SKS_KIND_ED25519) {
         c->shadow_md = EVP_MD_CTX_new();
         if (c->shadow_md == NULL
@@ -194,7 +205,7 @@ static int signverify_init(sigctx *c, void *vkey, int operation, const OSSL_PARA
         if (c->shadow == NULL || EVP_PKEY_verify_init(c->shadow) != 1)
             return 0;
     }
-    return sig_set_ctx_params(c, params) && sync_shadow(c);
+    return sync_shadow(c);
 }
 
 static int sig_sign_init(void *vctx, void *vkey, const OSSL_PARAM params[])
@@ -221,11 +232,25 @@ static size_t hash_len_of(const char *mdname)
     return 0;
 }
 
-/* Canonical digest name ("SHA256") for any of OpenSSL's aliases ("sha-256", "SHA2-256"). */
+/* Canonical digest name ("SHA256") for any of OpenSSL's aliases ("sha-256", "SHA2-256").
+ * The common spellings are answered from a table: a fetch on every init costs. */
 static int canonical_md(sks_provctx *ctx, const char *name, char *out, size_t n)
 {
-    EVP_MD *md = EVP_MD_fetch(ctx->libctx, name, "provider=default");
+    static const struct {
+        const char *alias, *name;
+    } KNOWN[] = { { "SHA256", "SHA256" }, { "SHA2-256", "SHA256" }, { "SHA-256", "SHA256" },
+                  { "SHA384", "SHA384" }, { "SHA2-384", "SHA384" }, { "SHA-384", "SHA384" },
+                  { "SHA512", "SHA512" }, { "SHA2-512", "SHA512" }, { "SHA-512", "SHA512" },
+                  { "SHA1", "SHA1" },     { "SHA-1", "SHA1" },      { "SHA224", "SHA224" },
+                  { "SHA2-224", "SHA224" }, { "SHA-224", "SHA224" } };
+    EVP_MD *md;
+    size_t i;
     int ok = 0;
+
+    for (i = 0; i < sizeof(KNOWN) / sizeof(KNOWN[0]); i++)
+        if (OPENSSL_strcasecmp(name, KNOWN[i].alias) == 0)
+            return snprintf(out, n, "%s", KNOWN[i].name) > 0;
+    md = EVP_MD_fetch(ctx->libctx, name, "provider=default");
 
     if (md == NULL)
         return 0;
@@ -427,7 +452,7 @@ static int sig_verify(void *vctx, const unsigned char *sig, size_t siglen, const
 {
     sigctx *c = vctx;
 
-    return c->shadow != NULL && EVP_PKEY_verify(c->shadow, sig, siglen, tbs, tbslen) == 1;
+    return ensure_shadow(c) && EVP_PKEY_verify(c->shadow, sig, siglen, tbs, tbslen) == 1;
 }
 
 static int digest_init(sigctx *c, const char *mdname, void *vkey, int operation, const OSSL_PARAM params[])
@@ -545,7 +570,7 @@ static int sig_get_ctx_params(void *vctx, OSSL_PARAM params[])
 
     /* The shadow context holds the same digest, padding and salt settings, and computes the
      * AlgorithmIdentifier exactly as the default provider would. */
-    return c->shadow != NULL && EVP_PKEY_CTX_get_params(c->shadow, params) == 1;
+    return ensure_shadow(c) && EVP_PKEY_CTX_get_params(c->shadow, params) == 1;
 }
 
 static const OSSL_PARAM *sig_gettable_ctx_params(void *vctx, void *provctx)

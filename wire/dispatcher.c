@@ -75,6 +75,11 @@ static const method *find_method(uint8_t id)
     return NULL;
 }
 
+static uint32_t first_uint(const uint8_t *args, size_t n)
+{
+    return n < 4 ? 0 : ((uint32_t)args[0] << 24) | ((uint32_t)args[1] << 16) | ((uint32_t)args[2] << 8) | args[3];
+}
+
 /* User API calls on keys without a PIN only read; with a PIN they update the error counter
  * and must hold the write lock from the start so concurrent guesses are counted exactly. */
 static int needs_write_lock(sks_device *dev, const method *m, const uint8_t *args, size_t n)
@@ -87,7 +92,7 @@ static int needs_write_lock(sks_device *dev, const method *m, const uint8_t *arg
         return m->txn == TXN_WRITE;
     if (n < 4)
         return 0;
-    handle = ((uint32_t)args[0] << 24) | ((uint32_t)args[1] << 16) | ((uint32_t)args[2] << 8) | args[3];
+    handle = first_uint(args, n);
     if (sqlite3_prepare_v2(dev->db, "SELECT pin_policy FROM keys WHERE handle = ?", -1, &st, NULL) != SQLITE_OK)
         return 1;
     sqlite3_bind_int64(st, 1, handle);
@@ -139,10 +144,39 @@ static void terminate_session(sks_device *dev, uint32_t handle)
     memset(&scratch, 0, sizeof(scratch));
     if (!store_begin(dev, 1))
         return;
+    gen_write_begin(dev);
     if (session_delete_all(dev, &scratch, handle) == SKS_OK)
         store_commit(dev);
     else
         store_rollback(dev);
+    gen_write_end(dev);
+}
+
+/* A User API call on a cached key (no PIN, nothing changed since) needs no transaction:
+ * the handler answers from the cache and the crypto library alone. */
+static int answer_from_cache(sks_device *dev, const method *m, const uint8_t *req, size_t reqlen, sks_buf *reply)
+{
+    sks_reader in;
+    sks_buf out;
+    sks_call call;
+    sks_status rc;
+
+    if (m->txn != TXN_BY_KEY || !user_cache_valid(dev, first_uint(req + 1, reqlen - 1)))
+        return 0;
+    memset(&call, 0, sizeof(call));
+    sks_buf_init(&out);
+    sks_reader_init(&in, req + 1, reqlen - 1);
+    rc = m->handler(dev, &in, &out, &call);
+    if (rc == SKS_OK && out.failed)
+        rc = sks_fail(&call, SKS_ERROR_INTERNAL, "%s: out of memory", m->name);
+    if (rc == SKS_OK) {
+        sks_buf_byte(reply, SKS_OK);
+        sks_buf_put(reply, out.data, out.len);
+    } else {
+        write_error(reply, rc, call.message[0] ? call.message : "error");
+    }
+    sks_buf_free(&out);
+    return 1;
 }
 
 void sks_device_dispatch(sks_device *dev, const uint8_t *req, size_t reqlen, sks_buf *reply)
@@ -152,6 +186,7 @@ void sks_device_dispatch(sks_device *dev, const uint8_t *req, size_t reqlen, sks
     sks_buf out;
     sks_call call;
     sks_status rc;
+    int write;
 
     memset(&call, 0, sizeof(call));
     sks_buf_reset(reply);
@@ -166,12 +201,19 @@ void sks_device_dispatch(sks_device *dev, const uint8_t *req, size_t reqlen, sks
         write_error(reply, SKS_ERROR_OPTION, msg);
         return;
     }
-    if (!store_begin(dev, needs_write_lock(dev, m, req + 1, reqlen - 1))) {
+    if (answer_from_cache(dev, m, req, reqlen, reply))
+        return;
+    write = needs_write_lock(dev, m, req + 1, reqlen - 1);
+    if (!store_begin(dev, write)) {
         char msg[300];
         snprintf(msg, sizeof(msg), "%s: the store is busy or unavailable: %s", m->name, sqlite3_errmsg(dev->db));
         write_error(reply, SKS_ERROR_STORAGE, msg);
         return;
     }
+    /* Every change is bracketed by the shared change counter, so other processes drop
+     * what they cached (device/generation.c). */
+    if (write)
+        gen_write_begin(dev);
     sks_buf_init(&out);
     sks_reader_init(&in, req + 1, reqlen - 1);
     rc = m->handler(dev, &in, &out, &call);
@@ -186,11 +228,16 @@ void sks_device_dispatch(sks_device *dev, const uint8_t *req, size_t reqlen, sks
         }
     } else {
         store_rollback(dev);
+        if (write)
+            gen_write_end(dev);
+        write = 0;
         if (call.abort_session == 0)
             call.abort_session = named_open_session(dev, m, req + 1, reqlen - 1);
         if (call.abort_session != 0)
             terminate_session(dev, call.abort_session);
     }
+    if (write)
+        gen_write_end(dev);
     if (rc == SKS_OK) {
         sks_buf_byte(reply, SKS_OK);
         sks_buf_put(reply, out.data, out.len);
