@@ -28,6 +28,12 @@ void gen_open(sks_device *dev, const char *db_path)
     fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, st.st_mode & 0666);
     if (fd < 0)
         return; /* no counter: every call takes the full path */
+    /* Like SQLite with its -wal and -shm files: root must not leave a file the store's owner
+     * cannot open. */
+    if (geteuid() == 0 && fchown(fd, st.st_uid, st.st_gid) != 0) {
+        close(fd);
+        return;
+    }
     if (fstat(fd, &st) != 0 || (st.st_size < 8 && ftruncate(fd, 8) != 0)) {
         close(fd);
         return;

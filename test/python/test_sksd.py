@@ -288,6 +288,7 @@ http {{
   log_format upstream '$ssl_client_s_dn';
   server {{
     listen 127.0.0.1:{port} ssl;
+    ssl_protocols TLSv1.2 TLSv1.3;
     ssl_certificate {base}/web.crt;
     ssl_certificate_key engine:sks:sks:name=web;
     ssl_client_certificate {base}/ca.pem;

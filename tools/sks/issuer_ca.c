@@ -246,7 +246,7 @@ static int make_ca(issuer_ca *ca, char *err, size_t errlen)
  * concurrent reader never sees half a file and a concurrent creator loses cleanly. */
 static int save_ca(const issuer_ca *ca, const char *path, int *exists, char *err, size_t errlen)
 {
-    char tmp[4200];
+    char tmp[4300];
     BIO *b;
     int fd, ok;
 
