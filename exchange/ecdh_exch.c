@@ -92,7 +92,7 @@ static int ecdh_set_peer(void *vctx, void *vpeer)
     ecdh_ctx *c = vctx;
     sks_key *p = vpeer;
 
-    if (p == NULL || p->pub == NULL)
+    if (p == NULL || p->pub == NULL || p->params_only) /* a peer needs its public point */
         return 0;
     sks_key_free(c->peer);
     sks_key_up_ref(p);

@@ -33,6 +33,8 @@ static OSSL_FUNC_keymgmt_export_types_fn ec_import_types_x, rsa_import_types_x, 
 static OSSL_FUNC_keymgmt_query_operation_name_fn ec_query_operation_name, rsa_query_operation_name,
     ed25519_query_operation_name;
 static OSSL_FUNC_keymgmt_dup_fn km_dup;
+static OSSL_FUNC_keymgmt_set_params_fn ec_set_params;
+static OSSL_FUNC_keymgmt_settable_params_fn ec_settable_params;
 
 static void *ec_new(void *provctx)
 {
@@ -80,7 +82,9 @@ static int km_has(const void *keydata, int selection)
         return 0;
     if ((selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) != 0 && k->handle == 0)
         return 0;
-    if ((selection & (OSSL_KEYMGMT_SELECT_PUBLIC_KEY | OSSL_KEYMGMT_SELECT_ALL_PARAMETERS)) != 0 && k->pub == NULL)
+    if ((selection & OSSL_KEYMGMT_SELECT_PUBLIC_KEY) != 0 && (k->pub == NULL || k->params_only))
+        return 0;
+    if ((selection & OSSL_KEYMGMT_SELECT_ALL_PARAMETERS) != 0 && k->pub == NULL)
         return 0;
     return 1;
 }
@@ -95,8 +99,12 @@ static int km_match(const void *a, const void *b, int selection)
 {
     const sks_key *ka = a, *kb = b;
 
-    (void)selection;
     if (ka == NULL || kb == NULL || ka->pub == NULL || kb->pub == NULL)
+        return 0;
+    /* A parameters-only copy matches on its domain parameters alone. */
+    if ((selection & OSSL_KEYMGMT_SELECT_KEYPAIR) == 0)
+        return EVP_PKEY_parameters_eq(ka->pub, kb->pub) == 1;
+    if (ka->params_only || kb->params_only)
         return 0;
     return EVP_PKEY_eq(ka->pub, kb->pub) == 1;
 }
@@ -283,19 +291,62 @@ static const char *ed25519_query_operation_name(int operation_id)
     return operation_id == OSSL_OP_SIGNATURE ? "ED25519" : NULL;
 }
 
-/* A copy shares the device reference and the cached public key. */
+/*
+ * EC domain parameters alone (a named group), as a parameters-only key in the default
+ * provider.
+ */
+static EVP_PKEY *ec_params_of(sks_provctx *ctx, EVP_PKEY *pub)
+{
+    char group[80];
+    OSSL_PARAM params[2];
+    EVP_PKEY_CTX *c;
+    EVP_PKEY *out = NULL;
+
+    if (!EVP_PKEY_get_utf8_string_param(pub, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group), NULL))
+        return NULL;
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, group, 0);
+    params[1] = OSSL_PARAM_construct_end();
+    c = EVP_PKEY_CTX_new_from_name(ctx->libctx, "EC", "provider=default");
+    if (c == NULL || EVP_PKEY_fromdata_init(c) != 1 || EVP_PKEY_fromdata(c, &out, EVP_PKEY_KEY_PARAMETERS, params) != 1)
+        out = NULL;
+    EVP_PKEY_CTX_free(c);
+    return out;
+}
+
+/*
+ * A copy of what the selection asks for. With the private key it shares the device
+ * reference (and PIN) and the cached public key. Without it, the copy is NOT a device key:
+ * EVP_PKEY_copy_parameters() into a blank EVP_PKEY dups with the parameters selection,
+ * and CMS (ECDH recipients: ecdh_cms_set_peerkey) then sets the originator's public point
+ * on that copy and uses it as the ECDH peer. Carrying the handle and our own public key
+ * along made CMS agree with ourselves instead of the originator.
+ */
 static void *km_dup(const void *keydata, int selection)
 {
     const sks_key *src = keydata;
     sks_key *k;
     size_t n = 0, i;
 
-    (void)selection;
     if (src == NULL || (k = sks_key_new(src->ctx, src->kind)) == NULL)
         return NULL;
-    k->handle = src->handle;
+    if (src->params_only
+        || (selection & (OSSL_KEYMGMT_SELECT_PRIVATE_KEY | OSSL_KEYMGMT_SELECT_PUBLIC_KEY)) == 0) {
+        k->params_only = 1;
+        /* RSA and Ed25519 have no domain parameters: nothing to copy. */
+        if (src->kind == SKS_KIND_EC && src->pub != NULL
+            && (selection & OSSL_KEYMGMT_SELECT_ALL_PARAMETERS) != 0
+            && (k->pub = ec_params_of(src->ctx, src->pub)) == NULL) {
+            sks_key_free(k);
+            return NULL;
+        }
+        return k;
+    }
+    /* The cached public half is needed by a device key's operations too. */
     if (src->pub != NULL && EVP_PKEY_up_ref(src->pub))
         k->pub = src->pub;
+    if ((selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) == 0)
+        return k; /* a public key: no device reference */
+    k->handle = src->handle;
     if (src->pin != NULL)
         k->pin = OPENSSL_strdup(src->pin);
     if (src->name != NULL)
@@ -306,6 +357,56 @@ static void *km_dup(const void *keydata, int selection)
         for (i = 0; i < n; i++)
             k->endorsed[i] = OPENSSL_strdup(src->endorsed[i]);
     return k;
+}
+
+/*
+ * Sets the public point of an EC key that is not in the store (a parameters-only copy or a
+ * public key), as EVP_PKEY_set1_encoded_public_key() does. Without set_params, OpenSSL
+ * reports success and leaves the key unchanged. A device key's public half is fixed.
+ */
+static int ec_set_params(void *keydata, const OSSL_PARAM params[])
+{
+    sks_key *k = keydata;
+    const OSSL_PARAM *p = OSSL_PARAM_locate_const(params, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY);
+    char group[80];
+    OSSL_PARAM from[3];
+    EVP_PKEY_CTX *c;
+    EVP_PKEY *pub = NULL;
+    int ok;
+
+    if (p == NULL)
+        return 1;
+    if (k == NULL || k->pub == NULL || p->data_type != OSSL_PARAM_OCTET_STRING)
+        return 0;
+    if (k->handle != 0) {
+        sks_raise(k->ctx, SKS_R_UNSUPPORTED, "the public key of sks key \"%s\" cannot be replaced",
+                  k->name ? k->name : "?");
+        return 0;
+    }
+    if (!EVP_PKEY_get_utf8_string_param(k->pub, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group), NULL))
+        return 0;
+    from[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, group, 0);
+    from[1] = OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, p->data, p->data_size);
+    from[2] = OSSL_PARAM_construct_end();
+    c = EVP_PKEY_CTX_new_from_name(k->ctx->libctx, "EC", "provider=default");
+    ok = c != NULL && EVP_PKEY_fromdata_init(c) == 1 && EVP_PKEY_fromdata(c, &pub, EVP_PKEY_PUBLIC_KEY, from) == 1;
+    EVP_PKEY_CTX_free(c);
+    if (!ok)
+        return 0;
+    EVP_PKEY_free(k->pub);
+    k->pub = pub;
+    k->params_only = 0;
+    return 1;
+}
+
+static const OSSL_PARAM *ec_settable_params(void *provctx)
+{
+    static const OSSL_PARAM params[] = {
+        OSSL_PARAM_octet_string(OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, NULL, 0),
+        OSSL_PARAM_END
+    };
+    (void)provctx;
+    return params;
 }
 
 #define COMMON_FUNCTIONS(prefix)                                                                      \
@@ -326,6 +427,8 @@ const OSSL_DISPATCH sks_ec_keymgmt_functions[] = {
     { OSSL_FUNC_KEYMGMT_IMPORT_TYPES, (void (*)(void))ec_import_types },
     { OSSL_FUNC_KEYMGMT_EXPORT_TYPES, (void (*)(void))ec_import_types_x },
     { OSSL_FUNC_KEYMGMT_QUERY_OPERATION_NAME, (void (*)(void))ec_query_operation_name },
+    { OSSL_FUNC_KEYMGMT_SET_PARAMS, (void (*)(void))ec_set_params },
+    { OSSL_FUNC_KEYMGMT_SETTABLE_PARAMS, (void (*)(void))ec_settable_params },
     { 0, NULL }
 };
 

@@ -30,7 +30,8 @@ enum {
     SKS_R_NOT_ENDORSED,     /* the key is not endorsed for the operation */
     SKS_R_UNSUPPORTED,      /* parameters the device cannot do */
     SKS_R_PUBLIC_ONLY,      /* a public key has no private operations */
-    SKS_R_INTERNAL
+    SKS_R_INTERNAL,
+    SKS_R_PIN_NEEDED        /* a PIN-protected key was loaded without any PIN */
 };
 
 typedef struct sks_provctx {

@@ -165,7 +165,7 @@ static int signverify_init(sigctx *c, void *vkey, int operation, const OSSL_PARA
     sks_key *k = vkey;
 
     if (k != NULL) {
-        if (!key_kind_fits(c, k) || k->pub == NULL) {
+        if (!key_kind_fits(c, k) || k->pub == NULL || k->params_only) {
             sks_raise(c->ctx, SKS_R_UNSUPPORTED, "the key is not a %s key", sks_kind_name(c->kind));
             return 0;
         }

@@ -340,7 +340,8 @@ static sks_key *make_key(store_ctx *s, struct key_info *ki, OSSL_PASSPHRASE_CALL
         else
             k->pin = ask_pin(ki->name, pw_cb, pw_cbarg);
         if (k->pin == NULL) {
-            sks_raise(s->ctx, SKS_R_PIN, "sks key \"%s\" needs a PIN: give ?pin-value= or ?pin-source=file: in the URI,"
+            /* No PIN at all is not a wrong PIN: its own reason, so the message says so. */
+            sks_raise(s->ctx, SKS_R_PIN_NEEDED, "sks key \"%s\" needs a PIN: give ?pin-value= or ?pin-source=file: in the URI,"
                       " pin in the provider configuration, or a passphrase callback", ki->name ? ki->name : "?");
             sks_key_free(k);
             return NULL;
