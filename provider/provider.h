@@ -44,6 +44,15 @@ typedef struct sks_provctx {
     pthread_mutex_t lock;    /* serialises device calls on the shared transport */
     sks_transport *transport;
     pid_t transport_pid;     /* a forked child reopens its own connection */
+    /* Which handle a friendly name was last found at, so that loading a key by name (curl
+     * does it on every connection) costs one lookup instead of a scan of the store. Only a
+     * hint: the key's attributes are read again and the name compared. */
+    pthread_mutex_t names_lock;
+    struct {
+        char *name;
+        uint32_t handle;
+    } names[64];
+    unsigned names_next;
 } sks_provctx;
 
 /* Raises an error on the provider's error stack. */

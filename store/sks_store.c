@@ -15,6 +15,7 @@
 #include <openssl/core_names.h>
 #include <openssl/core_object.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/params.h>
 #include <openssl/store.h>
 #include <openssl/x509.h>
@@ -138,6 +139,8 @@ static int wants(const store_ctx *s, sks_uri_type t)
     }
 }
 
+static void name_hint_put(sks_provctx *ctx, const char *name, uint32_t handle);
+
 /* Reads getKeyAttributes and queues the key's objects if it matches the URI. */
 static int consider_key(store_ctx *s, uint32_t handle)
 {
@@ -175,6 +178,8 @@ static int consider_key(store_ctx *s, uint32_t handle)
         goto done;
     if (s->uri.name != NULL && !sks_span_eq_str(name, s->uri.name))
         goto done;
+    if (s->uri.name != NULL)
+        name_hint_put(s->ctx, s->uri.name, handle);
     if (s->uri.has_sha256) {
         if (EVP_Digest(certs[0].p, certs[0].n, fp, NULL, EVP_sha256(), NULL) != 1 || memcmp(fp, s->uri.sha256, 32) != 0)
             goto done;
@@ -213,12 +218,61 @@ done:
     return ok;
 }
 
+static uint32_t name_hint_get(sks_provctx *ctx, const char *name)
+{
+    uint32_t handle = 0;
+    size_t i;
+
+    pthread_mutex_lock(&ctx->names_lock);
+    for (i = 0; i < sizeof(ctx->names) / sizeof(ctx->names[0]) && handle == 0; i++)
+        if (ctx->names[i].name != NULL && strcmp(ctx->names[i].name, name) == 0)
+            handle = ctx->names[i].handle;
+    pthread_mutex_unlock(&ctx->names_lock);
+    return handle;
+}
+
+static void name_hint_put(sks_provctx *ctx, const char *name, uint32_t handle)
+{
+    size_t i, n = sizeof(ctx->names) / sizeof(ctx->names[0]);
+
+    pthread_mutex_lock(&ctx->names_lock);
+    for (i = 0; i < n && (ctx->names[i].name == NULL || strcmp(ctx->names[i].name, name) != 0); i++)
+        ;
+    if (i == n) {
+        i = ctx->names_next++ % n;
+        OPENSSL_free(ctx->names[i].name);
+        ctx->names[i].name = OPENSSL_strdup(name);
+    }
+    ctx->names[i].handle = handle;
+    pthread_mutex_unlock(&ctx->names_lock);
+}
+
+/* A name= URI first tries the handle the name was last found at: one getKeyAttributes
+ * instead of a scan. A key deleted or renamed since falls back to the scan. */
+static int try_name_hint(store_ctx *s)
+{
+    uint32_t handle;
+    size_t before = s->count;
+
+    if (s->uri.name == NULL || s->uri.has_sha256 || (handle = name_hint_get(s->ctx, s->uri.name)) == 0)
+        return 0;
+    ERR_set_mark();
+    if (consider_key(s, handle) && s->count > before) {
+        ERR_clear_last_mark();
+        return 1;
+    }
+    ERR_pop_to_mark(); /* the hint was stale: its errors are not the caller's */
+    return 0;
+}
+
 /* Lists the store once: enumerateKeys, then attributes of each key. */
 static int list_objects(store_ctx *s)
 {
     uint32_t handle = 0;
 
     s->listed = 1;
+    if (!s->uri.has_handle && try_name_hint(s))
+        return 1;
     for (;;) {
         sks_buf reply;
         sks_reader r;
