@@ -204,6 +204,8 @@ sks_status session_delete_all(sks_device *dev, sks_call *call, uint32_t handle);
 void device_id(const sks_device *dev, int privacy, const uint8_t **p, size_t *n);
 
 sks_status key_load(sks_device *dev, sks_call *call, uint32_t handle, key_entry *k);
+/* A key ready for use: loaded, and its provisioning session is closed (else ERROR_NO_KEY). */
+sks_status key_load_usable(sks_device *dev, sks_call *call, uint32_t handle, key_entry *k);
 void key_free(key_entry *k);
 /* The end-entity certificate (first of the path); empty span if none. */
 sks_span key_ee_certificate(const key_entry *k);
@@ -275,6 +277,9 @@ SKS_HANDLER(h_asymmetric_key_decrypt);
 SKS_HANDLER(h_key_agreement);
 SKS_HANDLER(h_perform_hmac);
 SKS_HANDLER(h_symmetric_key_encrypt);
+/* Project extensions (docs/wire-format.md, docs/skip.md), in skip.c. */
+SKS_HANDLER(h_skip_request);
+SKS_HANDLER(h_skip_import);
 
 /* Turns a decoding error into a status with the field named; SKS_OK if the reader is fine. */
 sks_status reader_status(sks_call *call, const char *method, const sks_reader *r);

@@ -68,27 +68,6 @@ SKS_HANDLER(h_enumerate_keys)
     return SKS_OK;
 }
 
-/* Loads a key that is ready for use: its provisioning session is closed. */
-static sks_status usable_key(sks_device *dev, sks_call *call, uint32_t handle, key_entry *k)
-{
-    sqlite3_stmt *st;
-    int open = 1;
-    sks_status rc = key_load(dev, call, handle, k);
-
-    if (rc != SKS_OK)
-        return rc;
-    st = store_prepare(dev, call, "SELECT open FROM sessions WHERE handle = ?");
-    if (st == NULL)
-        return SKS_ERROR_STORAGE;
-    sqlite3_bind_int64(st, 1, k->session);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        open = sqlite3_column_int(st, 0);
-    sqlite3_finalize(st);
-    if (open)
-        return sks_fail(call, SKS_ERROR_NO_KEY, "key #%u is still being provisioned (its session is open)", handle);
-    return SKS_OK;
-}
-
 SKS_HANDLER(h_get_key_attributes)
 {
     uint32_t handle = sks_get_uint(in, "keyHandle");
@@ -288,7 +267,7 @@ SKS_HANDLER(h_set_property)
         return rc;
     if (name.n == 0 || name.n > 255)
         return sks_fail(call, SKS_ERROR_OPTION, "setProperty: \"name\" must be 1-255 bytes");
-    rc = usable_key(dev, call, handle, &k);
+    rc = key_load_usable(dev, call, handle, &k);
     key_free(&k);
     if (rc != SKS_OK)
         return rc;
@@ -348,7 +327,7 @@ SKS_HANDLER(h_delete_key)
     sks_reader_expect_end(in);
     if ((rc = reader_status(call, "deleteKey", in)) != SKS_OK)
         return rc;
-    if ((rc = usable_key(dev, call, handle, &k)) == SKS_OK
+    if ((rc = key_load_usable(dev, call, handle, &k)) == SKS_OK
         && (rc = check_protection(dev, call, &k, k.delete_protection, auth, "non-deletable")) == SKS_OK)
         rc = key_delete(dev, call, handle);
     key_free(&k);
@@ -367,7 +346,7 @@ SKS_HANDLER(h_export_key)
     if ((rc = reader_status(call, "exportKey", in)) != SKS_OK)
         return rc;
     sks_buf_init(&key);
-    if ((rc = usable_key(dev, call, handle, &k)) != SKS_OK
+    if ((rc = key_load_usable(dev, call, handle, &k)) != SKS_OK
         || (rc = check_protection(dev, call, &k, k.export_protection, auth, "non-exportable")) != SKS_OK)
         goto done;
     if (k.symmetric_length > 0) {
@@ -401,7 +380,7 @@ SKS_HANDLER(h_unlock_key)
     sks_reader_expect_end(in);
     if ((rc = reader_status(call, "unlockKey", in)) != SKS_OK)
         return rc;
-    if ((rc = usable_key(dev, call, handle, &k)) == SKS_OK && (rc = puk_verify(dev, call, &k, auth)) == SKS_OK
+    if ((rc = key_load_usable(dev, call, handle, &k)) == SKS_OK && (rc = puk_verify(dev, call, &k, auth)) == SKS_OK
         && !store_run(dev, call, "UPDATE pins SET error_count = 0 WHERE handle = ?1", k.pin, 0))
         rc = SKS_ERROR_STORAGE;
     key_free(&k);
@@ -470,7 +449,7 @@ static sks_status new_pin(sks_device *dev, sks_reader *in, sks_call *call, int b
     sks_reader_expect_end(in);
     if ((rc = reader_status(call, method, in)) != SKS_OK)
         return rc;
-    if ((rc = usable_key(dev, call, handle, &k)) != SKS_OK)
+    if ((rc = key_load_usable(dev, call, handle, &k)) != SKS_OK)
         goto done;
     if (k.pin_policy == 0) {
         rc = sks_fail(call, SKS_ERROR_NOT_ALLOWED, "%s: key #%u is not protected by a local PIN policy", method, handle);

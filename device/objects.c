@@ -184,6 +184,26 @@ sks_status key_load(sks_device *dev, sks_call *call, uint32_t handle, key_entry 
     return SKS_OK;
 }
 
+sks_status key_load_usable(sks_device *dev, sks_call *call, uint32_t handle, key_entry *k)
+{
+    sqlite3_stmt *st;
+    int open = 1;
+    sks_status rc = key_load(dev, call, handle, k);
+
+    if (rc != SKS_OK)
+        return rc;
+    st = store_prepare(dev, call, "SELECT open FROM sessions WHERE handle = ?");
+    if (st == NULL)
+        return SKS_ERROR_STORAGE;
+    sqlite3_bind_int64(st, 1, k->session);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        open = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (open)
+        return sks_fail(call, SKS_ERROR_NO_KEY, "key #%u is still being provisioned (its session is open)", handle);
+    return SKS_OK;
+}
+
 void key_free(key_entry *k)
 {
     OPENSSL_free(k->id);

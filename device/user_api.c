@@ -180,24 +180,13 @@ static sks_status prepare(sks_device *dev, sks_call *call, const char *method, a
 {
     int symmetric_method = cls == ALG_HMAC || cls == ALG_SYM_ENCRYPT;
     uint64_t g = gen_current(dev); /* read before the first query of this transaction */
-    sqlite3_stmt *st;
-    int open = 1;
     sks_status rc;
 
     *pkey = NULL;
     if (!symmetric_method && user_cache_get(dev, a->handle, k, pkey))
         return check_cached(call, method, cls, a, k, alg, *pkey);
-    if ((rc = key_load(dev, call, a->handle, k)) != SKS_OK)
+    if ((rc = key_load_usable(dev, call, a->handle, k)) != SKS_OK)
         return rc;
-    st = store_prepare(dev, call, "SELECT open FROM sessions WHERE handle = ?");
-    if (st == NULL)
-        return SKS_ERROR_STORAGE;
-    sqlite3_bind_int64(st, 1, k->session);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        open = sqlite3_column_int(st, 0);
-    sqlite3_finalize(st);
-    if (open)
-        return sks_fail(call, SKS_ERROR_NO_KEY, "%s: key #%u is still being provisioned", method, a->handle);
     if ((rc = check_algorithm(call, method, cls, a, k, alg)) != SKS_OK)
         return rc;
     if (symmetric_method) {
