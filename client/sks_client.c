@@ -995,3 +995,75 @@ int sks_client_symmetric_key_encrypt(sks_transport *t, const sks_user_args *a, i
 {
     return user_op(t, &SYM_ENCRYPT, a, mode, data, result, err);
 }
+
+/* ------------------------------------------------------------------ SKIP */
+
+int sks_client_skip_request(sks_transport *t, const char *curve_algorithm, sks_span subject_der,
+                            uint32_t *provisioning_handle, sks_bytes *pkcs10, sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    *provisioning_handle = 0;
+    memset(pkcs10, 0, sizeof(*pkcs10));
+    call_begin(&c, SKS_METHOD_SKIP_REQUEST, "skipRequest", err);
+    put_str(&c.req, curve_algorithm);
+    put_span(&c.req, subject_der);
+    ok = call_run(&c, t);
+    if (ok) {
+        *provisioning_handle = sks_get_uint(&c.r, "provisioningHandle");
+        take_bytes(&c.r, sks_get_array(&c.r, "pkcs10"), pkcs10, "pkcs10");
+    }
+    ok = call_end(&c, ok);
+    if (!ok)
+        bytes_free(pkcs10);
+    return ok;
+}
+
+static void put_skip_container(sks_buf *b, const sks_skip_container *k)
+{
+    size_t i;
+
+    put_span(b, k->public_key);
+    put_span(b, k->encrypted_private_key);
+    if (k->certificate_count > 0xFFFF)
+        b->failed = 1;
+    sks_buf_ushort(b, (uint16_t)k->certificate_count);
+    for (i = 0; i < k->certificate_count; i++)
+        put_span(b, k->certificates[i]);
+}
+
+int sks_client_skip_import(sks_transport *t, const sks_skip_import_args *a, uint32_t *key_handles, size_t max,
+                           size_t *count, sks_client_error *err)
+{
+    call_ctx c;
+    size_t i;
+    uint16_t n;
+    int ok;
+
+    *count = 0;
+    call_begin(&c, SKS_METHOD_SKIP_IMPORT, "skipImport", err);
+    sks_buf_uint(&c.req, a->provisioning_handle);
+    put_span(&c.req, a->ephemeral_public_key);
+    sks_buf_ushort(&c.req, a->aes_key_bits);
+    put_span(&c.req, a->factory_certificate);
+    if (a->container_count > 0xFFFF)
+        c.req.failed = 1;
+    sks_buf_ushort(&c.req, (uint16_t)a->container_count);
+    for (i = 0; i < a->container_count; i++)
+        put_skip_container(&c.req, &a->containers[i]);
+    ok = call_run(&c, t);
+    if (ok) {
+        n = sks_get_ushort(&c.r, "keyHandle count");
+        if (sks_reader_ok(&c.r) && n > max)
+            reader_fail(&c.r, "lists more keys than were sent", "keyHandle");
+        for (i = 0; i < n && sks_reader_ok(&c.r); i++)
+            key_handles[i] = sks_get_uint(&c.r, "keyHandle");
+        if (sks_reader_ok(&c.r))
+            *count = n;
+    }
+    ok = call_end(&c, ok);
+    if (!ok)
+        *count = 0;
+    return ok;
+}

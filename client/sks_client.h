@@ -91,7 +91,10 @@ enum {
     SKS_METHOD_ASYMMETRIC_KEY_DECRYPT = 101,
     SKS_METHOD_KEY_AGREEMENT = 102,
     SKS_METHOD_PERFORM_HMAC = 103,
-    SKS_METHOD_SYMMETRIC_KEY_ENCRYPT = 104
+    SKS_METHOD_SYMMETRIC_KEY_ENCRYPT = 104,
+    /* project extensions (docs/skip.md) */
+    SKS_METHOD_SKIP_REQUEST = 200,
+    SKS_METHOD_SKIP_IMPORT = 201
 };
 
 /* Values of the specification's byte enumerations. */
@@ -371,5 +374,34 @@ int sks_client_perform_hmac(sks_transport *t, const sks_user_args *a, sks_span d
 /* mode: 1 encrypt, 0 decrypt. */
 int sks_client_symmetric_key_encrypt(sks_transport *t, const sks_user_args *a, int mode, sks_span data,
                                      sks_buf *result, sks_client_error *err);
+
+/* ------------------------------------------------------------------ SKIP (docs/skip.md) */
+
+/* skipRequest: a factory key on an EC curve (curve_algorithm: an ec.* key algorithm URI)
+ * in a new pending session; *pkcs10 receives the DER request signed with it. */
+int sks_client_skip_request(sks_transport *t, const char *curve_algorithm, sks_span subject_der,
+                            uint32_t *provisioning_handle, sks_bytes *pkcs10, sks_client_error *err);
+
+/* One key of a package, as the CMS layer extracted and verified it. */
+typedef struct {
+    sks_span public_key;               /* SubjectPublicKeyInfo DER */
+    sks_span encrypted_private_key;    /* EncryptedPrivateKeyInfo DER */
+    const sks_span *certificates;      /* its path, end-entity first */
+    size_t certificate_count;
+} sks_skip_container;
+
+typedef struct {
+    uint32_t provisioning_handle;      /* the pending skipRequest session */
+    sks_span ephemeral_public_key;     /* SPKI DER */
+    uint16_t aes_key_bits;             /* 128 or 256 (a ushort on the wire) */
+    sks_span factory_certificate;      /* DER */
+    const sks_skip_container *containers;
+    size_t container_count;
+} sks_skip_import_args;
+
+/* skipImport: all keys or none. key_handles (room for max) receives the new keys in
+ * container order, *count how many. */
+int sks_client_skip_import(sks_transport *t, const sks_skip_import_args *a, uint32_t *key_handles, size_t max,
+                           size_t *count, sks_client_error *err);
 
 #endif

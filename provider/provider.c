@@ -8,8 +8,11 @@
  *   (neither: $SKS_DEVICE, else $SKS_STORE, else the sks tool's default store)
  *   sks-master-key = PATH   its master key (else $SKS_MASTER_KEY, else PATH.key)
  *   pin = VALUE             PIN used for keys when the URI gives none
+ *   skip-trust = PATH       PEM trust anchors for SKIP packages (docs/skip.md); without it
+ *                           the SKIP decoder refuses every package
  */
 #include "provider.h"
+#include "../cms/skip_decoder.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -61,6 +64,17 @@ static const OSSL_ALGORITHM ASYM_CIPHER[] = {
     { NULL, NULL, NULL, NULL }
 };
 
+/* SKIP packages (cms/skip_decoder.c): the package decoder sits among the DER-to-DER
+ * decoders; the key decoders turn what it hands on into sks keys. */
+static const OSSL_ALGORITHM DECODER[] = {
+    { "DER", PROPS ",input=der", sks_skip_decoder_functions, "SKIP package, imported into the sks device" },
+    { "DER", PROPS ",input=pem", sks_skip_decoder_functions, "SKIP package (PEM), imported into the sks device" },
+    { "EC", PROPS ",input=der,structure=sks-key", sks_skip_key_decoder_functions, "sks EC key from a SKIP package" },
+    { "ED25519", PROPS ",input=der,structure=sks-key", sks_skip_key_decoder_functions,
+      "sks Ed25519 key from a SKIP package" },
+    { NULL, NULL, NULL, NULL }
+};
+
 static const OSSL_ALGORITHM STORE[] = {
     { "sks", PROPS, sks_store_functions, "sks: URIs" },
     { NULL, NULL, NULL, NULL }
@@ -77,6 +91,7 @@ static const OSSL_ITEM REASONS[] = {
     { SKS_R_UNSUPPORTED, "operation or parameters not supported by the sks device" },
     { SKS_R_PUBLIC_ONLY, "a public key cannot do private operations" },
     { SKS_R_INTERNAL, "sks provider internal error" },
+    { SKS_R_PIN_NEEDED, "the sks key needs a PIN" },
     { 0, NULL }
 };
 
@@ -201,6 +216,8 @@ static const OSSL_ALGORITHM *sks_query_operation(void *provctx, int operation_id
         return ASYM_CIPHER;
     case OSSL_OP_STORE:
         return STORE;
+    case OSSL_OP_DECODER:
+        return DECODER;
     default:
         return NULL;
     }
@@ -226,6 +243,9 @@ static void sks_teardown(void *provctx)
     OPENSSL_free(ctx->master_key_path);
     if (ctx->pin != NULL)
         OPENSSL_clear_free(ctx->pin, strlen(ctx->pin));
+    for (size_t i = 0; i < sizeof(ctx->names) / sizeof(ctx->names[0]); i++)
+        OPENSSL_free(ctx->names[i].name);
+    pthread_mutex_destroy(&ctx->names_lock);
     pthread_mutex_destroy(&ctx->lock);
     OPENSSL_free(ctx);
 }
@@ -238,6 +258,19 @@ static const OSSL_DISPATCH PROVIDER_FUNCTIONS[] = {
     { OSSL_FUNC_PROVIDER_GET_REASON_STRINGS, (void (*)(void))sks_reason_strings },
     { 0, NULL }
 };
+
+/* Read when a SKIP package is decoded, not at init, so no copy of it lives in the
+ * context that other provider files share. */
+int sks_provider_skip_trust(struct sks_provctx *ctx, char *out, size_t n)
+{
+    char *trust = NULL;
+    OSSL_PARAM params[] = { OSSL_PARAM_utf8_ptr("skip-trust", &trust, 0), OSSL_PARAM_END };
+
+    if (ctx == NULL || core_get_params == NULL || !core_get_params(ctx->core, params) || trust == NULL
+        || *trust == '\0')
+        return 0;
+    return snprintf(out, n, "%s", trust) < (int)n;
+}
 
 /* Reads the provider's configuration values from openssl.cnf. */
 static int read_config(sks_provctx *ctx)
@@ -293,6 +326,7 @@ int OSSL_provider_init(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, 
         return 0;
     ctx->core = handle;
     pthread_mutex_init(&ctx->lock, NULL);
+    pthread_mutex_init(&ctx->names_lock, NULL);
     /* Public-key work (cached public halves, verification, hashing) runs in a child
      * library context that sees the application's providers, "default" among them. */
     ctx->libctx = OSSL_LIB_CTX_new_child(handle, orig);

@@ -6,8 +6,9 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake pkg-config clang
   libssl-dev openssl libsqlite3-dev sqlite3 libtasn1-6-dev libtasn1-bin libcjson-dev
-  python3 python3-pytest python3-cryptography
+  python3 python3-pytest python3-cryptography python3-asn1crypto
   nginx-light curl util-linux procps
+  pcscd libpcsclite-dev vsmartcard-vpcd
 )
 
 missing=()

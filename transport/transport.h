@@ -26,6 +26,11 @@ sks_device *sks_transport_local_device(sks_transport *t);
 /* The sksd daemon on a Unix socket. */
 sks_transport *sks_transport_open_unix(const char *socket_path, char *err, size_t errlen);
 
+/* An SKS card through pcsc-lite (docs/pcsc.md). reader: a reader name, or part of one (a
+ * reader of exactly that name wins); "" = the first reader whose card has the SKS
+ * application. Connects and selects it before returning. Built with -DSKS_WITH_PCSC. */
+sks_transport *sks_transport_open_pcsc(const char *reader, char *err, size_t errlen);
+
 /*
  * Opens the device a specification names:
  *   file:PATH      the embedded store PATH (master key: master_key_path, else PATH.key)

@@ -63,6 +63,10 @@ static const method METHODS[] = {
     { 102, "keyAgreement", h_key_agreement, TXN_BY_KEY, FIRST_OTHER },
     { 103, "performHmac", h_perform_hmac, TXN_BY_KEY, FIRST_OTHER },
     { 104, "symmetricKeyEncrypt", h_symmetric_key_encrypt, TXN_BY_KEY, FIRST_OTHER },
+    /* Project extensions (ids >= 200). skipImport names its session but must not end it on
+     * failure: a refused package leaves the request pending for a corrected one. */
+    { 200, "skipRequest", h_skip_request, TXN_WRITE, FIRST_OTHER },
+    { 201, "skipImport", h_skip_import, TXN_WRITE, FIRST_OTHER },
 };
 
 static const method *find_method(uint8_t id)

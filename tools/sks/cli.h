@@ -51,6 +51,7 @@ int cmd_delete(cli_store *store, int argc, char **argv);
 int cmd_export(cli_store *store, int argc, char **argv);
 int cmd_pin(cli_store *store, int argc, char **argv);
 int cmd_cert(cli_store *store, int argc, char **argv);
+int cmd_skip(cli_store *store, int argc, char **argv);
 
 /* ---- opts.c: option parsing ---- */
 

@@ -194,6 +194,21 @@ static const char *key_usage_for(EVP_PKEY *pub)
     }
 }
 
+X509 *issuer_ca_issue_name(const issuer_ca *ca, EVP_PKEY *pub, const X509_NAME *subject, int days)
+{
+    X509 *x = new_certificate(pub, subject, X509_get_subject_name(ca->cert), days);
+
+    if (x == NULL || !add_ext(x, ca->cert, NID_basic_constraints, "critical,CA:FALSE")
+        || !add_ext(x, ca->cert, NID_key_usage, key_usage_for(pub))
+        || !add_ext(x, ca->cert, NID_subject_key_identifier, "hash")
+        || !add_ext(x, ca->cert, NID_authority_key_identifier, "keyid:always")
+        || X509_sign(x, ca->key, signing_md(ca->key)) <= 0) {
+        X509_free(x);
+        return NULL;
+    }
+    return x;
+}
+
 X509 *issuer_ca_issue(const issuer_ca *ca, EVP_PKEY *pub, const char *subject, int days, char *err, size_t errlen)
 {
     X509_NAME *name = issuer_parse_dn(subject, err, errlen);
@@ -201,16 +216,8 @@ X509 *issuer_ca_issue(const issuer_ca *ca, EVP_PKEY *pub, const char *subject, i
 
     if (name == NULL)
         return NULL;
-    x = new_certificate(pub, name, X509_get_subject_name(ca->cert), days);
-    if (x == NULL || !add_ext(x, ca->cert, NID_basic_constraints, "critical,CA:FALSE")
-        || !add_ext(x, ca->cert, NID_key_usage, key_usage_for(pub))
-        || !add_ext(x, ca->cert, NID_subject_key_identifier, "hash")
-        || !add_ext(x, ca->cert, NID_authority_key_identifier, "keyid:always")
-        || X509_sign(x, ca->key, signing_md(ca->key)) <= 0) {
+    if ((x = issuer_ca_issue_name(ca, pub, name, days)) == NULL)
         snprintf(err, errlen, "cannot issue the certificate for '%s'", subject);
-        X509_free(x);
-        x = NULL;
-    }
     X509_NAME_free(name);
     return x;
 }

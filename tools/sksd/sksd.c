@@ -109,10 +109,11 @@ static int peer_admin(const config *c, const struct ucred *p)
     return peer_in(p, c->admin_uid, c->n_admin_uid, c->admin_gid, c->n_admin_gid);
 }
 
-/* Methods anyone allowed may call: the User API and read-only queries. */
+/* Methods anyone allowed may call: the User API and read-only queries. The project
+ * extensions from 200 on (skipRequest, skipImport) provision keys: administrators only. */
 static int method_is_open(uint8_t id)
 {
-    return id >= 100 || id == 1 || id == 4 || id == 70 || id == 71 || id == 72 || id == 73;
+    return (id >= 100 && id < 200) || id == 1 || id == 4 || id == 70 || id == 71 || id == 72 || id == 73;
 }
 
 static void refuse(sks_buf *reply, const char *what)

@@ -1,0 +1,475 @@
+/*
+ * SKIP package decoding and verification (skip_package.h). The CMS SignedData and X.509 go
+ * through OpenSSL; KeyPairContainers, the project's own ASN.1, through libtasn1 with the
+ * module cms/skip.asn compiled at build time (skip_asn1_tab.c), so no file is needed at run
+ * time and the provider module carries the definitions with it.
+ */
+#include "skip_package.h"
+#include "skip_common.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <libtasn1.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+extern const asn1_static_node skip_asn1_tab[];
+
+#define OID_AES128_CBC "2.16.840.1.101.3.4.1.2"
+#define OID_AES256_CBC "2.16.840.1.101.3.4.1.42"
+/* Large enough for a package with SKIP_MAX_KEYS keys and their chains. */
+#define SKIP_MAX_PACKAGE (4u * 1024 * 1024)
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    ERR_clear_error();
+    return 0;
+}
+
+/* ------------------------------------------------------------------ key types */
+
+static const char *const CURVES[] = {
+    "brainpoolP256r1", "brainpoolP320r1", "brainpoolP384r1", "brainpoolP512r1",
+    "prime256v1",      "secp384r1",       "secp521r1",
+};
+
+const char *skip_curve_of(EVP_PKEY *key, char *buf, size_t n)
+{
+    size_t len = 0;
+
+    buf[0] = '\0';
+    if (key == NULL || EVP_PKEY_get_base_id(key) != EVP_PKEY_EC
+        || EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, buf, n, &len) != 1)
+        buf[0] = '\0';
+    return buf;
+}
+
+int skip_key_supported(EVP_PKEY *key, int allow_ed25519)
+{
+    char curve[64];
+    size_t i;
+
+    if (key == NULL)
+        return 0;
+    if (EVP_PKEY_get_base_id(key) == EVP_PKEY_ED25519)
+        return allow_ed25519;
+    skip_curve_of(key, curve, sizeof(curve));
+    for (i = 0; i < sizeof(CURVES) / sizeof(CURVES[0]); i++)
+        if (strcmp(curve, CURVES[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ KeyPairContainers */
+
+/* The byte range of a named element of the decoded structure, inside der. */
+static int element_span(asn1_node el, const uint8_t *der, size_t n, const char *name, const uint8_t **p,
+                        size_t *len)
+{
+    int start = 0, end = 0;
+
+    if (asn1_der_decoding_startEnd(el, der, (int)n, name, &start, &end) != ASN1_SUCCESS || start < 0 || end < start
+        || (size_t)end >= n)
+        return 0;
+    *p = der + start;
+    *len = (size_t)(end - start) + 1;
+    return 1;
+}
+
+/* The cipher of encryptedPrivate: aes128-CBC or aes256-CBC with a 16-byte IV. */
+static int container_cipher(asn1_node el, size_t i, int *bits, char *err, size_t errlen)
+{
+    char name[96], oid[128];
+    uint8_t param[64];
+    int len = sizeof(oid);
+
+    snprintf(name, sizeof(name), "?%zu.encryptedPrivate.encryptionAlgorithm.algorithm", i);
+    if (asn1_read_value(el, name, oid, &len) != ASN1_SUCCESS)
+        return fail(err, errlen, "container %zu: unreadable cipher algorithm", i);
+    if (strcmp(oid, OID_AES256_CBC) == 0)
+        *bits = 256;
+    else if (strcmp(oid, OID_AES128_CBC) == 0)
+        *bits = 128;
+    else
+        return fail(err, errlen, "container %zu: unsupported cipher %s (aes256-CBC or aes128-CBC only)", i, oid);
+    snprintf(name, sizeof(name), "?%zu.encryptedPrivate.encryptionAlgorithm.parameters", i);
+    len = sizeof(param);
+    /* The ANY parameter comes back as its DER: an OCTET STRING of 16 bytes is 04 10 + IV. */
+    if (asn1_read_value(el, name, param, &len) != ASN1_SUCCESS || len != 18 || param[0] != 0x04 || param[1] != 16)
+        return fail(err, errlen, "container %zu: the cipher parameter must be a 16-byte IV (OCTET STRING)", i);
+    return 1;
+}
+
+static int parse_one_container(asn1_node el, const uint8_t *der, size_t n, size_t i, skip_container *c, char *err,
+                               size_t errlen)
+{
+    char name[64];
+    const unsigned char *q;
+
+    snprintf(name, sizeof(name), "?%zu.public", i);
+    if (!element_span(el, der, n, name, &c->spki, &c->spki_len))
+        return fail(err, errlen, "container %zu: no public key", i);
+    snprintf(name, sizeof(name), "?%zu.encryptedPrivate", i);
+    if (!element_span(el, der, n, name, &c->epki, &c->epki_len))
+        return fail(err, errlen, "container %zu: no encryptedPrivate", i);
+    if (!container_cipher(el, i, &c->aes_bits, err, errlen))
+        return 0;
+    q = c->spki;
+    c->public_key = d2i_PUBKEY(NULL, &q, (long)c->spki_len);
+    if (c->public_key == NULL || q != c->spki + c->spki_len)
+        return fail(err, errlen, "container %zu: the public key is not a SubjectPublicKeyInfo OpenSSL can read", i);
+    if (!skip_key_supported(c->public_key, 1)) {
+        char curve[64];
+        skip_curve_of(c->public_key, curve, sizeof(curve));
+        return fail(err, errlen, "container %zu: unsupported key type %s (EC on a SKIP curve or Ed25519 only)", i,
+                    curve[0] ? curve : OBJ_nid2sn(EVP_PKEY_get_base_id(c->public_key)));
+    }
+    return 1;
+}
+
+static int decode_containers(asn1_node *el, const uint8_t *der, size_t n, int *count, char *err, size_t errlen)
+{
+    asn1_node defs = NULL;
+    char why[ASN1_MAX_ERROR_DESCRIPTION_SIZE] = "";
+    int len = (int)n, rc, ok = 0;
+
+    if (asn1_array2tree(skip_asn1_tab, &defs, why) != ASN1_SUCCESS)
+        return fail(err, errlen, "internal error: the SKIP ASN.1 module does not load: %s", why);
+    if (asn1_create_element(defs, "SKIP.KeyPairContainers", el) != ASN1_SUCCESS)
+        fail(err, errlen, "internal error: no KeyPairContainers in the ASN.1 module");
+    else if ((rc = asn1_der_decoding2(el, der, &len, ASN1_DECODE_FLAG_STRICT_DER, why)) != ASN1_SUCCESS)
+        fail(err, errlen, "the package content is not KeyPairContainers DER: %s%s%s", asn1_strerror(rc),
+             why[0] ? ": " : "", why);
+    else if ((size_t)len != n)
+        fail(err, errlen, "the package content has %zu bytes after KeyPairContainers", n - (size_t)len);
+    else if (asn1_number_of_elements(*el, "", count) != ASN1_SUCCESS || *count < 1)
+        fail(err, errlen, "the package holds no keys");
+    else if (*count > SKIP_MAX_KEYS)
+        fail(err, errlen, "the package holds %d keys; at most %d are supported", *count, SKIP_MAX_KEYS);
+    else
+        ok = 1;
+    asn1_delete_structure(&defs);
+    return ok;
+}
+
+int skip_containers_parse(const uint8_t *der, size_t n, skip_container **out, size_t *count, char *err,
+                          size_t errlen)
+{
+    asn1_node el = NULL;
+    skip_container *c = NULL;
+    int num = 0, ok = 0;
+    size_t i;
+
+    *out = NULL;
+    *count = 0;
+    if (n == 0 || n > SKIP_MAX_PACKAGE)
+        return fail(err, errlen, "the package content is empty or too large");
+    if (!decode_containers(&el, der, n, &num, err, errlen))
+        goto done;
+    if ((c = OPENSSL_zalloc((size_t)num * sizeof(*c))) == NULL) {
+        fail(err, errlen, "out of memory");
+        goto done;
+    }
+    for (i = 0; i < (size_t)num; i++)
+        if (!parse_one_container(el, der, n, i + 1, &c[i], err, errlen))
+            goto done;
+    *out = c;
+    *count = (size_t)num;
+    c = NULL;
+    ok = 1;
+done:
+    skip_containers_free(c, (size_t)num);
+    asn1_delete_structure(&el);
+    return ok;
+}
+
+void skip_containers_free(skip_container *c, size_t count)
+{
+    size_t i;
+
+    if (c == NULL)
+        return;
+    for (i = 0; i < count; i++) {
+        EVP_PKEY_free(c[i].public_key);
+        sk_X509_pop_free(c[i].path, X509_free);
+    }
+    OPENSSL_free(c);
+}
+
+/* ------------------------------------------------------------------ CMS */
+
+static int is_pem(const uint8_t *in, size_t n)
+{
+    while (n > 0 && (*in == ' ' || *in == '\t' || *in == '\r' || *in == '\n')) {
+        in++;
+        n--;
+    }
+    return n >= 11 && memcmp(in, "-----BEGIN ", 11) == 0;
+}
+
+/* The DER of a package given as PEM (labels CMS or PKCS7) or DER. */
+static int package_der(const uint8_t *in, size_t n, uint8_t **der, long *len, char *err, size_t errlen)
+{
+    BIO *b;
+    char *name = NULL, *header = NULL;
+    int ok;
+
+    if (!is_pem(in, n)) {
+        *der = OPENSSL_memdup(in, n);
+        *len = (long)n;
+        return *der != NULL || fail(err, errlen, "out of memory");
+    }
+    b = BIO_new_mem_buf(in, (int)n);
+    ok = b != NULL && PEM_read_bio(b, &name, &header, der, len) == 1;
+    BIO_free(b);
+    if (ok && strcmp(name, "CMS") != 0 && strcmp(name, "PKCS7") != 0) {
+        fail(err, errlen, "PEM block \"%s\" is not a SKIP package (CMS or PKCS7 expected)", name);
+        OPENSSL_free(*der);
+        *der = NULL;
+        ok = 0;
+    } else if (!ok) {
+        fail(err, errlen, "the package is not valid PEM");
+    }
+    OPENSSL_free(name);
+    OPENSSL_free(header);
+    return ok;
+}
+
+/* One SignerInfo, identified by subjectKeyIdentifier (the ephemeral certificate is issued
+ * after the signature, so issuerAndSerialNumber cannot be used). */
+static int take_signer_id(skip_package *p, char *err, size_t errlen)
+{
+    STACK_OF(CMS_SignerInfo) *sis = CMS_get0_SignerInfos(p->cms);
+    ASN1_OCTET_STRING *keyid = NULL;
+    X509_NAME *issuer = NULL;
+    ASN1_INTEGER *serial = NULL;
+
+    if (sk_CMS_SignerInfo_num(sis) != 1)
+        return fail(err, errlen, "the package must have exactly one signer, it has %d", sk_CMS_SignerInfo_num(sis));
+    if (CMS_SignerInfo_get0_signer_id(sk_CMS_SignerInfo_value(sis, 0), &keyid, &issuer, &serial) != 1
+        || keyid == NULL)
+        return fail(err, errlen, "the package's signer must be identified by subjectKeyIdentifier");
+    p->keyid = keyid;
+    return 1;
+}
+
+static int take_content(skip_package *p, char *err, size_t errlen)
+{
+    ASN1_OCTET_STRING **content = CMS_get0_content(p->cms);
+
+    if (content == NULL || *content == NULL)
+        return fail(err, errlen, "the package has no encapsulated content (detached signature?)");
+    p->content_len = (size_t)ASN1_STRING_length(*content);
+    p->content = OPENSSL_memdup(ASN1_STRING_get0_data(*content), p->content_len);
+    if (p->content == NULL)
+        return fail(err, errlen, "the package content is empty");
+    return 1;
+}
+
+/* Every container must use the same cipher: there is one AES key per package. */
+static int take_containers(skip_package *p, char *err, size_t errlen)
+{
+    size_t i;
+
+    if (!skip_containers_parse(p->content, p->content_len, &p->keys, &p->nkeys, err, errlen))
+        return 0;
+    p->aes_bits = p->keys[0].aes_bits;
+    for (i = 1; i < p->nkeys; i++)
+        if (p->keys[i].aes_bits != p->aes_bits)
+            return fail(err, errlen, "container %zu uses aes%d-CBC, container 1 aes%d-CBC: one package, one key",
+                        i + 1, p->keys[i].aes_bits, p->aes_bits);
+    return 1;
+}
+
+int skip_package_parse(const uint8_t *in, size_t n, skip_package **out, char *err, size_t errlen)
+{
+    skip_package *p = OPENSSL_zalloc(sizeof(*p));
+    uint8_t *der = NULL;
+    const unsigned char *q;
+    long len = 0;
+    int ok = 0;
+
+    *out = NULL;
+    if (p == NULL)
+        return fail(err, errlen, "out of memory");
+    if (n == 0 || n > SKIP_MAX_PACKAGE) {
+        fail(err, errlen, "the package is empty or larger than %u bytes", SKIP_MAX_PACKAGE);
+        goto done;
+    }
+    if (!package_der(in, n, &der, &len, err, errlen))
+        goto done;
+    q = der;
+    p->cms = d2i_CMS_ContentInfo(NULL, &q, len);
+    if (p->cms == NULL || q != der + len) {
+        fail(err, errlen, p->cms == NULL ? "the package is not a DER CMS ContentInfo (truncated or garbage?)"
+                                         : "the package has bytes after its CMS ContentInfo");
+        goto done;
+    }
+    if (OBJ_obj2nid(CMS_get0_type(p->cms)) != NID_pkcs7_signed) {
+        fail(err, errlen, "the package is CMS but not SignedData");
+        goto done;
+    }
+    p->certs = CMS_get1_certs(p->cms);
+    if (p->certs == NULL || sk_X509_num(p->certs) == 0) {
+        fail(err, errlen, "the package carries no certificates");
+        goto done;
+    }
+    ok = take_signer_id(p, err, errlen) && take_content(p, err, errlen) && take_containers(p, err, errlen);
+done:
+    OPENSSL_free(der);
+    if (ok)
+        *out = p;
+    else
+        skip_package_free(p);
+    ERR_clear_error();
+    return ok;
+}
+
+void skip_package_free(skip_package *p)
+{
+    if (p == NULL)
+        return;
+    skip_containers_free(p->keys, p->nkeys);
+    OPENSSL_free(p->content);
+    sk_X509_pop_free(p->certs, X509_free);
+    CMS_ContentInfo_free(p->cms);
+    OPENSSL_free(p);
+}
+
+/* ------------------------------------------------------------------ verification */
+
+X509_STORE *skip_anchors_load(const char *path, char *err, size_t errlen)
+{
+    X509_STORE *store = X509_STORE_new();
+    BIO *b = BIO_new_file(path, "r");
+    X509 *x;
+    int n = 0;
+
+    if (b == NULL) {
+        X509_STORE_free(store);
+        fail(err, errlen, "cannot open the trust anchors %s", path);
+        return NULL;
+    }
+    while (store != NULL && (x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        n += X509_STORE_add_cert(store, x) == 1;
+        X509_free(x);
+    }
+    BIO_free(b);
+    if (n == 0) {
+        X509_STORE_free(store);
+        fail(err, errlen, "%s holds no PEM certificate to trust", path);
+        return NULL;
+    }
+    ERR_clear_error(); /* the read loop ends on "no start line" */
+    return store;
+}
+
+static void describe(X509 *x, char *buf, size_t n)
+{
+    if (x == NULL || X509_NAME_oneline(X509_get_subject_name(x), buf, (int)n) == NULL)
+        snprintf(buf, n, "(unnamed)");
+}
+
+/* The verified chain of one certificate: the package's certificates may serve as
+ * intermediates, only the anchors are trusted. */
+static STACK_OF(X509) *verify_chain(X509_STORE *anchors, STACK_OF(X509) *pool, X509 *cert, char *err, size_t errlen)
+{
+    X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+    STACK_OF(X509) *chain = NULL;
+    char who[256], at[256];
+    int e;
+
+    if (ctx == NULL || X509_STORE_CTX_init(ctx, anchors, cert, pool) != 1) {
+        fail(err, errlen, "out of memory");
+    } else if (X509_verify_cert(ctx) == 1) {
+        chain = X509_STORE_CTX_get1_chain(ctx);
+    } else {
+        e = X509_STORE_CTX_get_error(ctx);
+        describe(cert, who, sizeof(who));
+        describe(X509_STORE_CTX_get_current_cert(ctx), at, sizeof(at));
+        fail(err, errlen, "certificate %s does not verify to the trust anchors: %s (at %s)", who,
+             X509_verify_cert_error_string(e), at);
+    }
+    X509_STORE_CTX_free(ctx);
+    return chain;
+}
+
+static X509 *find_by_keyid(STACK_OF(X509) *certs, const ASN1_OCTET_STRING *keyid)
+{
+    int i;
+
+    for (i = 0; i < sk_X509_num(certs); i++) {
+        const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(sk_X509_value(certs, i));
+        if (ski != NULL && ASN1_OCTET_STRING_cmp(ski, keyid) == 0)
+            return sk_X509_value(certs, i);
+    }
+    return NULL;
+}
+
+/* The signature (and the content digest in the signed attributes) with the signer found by
+ * key identifier; its chain was verified with all the others. */
+static int verify_signature(skip_package *p, char *err, size_t errlen)
+{
+    STACK_OF(X509) *signer = sk_X509_new_null();
+    unsigned int flags = CMS_NOINTERN | CMS_NO_SIGNER_CERT_VERIFY | CMS_BINARY;
+    int ok = signer != NULL && sk_X509_push(signer, p->signer) > 0
+             && CMS_verify(p->cms, signer, NULL, NULL, NULL, flags) == 1;
+
+    sk_X509_free(signer);
+    if (!ok)
+        return fail(err, errlen, "the package signature does not verify with the ephemeral key's certificate");
+    return 1;
+}
+
+/* Each container's key must be certified by exactly the certificate that carries it. */
+static int attach_certificates(skip_package *p, X509_STORE *anchors, char *err, size_t errlen)
+{
+    size_t i;
+    int j;
+
+    for (i = 0; i < p->nkeys; i++) {
+        skip_container *c = &p->keys[i];
+        for (j = 0; j < sk_X509_num(p->certs) && c->cert == NULL; j++) {
+            EVP_PKEY *pub = X509_get0_pubkey(sk_X509_value(p->certs, j));
+            if (pub != NULL && EVP_PKEY_eq(pub, c->public_key) == 1)
+                c->cert = sk_X509_value(p->certs, j);
+        }
+        if (c->cert == NULL)
+            return fail(err, errlen, "container %zu: its key has no certificate in the package", i + 1);
+        if ((c->path = verify_chain(anchors, p->certs, c->cert, err, errlen)) == NULL)
+            return 0;
+        if (sk_X509_num(c->path) > SKIP_MAX_PATH)
+            return fail(err, errlen, "container %zu: its certificate path is longer than %d", i + 1, SKIP_MAX_PATH);
+    }
+    return 1;
+}
+
+int skip_package_verify(skip_package *p, X509_STORE *anchors, char *err, size_t errlen)
+{
+    STACK_OF(X509) *chain;
+    int i;
+
+    for (i = 0; i < sk_X509_num(p->certs); i++) {
+        if ((chain = verify_chain(anchors, p->certs, sk_X509_value(p->certs, i), err, errlen)) == NULL)
+            return 0;
+        sk_X509_pop_free(chain, X509_free);
+    }
+    if ((p->signer = find_by_keyid(p->certs, p->keyid)) == NULL)
+        return fail(err, errlen, "the signer's subjectKeyIdentifier matches no certificate in the package");
+    if (!skip_key_supported(X509_get0_pubkey(p->signer), 0))
+        return fail(err, errlen, "the ephemeral key is not EC on a SKIP curve");
+    if (!verify_signature(p, err, errlen))
+        return 0;
+    return attach_certificates(p, anchors, err, errlen);
+}

@@ -1,0 +1,68 @@
+/*
+ * SKIP packages outside the device (docs/skip.md): decoding the CMS SignedData, the
+ * KeyPairContainers in it (libtasn1, module cms/skip.asn), and verifying certificates and
+ * signature against trust anchors. None of this needs a secret, so none of it is in the
+ * device; what the device gets is the verified parts (device/skip.c checks the keys).
+ *
+ * Every function returns 1/0; on 0 `err` holds an English sentence naming what is wrong.
+ */
+#ifndef SKS_SKIP_PACKAGE_H
+#define SKS_SKIP_PACKAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/cms.h>
+#include <openssl/x509.h>
+
+typedef struct {
+    const uint8_t *spki;  /* SubjectPublicKeyInfo DER, inside the package's content */
+    size_t spki_len;
+    const uint8_t *epki;  /* EncryptedPrivateKeyInfo DER, inside the package's content */
+    size_t epki_len;
+    int aes_bits;         /* 128 or 256, from the cipher OID */
+    EVP_PKEY *public_key; /* the parsed SPKI */
+    X509 *cert;           /* after verify: its certificate (owned by the package) */
+    STACK_OF(X509) *path; /* after verify: the verified chain, end-entity first */
+} skip_container;
+
+typedef struct {
+    CMS_ContentInfo *cms;
+    STACK_OF(X509) *certs;         /* every certificate the package carries */
+    uint8_t *content;              /* the eContent: KeyPairContainers DER */
+    size_t content_len;
+    skip_container *keys;
+    size_t nkeys;
+    int aes_bits;                  /* shared by all containers */
+    const ASN1_OCTET_STRING *keyid; /* the SignerInfo's subjectKeyIdentifier */
+    X509 *signer;                  /* after verify: the ephemeral key's certificate */
+} skip_package;
+
+/* Decodes a package, DER or PEM ("CMS" or "PKCS7"), down to its containers; checks the
+ * structure (one SignerInfo identified by key identifier, an encapsulated content that is
+ * KeyPairContainers, supported ciphers and key types) but not trust or signature. */
+int skip_package_parse(const uint8_t *in, size_t n, skip_package **out, char *err, size_t errlen);
+void skip_package_free(skip_package *p);
+
+/* Decodes KeyPairContainers DER (strict DER, nothing after it). The containers point into
+ * `der`, which must outlive them; free them with skip_containers_free. */
+int skip_containers_parse(const uint8_t *der, size_t n, skip_container **out, size_t *count, char *err,
+                          size_t errlen);
+void skip_containers_free(skip_container *c, size_t count);
+
+/* Trust anchors: every certificate of a PEM file (at least one). */
+X509_STORE *skip_anchors_load(const char *path, char *err, size_t errlen);
+
+/* Verifies every certificate of the package to the anchors, finds the signer by its subject
+ * key identifier, verifies the signature, and gives each container its certificate and
+ * verified path. */
+int skip_package_verify(skip_package *p, X509_STORE *anchors, char *err, size_t errlen);
+
+/* 1 for the key types SKIP allows: EC on brainpoolP256r1/P320r1/P384r1/P512r1,
+ * secp256r1/384r1/521r1, and (if allow_ed25519) Ed25519. */
+int skip_key_supported(EVP_PKEY *key, int allow_ed25519);
+
+/* The OpenSSL group name of an EC key into buf, or "" for other keys. */
+const char *skip_curve_of(EVP_PKEY *key, char *buf, size_t n);
+
+#endif
