@@ -3,7 +3,9 @@
 #   keys into the store (generated inside it, and imported from PEM and PKCS#12),
 #   openssl signing with a store key and the default provider verifying,
 #   nginx serving TLS with its key in the store and requiring client certificates,
-#   curl authenticating with a client key it never sees.
+#   curl authenticating with a client key it never sees,
+#   a SKIP round trip: request from the device, package from a factory CA, import, and curl
+#   authenticating with the injected key.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -35,6 +37,17 @@ openssl pkcs12 -export -inkey "$work/p12.key" -in "$work/p12.crt" -passout pass:
 "$SKS" import --name from-p12 --pkcs12 "$work/imp.p12" --passin demo
 shred -u "$work/imp.key" "$work/p12.key"
 "$SKS" list
+
+step "SKIP: keys made by a factory CA reach the store without ever being in clear on the way"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=demo factory CA" \
+  -keyout "$work/factory-ca.key" -out "$work/factory-ca.pem" -days 30 \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=keyCertSign,cRLSign 2>/dev/null
+"$SKS" skip request --curve P-256 --subject "CN=device-17" --out "$work/skip-request.pem"
+"$SKS" skip issue --request "$work/skip-request.pem" --ca-key "$work/factory-ca.key" \
+  --ca-cert "$work/factory-ca.pem" --key-type P-256 --key-type Ed25519 --out "$work/skip-package.der"
+"$SKS" skip import --trust "$work/factory-ca.pem" "$work/skip-package.der"
+"$SKS" skip import --trust "$work/factory-ca.pem" "$work/skip-package.der"   # again: nothing changes
+cat "$work/ca.pem" "$work/factory-ca.pem" > "$work/client-cas.pem"
 
 step "openssl signs with store keys; the default provider alone verifies"
 echo "the main job of sks" > "$work/msg"
@@ -79,7 +92,7 @@ http {
     ssl_protocols TLSv1.2 TLSv1.3;   # nginx 1.22's default stops at TLS 1.2
     ssl_certificate $work/web.pem;
     ssl_certificate_key engine:sks:sks:name=web;
-    ssl_client_certificate $work/ca.pem;
+    ssl_client_certificate $work/client-cas.pem;
     ssl_verify_client on;
     location / { return 200 "hello \$ssl_client_s_dn, over \$ssl_protocol\n"; }
   }
@@ -94,6 +107,10 @@ step "curl authenticates with a client key it never sees (sks engine)"
 OPENSSL_CONF="$work/engine.cnf" curl -sS --cacert "$work/ca.pem" --resolve "localhost:$port:127.0.0.1" \
   --engine sks --key-type ENG --key "sks:name=client" --cert-type ENG --cert 'sks\:name=client' \
   "https://localhost:$port/"
+step "curl authenticates with the key injected by SKIP"
+OPENSSL_CONF="$work/engine.cnf" curl -sS --cacert "$work/ca.pem" --resolve "localhost:$port:127.0.0.1" \
+  --engine sks --key-type ENG --key "sks:name=device-17 key 1 P-256" \
+  --cert-type ENG --cert 'sks\:name=device-17 key 1 P-256' "https://localhost:$port/"
 step "without a client certificate nginx refuses"
 curl -sS --cacert "$work/ca.pem" --resolve "localhost:$port:127.0.0.1" "https://localhost:$port/" | grep -om1 "No required SSL certificate was sent"
 kill $nginx_pid; wait $nginx_pid 2>/dev/null || true
