@@ -9,7 +9,10 @@
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
 #include <openssl/ecdsa.h>
+#include <openssl/err.h>
 #include <openssl/hmac.h>
+#include <openssl/param_build.h>
+#include <openssl/params.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
@@ -80,11 +83,180 @@ int aes_ecb_nopad(int encrypt, const uint8_t *key, size_t keylen, const uint8_t 
     return aes_run(aes_cipher("ECB", keylen), encrypt, 0, key, NULL, in, n, out);
 }
 
+/*
+ * Fast paths for the DER forms of keys. OpenSSL 3.0 sets up a whole decoder or encoder chain
+ * for every d2i_PUBKEY, i2d_PUBKEY, EVP_PKCS82PKEY and EVP_PKEY2PKCS8 (in microseconds: 106,
+ * 58, 416 and 81 for a P-256 key, against 50 for a P-256 ECDH): parsing an ECDH peer cost as
+ * much as the ECDH, and an 8-key SKIP import spent half its time there (bench/, README
+ * "Benchmarks"). The keys the device meets (EC on the curves below, Ed25519) in the one plain
+ * DER form OpenSSL itself writes are parsed and written here from their parts. Anything else,
+ * including any variation of the DER, goes the long way, so which inputs are accepted and
+ * the bytes written do not change: only named curves, uncompressed points (d2i keeps a
+ * compressed key compressed), EC private keys with their public key (d2i remembers a missing
+ * one and leaves it out again), exact DER lengths. Every curve here has cofactor 1.
+ */
+static const struct {
+    uint8_t oid[9];  /* the curve's OBJECT IDENTIFIER contents */
+    size_t oid_len;
+    const char *group;
+    size_t field;    /* bytes per coordinate */
+} SPKI_CURVES[] = {
+    { { 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07 }, 8, "prime256v1", 32 },
+    { { 0x2B, 0x81, 0x04, 0x00, 0x22 }, 5, "secp384r1", 48 },
+    { { 0x2B, 0x81, 0x04, 0x00, 0x23 }, 5, "secp521r1", 66 },
+    { { 0x2B, 0x24, 0x03, 0x03, 0x02, 0x08, 0x01, 0x01, 0x07 }, 9, "brainpoolP256r1", 32 },
+    { { 0x2B, 0x24, 0x03, 0x03, 0x02, 0x08, 0x01, 0x01, 0x09 }, 9, "brainpoolP320r1", 40 },
+    { { 0x2B, 0x24, 0x03, 0x03, 0x02, 0x08, 0x01, 0x01, 0x0B }, 9, "brainpoolP384r1", 48 },
+    { { 0x2B, 0x24, 0x03, 0x03, 0x02, 0x08, 0x01, 0x01, 0x0D }, 9, "brainpoolP512r1", 64 },
+};
+static const uint8_t OID_EC_PUBLIC_KEY[] = { 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01 };
+static const uint8_t OID_ED25519[] = { 0x2B, 0x65, 0x70 };
+
+/* One DER element with the given tag at *p (minimal length encoding, at most 2 length
+ * bytes): its contents in *v, *len; *p moves past it. */
+static int der_element(const uint8_t **p, const uint8_t *end, uint8_t tag, const uint8_t **v, size_t *len)
+{
+    const uint8_t *q = *p;
+    size_t n;
+
+    if (end - q < 2 || *q++ != tag)
+        return 0;
+    n = *q++;
+    if (n == 0x81) {
+        if (q >= end || *q < 0x80)
+            return 0;
+        n = *q++;
+    } else if (n == 0x82) {
+        if (end - q < 2 || (n = ((size_t)q[0] << 8) | q[1]) < 0x100)
+            return 0;
+        q += 2;
+    } else if (n >= 0x80) {
+        return 0;
+    }
+    if ((size_t)(end - q) < n)
+        return 0;
+    *v = q;
+    *len = n;
+    *p = q + n;
+    return 1;
+}
+
+/* A DER tag and length into out; returns the header's size (at most 4). */
+static size_t der_header(uint8_t *out, uint8_t tag, size_t len)
+{
+    out[0] = tag;
+    if (len < 0x80) {
+        out[1] = (uint8_t)len;
+        return 2;
+    }
+    if (len < 0x100) {
+        out[1] = 0x81;
+        out[2] = (uint8_t)len;
+        return 3;
+    }
+    out[1] = 0x82;
+    out[2] = (uint8_t)(len >> 8);
+    out[3] = (uint8_t)len;
+    return 4;
+}
+
+/* The size of a DER element with `len` bytes of contents. */
+static size_t der_size(size_t len)
+{
+    return len + (len < 0x80 ? 2 : len < 0x100 ? 3 : 4);
+}
+
+/* The index in SPKI_CURVES of an EC key in the plain form (named curve, uncompressed point,
+ * and for `private_form` its public key included in private key encodings), or -1. */
+static int plain_ec_curve(EVP_PKEY *key, int private_form)
+{
+    char group[64], form[32], encoding[32];
+    int include_public = 1;
+    size_t i;
+
+    if (EVP_PKEY_get_base_id(key) != EVP_PKEY_EC
+        || EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group), NULL) != 1
+        || EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, form, sizeof(form),
+                                          NULL) != 1
+        || EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_EC_ENCODING, encoding, sizeof(encoding), NULL) != 1
+        || strcmp(form, OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_UNCOMPRESSED) != 0
+        || strcmp(encoding, OSSL_PKEY_EC_ENCODING_GROUP) != 0
+        || (private_form && EVP_PKEY_get_int_param(key, OSSL_PKEY_PARAM_EC_INCLUDE_PUBLIC, &include_public) == 1
+            && !include_public))
+        return -1;
+    for (i = 0; i < sizeof(SPKI_CURVES) / sizeof(SPKI_CURVES[0]); i++)
+        if (strcmp(group, SPKI_CURVES[i].group) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* AlgorithmIdentifier of a plain key (curve index, or -1 for Ed25519) into out (64 bytes). */
+static size_t algorithm_id(int curve, uint8_t *out)
+{
+    size_t n;
+
+    if (curve < 0) {
+        n = der_header(out, 0x30, 2 + sizeof(OID_ED25519));
+        n += der_header(out + n, 0x06, sizeof(OID_ED25519));
+        memcpy(out + n, OID_ED25519, sizeof(OID_ED25519));
+        return n + sizeof(OID_ED25519);
+    }
+    n = der_header(out, 0x30, 4 + sizeof(OID_EC_PUBLIC_KEY) + SPKI_CURVES[curve].oid_len);
+    n += der_header(out + n, 0x06, sizeof(OID_EC_PUBLIC_KEY));
+    memcpy(out + n, OID_EC_PUBLIC_KEY, sizeof(OID_EC_PUBLIC_KEY));
+    n += sizeof(OID_EC_PUBLIC_KEY);
+    n += der_header(out + n, 0x06, SPKI_CURVES[curve].oid_len);
+    memcpy(out + n, SPKI_CURVES[curve].oid, SPKI_CURVES[curve].oid_len);
+    return n + SPKI_CURVES[curve].oid_len;
+}
+
+/* The SubjectPublicKeyInfo of a plain key; 0 if the key is not one (the caller then asks
+ * OpenSSL's encoder). */
+static int spki_der_plain(EVP_PKEY *key, sks_buf *out)
+{
+    uint8_t der[256], point[1 + 2 * 66];
+    size_t n, alg, plen = 0;
+    int curve = EVP_PKEY_get_base_id(key) == EVP_PKEY_ED25519 ? -1 : plain_ec_curve(key, 0);
+
+    if (curve < 0) {
+        plen = 32;
+        if (EVP_PKEY_get_base_id(key) != EVP_PKEY_ED25519 || EVP_PKEY_get_raw_public_key(key, point, &plen) != 1
+            || plen != 32)
+            return 0;
+    } else if (EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_PUB_KEY, point, sizeof(point), &plen) != 1
+               || plen != 1 + 2 * SPKI_CURVES[curve].field || point[0] != 0x04) {
+        return 0;
+    }
+    alg = algorithm_id(curve, der + 8);
+    n = der_header(der + 8 + alg, 0x03, plen + 1);
+    der[8 + alg + n] = 0;
+    memcpy(der + 8 + alg + n + 1, point, plen);
+    n += alg + 1 + plen;
+    /* the outer SEQUENCE header goes right before the contents */
+    {
+        uint8_t head[4];
+        size_t h = der_header(head, 0x30, n);
+        memcpy(der + 8 - h, head, h);
+        sks_buf_put(out, der + 8 - h, h + n);
+    }
+    return !out->failed;
+}
+
 int spki_der(EVP_PKEY *pkey, sks_buf *out)
 {
     unsigned char *der = NULL;
+    size_t start = out->len;
     int len;
 
+    /* The error queue stays as it was (the application's, in-process), whatever the fast
+     * path tried. */
+    ERR_set_mark();
+    if (spki_der_plain(pkey, out)) {
+        ERR_pop_to_mark();
+        return 1;
+    }
+    ERR_pop_to_mark();
+    out->len = start;
     /* EC keys must use a named curve and an uncompressed point (OpenSSL's defaults for
      * keys it generates or parses from such a form). */
     len = i2d_PUBKEY(pkey, &der);
@@ -95,6 +267,64 @@ int spki_der(EVP_PKEY *pkey, sks_buf *out)
     return !out->failed;
 }
 
+/* The parts of a SubjectPublicKeyInfo in the plain form: an EC point (uncompressed) on a
+ * curve of SPKI_CURVES (*curve = its index) or an Ed25519 key (*curve = -1); the key bytes in
+ * *key, *key_len. 0 for anything else. */
+static int spki_split(const uint8_t *p, size_t n, int *curve, const uint8_t **key, size_t *key_len)
+{
+    const uint8_t *end = p + n, *body, *alg, *bits, *oid, *c;
+    size_t body_len, alg_len, bits_len, oid_len, c_len, i;
+
+    if (!der_element(&p, end, 0x30, &body, &body_len) || p != end)
+        return 0;
+    end = body + body_len;
+    if (!der_element(&body, end, 0x30, &alg, &alg_len) || !der_element(&body, end, 0x03, &bits, &bits_len)
+        || body != end || bits_len < 2 || bits[0] != 0)
+        return 0;
+    end = alg + alg_len;
+    if (!der_element(&alg, end, 0x06, &oid, &oid_len))
+        return 0;
+    *key = bits + 1;
+    *key_len = bits_len - 1;
+    if (oid_len == sizeof(OID_ED25519) && memcmp(oid, OID_ED25519, oid_len) == 0) {
+        *curve = -1;
+        return alg == end && *key_len == 32;
+    }
+    if (oid_len != sizeof(OID_EC_PUBLIC_KEY) || memcmp(oid, OID_EC_PUBLIC_KEY, oid_len) != 0
+        || !der_element(&alg, end, 0x06, &c, &c_len) || alg != end)
+        return 0;
+    for (i = 0; i < sizeof(SPKI_CURVES) / sizeof(SPKI_CURVES[0]); i++)
+        if (c_len == SPKI_CURVES[i].oid_len && memcmp(c, SPKI_CURVES[i].oid, c_len) == 0) {
+            *curve = (int)i;
+            return *key_len == 1 + 2 * SPKI_CURVES[i].field && bits[1] == 0x04;
+        }
+    return 0;
+}
+
+static EVP_PKEY *spki_parse_plain(const uint8_t *p, size_t n)
+{
+    const uint8_t *key;
+    size_t key_len;
+    int curve;
+    EVP_PKEY_CTX *c;
+    EVP_PKEY *k = NULL;
+    OSSL_PARAM params[3];
+
+    if (!spki_split(p, n, &curve, &key, &key_len))
+        return NULL;
+    if (curve < 0)
+        return EVP_PKEY_new_raw_public_key_ex(NULL, "ED25519", NULL, key, key_len);
+    /* EC_POINT_oct2point, under EVP_PKEY_fromdata, refuses points not on the curve */
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)SPKI_CURVES[curve].group, 0);
+    params[1] = OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)key, key_len);
+    params[2] = OSSL_PARAM_construct_end();
+    c = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    if (c == NULL || EVP_PKEY_fromdata_init(c) != 1 || EVP_PKEY_fromdata(c, &k, EVP_PKEY_PUBLIC_KEY, params) != 1)
+        k = NULL;
+    EVP_PKEY_CTX_free(c);
+    return k;
+}
+
 EVP_PKEY *spki_parse(const uint8_t *p, size_t n)
 {
     const unsigned char *q = p;
@@ -102,6 +332,11 @@ EVP_PKEY *spki_parse(const uint8_t *p, size_t n)
 
     if (n == 0 || n > INT32_MAX)
         return NULL;
+    ERR_set_mark();
+    k = spki_parse_plain(p, n);
+    ERR_pop_to_mark(); /* a refused key goes the long way, which reports for itself */
+    if (k != NULL)
+        return k;
     k = d2i_PUBKEY(NULL, &q, (long)n);
     if (k != NULL && q != p + n) { /* trailing garbage */
         EVP_PKEY_free(k);
@@ -110,13 +345,87 @@ EVP_PKEY *spki_parse(const uint8_t *p, size_t n)
     return k;
 }
 
+/* The PrivateKeyInfo of a plain key, as OpenSSL writes it: version 0, the algorithm, and
+ * for EC an ECPrivateKey (version 1, the scalar at the order's length, the public key in [1],
+ * no parameters), for Ed25519 the 32-byte key; no attributes. 0 if the key is not plain. */
+static int pkcs8_der_plain(EVP_PKEY *key, sks_buf *out)
+{
+    uint8_t der[384], inner[256], point[1 + 2 * 66];
+    size_t n = 0, i = 0, alg, plen = 0, field, a1, body;
+    BIGNUM *d = NULL;
+    int curve = EVP_PKEY_get_base_id(key) == EVP_PKEY_ED25519 ? -1 : plain_ec_curve(key, 1), ok = 0;
+
+    if (curve < 0) {
+        size_t klen = 32;
+        /* CurvePrivateKey ::= OCTET STRING */
+        i = der_header(inner, 0x04, 32);
+        if (EVP_PKEY_get_base_id(key) != EVP_PKEY_ED25519 || EVP_PKEY_get_raw_private_key(key, inner + i, &klen) != 1
+            || klen != 32)
+            goto done;
+        i += 32;
+    } else {
+        field = SPKI_CURVES[curve].field;
+        if (EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_PUB_KEY, point, sizeof(point), &plen) != 1
+            || plen != 1 + 2 * field || point[0] != 0x04
+            || EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_PRIV_KEY, &d) != 1)
+            goto done;
+        /* ECPrivateKey ::= SEQUENCE { version 1, privateKey, [1] publicKey } */
+        a1 = der_size(plen + 1);                     /* the BIT STRING */
+        body = 3 + der_size(field) + der_size(a1);
+        i = der_header(inner, 0x30, body);
+        memcpy(inner + i, "\x02\x01\x01", 3);
+        i += 3;
+        i += der_header(inner + i, 0x04, field);
+        if (BN_bn2binpad(d, inner + i, (int)field) < 0)
+            goto done;
+        i += field;
+        i += der_header(inner + i, 0xA1, a1);
+        i += der_header(inner + i, 0x03, plen + 1);
+        inner[i++] = 0;
+        memcpy(inner + i, point, plen);
+        i += plen;
+    }
+    /* PrivateKeyInfo contents: version 0, algorithm, OCTET STRING privateKey */
+    n = 8;
+    memcpy(der + n, "\x02\x01\x00", 3);
+    n += 3;
+    alg = algorithm_id(curve, der + n);
+    n += alg;
+    n += der_header(der + n, 0x04, i);
+    memcpy(der + n, inner, i);
+    n += i;
+    {
+        uint8_t head[4];
+        size_t h = der_header(head, 0x30, n - 8);
+        memcpy(der + 8 - h, head, h);
+        sks_buf_put(out, der + 8 - h, h + n - 8);
+    }
+    ok = !out->failed;
+done:
+    BN_clear_free(d);
+    OPENSSL_cleanse(der, sizeof(der));
+    OPENSSL_cleanse(inner, sizeof(inner));
+    OPENSSL_cleanse(point, sizeof(point));
+    return ok;
+}
+
 int pkcs8_der(EVP_PKEY *pkey, sks_buf *out)
 {
-    PKCS8_PRIV_KEY_INFO *p8 = EVP_PKEY2PKCS8(pkey);
+    PKCS8_PRIV_KEY_INFO *p8;
     unsigned char *der = NULL;
+    size_t start = out->len;
     int len;
 
-    if (p8 == NULL)
+    ERR_set_mark();
+    if (pkcs8_der_plain(pkey, out)) {
+        ERR_pop_to_mark();
+        return 1;
+    }
+    ERR_pop_to_mark();
+    if (out->len > start)
+        OPENSSL_cleanse(out->data + start, out->len - start);
+    out->len = start;
+    if ((p8 = EVP_PKEY2PKCS8(pkey)) == NULL)
         return 0;
     len = i2d_PKCS8_PRIV_KEY_INFO(p8, &der);
     PKCS8_PRIV_KEY_INFO_free(p8);
@@ -127,6 +436,73 @@ int pkcs8_der(EVP_PKEY *pkey, sks_buf *out)
     return !out->failed;
 }
 
+/* A PrivateKeyInfo in the plain form pkcs8_der_plain writes (an EC key without its public
+ * key, or with parameters or attributes, is not plain), made into a key from its parts; NULL
+ * for anything else. */
+static EVP_PKEY *pkcs8_parse_plain(const uint8_t *p, size_t n)
+{
+    const uint8_t *end = p + n, *body, *ver, *alg, *oid, *c, *key, *ec, *d, *pubw, *pub;
+    size_t body_len, ver_len, alg_len, oid_len, c_len, key_len, ec_len, d_len, pubw_len, pub_len, i;
+    OSSL_PARAM_BLD *bld = NULL;
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *ctx = NULL;
+    EVP_PKEY *k = NULL;
+    BIGNUM *bn = NULL;
+
+    if (!der_element(&p, end, 0x30, &body, &body_len) || p != end)
+        return NULL;
+    end = body + body_len;
+    if (!der_element(&body, end, 0x02, &ver, &ver_len) || ver_len != 1 || ver[0] != 0
+        || !der_element(&body, end, 0x30, &alg, &alg_len) || !der_element(&body, end, 0x04, &key, &key_len)
+        || body != end)
+        return NULL;
+    end = alg + alg_len;
+    if (!der_element(&alg, end, 0x06, &oid, &oid_len))
+        return NULL;
+    if (oid_len == sizeof(OID_ED25519) && memcmp(oid, OID_ED25519, oid_len) == 0) {
+        /* CurvePrivateKey ::= OCTET STRING (32 bytes) */
+        const uint8_t *ed = key, *raw;
+        size_t raw_len;
+        if (alg != end || !der_element(&ed, key + key_len, 0x04, &raw, &raw_len) || ed != key + key_len
+            || raw_len != 32)
+            return NULL;
+        return EVP_PKEY_new_raw_private_key_ex(NULL, "ED25519", NULL, raw, raw_len);
+    }
+    if (oid_len != sizeof(OID_EC_PUBLIC_KEY) || memcmp(oid, OID_EC_PUBLIC_KEY, oid_len) != 0
+        || !der_element(&alg, end, 0x06, &c, &c_len) || alg != end)
+        return NULL;
+    for (i = 0; i < sizeof(SPKI_CURVES) / sizeof(SPKI_CURVES[0]); i++)
+        if (c_len == SPKI_CURVES[i].oid_len && memcmp(c, SPKI_CURVES[i].oid, c_len) == 0)
+            break;
+    if (i == sizeof(SPKI_CURVES) / sizeof(SPKI_CURVES[0]))
+        return NULL;
+    /* ECPrivateKey: version 1, privateKey (the order's length), [1] publicKey; no [0] */
+    end = key + key_len;
+    if (!der_element(&key, end, 0x30, &ec, &ec_len) || key != end)
+        return NULL;
+    end = ec + ec_len;
+    if (!der_element(&ec, end, 0x02, &ver, &ver_len) || ver_len != 1 || ver[0] != 1
+        || !der_element(&ec, end, 0x04, &d, &d_len) || d_len != SPKI_CURVES[i].field
+        || !der_element(&ec, end, 0xA1, &pubw, &pubw_len) || ec != end
+        || !der_element(&pubw, pubw + pubw_len, 0x03, &pub, &pub_len) || pubw != pub + pub_len
+        || pub_len != 2 + 2 * SPKI_CURVES[i].field || pub[0] != 0 || pub[1] != 0x04)
+        return NULL;
+    /* EC_POINT_oct2point, under EVP_PKEY_fromdata, refuses a point not on the curve */
+    if ((bn = BN_secure_new()) == NULL || BN_bin2bn(d, (int)d_len, bn) == NULL || (bld = OSSL_PARAM_BLD_new()) == NULL
+        || !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, SPKI_CURVES[i].group, 0)
+        || !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_PRIV_KEY, bn)
+        || !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pub + 1, pub_len - 1)
+        || (params = OSSL_PARAM_BLD_to_param(bld)) == NULL
+        || (ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL)) == NULL
+        || EVP_PKEY_fromdata_init(ctx) != 1 || EVP_PKEY_fromdata(ctx, &k, EVP_PKEY_KEYPAIR, params) != 1)
+        k = NULL;
+    EVP_PKEY_CTX_free(ctx);
+    OSSL_PARAM_free(params); /* clears the secure part holding the scalar */
+    OSSL_PARAM_BLD_free(bld);
+    BN_clear_free(bn);
+    return k;
+}
+
 EVP_PKEY *pkcs8_parse(const uint8_t *p, size_t n)
 {
     const unsigned char *q = p;
@@ -135,6 +511,11 @@ EVP_PKEY *pkcs8_parse(const uint8_t *p, size_t n)
 
     if (n == 0 || n > INT32_MAX)
         return NULL;
+    ERR_set_mark();
+    k = pkcs8_parse_plain(p, n);
+    ERR_pop_to_mark();
+    if (k != NULL)
+        return k;
     p8 = d2i_PKCS8_PRIV_KEY_INFO(NULL, &q, (long)n);
     if (p8 != NULL && q == p + n)
         k = EVP_PKCS82PKEY(p8);
@@ -158,28 +539,71 @@ EVP_PKEY *ec_generate(const char *curve)
     return EVP_PKEY_Q_keygen(NULL, NULL, "EC", curve);
 }
 
+EVP_PKEY *ecdh_peer_parse(EVP_PKEY *priv, const uint8_t *p, size_t n, int *validated)
+{
+    const uint8_t *point;
+    size_t point_len;
+    int curve;
+    char c1[64], c2[64];
+    EVP_PKEY *peer;
+
+    *validated = 0;
+    if (ec_curve_name(priv, c1, sizeof(c1)) == NULL)
+        return NULL;
+    ERR_set_mark();
+    if (spki_split(p, n, &curve, &point, &point_len) && curve >= 0 && strcmp(SPKI_CURVES[curve].group, c1) == 0) {
+        /* The key's own domain parameters (a copy of its group costs a fraction of making
+         * one from the curve's name) and the peer's point. EC_POINT_oct2point refuses a point
+         * outside the field or not on the curve, and the uncompressed form cannot encode
+         * infinity: the checks of SP 800-56A's partial validation. On these curves (cofactor
+         * 1) that is full validation, so the ECDH below need not multiply the point by the
+         * order once more, which costs as much as the ECDH itself. */
+        peer = EVP_PKEY_new();
+        if (peer != NULL && EVP_PKEY_copy_parameters(peer, priv) == 1
+            && EVP_PKEY_set1_encoded_public_key(peer, point, point_len) == 1) {
+            ERR_pop_to_mark();
+            *validated = 1;
+            return peer;
+        }
+        EVP_PKEY_free(peer);
+    }
+    ERR_pop_to_mark(); /* a refused point goes the long way, which reports for itself */
+    peer = spki_parse(p, n);
+    if (peer == NULL || ec_curve_name(peer, c2, sizeof(c2)) == NULL || strcmp(c1, c2) != 0) {
+        EVP_PKEY_free(peer);
+        return NULL;
+    }
+    return peer;
+}
+
 int ecdh_z(EVP_PKEY *priv, EVP_PKEY *peer, sks_buf *z)
 {
-    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new_from_pkey(NULL, priv, NULL);
+    return ecdh_z_reuse(NULL, priv, peer, 0, z);
+}
+
+int ecdh_z_reuse(key_contexts *keep, EVP_PKEY *priv, EVP_PKEY *peer, int validated, sks_buf *z)
+{
+    EVP_PKEY_CTX *c = keep != NULL ? keep->ecdh : NULL;
+    uint8_t tmp[132];
     size_t len = 0, start = z->len;
     int ok = 0;
 
-    if (c == NULL || EVP_PKEY_derive_init(c) != 1 || EVP_PKEY_derive_set_peer(c, peer) != 1
-        || EVP_PKEY_derive(c, NULL, &len) != 1)
+    /* A kept context stays initialised for ECDH on priv; each call sets its peer. */
+    if (c == NULL && ((c = EVP_PKEY_CTX_new_from_pkey(NULL, priv, NULL)) == NULL || EVP_PKEY_derive_init(c) != 1))
         goto done;
-    sks_buf_put(z, "", 0);
-    {
-        uint8_t tmp[132];
-        if (len > sizeof(tmp) || EVP_PKEY_derive(c, tmp, &len) != 1)
-            goto done;
-        sks_buf_put(z, tmp, len);
-        OPENSSL_cleanse(tmp, sizeof(tmp));
-    }
+    if (keep != NULL)
+        keep->ecdh = c;
+    if (EVP_PKEY_derive_set_peer_ex(c, peer, !validated) != 1 || EVP_PKEY_derive(c, NULL, &len) != 1
+        || len > sizeof(tmp) || EVP_PKEY_derive(c, tmp, &len) != 1)
+        goto done;
+    sks_buf_put(z, tmp, len);
     ok = !z->failed;
 done:
+    OPENSSL_cleanse(tmp, sizeof(tmp));
     if (!ok)
         z->len = start;
-    EVP_PKEY_CTX_free(c);
+    if (keep == NULL || keep->ecdh != c)
+        EVP_PKEY_CTX_free(c);
     return ok;
 }
 
@@ -189,26 +613,40 @@ static size_t ec_field_bytes(EVP_PKEY *key)
     return (size_t)(EVP_PKEY_get_bits(key) + 7) / 8;
 }
 
-/* DER ECDSA-Sig-Value -> r||s, each left-padded to the field size. */
+/* A DER INTEGER of ECDSA-Sig-Value (non-negative) into `fb` bytes, left-padded. */
+static int der_uint_to_fixed(const uint8_t **p, const uint8_t *end, uint8_t *out, size_t fb)
+{
+    const uint8_t *v;
+    size_t n;
+
+    if (!der_element(p, end, 0x02, &v, &n) || n == 0 || (v[0] & 0x80) != 0)
+        return 0;
+    while (n > 0 && v[0] == 0) {
+        v++;
+        n--;
+    }
+    if (n > fb)
+        return 0;
+    memset(out, 0, fb - n);
+    memcpy(out + fb - n, v, n);
+    return 1;
+}
+
+/* DER ECDSA-Sig-Value -> r||s, each left-padded to the field size. Read directly, without
+ * ECDSA_SIG and its two BIGNUMs: this runs on every ECDSA signature. */
 static int ecdsa_der_to_raw(EVP_PKEY *key, const uint8_t *der, size_t derlen, sks_buf *out)
 {
-    const unsigned char *q = der;
-    ECDSA_SIG *sig = d2i_ECDSA_SIG(NULL, &q, (long)derlen);
-    const BIGNUM *r, *s;
-    size_t fb = ec_field_bytes(key);
+    const uint8_t *p = der, *end = der + derlen, *seq;
+    size_t fb = ec_field_bytes(key), n;
     uint8_t buf[2 * 66];
-    int ok = 0;
 
-    if (sig == NULL || fb > 66)
-        goto done;
-    ECDSA_SIG_get0(sig, &r, &s);
-    if (BN_bn2binpad(r, buf, (int)fb) < 0 || BN_bn2binpad(s, buf + fb, (int)fb) < 0)
-        goto done;
+    if (fb > 66 || !der_element(&p, end, 0x30, &seq, &n) || p != end)
+        return 0;
+    end = seq + n;
+    if (!der_uint_to_fixed(&seq, end, buf, fb) || !der_uint_to_fixed(&seq, end, buf + fb, fb) || seq != end)
+        return 0;
     sks_buf_put(out, buf, 2 * fb);
-    ok = !out->failed;
-done:
-    ECDSA_SIG_free(sig);
-    return ok;
+    return !out->failed;
 }
 
 /* r||s -> DER, for verification. */
@@ -244,26 +682,83 @@ done:
 int sign_hash(EVP_PKEY *key, const EVP_MD *md, int pss, int saltlen, const EVP_MD *mgf1, const uint8_t *data,
               size_t n, sks_buf *sig)
 {
+    return sign_hash_reuse(NULL, key, md, pss, saltlen, mgf1, data, n, sig);
+}
+
+void key_contexts_free(key_contexts *kc)
+{
+    EVP_PKEY_CTX_free(kc->ecdsa);
+    EVP_MD_CTX_free(kc->ed25519);
+    EVP_PKEY_CTX_free(kc->ecdh);
+    kc->ecdsa = NULL;
+    kc->ed25519 = NULL;
+    kc->ecdh = NULL;
+}
+
+/* Ed25519 signs the message itself (one-shot). A kept context is used again as it is; should
+ * a later OpenSSL refuse a second EVP_DigestSign on one context, it is made afresh once. */
+static int ed25519_sign(EVP_MD_CTX **keep, EVP_PKEY *key, const uint8_t *data, size_t n, uint8_t *out, size_t *len)
+{
+    EVP_MD_CTX *mc = keep != NULL ? *keep : NULL;
+    size_t cap = *len;
+    int fresh, ok;
+
+    ERR_set_mark();
+    for (;;) {
+        fresh = mc == NULL;
+        if (fresh
+            && ((mc = EVP_MD_CTX_new()) == NULL || EVP_DigestSignInit_ex(mc, NULL, NULL, NULL, NULL, key, NULL) != 1))
+            ok = 0;
+        else
+            ok = EVP_DigestSign(mc, out, len, data, n) == 1;
+        if (ok || fresh)
+            break;
+        /* the kept context refused: its errors are forgotten, a fresh one tries */
+        ERR_pop_to_mark();
+        ERR_set_mark();
+        EVP_MD_CTX_free(mc);
+        mc = NULL;
+        *len = cap;
+    }
+    ERR_clear_last_mark();
+    if (keep != NULL && ok) {
+        *keep = mc;
+    } else {
+        if (keep != NULL && *keep == mc)
+            *keep = NULL;
+        EVP_MD_CTX_free(mc);
+    }
+    return ok;
+}
+
+int sign_hash_reuse(key_contexts *keep, EVP_PKEY *key, const EVP_MD *md, int pss, int saltlen, const EVP_MD *mgf1,
+                    const uint8_t *data, size_t n, sks_buf *sig)
+{
     int type = EVP_PKEY_get_base_id(key);
     EVP_PKEY_CTX *c = NULL;
-    EVP_MD_CTX *mc = NULL;
     uint8_t buf[1024];
     size_t len = sizeof(buf);
     int ok = 0;
 
     if (type == EVP_PKEY_ED25519) {
-        /* Ed25519 signs the message itself (one-shot). */
-        mc = EVP_MD_CTX_new();
-        if (mc == NULL || EVP_DigestSignInit_ex(mc, NULL, NULL, NULL, NULL, key, NULL) != 1
-            || EVP_DigestSign(mc, buf, &len, data, n) != 1)
-            goto done;
-        sks_buf_put(sig, buf, len);
-        ok = !sig->failed;
+        if (ed25519_sign(keep != NULL ? &keep->ed25519 : NULL, key, data, n, buf, &len)) {
+            sks_buf_put(sig, buf, len);
+            ok = !sig->failed;
+        }
         goto done;
     }
-    c = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
-    if (c == NULL || EVP_PKEY_sign_init(c) != 1)
-        goto done;
+    if (type == EVP_PKEY_EC && keep != NULL && keep->ecdsa != NULL) {
+        /* An ECDSA context has no settings: one initialised context signs any number of
+         * hashes, and making it (EVP_PKEY_CTX_new_from_pkey looks the key type up by name)
+         * costs about a tenth of a P-256 signature. */
+        c = keep->ecdsa;
+    } else {
+        c = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+        if (c == NULL || EVP_PKEY_sign_init(c) != 1)
+            goto done;
+        if (type == EVP_PKEY_EC && keep != NULL)
+            keep->ecdsa = c;
+    }
     if (type == EVP_PKEY_RSA) {
         if (pss) {
             if (EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PSS_PADDING) != 1
@@ -290,8 +785,8 @@ int sign_hash(EVP_PKEY *key, const EVP_MD *md, int pss, int saltlen, const EVP_M
     }
 done:
     OPENSSL_cleanse(buf, sizeof(buf));
-    EVP_PKEY_CTX_free(c);
-    EVP_MD_CTX_free(mc);
+    if (keep == NULL || c != keep->ecdsa)
+        EVP_PKEY_CTX_free(c);
     return ok;
 }
 

@@ -106,6 +106,7 @@ void user_cache_clear(sks_device *dev)
     size_t i;
 
     for (i = 0; i < SKS_USER_CACHE; i++) {
+        key_contexts_free(&dev->user_cache[i].ctx);
         EVP_PKEY_free(dev->user_cache[i].pkey);
         sks_buf_free(&dev->user_cache[i].endorsed);
         dev->user_cache[i].pkey = NULL;
@@ -120,6 +121,7 @@ static void user_cache_put(sks_device *dev, const key_entry *k, EVP_PKEY *pkey, 
 
     if (!gen_is_stable(g) || k->pin_policy != 0 || k->device_pin || k->biometric != 0 || k->symmetric_length != 0)
         return;
+    key_contexts_free(&e->ctx);
     EVP_PKEY_free(e->pkey);
     sks_buf_free(&e->endorsed);
     e->pkey = EVP_PKEY_up_ref(pkey) ? pkey : NULL;
@@ -132,18 +134,18 @@ static void user_cache_put(sks_device *dev, const key_entry *k, EVP_PKEY *pkey, 
     }
 }
 
-/* Fills k and *pkey from the cache; 1 on a hit. */
-static int user_cache_get(sks_device *dev, uint32_t handle, key_entry *k, EVP_PKEY **pkey)
+/* Fills k and *pkey from the cache; the entry on a hit, else NULL. */
+static user_cache_entry *user_cache_get(sks_device *dev, uint32_t handle, key_entry *k, EVP_PKEY **pkey)
 {
     user_cache_entry *e = user_cache_find(dev, handle, gen_current(dev));
 
     if (e == NULL || !EVP_PKEY_up_ref(e->pkey))
-        return 0;
+        return NULL;
     memset(k, 0, sizeof(*k));
     k->handle = handle;
     sks_buf_put(&k->endorsed, e->endorsed.data, e->endorsed.len);
     *pkey = e->pkey;
-    return 1;
+    return e;
 }
 
 static sks_status check_algorithm(sks_call *call, const char *method, alg_class cls, const user_args *a,
@@ -173,18 +175,26 @@ static sks_status check_cached(sks_call *call, const char *method, alg_class cls
  * Everything a User API call checks before touching key material: the key exists and is
  * provisioned, the algorithm is of the method's class and endorsed, the key is of the right
  * kind, and then the PIN. On success *pkey holds the private key (asymmetric methods) or
- * sym holds the secret key (symmetric methods).
+ * sym holds the secret key (symmetric methods). *hit (if not NULL) is the cache entry the
+ * key came from, else NULL.
  */
 static sks_status prepare(sks_device *dev, sks_call *call, const char *method, alg_class cls, const user_args *a,
-                          key_entry *k, const sks_algorithm **alg, EVP_PKEY **pkey, sks_buf *sym)
+                          key_entry *k, const sks_algorithm **alg, EVP_PKEY **pkey, sks_buf *sym,
+                          user_cache_entry **hit)
 {
     int symmetric_method = cls == ALG_HMAC || cls == ALG_SYM_ENCRYPT;
     uint64_t g = gen_current(dev); /* read before the first query of this transaction */
+    user_cache_entry *e = NULL;
     sks_status rc;
 
     *pkey = NULL;
-    if (!symmetric_method && user_cache_get(dev, a->handle, k, pkey))
+    if (hit != NULL)
+        *hit = NULL;
+    if (!symmetric_method && (e = user_cache_get(dev, a->handle, k, pkey)) != NULL) {
+        if (hit != NULL)
+            *hit = e;
         return check_cached(call, method, cls, a, k, alg, *pkey);
+    }
     if ((rc = key_load_usable(dev, call, a->handle, k)) != SKS_OK)
         return rc;
     if ((rc = check_algorithm(call, method, cls, a, k, alg)) != SKS_OK)
@@ -276,6 +286,7 @@ SKS_HANDLER(h_sign_hashed_data)
     key_entry k;
     const sks_algorithm *alg = NULL;
     EVP_PKEY *pkey = NULL;
+    user_cache_entry *hit = NULL;
     sks_buf sig;
     sks_status rc;
 
@@ -285,7 +296,7 @@ SKS_HANDLER(h_sign_hashed_data)
     if ((rc = reader_status(call, "signHashedData", in)) != SKS_OK)
         return rc;
     sks_buf_init(&sig);
-    if ((rc = prepare(dev, call, "signHashedData", ALG_SIGN, &a, &k, &alg, &pkey, NULL)) != SKS_OK)
+    if ((rc = prepare(dev, call, "signHashedData", ALG_SIGN, &a, &k, &alg, &pkey, NULL, &hit)) != SKS_OK)
         goto done;
     if (alg->hash_len != 0 && data.n != alg->hash_len) {
         rc = sks_fail(call, SKS_ERROR_OPTION, "signHashedData: \"data\" must be a %zu-byte hash for \"%s\", got %zu bytes",
@@ -301,8 +312,9 @@ SKS_HANDLER(h_sign_hashed_data)
                       " saltLength followed by an optional MGF1 digest name (SHA1, SHA256, SHA384, SHA512)");
         goto done;
     }
-    if (!sign_hash(pkey, alg->md ? EVP_get_digestbyname(alg->md) : NULL, alg->pss, saltlen, mgf1, data.p, data.n,
-                   &sig)) {
+    /* a cached key keeps its signing contexts between calls */
+    if (!sign_hash_reuse(hit != NULL ? &hit->ctx : NULL, pkey, alg->md ? EVP_get_digestbyname(alg->md) : NULL,
+                         alg->pss, saltlen, mgf1, data.p, data.n, &sig)) {
         rc = sks_fail(call, SKS_ERROR_CRYPTO, "signHashedData: signing with key #%u failed (data too long for the key?)",
                       a.handle);
         goto done;
@@ -332,7 +344,7 @@ SKS_HANDLER(h_asymmetric_key_decrypt)
     sks_reader_expect_end(in);
     if ((rc = reader_status(call, "asymmetricKeyDecrypt", in)) != SKS_OK)
         return rc;
-    if ((rc = prepare(dev, call, "asymmetricKeyDecrypt", ALG_DECRYPT, &a, &k, &alg, &pkey, NULL)) != SKS_OK)
+    if ((rc = prepare(dev, call, "asymmetricKeyDecrypt", ALG_DECRYPT, &a, &k, &alg, &pkey, NULL, NULL)) != SKS_OK)
         goto done;
     c = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
     if (c == NULL || EVP_PKEY_decrypt_init(c) != 1 || EVP_PKEY_CTX_set_rsa_padding(c, alg->pad) != 1
@@ -359,7 +371,8 @@ SKS_HANDLER(h_key_agreement)
     key_entry k;
     const sks_algorithm *alg = NULL;
     EVP_PKEY *pkey = NULL, *peer = NULL;
-    char c1[64], c2[64];
+    user_cache_entry *hit = NULL;
+    int validated = 0;
     sks_buf z;
     sks_status rc;
 
@@ -369,16 +382,14 @@ SKS_HANDLER(h_key_agreement)
     if ((rc = reader_status(call, "keyAgreement", in)) != SKS_OK)
         return rc;
     sks_buf_init(&z);
-    if ((rc = prepare(dev, call, "keyAgreement", ALG_AGREE, &a, &k, &alg, &pkey, NULL)) != SKS_OK)
+    if ((rc = prepare(dev, call, "keyAgreement", ALG_AGREE, &a, &k, &alg, &pkey, NULL, &hit)) != SKS_OK)
         goto done;
-    peer = spki_parse(peer_der.p, peer_der.n);
-    if (peer == NULL || ec_curve_name(peer, c1, sizeof(c1)) == NULL || ec_curve_name(pkey, c2, sizeof(c2)) == NULL
-        || strcmp(c1, c2) != 0) {
+    if ((peer = ecdh_peer_parse(pkey, peer_der.p, peer_der.n, &validated)) == NULL) {
         rc = sks_fail(call, SKS_ERROR_OPTION, "keyAgreement: \"publicKey\" must be an EC public key on the curve of key #%u",
                       a.handle);
         goto done;
     }
-    if (!ecdh_z(pkey, peer, &z)) {
+    if (!ecdh_z_reuse(hit != NULL ? &hit->ctx : NULL, pkey, peer, validated, &z)) {
         rc = sks_fail(call, SKS_ERROR_CRYPTO, "keyAgreement: ECDH failed (point not on the curve?)");
         goto done;
     }
@@ -409,7 +420,7 @@ SKS_HANDLER(h_perform_hmac)
     if ((rc = reader_status(call, "performHmac", in)) != SKS_OK)
         return rc;
     sks_buf_init(&key);
-    if ((rc = prepare(dev, call, "performHmac", ALG_HMAC, &a, &k, &alg, &unused, &key)) != SKS_OK)
+    if ((rc = prepare(dev, call, "performHmac", ALG_HMAC, &a, &k, &alg, &unused, &key, NULL)) != SKS_OK)
         goto done;
     if (data.n > SKS_CRYPTO_DATA_SIZE) {
         rc = sks_fail(call, SKS_ERROR_OPTION, "performHmac: \"data\" exceeds cryptoDataSize (%d)", SKS_CRYPTO_DATA_SIZE);
@@ -448,7 +459,8 @@ SKS_HANDLER(h_symmetric_key_encrypt)
         return rc;
     sks_buf_init(&key);
     sks_buf_init(&res);
-    if ((rc = prepare(dev, call, "symmetricKeyEncrypt", ALG_SYM_ENCRYPT, &a, &k, &alg, &unused, &key)) != SKS_OK)
+    if ((rc = prepare(dev, call, "symmetricKeyEncrypt", ALG_SYM_ENCRYPT, &a, &k, &alg, &unused, &key, NULL))
+        != SKS_OK)
         goto done;
     if (alg->sym_key_len != 0 && key.len != alg->sym_key_len) {
         rc = sks_fail(call, SKS_ERROR_ALGORITHM, "symmetricKeyEncrypt: \"%s\" needs a %zu-byte key, key #%u has %zu",

@@ -118,11 +118,33 @@ static int x963_kdf(ecdh_ctx *c, const sks_buf *z, unsigned char *out, size_t ou
     return ok;
 }
 
+/* The peer's SubjectPublicKeyInfo, from its curve and point (sks_ec_spki): i2d_PUBKEY sets up
+ * an encoder chain on every call in OpenSSL 3.0, a fifth of the cost of a whole ECDH
+ * (bench/, README "Benchmarks"). A peer imported from its parameters has it already. 0 if the
+ * key is not a named-curve EC key; the caller then falls back to i2d_PUBKEY. */
+static int peer_spki(const sks_key *peer, uint8_t *out, size_t size, size_t *len)
+{
+    char group[64];
+    uint8_t point[160];
+    size_t glen = 0, plen = 0;
+
+    if (peer->spki != NULL && peer->spki_len <= size) {
+        memcpy(out, peer->spki, peer->spki_len);
+        *len = peer->spki_len;
+        return 1;
+    }
+    return EVP_PKEY_get_utf8_string_param(peer->pub, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group), &glen) == 1
+           && EVP_PKEY_get_octet_string_param(peer->pub, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point, sizeof(point),
+                                              &plen) == 1
+           && sks_ec_spki(group, point, plen, out, size, len);
+}
+
 static int ecdh_derive(void *vctx, unsigned char *secret, size_t *secretlen, size_t outlen)
 {
     ecdh_ctx *c = vctx;
-    unsigned char *spki = NULL;
-    int spki_len, ok = 0;
+    unsigned char *spki = NULL, buf[256];
+    size_t spki_len = 0;
+    int der_len, ok = 0;
     sks_buf z;
 
     if (c->key == NULL || c->peer == NULL)
@@ -131,11 +153,13 @@ static int ecdh_derive(void *vctx, unsigned char *secret, size_t *secretlen, siz
         *secretlen = c->kdf_x963 ? c->kdf_outlen : (size_t)(EVP_PKEY_get_bits(c->key->pub) + 7) / 8;
         return 1;
     }
-    spki_len = i2d_PUBKEY(c->peer->pub, &spki);
-    if (spki_len <= 0)
-        return 0;
+    if (!peer_spki(c->peer, buf, sizeof(buf), &spki_len)) {
+        if ((der_len = i2d_PUBKEY(c->peer->pub, &spki)) <= 0)
+            return 0;
+        spki_len = (size_t)der_len;
+    }
     sks_buf_init(&z);
-    if (sks_op_agree(c->key, spki, (size_t)spki_len, &z) != SKS_P_OK)
+    if (sks_op_agree(c->key, spki != NULL ? spki : buf, spki_len, &z) != SKS_P_OK)
         goto done;
     if (c->kdf_x963) {
         if (outlen < c->kdf_outlen)

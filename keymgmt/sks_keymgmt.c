@@ -168,6 +168,24 @@ static const OSSL_PARAM *ed25519_gettable_params(void *provctx)
     return params;
 }
 
+/* Keeps the SubjectPublicKeyInfo of an EC public key set from its curve and point: as an
+ * ECDH peer, the key travels to the device in that form (exchange/ecdh_exch.c), and the
+ * point is at hand only now (getting it back from the EVP_PKEY costs a field inversion). */
+static void remember_spki(sks_key *k, const char *group, const OSSL_PARAM *point)
+{
+    uint8_t der[256];
+    size_t n = 0;
+
+    OPENSSL_free(k->spki);
+    k->spki = NULL;
+    k->spki_len = 0;
+    if (group == NULL || point == NULL || point->data_type != OSSL_PARAM_OCTET_STRING
+        || !sks_ec_spki(group, point->data, point->data_size, der, sizeof(der), &n))
+        return;
+    if ((k->spki = OPENSSL_memdup(der, n)) != NULL)
+        k->spki_len = n;
+}
+
 /* Builds the cached public key from imported parameters, in the default provider. */
 static int import_public(sks_key *k, const char *type, int selection, const OSSL_PARAM params[])
 {
@@ -185,6 +203,11 @@ static int import_public(sks_key *k, const char *type, int selection, const OSSL
         return 0;
     EVP_PKEY_free(k->pub);
     k->pub = pub;
+    if (k->kind == SKS_KIND_EC) {
+        const OSSL_PARAM *g = OSSL_PARAM_locate_const(params, OSSL_PKEY_PARAM_GROUP_NAME);
+        remember_spki(k, g != NULL && g->data_type == OSSL_PARAM_UTF8_STRING ? g->data : NULL,
+                      OSSL_PARAM_locate_const(params, OSSL_PKEY_PARAM_PUB_KEY));
+    }
     return 1;
 }
 
@@ -344,6 +367,8 @@ static void *km_dup(const void *keydata, int selection)
     /* The cached public half is needed by a device key's operations too. */
     if (src->pub != NULL && EVP_PKEY_up_ref(src->pub))
         k->pub = src->pub;
+    if (src->spki != NULL && (k->spki = OPENSSL_memdup(src->spki, src->spki_len)) != NULL)
+        k->spki_len = src->spki_len;
     if ((selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) == 0)
         return k; /* a public key: no device reference */
     k->handle = src->handle;
@@ -396,6 +421,7 @@ static int ec_set_params(void *keydata, const OSSL_PARAM params[])
     EVP_PKEY_free(k->pub);
     k->pub = pub;
     k->params_only = 0;
+    remember_spki(k, group, p);
     return 1;
 }
 

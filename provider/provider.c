@@ -171,6 +171,26 @@ sks_pstatus sks_device_call(sks_provctx *ctx, const char *method, const sks_buf 
     return SKS_P_OK;
 }
 
+EVP_MD *sks_md_fetch(sks_provctx *ctx, const char *name)
+{
+    static const char *const NAMES[] = { "SHA1", "SHA224", "SHA256", "SHA384", "SHA512" };
+    EVP_MD *md = NULL;
+    size_t i;
+
+    for (i = 0; i < sizeof(NAMES) / sizeof(NAMES[0]); i++)
+        if (strcmp(name, NAMES[i]) == 0)
+            break;
+    if (i == sizeof(NAMES) / sizeof(NAMES[0]))
+        return EVP_MD_fetch(ctx->libctx, name, "provider=default");
+    pthread_mutex_lock(&ctx->md_lock);
+    if (ctx->md[i] == NULL)
+        ctx->md[i] = EVP_MD_fetch(ctx->libctx, NAMES[i], "provider=default");
+    if (ctx->md[i] != NULL && EVP_MD_up_ref(ctx->md[i]))
+        md = ctx->md[i];
+    pthread_mutex_unlock(&ctx->md_lock);
+    return md;
+}
+
 static const OSSL_PARAM *sks_gettable_params(void *provctx)
 {
     static const OSSL_PARAM params[] = {
@@ -237,6 +257,8 @@ static void sks_teardown(void *provctx)
         return;
     if (ctx->transport != NULL && ctx->transport_pid == getpid())
         ctx->transport->close(ctx->transport);
+    for (size_t i = 0; i < sizeof(ctx->md) / sizeof(ctx->md[0]); i++)
+        EVP_MD_free(ctx->md[i]);
     OSSL_LIB_CTX_free(ctx->libctx);
     OPENSSL_free(ctx->device);
     OPENSSL_free(ctx->store_path);
@@ -246,6 +268,7 @@ static void sks_teardown(void *provctx)
     for (size_t i = 0; i < sizeof(ctx->names) / sizeof(ctx->names[0]); i++)
         OPENSSL_free(ctx->names[i].name);
     pthread_mutex_destroy(&ctx->names_lock);
+    pthread_mutex_destroy(&ctx->md_lock);
     pthread_mutex_destroy(&ctx->lock);
     OPENSSL_free(ctx);
 }
@@ -327,6 +350,7 @@ int OSSL_provider_init(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, 
     ctx->core = handle;
     pthread_mutex_init(&ctx->lock, NULL);
     pthread_mutex_init(&ctx->names_lock, NULL);
+    pthread_mutex_init(&ctx->md_lock, NULL);
     /* Public-key work (cached public halves, verification, hashing) runs in a child
      * library context that sees the application's providers, "default" among them. */
     ctx->libctx = OSSL_LIB_CTX_new_child(handle, orig);

@@ -13,7 +13,6 @@
 #include <openssl/asn1.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
-#include <openssl/ecdsa.h>
 #include <openssl/params.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
@@ -281,27 +280,49 @@ static const char *choose_uri(sigctx *c, const char *specific, const char *gener
     return NULL;
 }
 
+/* One unsigned big-endian integer as a DER INTEGER: leading zeros dropped, a zero byte added
+ * when the top bit is set. Writes to out (if not NULL); returns the encoded length. */
+static size_t der_uint(const uint8_t *v, size_t n, uint8_t *out)
+{
+    size_t pad;
+
+    while (n > 1 && v[0] == 0) {
+        v++;
+        n--;
+    }
+    pad = n > 0 && (v[0] & 0x80) ? 1 : 0;
+    if (out != NULL) {
+        out[0] = 0x02;
+        out[1] = (uint8_t)(n + pad);
+        out[2] = 0;
+        memcpy(out + 2 + pad, v, n);
+    }
+    return 2 + pad + n;
+}
+
+/* r||s from the device -> DER ECDSA-Sig-Value. Written directly, without ECDSA_SIG and its
+ * BIGNUMs (and i2d_ECDSA_SIG twice): this runs on every ECDSA signature. */
 static int ecdsa_raw_to_der(const uint8_t *raw, size_t n, unsigned char *sig, size_t *siglen, size_t sigsize)
 {
-    ECDSA_SIG *s = ECDSA_SIG_new();
-    BIGNUM *r = BN_bin2bn(raw, (int)(n / 2), NULL), *t = BN_bin2bn(raw + n / 2, (int)(n / 2), NULL);
-    unsigned char *p = sig;
-    int len, ok = 0;
+    size_t half = n / 2, body, head, rlen;
 
-    if (s == NULL || r == NULL || t == NULL || n % 2 != 0 || !ECDSA_SIG_set0(s, r, t)) {
-        BN_free(r);
-        BN_free(t);
-        goto done;
+    if (n == 0 || n % 2 != 0 || half > 66) /* P-521: 66-byte coordinates, the largest */
+        return 0;
+    body = der_uint(raw, half, NULL) + der_uint(raw + half, half, NULL);
+    head = body < 0x80 ? 2 : 3;
+    if (head + body > sigsize)
+        return 0;
+    sig[0] = 0x30;
+    if (head == 3) {
+        sig[1] = 0x81;
+        sig[2] = (uint8_t)body;
+    } else {
+        sig[1] = (uint8_t)body;
     }
-    len = i2d_ECDSA_SIG(s, NULL);
-    if (len <= 0 || (size_t)len > sigsize)
-        goto done;
-    len = i2d_ECDSA_SIG(s, &p);
-    *siglen = (size_t)len;
-    ok = 1;
-done:
-    ECDSA_SIG_free(s);
-    return ok;
+    rlen = der_uint(raw, half, sig + head);
+    der_uint(raw + half, half, sig + head + rlen);
+    *siglen = head + body;
+    return 1;
 }
 
 /* DigestInfo DER for rsa.pkcs1.none when the digest has no specific SKS URI. */
@@ -467,9 +488,9 @@ static int digest_init(sigctx *c, const char *mdname, void *vkey, int operation,
         return 0;
     if (c->mdname[0] == '\0')
         strcpy(c->mdname, "SHA256");
-    md = EVP_MD_fetch(c->ctx->libctx, c->mdname, "provider=default");
-    EVP_MD_CTX_free(c->mdctx);
-    c->mdctx = EVP_MD_CTX_new();
+    md = sks_md_fetch(c->ctx, c->mdname);
+    if (c->mdctx == NULL)
+        c->mdctx = EVP_MD_CTX_new(); /* else reset by EVP_DigestInit_ex2 */
     if (md == NULL || c->mdctx == NULL || EVP_DigestInit_ex2(c->mdctx, md, NULL) != 1) {
         EVP_MD_free(md);
         return 0;

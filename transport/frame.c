@@ -2,15 +2,69 @@
 #include "transport.h"
 
 #include <errno.h>
+#include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
-static int read_full(int fd, uint8_t *p, size_t n)
+/*
+ * Waiting for a frame on a socket: a short spin, then sleep. A thread that sleeps until the
+ * other side answers must be woken, and waking a thread on an idle CPU costs tens of
+ * microseconds (an interrupt to the other CPU, which leaves its idle state; more in virtual
+ * machines): as much as a P-256 signature, twice per call through sksd (bench/, README
+ * "Benchmarks"). So a thread first polls the socket for as long as its recent waits took,
+ * twice that at most, if they were short: the application waiting for sksd's answer to a
+ * quick operation, or sksd's thread waiting for a client that sends call after call. Slow
+ * operations and idle clients wait longer than SPIN_MAX_NS and sleep at once, so at most
+ * SPIN_MAX_NS of CPU time is spent per message, and only while messages come that fast.
+ * Per thread, as sksd has one thread per client and an application's calls are serialised.
+ */
+#define SPIN_MAX_NS 100000L
+#define SPIN_MIN_NS 20000L
+static _Thread_local long wait_avg_ns = SPIN_MAX_NS; /* moving average of recent waits */
+
+static long now_ns(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long)t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+/* The first read of a frame: polls, then blocks. */
+static ssize_t read_first(int fd, uint8_t *p, size_t n)
+{
+    long start = now_ns(), budget = wait_avg_ns < SPIN_MAX_NS ? 2 * wait_avg_ns : 0, waited;
+    ssize_t r = -1;
+
+    if (budget > 0) {
+        if (budget < SPIN_MIN_NS)
+            budget = SPIN_MIN_NS;
+        if (budget > SPIN_MAX_NS)
+            budget = SPIN_MAX_NS;
+        do
+            r = recv(fd, p, n, MSG_DONTWAIT);
+        while (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && now_ns() - start < budget);
+        if (r < 0 && errno == ENOTSOCK)
+            budget = 0; /* a pipe (serve --stdio): no polling */
+    }
+    if (budget == 0 || (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)))
+        r = read(fd, p, n);
+    waited = now_ns() - start;
+    if (waited > 2 * SPIN_MAX_NS)
+        waited = 2 * SPIN_MAX_NS; /* after an idle spell, a few quick calls restart polling */
+    wait_avg_ns = (7 * wait_avg_ns + waited) / 8;
+    return r;
+}
+
+/* Reads n bytes; `first`: the start of a frame, the read that waits for the other side. */
+static int read_full(int fd, uint8_t *p, size_t n, int first)
 {
     size_t got = 0;
 
     while (got < n) {
-        ssize_t r = read(fd, p + got, n - got);
+        ssize_t r = first && got == 0 ? read_first(fd, p, n) : read(fd, p + got, n - got);
         if (r == 0)
             return got == 0 ? 0 : -1;
         if (r < 0) {
@@ -23,21 +77,36 @@ static int read_full(int fd, uint8_t *p, size_t n)
     return 1;
 }
 
-static int write_full(int fd, const uint8_t *p, size_t n)
+/* Writes all of iov[0..n): a frame goes out in one system call, header and body together,
+ * so the reader wakes to a whole frame. */
+static int write_all(int fd, struct iovec *iov, int n)
 {
+    struct msghdr mh;
+
     while (n > 0) {
+        ssize_t w;
+        memset(&mh, 0, sizeof(mh));
+        mh.msg_iov = iov;
+        mh.msg_iovlen = (size_t)n;
         /* On a socket whose peer is gone, report EPIPE instead of raising SIGPIPE in the
-         * application that loaded us; pipes (serve --stdio) fall back to write(). */
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+         * application that loaded us; pipes (serve --stdio) fall back to writev(). */
+        w = sendmsg(fd, &mh, MSG_NOSIGNAL);
         if (w < 0 && errno == ENOTSOCK)
-            w = write(fd, p, n);
+            w = writev(fd, iov, n);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
             return 0;
         }
-        p += w;
-        n -= (size_t)w;
+        while (n > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (uint8_t *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
     }
     return 1;
 }
@@ -46,7 +115,7 @@ int sks_frame_read(int fd, sks_buf *out)
 {
     uint8_t hdr[4];
     uint32_t n;
-    int r = read_full(fd, hdr, 4);
+    int r = read_full(fd, hdr, 4, 1);
 
     if (r <= 0)
         return r;
@@ -62,7 +131,7 @@ int sks_frame_read(int fd, sks_buf *out)
         size_t left = n;
         while (left > 0) {
             size_t k = left < sizeof(chunk) ? left : sizeof(chunk);
-            if (read_full(fd, chunk, k) != 1)
+            if (read_full(fd, chunk, k, 0) != 1)
                 return -1;
             sks_buf_put(out, chunk, k);
             left -= k;
@@ -75,6 +144,7 @@ int sks_frame_read(int fd, sks_buf *out)
 int sks_frame_write(int fd, const uint8_t *p, size_t n)
 {
     uint8_t hdr[4] = { (uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n };
+    struct iovec iov[2] = { { hdr, 4 }, { (void *)p, n } };
 
-    return n <= SKS_FRAME_MAX && write_full(fd, hdr, 4) && write_full(fd, p, n);
+    return n <= SKS_FRAME_MAX && write_all(fd, iov, n > 0 ? 2 : 1);
 }

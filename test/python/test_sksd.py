@@ -143,9 +143,10 @@ def env():
     with open(os.path.join(base, "ca.pem"), "wb") as f:
         f.write(ca)
     daemon = Daemon(store, sockdir).start()
-    yield {"base": base, "store": store, "daemon": daemon, "handles": handles, "certs": pub,
-           "device": "unix:" + daemon.socket}
-    daemon.stop()
+    state = {"base": base, "store": store, "daemon": daemon, "handles": handles, "certs": pub,
+             "device": "unix:" + daemon.socket}
+    yield state
+    state["daemon"].stop()   # the SIGTERM test restarts the daemon: stop the current one
     shutil.rmtree(base, ignore_errors=True)
 
 
@@ -405,7 +406,13 @@ def test_nginx_proxy_authenticates_to_upstream_with_key_in_sksd(env, nginx):
     res = _curl(env["base"], nginx["port"], path="/proxy", device=env["device"])
     assert res.returncode == 0, res.stderr
     assert b"upstream saw CN=proxy" in res.stdout
-    with open(os.path.join(env["base"], "upstream.log")) as f:
+    # nginx writes the access log after the response: give it a moment.
+    log = os.path.join(env["base"], "upstream.log")
+    for _ in range(50):
+        if os.path.exists(log) and "CN=proxy" in open(log).read():
+            break
+        time.sleep(0.1)
+    with open(log) as f:
         assert "CN=proxy" in f.read()
 
 
