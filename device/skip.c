@@ -439,8 +439,17 @@ done:
     return rc;
 }
 
-/* private == container public == certificate public; every path element is DER X.509. */
-static sks_status check_container(sks_call *call, unsigned idx, EVP_PKEY *priv, const import_container *c)
+/* A path certificate the first container already carried (the CA chain repeats in every
+ * container) was already found to be DER X.509. */
+static int seen_before(const import_container *first, const import_container *c, uint16_t i)
+{
+    return first != NULL && first != c && i < first->ncerts && sks_span_eq(first->certs[i], c->certs[i]);
+}
+
+/* private == container public == certificate public; every path element is DER X.509. The
+ * end-entity certificate's CN goes to cn (the key's friendly name), so it is parsed once. */
+static sks_status check_container(sks_call *call, unsigned idx, EVP_PKEY *priv, const import_container *c,
+                                  const import_container *first, char *cn, size_t cnlen)
 {
     EVP_PKEY *pub = spki_parse(c->public_key.p, c->public_key.n);
     X509 *ee = parse_certificate(c->certs[0]);
@@ -448,6 +457,9 @@ static sks_status check_container(sks_call *call, unsigned idx, EVP_PKEY *priv, 
     int cert_ok = certifies(ee, priv);
     uint16_t i;
 
+    cn[0] = '\0';
+    if (ee != NULL)
+        common_name(ee, cn, cnlen);
     EVP_PKEY_free(pub);
     X509_free(ee);
     if (!pub_ok)
@@ -457,9 +469,10 @@ static sks_status check_container(sks_call *call, unsigned idx, EVP_PKEY *priv, 
         return sks_fail(call, SKS_ERROR_CRYPTO,
                         "skipImport: container %u: the private key does not match its certificate", idx);
     for (i = 1; i < c->ncerts; i++) {
-        X509 *x = parse_certificate(c->certs[i]);
+        X509 *x = seen_before(first, c, i) ? NULL : parse_certificate(c->certs[i]);
+        int ok = x != NULL || seen_before(first, c, i);
         X509_free(x);
-        if (x == NULL)
+        if (!ok)
             return sks_fail(call, SKS_ERROR_OPTION, "skipImport: container %u: certificate %u of its path is not DER"
                             " X.509", idx, i);
     }
@@ -495,16 +508,12 @@ static void encode_path(const sks_span *certs, uint16_t n, sks_buf *out)
 }
 
 /* Names a key after its certificate's CN, else "<prefix>-<handle>". */
-static sks_status name_key(sks_device *dev, sks_call *call, uint32_t handle, sks_span ee, const char *prefix)
+static sks_status name_key(sks_device *dev, sks_call *call, uint32_t handle, const char *cn, const char *prefix)
 {
     char name[4 * MAX_FRIENDLY_CHARS + 1];
-    X509 *x = parse_certificate(ee);
     sqlite3_stmt *st;
 
-    name[0] = '\0';
-    if (x != NULL)
-        common_name(x, name, sizeof(name));
-    X509_free(x);
+    snprintf(name, sizeof(name), "%s", cn);
     if (name[0] == '\0' || !sks_utf8_valid((const uint8_t *)name, strlen(name)))
         snprintf(name, sizeof(name), "%s-%u", prefix, handle);
     st = store_prepare(dev, call, "UPDATE keys SET friendly_name = ? WHERE handle = ?");
@@ -548,7 +557,7 @@ static sks_status insert_device_key(sks_device *dev, sks_call *call, uint32_t se
 
 /* Seals a checked private key and stores it with its certificate path. */
 static sks_status store_device_key(sks_device *dev, sks_call *call, uint32_t session, unsigned idx, EVP_PKEY *priv,
-                                   const import_container *c, uint32_t *handle)
+                                   const import_container *c, const char *cn, uint32_t *handle)
 {
     sks_buf spki, pkcs8, sealed, path;
     uint8_t ee_hash[32];
@@ -570,7 +579,7 @@ static sks_status store_device_key(sks_device *dev, sks_call *call, uint32_t ses
         || (rc = insert_device_key(dev, call, session, idx, &spki, &sealed, &path, ee_hash, skip_key_algorithm(priv),
                                    handle)) != SKS_OK)
         goto done;
-    rc = name_key(dev, call, *handle, c->certs[0], "skip");
+    rc = name_key(dev, call, *handle, cn, "skip");
 done:
     sks_buf_free(&spki);
     sks_buf_free(&pkcs8);
@@ -582,11 +591,16 @@ done:
 /* The factory key gets its certificate (a path of one) and becomes a usable key. */
 static sks_status certify_factory_key(sks_device *dev, sks_call *call, uint32_t handle, sks_span cert)
 {
+    char cn[4 * MAX_FRIENDLY_CHARS + 1] = "";
+    X509 *x = parse_certificate(cert);
     sks_buf path;
     uint8_t ee_hash[32];
     sqlite3_stmt *st;
     sks_status rc;
 
+    if (x != NULL)
+        common_name(x, cn, sizeof(cn));
+    X509_free(x);
     sks_buf_init(&path);
     encode_path(&cert, 1, &path);
     if (path.failed || !sha256(cert.p, cert.n, ee_hash)) {
@@ -603,7 +617,7 @@ static sks_status certify_factory_key(sks_device *dev, sks_call *call, uint32_t 
     sqlite3_bind_blob(st, 1, path.data, (int)path.len, SQLITE_STATIC);
     sqlite3_bind_blob(st, 2, ee_hash, 32, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, handle);
-    rc = store_step_done(dev, call, st) ? name_key(dev, call, handle, cert, "skip-factory") : SKS_ERROR_STORAGE;
+    rc = store_step_done(dev, call, st) ? name_key(dev, call, handle, cn, "skip-factory") : SKS_ERROR_STORAGE;
 done:
     sks_buf_free(&path);
     return rc;
@@ -617,11 +631,12 @@ static sks_status import_containers(sks_device *dev, sks_call *call, const impor
     uint16_t i;
 
     for (i = 0; i < a->count && rc == SKS_OK; i++) {
+        char cn[4 * MAX_FRIENDLY_CHARS + 1];
         EVP_PKEY *priv = NULL;
 
         if ((rc = unwrap_private_key(call, i + 1u, aes_key, a->aes_bits, a->c[i].epki, &priv)) == SKS_OK
-            && (rc = check_container(call, i + 1u, priv, &a->c[i])) == SKS_OK)
-            rc = store_device_key(dev, call, factory->session, i + 1u, priv, &a->c[i], &handles[i]);
+            && (rc = check_container(call, i + 1u, priv, &a->c[i], &a->c[0], cn, sizeof(cn))) == SKS_OK)
+            rc = store_device_key(dev, call, factory->session, i + 1u, priv, &a->c[i], cn, &handles[i]);
         EVP_PKEY_free(priv);
     }
     return rc;
