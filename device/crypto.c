@@ -141,25 +141,6 @@ static int der_element(const uint8_t **p, const uint8_t *end, uint8_t tag, const
     return 1;
 }
 
-/* A DER tag and length into out; returns the header's size (at most 4). */
-static size_t der_header(uint8_t *out, uint8_t tag, size_t len)
-{
-    out[0] = tag;
-    if (len < 0x80) {
-        out[1] = (uint8_t)len;
-        return 2;
-    }
-    if (len < 0x100) {
-        out[1] = 0x81;
-        out[2] = (uint8_t)len;
-        return 3;
-    }
-    out[1] = 0x82;
-    out[2] = (uint8_t)(len >> 8);
-    out[3] = (uint8_t)len;
-    return 4;
-}
-
 /* The size of a DER element with `len` bytes of contents. */
 static size_t der_size(size_t len)
 {
@@ -196,16 +177,16 @@ static size_t algorithm_id(int curve, uint8_t *out)
     size_t n;
 
     if (curve < 0) {
-        n = der_header(out, 0x30, 2 + sizeof(OID_ED25519));
-        n += der_header(out + n, 0x06, sizeof(OID_ED25519));
+        n = sks_der_header(out, 0x30, 2 + sizeof(OID_ED25519));
+        n += sks_der_header(out + n, 0x06, sizeof(OID_ED25519));
         memcpy(out + n, OID_ED25519, sizeof(OID_ED25519));
         return n + sizeof(OID_ED25519);
     }
-    n = der_header(out, 0x30, 4 + sizeof(OID_EC_PUBLIC_KEY) + SPKI_CURVES[curve].oid_len);
-    n += der_header(out + n, 0x06, sizeof(OID_EC_PUBLIC_KEY));
+    n = sks_der_header(out, 0x30, 4 + sizeof(OID_EC_PUBLIC_KEY) + SPKI_CURVES[curve].oid_len);
+    n += sks_der_header(out + n, 0x06, sizeof(OID_EC_PUBLIC_KEY));
     memcpy(out + n, OID_EC_PUBLIC_KEY, sizeof(OID_EC_PUBLIC_KEY));
     n += sizeof(OID_EC_PUBLIC_KEY);
-    n += der_header(out + n, 0x06, SPKI_CURVES[curve].oid_len);
+    n += sks_der_header(out + n, 0x06, SPKI_CURVES[curve].oid_len);
     memcpy(out + n, SPKI_CURVES[curve].oid, SPKI_CURVES[curve].oid_len);
     return n + SPKI_CURVES[curve].oid_len;
 }
@@ -228,14 +209,14 @@ static int spki_der_plain(EVP_PKEY *key, sks_buf *out)
         return 0;
     }
     alg = algorithm_id(curve, der + 8);
-    n = der_header(der + 8 + alg, 0x03, plen + 1);
+    n = sks_der_header(der + 8 + alg, 0x03, plen + 1);
     der[8 + alg + n] = 0;
     memcpy(der + 8 + alg + n + 1, point, plen);
     n += alg + 1 + plen;
     /* the outer SEQUENCE header goes right before the contents */
     {
         uint8_t head[4];
-        size_t h = der_header(head, 0x30, n);
+        size_t h = sks_der_header(head, 0x30, n);
         memcpy(der + 8 - h, head, h);
         sks_buf_put(out, der + 8 - h, h + n);
     }
@@ -358,7 +339,7 @@ static int pkcs8_der_plain(EVP_PKEY *key, sks_buf *out)
     if (curve < 0) {
         size_t klen = 32;
         /* CurvePrivateKey ::= OCTET STRING */
-        i = der_header(inner, 0x04, 32);
+        i = sks_der_header(inner, 0x04, 32);
         if (EVP_PKEY_get_base_id(key) != EVP_PKEY_ED25519 || EVP_PKEY_get_raw_private_key(key, inner + i, &klen) != 1
             || klen != 32)
             goto done;
@@ -372,15 +353,15 @@ static int pkcs8_der_plain(EVP_PKEY *key, sks_buf *out)
         /* ECPrivateKey ::= SEQUENCE { version 1, privateKey, [1] publicKey } */
         a1 = der_size(plen + 1);                     /* the BIT STRING */
         body = 3 + der_size(field) + der_size(a1);
-        i = der_header(inner, 0x30, body);
+        i = sks_der_header(inner, 0x30, body);
         memcpy(inner + i, "\x02\x01\x01", 3);
         i += 3;
-        i += der_header(inner + i, 0x04, field);
+        i += sks_der_header(inner + i, 0x04, field);
         if (BN_bn2binpad(d, inner + i, (int)field) < 0)
             goto done;
         i += field;
-        i += der_header(inner + i, 0xA1, a1);
-        i += der_header(inner + i, 0x03, plen + 1);
+        i += sks_der_header(inner + i, 0xA1, a1);
+        i += sks_der_header(inner + i, 0x03, plen + 1);
         inner[i++] = 0;
         memcpy(inner + i, point, plen);
         i += plen;
@@ -391,12 +372,12 @@ static int pkcs8_der_plain(EVP_PKEY *key, sks_buf *out)
     n += 3;
     alg = algorithm_id(curve, der + n);
     n += alg;
-    n += der_header(der + n, 0x04, i);
+    n += sks_der_header(der + n, 0x04, i);
     memcpy(der + n, inner, i);
     n += i;
     {
         uint8_t head[4];
-        size_t h = der_header(head, 0x30, n - 8);
+        size_t h = sks_der_header(head, 0x30, n - 8);
         memcpy(der + 8 - h, head, h);
         sks_buf_put(out, der + 8 - h, h + n - 8);
     }

@@ -78,25 +78,6 @@ const char *sks_kind_name(sks_key_kind kind)
     return "?";
 }
 
-/* A DER tag and length; returns the header's size. */
-static size_t der_header(uint8_t *out, uint8_t tag, size_t len)
-{
-    out[0] = tag;
-    if (len < 0x80) {
-        out[1] = (uint8_t)len;
-        return 2;
-    }
-    if (len < 0x100) {
-        out[1] = 0x81;
-        out[2] = (uint8_t)len;
-        return 3;
-    }
-    out[1] = 0x82;
-    out[2] = (uint8_t)(len >> 8);
-    out[3] = (uint8_t)len;
-    return 4;
-}
-
 int sks_ec_spki(const char *group, const uint8_t *point, size_t plen, uint8_t *out, size_t size, size_t *len)
 {
     static const uint8_t EC_PUBLIC_KEY[] = { 0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01 };
@@ -110,7 +91,7 @@ int sks_ec_spki(const char *group, const uint8_t *point, size_t plen, uint8_t *o
         || i2d_ASN1_OBJECT(obj, &p) != oid_len)
         return 0;
     /* AlgorithmIdentifier { id-ecPublicKey, namedCurve } */
-    alg_len = der_header(alg, 0x30, sizeof(EC_PUBLIC_KEY) + (size_t)oid_len);
+    alg_len = sks_der_header(alg, 0x30, sizeof(EC_PUBLIC_KEY) + (size_t)oid_len);
     memcpy(alg + alg_len, EC_PUBLIC_KEY, sizeof(EC_PUBLIC_KEY));
     memcpy(alg + alg_len + sizeof(EC_PUBLIC_KEY), oid, (size_t)oid_len);
     alg_len += sizeof(EC_PUBLIC_KEY) + (size_t)oid_len;
@@ -118,10 +99,10 @@ int sks_ec_spki(const char *group, const uint8_t *point, size_t plen, uint8_t *o
     bits_len = 1 + plen + (plen + 1 < 0x80 ? 2 : plen + 1 < 0x100 ? 3 : 4);
     if (size < 4 + alg_len + bits_len)
         return 0;
-    n = der_header(out, 0x30, alg_len + bits_len);
+    n = sks_der_header(out, 0x30, alg_len + bits_len);
     memcpy(out + n, alg, alg_len);
     n += alg_len;
-    n += der_header(out + n, 0x03, plen + 1);
+    n += sks_der_header(out + n, 0x03, plen + 1);
     out[n++] = 0;
     memcpy(out + n, point, plen);
     *len = n + plen;

@@ -303,3 +303,21 @@ char *sks_span_strdup(sks_span s)
     out[s.n] = '\0';
     return out;
 }
+
+size_t sks_der_header(uint8_t *out, uint8_t tag, size_t len)
+{
+    out[0] = tag;
+    if (len < 0x80) {
+        out[1] = (uint8_t)len;
+        return 2;
+    }
+    if (len < 0x100) {
+        out[1] = 0x81;
+        out[2] = (uint8_t)len;
+        return 3;
+    }
+    out[1] = 0x82;
+    out[2] = (uint8_t)(len >> 8);
+    out[3] = (uint8_t)len;
+    return 4;
+}

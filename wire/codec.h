@@ -71,4 +71,8 @@ int sks_span_eq_str(sks_span a, const char *s);
 /* Copies a span into a fresh NUL-terminated string (OPENSSL_malloc); NULL on failure. */
 char *sks_span_strdup(sks_span s);
 
+/* A DER tag and length (len < 65536) into out[4]; returns the header's size, 2 to 4. For the
+ * few DER structures written by hand on hot paths (device/crypto.c, provider/key.c). */
+size_t sks_der_header(uint8_t *out, uint8_t tag, size_t len);
+
 #endif

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/daemon_log.h"
 #include "../../device/sks_device.h"
 #include "../../transport/pcsc_apdu.h"
 #include "apdu.h"
@@ -47,21 +48,6 @@ typedef struct {
 
 static volatile sig_atomic_t stopping;
 
-static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void logmsg(const char *fmt, ...)
-{
-    va_list ap;
-    char ts[32];
-    time_t now = time(NULL);
-    struct tm tm;
-
-    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", gmtime_r(&now, &tm));
-    fprintf(stderr, "%s sks-vcard[%d]: ", ts, (int)getpid());
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
 
 static void on_signal(int sig)
 {
@@ -169,7 +155,7 @@ static int connect_vpcd(const config *cfg)
     freeaddrinfo(res);
     /* Every APDU is a small request waiting for a small answer: never hold one back. */
     if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) {
-        logmsg("cannot set TCP_NODELAY: %s", strerror(errno));
+        daemon_log("cannot set TCP_NODELAY: %s", strerror(errno));
         close(fd);
         fd = -1;
     }
@@ -196,7 +182,7 @@ static int serve_message(int fd, sks_card *card, const config *cfg, const uint8_
             sks_card_reset(card);
             return 1;
         default:
-            logmsg("unknown vpcd control message %u", msg[0]);
+            daemon_log("unknown vpcd control message %u", msg[0]);
             return 1;
         }
     }
@@ -292,16 +278,16 @@ static void run(sks_device *dev, const config *cfg)
         int fd = connect_vpcd(cfg);
         if (fd < 0) {
             if (!announced++)
-                logmsg("waiting for vpcd at %s port %s", cfg->host, cfg->port);
+                daemon_log("waiting for vpcd at %s port %s", cfg->host, cfg->port);
             usleep(200 * 1000);
             continue;
         }
-        logmsg("inserted into vpcd at %s port %s%s", cfg->host, cfg->port, cfg->short_only ? " (short APDUs)" : "");
+        daemon_log("inserted into vpcd at %s port %s%s", cfg->host, cfg->port, cfg->short_only ? " (short APDUs)" : "");
         serve(fd, &card, cfg);
         close(fd);
         announced = 0;
         if (!stopping)
-            logmsg("vpcd closed the connection");
+            daemon_log("vpcd closed the connection");
     }
     sks_card_free(&card);
 }
@@ -312,6 +298,8 @@ int main(int argc, char **argv)
     struct sigaction sa;
     char err[512] = "";
     sks_device *dev;
+
+    daemon_log_name("sks-vcard");
 
     if (!parse_args(argc, argv, &cfg))
         return 2;
@@ -327,6 +315,6 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     run(dev, &cfg);
     sks_device_close(dev);
-    logmsg("stopped");
+    daemon_log("stopped");
     return 0;
 }

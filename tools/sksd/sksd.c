@@ -31,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/daemon_log.h"
 #include "../../device/sks_device.h"
 #include "../../transport/transport.h"
 
@@ -59,21 +60,6 @@ static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t count_cond = PTHREAD_COND_INITIALIZER;
 static int active_clients;
 
-static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void logmsg(const char *fmt, ...)
-{
-    va_list ap;
-    char ts[32];
-    time_t now = time(NULL);
-    struct tm tm;
-
-    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", gmtime_r(&now, &tm));
-    fprintf(stderr, "%s sksd[%d]: ", ts, (int)getpid());
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
 
 static int in_list(const unsigned *list, int n, unsigned v)
 {
@@ -136,7 +122,7 @@ static void *serve_client(void *arg)
     sks_buf_init(&req);
     sks_buf_init(&reply);
     if (cl->allowed && dev == NULL)
-        logmsg("cannot open the store for uid %u: %s", (unsigned)cl->peer.uid, err);
+        daemon_log("cannot open the store for uid %u: %s", (unsigned)cl->peer.uid, err);
     while ((dev != NULL || !cl->allowed) && !stopping && sks_frame_read(cl->fd, &req) == 1) {
         if (!cl->allowed) {
             /* Answered in the protocol, so the client can say why it was turned away. */
@@ -145,7 +131,7 @@ static void *serve_client(void *arg)
             char msg[160];
             snprintf(msg, sizeof(msg), "sksd: method %u is restricted to administrators (uid %u is not one)",
                      req.data[0], (unsigned)cl->peer.uid);
-            logmsg("refused method %u from uid %u gid %u pid %d", req.data[0], (unsigned)cl->peer.uid,
+            daemon_log("refused method %u from uid %u gid %u pid %d", req.data[0], (unsigned)cl->peer.uid,
                    (unsigned)cl->peer.gid, (int)cl->peer.pid);
             refuse(&reply, msg);
         } else {
@@ -181,7 +167,7 @@ static int listen_socket(const config *c)
     mode_t old;
 
     if (strlen(c->socket_path) >= sizeof(sa.sun_path)) {
-        logmsg("socket path too long: %s", c->socket_path);
+        daemon_log("socket path too long: %s", c->socket_path);
         return -1;
     }
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -194,14 +180,14 @@ static int listen_socket(const config *c)
     old = umask(0177); /* never briefly world-accessible */
     if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
         umask(old);
-        logmsg("cannot bind %s: %s", c->socket_path, strerror(errno));
+        daemon_log("cannot bind %s: %s", c->socket_path, strerror(errno));
         close(fd);
         return -1;
     }
     umask(old);
     if ((c->has_group && chown(c->socket_path, (uid_t)-1, c->group) != 0) || chmod(c->socket_path, c->mode) != 0
         || listen(fd, 64) != 0) {
-        logmsg("cannot set up %s: %s", c->socket_path, strerror(errno));
+        daemon_log("cannot set up %s: %s", c->socket_path, strerror(errno));
         close(fd);
         return -1;
     }
@@ -311,6 +297,8 @@ int main(int argc, char **argv)
     sks_device *probe;
     int lfd;
 
+    daemon_log_name("sksd");
+
     if (!parse_args(argc, argv, &cfg))
         return 2;
     /* Refuse to start on a store that cannot be opened: better now than per client. */
@@ -327,7 +315,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     if ((lfd = listen_socket(&cfg)) < 0)
         return 1;
-    logmsg("serving %s on %s", cfg.loc.db_path, cfg.socket_path);
+    daemon_log("serving %s on %s", cfg.loc.db_path, cfg.socket_path);
     while (!stopping) {
         struct pollfd pfd = { lfd, POLLIN, 0 };
         client *cl;
@@ -349,7 +337,7 @@ int main(int argc, char **argv)
         }
         cl->allowed = peer_allowed(&cfg, &cl->peer);
         if (!cl->allowed)
-            logmsg("refused connection from uid %u gid %u pid %d: not in the allow-list", (unsigned)cl->peer.uid,
+            daemon_log("refused connection from uid %u gid %u pid %d: not in the allow-list", (unsigned)cl->peer.uid,
                    (unsigned)cl->peer.gid, (int)cl->peer.pid);
         cl->cfg = &cfg;
         cl->fd = fd;
@@ -380,6 +368,6 @@ int main(int argc, char **argv)
             break; /* idle clients block in read; their state is committed, so go */
     }
     pthread_mutex_unlock(&count_lock);
-    logmsg("stopped");
+    daemon_log("stopped");
     return 0;
 }
