@@ -157,14 +157,51 @@ done:
     return rc;
 }
 
+/* One key entry of a SKIP session: no PIN, never exportable, universal. A factory key has no
+ * certificate path yet (path and ee_hash NULL); device keys come with theirs. */
+static sks_status insert_skip_key(sks_device *dev, sks_call *call, uint32_t session, const char *id,
+                                  const char *name, const char *alg_uri, const sks_buf *spki, const sks_buf *sealed,
+                                  const sks_buf *path, const uint8_t *ee_hash, int key_backup, uint32_t *handle)
+{
+    sqlite3_stmt *st = store_prepare(
+        dev, call,
+        "INSERT INTO keys (session, id, pin_policy, pin, device_pin, pin_caching, biometric,"
+        " export_protection, delete_protection, app_usage, friendly_name, key_algorithm,"
+        " key_parameters, endorsed, public_key, private_key, certificates, ee_sha256, key_backup, mac)"
+        " VALUES (?1, ?2, 0, 0, 0, 0, 0, ?3, 0, ?4, ?5, ?6, x'', x'0000', ?7, ?8, ?9, ?10, ?11, x'')");
+
+    if (st == NULL)
+        return SKS_ERROR_STORAGE;
+    sqlite3_bind_int64(st, 1, session);
+    sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 3, PROTECT_NEVER);
+    sqlite3_bind_int(st, 4, APP_UNIVERSAL);
+    sqlite3_bind_text(st, 5, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, alg_uri, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 7, spki->data, (int)spki->len, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 8, sealed->data, (int)sealed->len, SQLITE_STATIC);
+    if (path != NULL) {
+        sqlite3_bind_blob(st, 9, path->data, (int)path->len, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 10, ee_hash, 32, SQLITE_STATIC);
+    } else {
+        sqlite3_bind_null(st, 9);
+        sqlite3_bind_null(st, 10);
+    }
+    sqlite3_bind_int(st, 11, key_backup);
+    if (!store_step_done(dev, call, st))
+        return SKS_ERROR_STORAGE;
+    if (handle != NULL)
+        *handle = (uint32_t)sqlite3_last_insert_rowid(dev->db);
+    return SKS_OK;
+}
+
 /* The factory key entry: not exportable, no PIN, any algorithm its key type allows. It stays
  * invisible to the User API until skipImport closes the session. */
 static sks_status insert_factory_key(sks_device *dev, sks_call *call, uint32_t session, const char *alg_uri,
                                      EVP_PKEY *key, const sks_buf *spki)
 {
     sks_buf pkcs8, sealed;
-    sqlite3_stmt *st;
-    sks_status rc = SKS_ERROR_STORAGE;
+    sks_status rc;
 
     sks_buf_init(&pkcs8);
     sks_buf_init(&sealed);
@@ -172,22 +209,7 @@ static sks_status insert_factory_key(sks_device *dev, sks_call *call, uint32_t s
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "skipRequest: cannot seal the factory key");
         goto done;
     }
-    st = store_prepare(dev, call,
-                       "INSERT INTO keys (session, id, pin_policy, pin, device_pin, pin_caching, biometric,"
-                       " export_protection, delete_protection, app_usage, friendly_name, key_algorithm,"
-                       " key_parameters, endorsed, public_key, private_key, mac)"
-                       " VALUES (?1, ?2, 0, 0, 0, 0, 0, ?3, 0, ?4, 'skip-factory', ?5, x'', x'0000', ?6, ?7, x'')");
-    if (st == NULL)
-        goto done;
-    sqlite3_bind_int64(st, 1, session);
-    sqlite3_bind_text(st, 2, FACTORY_ID, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 3, PROTECT_NEVER);
-    sqlite3_bind_int(st, 4, APP_UNIVERSAL);
-    sqlite3_bind_text(st, 5, alg_uri, -1, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 6, spki->data, (int)spki->len, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 7, sealed.data, (int)sealed.len, SQLITE_STATIC);
-    if (store_step_done(dev, call, st))
-        rc = SKS_OK;
+    rc = insert_skip_key(dev, call, session, FACTORY_ID, "skip-factory", alg_uri, spki, &sealed, NULL, NULL, 0, NULL);
 done:
     sks_buf_free(&pkcs8);
     sks_buf_free(&sealed);
@@ -524,46 +546,16 @@ static sks_status name_key(sks_device *dev, sks_call *call, uint32_t handle, con
     return store_step_done(dev, call, st) ? SKS_OK : SKS_ERROR_STORAGE;
 }
 
-static sks_status insert_device_key(sks_device *dev, sks_call *call, uint32_t session, unsigned idx,
-                                    const sks_buf *spki, const sks_buf *sealed, const sks_buf *path,
-                                    const uint8_t ee_hash[32], const char *alg_uri, uint32_t *handle)
-{
-    char id[16];
-    sqlite3_stmt *st;
-
-    snprintf(id, sizeof(id), "key%u", idx);
-    st = store_prepare(dev, call,
-                       "INSERT INTO keys (session, id, pin_policy, pin, device_pin, pin_caching, biometric,"
-                       " export_protection, delete_protection, app_usage, friendly_name, key_algorithm,"
-                       " key_parameters, endorsed, public_key, private_key, certificates, ee_sha256, key_backup, mac)"
-                       " VALUES (?1, ?2, 0, 0, 0, 0, 0, ?3, 0, ?4, '', ?5, x'', x'0000', ?6, ?7, ?8, ?9, ?10, x'')");
-    if (st == NULL)
-        return SKS_ERROR_STORAGE;
-    sqlite3_bind_int64(st, 1, session);
-    sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 3, PROTECT_NEVER);
-    sqlite3_bind_int(st, 4, APP_UNIVERSAL);
-    sqlite3_bind_text(st, 5, alg_uri, -1, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 6, spki->data, (int)spki->len, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 7, sealed->data, (int)sealed->len, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 8, path->data, (int)path->len, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 9, ee_hash, 32, SQLITE_STATIC);
-    sqlite3_bind_int(st, 10, BACKUP_IMPORTED);
-    if (!store_step_done(dev, call, st))
-        return SKS_ERROR_STORAGE;
-    *handle = (uint32_t)sqlite3_last_insert_rowid(dev->db);
-    return SKS_OK;
-}
-
 /* Seals a checked private key and stores it with its certificate path. */
 static sks_status store_device_key(sks_device *dev, sks_call *call, uint32_t session, unsigned idx, EVP_PKEY *priv,
                                    const import_container *c, const char *cn, uint32_t *handle)
 {
     sks_buf spki, pkcs8, sealed, path;
     uint8_t ee_hash[32];
-    char what[32];
+    char what[32], id[16];
     sks_status rc = SKS_ERROR_INTERNAL;
 
+    snprintf(id, sizeof(id), "key%u", idx);
     sks_buf_init(&spki);
     sks_buf_init(&pkcs8);
     sks_buf_init(&sealed);
@@ -576,8 +568,8 @@ static sks_status store_device_key(sks_device *dev, sks_call *call, uint32_t ses
         goto done;
     }
     if ((rc = check_certificate_unused(dev, call, ee_hash, what)) != SKS_OK
-        || (rc = insert_device_key(dev, call, session, idx, &spki, &sealed, &path, ee_hash, skip_key_algorithm(priv),
-                                   handle)) != SKS_OK)
+        || (rc = insert_skip_key(dev, call, session, id, "", skip_key_algorithm(priv), &spki, &sealed, &path,
+                                 ee_hash, BACKUP_IMPORTED, handle)) != SKS_OK)
         goto done;
     rc = name_key(dev, call, *handle, cn, "skip");
 done:
