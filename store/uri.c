@@ -93,21 +93,39 @@ static int read_pin_file(const char *path, char **pin, char *err, size_t errlen)
     return *pin != NULL;
 }
 
-static int parse_attr(sks_uri *u, const char *p, size_t n, char *err, size_t errlen)
+/* Splits "key=value" and percent-decodes the value. 1: *klen and *v (OPENSSL_malloc) set;
+ * 0: empty element, nothing to do; -1: malformed, err set. Query values are PINs: a value
+ * that fails to decode is not echoed in the message (hide_value). */
+static int split_pair(const char *p, size_t n, const char *what, int hide_value, size_t *klen, char **v, char *err,
+                      size_t errlen)
 {
     const char *eq = memchr(p, '=', n);
-    size_t klen;
-    char *v;
-    int ok = 1;
+    char msg[48];
 
     if (n == 0)
-        return 1;
-    if (eq == NULL)
-        return set_err(err, errlen, "attribute without '=':", p, n);
-    klen = (size_t)(eq - p);
-    v = pct_decode(eq + 1, n - klen - 1);
-    if (v == NULL)
-        return set_err(err, errlen, "bad percent-encoding in", p, n);
+        return 0;
+    if (eq == NULL) {
+        snprintf(msg, sizeof(msg), "%s without '=':", what);
+        set_err(err, errlen, msg, p, n);
+        return -1;
+    }
+    *klen = (size_t)(eq - p);
+    *v = pct_decode(eq + 1, n - *klen - 1);
+    if (*v == NULL) {
+        set_err(err, errlen, "bad percent-encoding in", p, hide_value ? *klen : n);
+        return -1;
+    }
+    return 1;
+}
+
+static int parse_attr(sks_uri *u, const char *p, size_t n, char *err, size_t errlen)
+{
+    size_t klen = 0;
+    char *v = NULL;
+    int ok = 1, split = split_pair(p, n, "attribute", 0, &klen, &v, err, errlen);
+
+    if (split <= 0)
+        return split == 0;
     if (klen == 4 && memcmp(p, "name", 4) == 0) {
         if (u->name != NULL || *v == '\0')
             ok = set_err(err, errlen, "repeated or empty", p, n);
@@ -147,19 +165,12 @@ static int parse_attr(sks_uri *u, const char *p, size_t n, char *err, size_t err
 
 static int parse_query(sks_uri *u, const char *p, size_t n, char *err, size_t errlen)
 {
-    const char *eq = memchr(p, '=', n);
-    size_t klen;
-    char *v;
-    int ok = 1;
+    size_t klen = 0;
+    char *v = NULL;
+    int ok = 1, split = split_pair(p, n, "query", 1, &klen, &v, err, errlen);
 
-    if (n == 0)
-        return 1;
-    if (eq == NULL)
-        return set_err(err, errlen, "query without '=':", p, n);
-    klen = (size_t)(eq - p);
-    v = pct_decode(eq + 1, n - klen - 1);
-    if (v == NULL)
-        return set_err(err, errlen, "bad percent-encoding in", p, klen);
+    if (split <= 0)
+        return split == 0;
     if (u->pin != NULL)
         ok = set_err(err, errlen, "more than one PIN in", p, klen);
     else if (klen == 9 && memcmp(p, "pin-value", 9) == 0) {
