@@ -46,21 +46,13 @@ int cmd_cert(cli_store *store, int argc, char **argv)
     sks_key_attributes a;
     sks_client_error e;
     sks_transport *t;
+    int rc;
     uint32_t handle = 0;
 
-    switch (cli_parse("cert", argc, argv, 1, opts, sizeof(opts) / sizeof(opts[0]))) {
-    case CLI_PARSE_HELP:
-        fputs(USAGE, stdout);
-        return CLI_EXIT_OK;
-    case CLI_PARSE_ERROR:
+    if ((rc = cli_parse_command("cert", argc, argv, 1, opts, sizeof(opts) / sizeof(opts[0]), USAGE)) != CLI_CONTINUE)
+        return rc;
+    if (!cli_one_key("cert", name, handle_opt))
         return CLI_EXIT_USAGE;
-    default:
-        break;
-    }
-    if ((name == NULL) == (handle_opt == NULL)) {
-        cli_error("cert: give the key with exactly one of --name or --handle");
-        return CLI_EXIT_USAGE;
-    }
     if ((t = cli_open(store, "cert")) == NULL)
         return CLI_EXIT_FAIL;
     if (cli_find_key(t, "cert", name, handle_opt, &handle)) {

@@ -79,6 +79,13 @@ enum { CLI_PARSE_ERROR = 0, CLI_PARSE_OK = 1, CLI_PARSE_HELP = 2 };
 /* Parses argv[first..]: "--opt value", "--opt=value", flags, --help/-h. Prints the error
  * (naming the command and the option) and returns CLI_PARSE_ERROR on a bad command line. */
 int cli_parse(const char *cmd, int argc, char **argv, int first, const cli_opt *opts, size_t nopts);
+/* cli_parse for a command's main: CLI_CONTINUE when the options are good; else the exit code
+ * (after printing usage for --help). */
+#define CLI_CONTINUE (-1)
+int cli_parse_command(const char *cmd, int argc, char **argv, int first, const cli_opt *opts, size_t nopts,
+                      const char *usage);
+/* The key of a command is named by exactly one of --name or --handle. */
+int cli_one_key(const char *cmd, const char *name, const char *handle);
 
 /* Parses a decimal number in [min, max]; prints "<cmd>: <opt> ..." on failure. */
 int cli_parse_number(const char *cmd, const char *opt, const char *s, unsigned long min, unsigned long max,

@@ -20,19 +20,10 @@ int cmd_delete(cli_store *store, int argc, char **argv)
     uint32_t handle = 0;
     int rc = CLI_EXIT_FAIL;
 
-    switch (cli_parse("delete", argc, argv, 1, opts, sizeof(opts) / sizeof(opts[0]))) {
-    case CLI_PARSE_HELP:
-        fputs(USAGE, stdout);
-        return CLI_EXIT_OK;
-    case CLI_PARSE_ERROR:
+    if ((rc = cli_parse_command("delete", argc, argv, 1, opts, sizeof(opts) / sizeof(opts[0]), USAGE)) != CLI_CONTINUE)
+        return rc;
+    if (!cli_one_key("delete", name, handle_opt))
         return CLI_EXIT_USAGE;
-    default:
-        break;
-    }
-    if ((name == NULL) == (handle_opt == NULL)) {
-        cli_error("delete: give the key with exactly one of --name or --handle");
-        return CLI_EXIT_USAGE;
-    }
     if ((t = cli_open(store, "delete")) == NULL)
         return CLI_EXIT_FAIL;
     if (cli_find_key(t, "delete", name, handle_opt, &handle) && cli_check_auth(t, "delete", handle, 0, auth)) {

@@ -84,22 +84,14 @@ int cmd_export(cli_store *store, int argc, char **argv)
         { "--out", OPT_VALUE, &out },
     };
     sks_transport *t;
+    int rc;
     uint32_t handle = 0;
     int ok = 0;
 
-    switch (cli_parse("export", argc, argv, 1, opts, sizeof(opts) / sizeof(opts[0]))) {
-    case CLI_PARSE_HELP:
-        fputs(USAGE, stdout);
-        return CLI_EXIT_OK;
-    case CLI_PARSE_ERROR:
+    if ((rc = cli_parse_command("export", argc, argv, 1, opts, sizeof(opts) / sizeof(opts[0]), USAGE)) != CLI_CONTINUE)
+        return rc;
+    if (!cli_one_key("export", name, handle_opt))
         return CLI_EXIT_USAGE;
-    default:
-        break;
-    }
-    if ((name == NULL) == (handle_opt == NULL)) {
-        cli_error("export: give the key with exactly one of --name or --handle");
-        return CLI_EXIT_USAGE;
-    }
     if ((t = cli_open(store, "export")) == NULL)
         return CLI_EXIT_FAIL;
     ok = cli_find_key(t, "export", name, handle_opt, &handle) && cli_check_auth(t, "export", handle, 1, auth)

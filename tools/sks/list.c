@@ -130,15 +130,8 @@ int cmd_list(cli_store *store, int argc, char **argv)
     const cli_opt opts[] = { { "--json", OPT_FLAG, &json } };
     sks_transport *t;
 
-    switch (cli_parse("list", argc, argv, 1, opts, 1)) {
-    case CLI_PARSE_HELP:
-        fputs(USAGE, stdout);
-        return CLI_EXIT_OK;
-    case CLI_PARSE_ERROR:
-        return CLI_EXIT_USAGE;
-    default:
-        break;
-    }
+    if ((rc = cli_parse_command("list", argc, argv, 1, opts, 1, USAGE)) != CLI_CONTINUE)
+        return rc;
     if ((t = cli_open(store, "list")) == NULL)
         return CLI_EXIT_FAIL;
     rc = list_keys(t, json);

@@ -98,3 +98,25 @@ sks_span cli_span(const char *s)
     sks_span sp = { (const uint8_t *)s, s ? strlen(s) : 0 };
     return sp;
 }
+
+int cli_parse_command(const char *cmd, int argc, char **argv, int first, const cli_opt *opts, size_t nopts,
+                      const char *usage)
+{
+    switch (cli_parse(cmd, argc, argv, first, opts, nopts)) {
+    case CLI_PARSE_HELP:
+        fputs(usage, stdout);
+        return CLI_EXIT_OK;
+    case CLI_PARSE_ERROR:
+        return CLI_EXIT_USAGE;
+    default:
+        return CLI_CONTINUE;
+    }
+}
+
+int cli_one_key(const char *cmd, const char *name, const char *handle)
+{
+    if ((name == NULL) != (handle == NULL))
+        return 1;
+    cli_error("%s: give the key with exactly one of --name or --handle", cmd);
+    return 0;
+}

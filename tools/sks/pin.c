@@ -67,6 +67,7 @@ static int run(sks_transport *t, const char *sub, const pin_args *a)
 
 int cmd_pin(cli_store *store, int argc, char **argv)
 {
+    int rc;
     pin_args a;
     const cli_opt opts[] = {
         { "--name", OPT_VALUE, &a.name }, { "--handle", OPT_VALUE, &a.handle }, { "--old", OPT_VALUE, &a.old_pin },
@@ -88,15 +89,8 @@ int cmd_pin(cli_store *store, int argc, char **argv)
             cli_error("pin: give a subcommand: change, unlock or set (see sks pin --help)");
         return CLI_EXIT_USAGE;
     }
-    switch (cli_parse("pin", argc, argv, 2, opts, sizeof(opts) / sizeof(opts[0]))) {
-    case CLI_PARSE_HELP:
-        fputs(USAGE, stdout);
-        return CLI_EXIT_OK;
-    case CLI_PARSE_ERROR:
-        return CLI_EXIT_USAGE;
-    default:
-        break;
-    }
+    if ((rc = cli_parse_command("pin", argc, argv, 2, opts, sizeof(opts) / sizeof(opts[0]), USAGE)) != CLI_CONTINUE)
+        return rc;
     if (!check_args(sub, &a))
         return CLI_EXIT_USAGE;
     if ((t = cli_open(store, "pin")) == NULL)

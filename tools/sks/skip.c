@@ -192,6 +192,7 @@ static int run_request(sks_transport *t, const request_args *a, const skip_key_t
 
 static int cmd_request(cli_store *store, int argc, char **argv)
 {
+    int rc;
     request_args a;
     const cli_opt opts[] = {
         { "--curve", OPT_VALUE, &a.curve }, { "--subject", OPT_VALUE, &a.subject }, { "--out", OPT_VALUE, &a.out },
@@ -202,15 +203,9 @@ static int cmd_request(cli_store *store, int argc, char **argv)
     int ok;
 
     memset(&a, 0, sizeof(a));
-    switch (cli_parse("skip request", argc, argv, 2, opts, sizeof(opts) / sizeof(opts[0]))) {
-    case CLI_PARSE_HELP:
-        fputs(USAGE, stdout);
-        return CLI_EXIT_OK;
-    case CLI_PARSE_ERROR:
-        return CLI_EXIT_USAGE;
-    default:
-        break;
-    }
+    rc = cli_parse_command("skip request", argc, argv, 2, opts, sizeof(opts) / sizeof(opts[0]), USAGE);
+    if (rc != CLI_CONTINUE)
+        return rc;
     if (a.curve == NULL || a.subject == NULL) {
         cli_error("skip request: --curve and --subject are required (see sks skip --help)");
         return CLI_EXIT_USAGE;
@@ -283,6 +278,7 @@ static void print_result(sks_transport *t, const char *path, const skip_import_r
 
 static int cmd_import_package(cli_store *store, int argc, char **argv)
 {
+    int rc;
     const char *trust = NULL, *path = NULL;
     const cli_opt opts[] = { { "--trust", OPT_VALUE, &trust } };
     char err[2400] = "";
@@ -293,15 +289,8 @@ static int cmd_import_package(cli_store *store, int argc, char **argv)
 
     if (!skip_take_positional("skip import", &argc, argv, opts, 1, &path))
         return CLI_EXIT_USAGE;
-    switch (cli_parse("skip import", argc, argv, 2, opts, 1)) {
-    case CLI_PARSE_HELP:
-        fputs(USAGE, stdout);
-        return CLI_EXIT_OK;
-    case CLI_PARSE_ERROR:
-        return CLI_EXIT_USAGE;
-    default:
-        break;
-    }
+    if ((rc = cli_parse_command("skip import", argc, argv, 2, opts, 1, USAGE)) != CLI_CONTINUE)
+        return rc;
     if (trust == NULL || path == NULL) {
         cli_error("skip import: give --trust ANCHORS.pem and the PACKAGE (see sks skip --help)");
         return CLI_EXIT_USAGE;

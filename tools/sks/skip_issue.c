@@ -445,6 +445,7 @@ static void state_free(issue_state *st)
 
 int skip_cmd_issue(cli_store *store, int argc, char **argv)
 {
+    int rc;
     issue_args a;
     issue_state st;
     const cli_opt opts[] = {
@@ -457,15 +458,8 @@ int skip_cmd_issue(cli_store *store, int argc, char **argv)
 
     memset(&a, 0, sizeof(a));
     memset(&st, 0, sizeof(st));
-    switch (cli_parse(CMD, argc, argv, 2, opts, sizeof(opts) / sizeof(opts[0]))) {
-    case CLI_PARSE_HELP:
-        fputs(USAGE, stdout);
-        return CLI_EXIT_OK;
-    case CLI_PARSE_ERROR:
-        return CLI_EXIT_USAGE;
-    default:
-        break;
-    }
+    if ((rc = cli_parse_command(CMD, argc, argv, 2, opts, sizeof(opts) / sizeof(opts[0]), USAGE)) != CLI_CONTINUE)
+        return rc;
     if (!check_args(&a))
         return CLI_EXIT_USAGE;
     sks_buf_init(&st.containers);
