@@ -1,5 +1,5 @@
 """Self-test of the issuer's byte builders against the reference known-answer transcript
-(shared/conformance/sks-kat-transcript.jsonl beside the repository). Needs no device: it proves that every
+(test/data/kat/sks-kat-transcript.jsonl). Needs no device: it proves that every
 MAC, attestation, encryption and authorization the issuer computes is byte-for-byte what the
 reference implementation computes, so a device test failure is not the issuer's fault."""
 
@@ -13,11 +13,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 import sksissuer as s
 
-# shared/ sits beside the repository root (as in CI's clone), unless told otherwise.
+# The transcript is test data in the repository, unless told otherwise.
 TRANSCRIPT = os.environ.get(
     "SKS_KAT_TRANSCRIPT",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "conformance",
-                 "sks-kat-transcript.jsonl"))
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "kat", "sks-kat-transcript.jsonl"))
 
 
 def h(v):

@@ -1,6 +1,6 @@
 /*
  * Replays the SKS reference implementation's known-answer transcript
- * (shared/conformance/sks-kat-transcript.jsonl, see its README.md) against the software
+ * (test/data/kat/sks-kat-transcript.jsonl, see its README.md) against the software
  * device, through sks_device_dispatch() with real wire bytes, and checks every output.
  *
  * The transcript's randomness is supplied through the device's test hooks: the client
@@ -1768,7 +1768,7 @@ static cJSON **load_transcript(const char *path, size_t *count)
     if (f == NULL) {
         fprintf(stderr,
                 "kat: FAIL: cannot open the known-answer transcript %s: %s\n"
-                "  (it lives in shared/conformance/ beside the repository root; pass its path as the argument)\n",
+                "  (it is test/data/kat/sks-kat-transcript.jsonl in the repository; pass its path as the argument)\n",
                 path, strerror(errno));
         exit(1);
     }

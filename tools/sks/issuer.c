@@ -1,6 +1,6 @@
 /*
  * The issuer's side of an SKS provisioning session (session.1 / key.1), emulated in the tool.
- * Layouts follow the specification and /work/shared/conformance/README.md: every field of a
+ * Layouts follow the specification and test/data/kat/README.md: every field of a
  * MAC or attestation input is length-prefixed exactly as on the wire, so the helpers below
  * build those inputs with the same sks_buf writer the client uses for requests.
  */
