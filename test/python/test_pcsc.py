@@ -742,3 +742,38 @@ def test_card_with_flag_exports_and_deletes(rig_ok):
     assert device_call(rig_ok["env"], "pcsc:" + READER1, b"\x50" + s.uint(h) + s.arr(b""))[0] == 0
     with pytest.raises(AssertionError):
         handle_of(rig_ok, "managed")
+
+
+def memory_holds(pid, needle):
+    """Whether any readable mapping of process pid holds the bytes (root reads /proc/PID/mem)."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            if "r" not in fields[1] or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]")):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                if needle in mem.read(end - start):
+                    return True
+            except (OSError, ValueError, OverflowError):
+                continue
+    return False
+
+
+def test_card_keeps_no_pin_in_memory(rig_ok):
+    """A PIN sent to the card in a signHashedData APDU: once the call is answered, no copy of
+    it is left in the card program's memory (APDU, frame and request buffers are wiped)."""
+    pin = "Qz7-pin-4863-wipe"
+    pinfile = path(rig_ok, "wipe.pin")
+    with open(pinfile, "w") as f:
+        f.write(pin + "\n")
+    run([SKS, "--store", rig_ok["store"], "generate", "--name", "wiped", "--algorithm", "P-256", "--pin-file", pinfile])
+    dgst = path(rig_ok, "dgst.wipe")
+    with open(dgst, "wb") as f:
+        f.write(os.urandom(32))
+    card = rig_ok["cards"][0]
+    assert not memory_holds(card.proc.pid, pin.encode())
+    openssl_card(rig_ok, "pkeyutl", "-sign", "-inkey", f"sks:name=wiped?pin-value={pin}", "-in", dgst, "-out",
+                 path(rig_ok, "sig.wipe"), "-pkeyopt", "digest:sha256", reader=READER0)
+    assert not memory_holds(card.proc.pid, pin.encode())
