@@ -247,8 +247,10 @@ static void name_hint_put(sks_provctx *ctx, const char *name, uint32_t handle)
 
 /* A name= URI first tries the handle a scan chose for the name: one getKeyAttributes
  * instead of a scan. A key deleted since falls back to the scan. Handles only grow
- * (AUTOINCREMENT), so a key given the same name later never has a lower handle than the one
- * remembered: the hint and a scan choose the same key. */
+ * (AUTOINCREMENT), so a key provisioned later under the same name has a higher handle than
+ * the one remembered and the hint and a scan choose the same key. (The one exception: a key
+ * whose provisioning session was still open during the scan, so not listed, and which got its
+ * lower handle before the remembered key did.) */
 static int try_name_hint(store_ctx *s)
 {
     uint32_t handle;
