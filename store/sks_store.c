@@ -178,8 +178,6 @@ static int consider_key(store_ctx *s, uint32_t handle)
         goto done;
     if (s->uri.name != NULL && !sks_span_eq_str(name, s->uri.name))
         goto done;
-    if (s->uri.name != NULL)
-        name_hint_put(s->ctx, s->uri.name, handle);
     if (s->uri.has_sha256) {
         if (EVP_Digest(certs[0].p, certs[0].n, fp, NULL, EVP_sha256(), NULL) != 1 || memcmp(fp, s->uri.sha256, 32) != 0)
             goto done;
@@ -247,8 +245,12 @@ static void name_hint_put(sks_provctx *ctx, const char *name, uint32_t handle)
     pthread_mutex_unlock(&ctx->names_lock);
 }
 
-/* A name= URI first tries the handle the name was last found at: one getKeyAttributes
- * instead of a scan. A key deleted or renamed since falls back to the scan. */
+/* A name= URI first tries the handle a scan chose for the name: one getKeyAttributes
+ * instead of a scan. A key deleted since falls back to the scan. Handles only grow
+ * (AUTOINCREMENT), so a key provisioned later under the same name has a higher handle than
+ * the one remembered and the hint and a scan choose the same key. (The one exception: a key
+ * whose provisioning session was still open during the scan, so not listed, and which got its
+ * lower handle before the remembered key did.) */
 static int try_name_hint(store_ctx *s)
 {
     uint32_t handle;
@@ -263,6 +265,48 @@ static int try_name_hint(store_ctx *s)
     }
     ERR_pop_to_mark(); /* the hint was stale: its errors are not the caller's */
     return 0;
+}
+
+static void free_key_info(struct key_info *ki)
+{
+    size_t j;
+
+    OPENSSL_free(ki->name);
+    sks_buf_free(&ki->spki);
+    for (j = 0; ki->endorsed != NULL && ki->endorsed[j] != NULL; j++)
+        OPENSSL_free(ki->endorsed[j]);
+    OPENSSL_free(ki->endorsed);
+}
+
+/*
+ * Friendly names need not be unique on the device. A name= URI selects ONE key, the same on
+ * every load: the one with the lowest handle (the oldest) among those that match. So a key
+ * provisioned later under a name already in use never takes the place of the first one.
+ */
+static void keep_lowest_handle(store_ctx *s)
+{
+    uint32_t lowest = 0;
+    size_t i, kept = 0;
+
+    for (i = 0; i < s->count; i++)
+        if (lowest == 0 || s->objects[i].handle < lowest)
+            lowest = s->objects[i].handle;
+    for (i = 0; i < s->count; i++) {
+        if (s->objects[i].handle == lowest)
+            s->objects[kept++] = s->objects[i];
+        else
+            sks_buf_free(&s->objects[i].der);
+    }
+    s->count = kept;
+    for (i = 0, kept = 0; i < s->nkeys; i++) {
+        if (s->keys[i].handle == lowest)
+            s->keys[kept++] = s->keys[i];
+        else
+            free_key_info(&s->keys[i]);
+    }
+    s->nkeys = kept;
+    if (lowest != 0)
+        name_hint_put(s->ctx, s->uri.name, lowest);
 }
 
 /* Lists the store once: enumerateKeys, then attributes of each key. */
@@ -292,6 +336,8 @@ static int list_objects(store_ctx *s)
         if (!consider_key(s, handle))
             return 0;
     }
+    if (s->uri.name != NULL)
+        keep_lowest_handle(s);
     if (s->count == 0)
         sks_raise(s->ctx, SKS_R_NOT_FOUND, "no %s in the sks store matches the URI%s%s",
                   s->uri.type == SKS_URI_CERT ? "certificate" : "key", s->uri.name ? ": name=" : "",
@@ -448,20 +494,15 @@ static int store_eof(void *vctx)
 static int store_close(void *vctx)
 {
     store_ctx *s = vctx;
-    size_t i, j;
+    size_t i;
 
     if (s == NULL)
         return 1;
     for (i = 0; i < s->count; i++)
         sks_buf_free(&s->objects[i].der);
     OPENSSL_free(s->objects);
-    for (i = 0; i < s->nkeys; i++) {
-        OPENSSL_free(s->keys[i].name);
-        sks_buf_free(&s->keys[i].spki);
-        for (j = 0; s->keys[i].endorsed != NULL && s->keys[i].endorsed[j] != NULL; j++)
-            OPENSSL_free(s->keys[i].endorsed[j]);
-        OPENSSL_free(s->keys[i].endorsed);
-    }
+    for (i = 0; i < s->nkeys; i++)
+        free_key_info(&s->keys[i]);
     OPENSSL_free(s->keys);
     sks_uri_clear(&s->uri);
     OPENSSL_free(s);

@@ -80,7 +80,8 @@ static int read_pin_file(const char *path, char **pin, char *err, size_t errlen)
     size_t n;
 
     if (f == NULL) {
-        snprintf(err, errlen, "sks: URI pin-source: cannot read %s: %s", path, strerror(errno));
+        /* The path is a query value: not repeated, like every query value (uri.h). */
+        snprintf(err, errlen, "sks: URI pin-source: cannot read the PIN file: %s", strerror(errno));
         return 0;
     }
     n = fread(buf, 1, sizeof(buf) - 1, f);
@@ -94,8 +95,9 @@ static int read_pin_file(const char *path, char **pin, char *err, size_t errlen)
 }
 
 /* Splits "key=value" and percent-decodes the value. 1: *klen and *v (OPENSSL_malloc) set;
- * 0: empty element, nothing to do; -1: malformed, err set. Query values are PINs: a value
- * that fails to decode is not echoed in the message (hide_value). */
+ * 0: empty element, nothing to do; -1: malformed, err set. Query values may be PINs
+ * (hide_value): the message names at most the key, never a value, and an element without
+ * '=' (perhaps a bare PIN) not at all. */
 static int split_pair(const char *p, size_t n, const char *what, int hide_value, size_t *klen, char **v, char *err,
                       size_t errlen)
 {
@@ -104,6 +106,11 @@ static int split_pair(const char *p, size_t n, const char *what, int hide_value,
 
     if (n == 0)
         return 0;
+    if (eq == NULL && hide_value) {
+        snprintf(err, errlen, "malformed sks: URI: %s element without '=' (its text is not shown: it may be a PIN)",
+                 what);
+        return -1;
+    }
     if (eq == NULL) {
         snprintf(msg, sizeof(msg), "%s without '=':", what);
         set_err(err, errlen, msg, p, n);
@@ -178,7 +185,7 @@ static int parse_query(sks_uri *u, const char *p, size_t n, char *err, size_t er
         v = NULL;
     } else if (klen == 10 && memcmp(p, "pin-source", 10) == 0) {
         if (strncmp(v, "file:", 5) != 0 || v[5] == '\0')
-            ok = set_err(err, errlen, "pin-source must be file:PATH, not", v, strlen(v));
+            ok = set_err(err, errlen, "pin-source must be file:PATH in", p, klen);
         else
             ok = read_pin_file(v + 5, &u->pin, err, errlen);
     } else {

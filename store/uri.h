@@ -7,6 +7,9 @@
  *
  * Values are percent-decoded. "sks:" alone selects everything in the store. sha256 is the
  * SHA-256 fingerprint of the end-entity certificate (hex, colons allowed).
+ *
+ * Error messages may quote attributes but never a query element's value, nor a query
+ * element without '=': either may be a PIN.
  */
 #ifndef SKS_STORE_URI_H
 #define SKS_STORE_URI_H

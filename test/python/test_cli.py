@@ -9,8 +9,12 @@ tool itself. Run with Debian's interpreter:
 
 import json
 import os
+import pty
+import select
 import stat
 import subprocess
+import termios
+import time
 
 import pytest
 from cryptography import x509
@@ -57,9 +61,9 @@ class Cli:
                         f"{res.stdout}{res.stderr}", pytrace=False)
         return res
 
-    def fail(self, *args, expect=()):
+    def fail(self, *args, expect=(), input=None):
         """Runs a command that must fail; returns stderr after checking it names the problem."""
-        res = self.run(*args, ok=False)
+        res = self.run(*args, ok=False, input=input)
         assert res.returncode != 0, f"`sks {' '.join(map(str, args))}` succeeded but must fail"
         assert res.stderr.startswith("sks: "), f"no error message: {res.stderr!r}"
         for word in expect:
@@ -320,3 +324,175 @@ def test_help_for_every_command(cli):
     for cmd in (["list"], ["generate"], ["import"], ["export"], ["cert"], ["delete"], ["pin"]):
         res = cli.run(*cmd, "--help")
         assert res.stdout.startswith("usage: sks " + cmd[0]), res.stdout
+
+
+# ---------------------------------------------------------------------------------- secrets
+# PINs, PUKs and passwords from files, standard input or a terminal prompt, never in argv.
+
+
+def write_secret(cli, name, value):
+    path = cli.dir / name
+    path.write_text(value + "\n")
+    return path
+
+
+def test_secrets_from_files(cli):
+    pin, puk = write_secret(cli, "pin.txt", "1234"), write_secret(cli, "puk.txt", "87654321")
+    cli.run("generate", "--name", "pinned", "--algorithm", "P-256", "--pin-file", pin, "--puk-file", puk,
+            "--exportable")
+    # The newline is not part of the PIN: the plain form with "1234" opens the key.
+    cli.run("export", "--name", "pinned", "--auth", "1234")
+    cli.fail("export", "--name", "pinned", "--auth-file", write_secret(cli, "bad.txt", "9999"),
+             expect=["authorization"])
+    cli.run("pin", "change", "--name", "pinned", "--old-file", pin, "--new-file", write_secret(cli, "new", "abcd"))
+    cli.run("pin", "set", "--name", "pinned", "--puk-file", puk, "--new-file", write_secret(cli, "n2", "wxyz"))
+    pem = cli.run("export", "--name", "pinned", "--auth-file", write_secret(cli, "auth", "wxyz")).stdout.encode()
+    assert cli.public_der_of_key(pem) == cli.public_der_of_cert(cli.cert("pinned")[0])
+    # The same option twice, in either form, and a missing or empty file are refused.
+    cli.fail("export", "--name", "pinned", "--auth", "wxyz", "--auth-file", pin, expect=["--auth given twice"])
+    cli.fail("export", "--name", "pinned", "--auth-file", cli.dir / "none", expect=["--auth-file", "none"])
+    (cli.dir / "empty").write_text("\n")
+    cli.fail("export", "--name", "pinned", "--auth-file", cli.dir / "empty", expect=["--auth-file", "no auth"])
+
+
+def test_secrets_from_stdin_in_command_line_order(cli):
+    cli.run("generate", "--name", "pinned", "--algorithm", "P-256", "--pin-file", "-", "--exportable",
+            input="1234\n")
+    cli.run("pin", "change", "--name", "pinned", "--old-file", "-", "--new-file", "-", input="1234\nabcd\n")
+    cli.fail("export", "--name", "pinned", "--auth-file", "-", expect=["authorization"], input="1234\n")
+    pem = cli.run("export", "--name", "pinned", "--auth-file", "-", input="abcd\r\n").stdout.encode()
+    assert b"PRIVATE KEY" in pem
+
+
+def test_encrypted_pkcs12_password_from_file(cli):
+    key, crt = cli.self_signed("p", ("ec", "-pkeyopt", "ec_paramgen_curve:P-256"), "/CN=p")
+    p12 = cli.dir / "p.p12"
+    cli.openssl("pkcs12", "-export", "-inkey", key, "-in", crt, "-out", p12, "-passout", "pass:s3cret")
+    cli.fail("import", "--name", "p", "--pkcs12", p12, expect=["password"])
+    cli.run("import", "--name", "p", "--pkcs12", p12, "--passin-file", write_secret(cli, "pass", "s3cret"))
+    assert "p" in cli.keys()
+
+
+def _read_until(fd, transcript, pos, text, timeout=20):
+    """Reads the terminal until `text` appears after pos; returns (transcript, end of the match)."""
+    deadline = time.time() + timeout
+    while text.encode() not in transcript[pos:]:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.time()))
+        if not ready:
+            raise AssertionError(f"no prompt {text!r} on the terminal; it showed {transcript!r}")
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            raise AssertionError(f"the program ended before asking {text!r}: {transcript!r}")
+        transcript += chunk
+    return transcript, transcript.index(text.encode(), pos) + len(text)
+
+
+def _wait_echo_off(fd, timeout=10):
+    """OpenSSL prints the prompt, then turns echo off and reads: wait for the second step."""
+    deadline = time.time() + timeout
+    while termios.tcgetattr(fd)[3] & termios.ECHO:
+        assert time.time() < deadline, "the prompt did not turn the terminal's echo off"
+        time.sleep(0.01)
+
+
+def on_terminal(cli, args, answers):
+    """Runs `sks ARGS` with a pseudo-terminal as its controlling terminal and answers each
+    prompt (a piece of its text) with a line typed on it. Returns (exit code, everything the
+    terminal showed, the program's argv as ps saw it at each prompt)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.chdir(cli.dir)
+            os.execv(cli.binary, [cli.binary, "--store", str(cli.store), *map(str, args)])
+        finally:
+            os._exit(127)
+    transcript, pos, argv_seen = b"", 0, []
+    try:
+        for prompt, answer in answers:
+            transcript, pos = _read_until(fd, transcript, pos, prompt)
+            _wait_echo_off(fd)
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv_seen.append(f.read())
+            os.write(fd, answer.encode() + b"\n")
+        while True:
+            ready, _, _ = select.select([fd], [], [], 20)
+            try:
+                chunk = os.read(fd, 4096) if ready else b""
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            transcript += chunk
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), transcript.decode(errors="replace"), argv_seen
+
+
+def test_prompts_on_a_terminal_without_echo(cli):
+    cli.run("generate", "--name", "pinned", "--algorithm", "P-256", "--pin-file", write_secret(cli, "pin", "1234"),
+            "--puk-file", write_secret(cli, "puk", "87654321"), "--exportable")
+    rc, shown, argv = on_terminal(cli, ["pin", "change", "--name", "pinned"],
+                                  [("current PIN:", "1234"), ("new PIN:", "6543"), ("Verifying", "6543")])
+    assert rc == 0, shown
+    assert "done for key" in shown and "1234" not in shown and "6543" not in shown, shown
+    assert all(b"1234" not in a and b"6543" not in a for a in argv)
+    rc, shown, _ = on_terminal(cli, ["export", "--name", "pinned", "--out", "key.pem"], [("PIN of the key:", "6543")])
+    assert rc == 0 and "6543" not in shown, shown
+    assert b"PRIVATE KEY" in (cli.dir / "key.pem").read_bytes()
+    # A new PIN typed differently the second time is refused; nothing changes.
+    rc, shown, _ = on_terminal(cli, ["pin", "set", "--name", "pinned"],
+                               [("PUK:", "87654321"), ("new PIN:", "1111"), ("Verifying", "2222")])
+    assert rc != 0, shown
+    cli.run("export", "--name", "pinned", "--auth", "6543")
+    # `generate --pin-file -` on a terminal asks for the new PIN twice.
+    rc, shown, _ = on_terminal(cli, ["generate", "--name", "typed", "--algorithm", "P-256", "--pin-file", "-",
+                                     "--exportable"], [("pin:", "2580"), ("Verifying", "2580")])
+    assert rc == 0 and "2580" not in shown, shown
+    cli.run("export", "--name", "typed", "--auth", "2580")
+
+
+def test_readme_form_keeps_the_pin_out_of_argv(cli):
+    """README's form (`--pin-file -`, the PIN on standard input): while the command runs, its
+    argv as ps shows it (/proc/PID/cmdline) has no PIN; the legacy `--pin PIN` would show it."""
+    pin = "741852"
+    proc = subprocess.Popen([cli.binary, "--store", str(cli.store), "generate", "--name", "web", "--algorithm",
+                             "P-256", "--pin-file", "-", "--exportable"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cli.dir)
+    try:
+        deadline = time.time() + 10
+        argv = [b""]
+        while argv == [b""] and time.time() < deadline:  # exec may still be setting up argv
+            with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        assert b"--pin-file" in argv and pin.encode() not in b" ".join(argv), argv
+        out, err = proc.communicate(pin.encode() + b"\n", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert cli.keys()["web"]["pin_protected"]
+    cli.run("export", "--name", "web", "--auth-file", write_secret(cli, "pin", pin))
+    readme = (os.path.dirname(os.path.abspath(__file__)) + "/../../README.md")
+    with open(readme) as f:
+        text = f.read()
+    assert "--pin-file" in text and "--pin PIN" not in text
+
+
+def test_ca_pass_phrase_from_file_for_generate_and_skip_issue(cli):
+    ca_key, ca_crt = cli.self_signed("ca", ("ec", "-pkeyopt", "ec_paramgen_curve:P-256"), "/CN=sks test CA")
+    enc = cli.dir / "ca.enc.key"
+    cli.openssl("pkey", "-in", ca_key, "-aes256", "-passout", "pass:ca-secret", "-out", enc)
+    passfile = write_secret(cli, "ca.pass", "ca-secret")
+    cli.fail("generate", "--name", "g", "--algorithm", "P-256", "--ca-key", enc, "--ca-cert", ca_crt,
+             expect=["ca.enc.key"])
+    cli.run("generate", "--name", "g", "--algorithm", "P-256", "--ca-key", enc, "--ca-cert", ca_crt,
+            "--ca-pass-file", passfile)
+    assert cli.cert("g")[0].issuer.rfc4514_string() == "CN=sks test CA"
+    cli.run("skip", "request", "--curve", "P-256", "--subject", "CN=device", "--out", "req.pem")
+    cli.run("skip", "issue", "--request", "req.pem", "--ca-key", enc, "--ca-cert", ca_crt, "--key-type", "P-256",
+            "--ca-pass-file", "-", "--out", "pkg.der", input="ca-secret\n")
+    assert (cli.dir / "pkg.der").stat().st_size > 0

@@ -8,11 +8,14 @@ configuration is a directory of ours with vpcd on a free port pair. So a system 
 runs, is left alone. vpcd offers two slots: "Virtual PCD 00 00" (port P) holds a card with
 extended-length APDUs, "Virtual PCD 00 01" (port P+1) a card with short APDUs only; both serve
 the same store. pcscd logs every APDU (-a), which tests read to see which APDUs were used.
+Both rig cards run with --allow-management (tests provision through them); the management
+tests put a card without it into slot 0 for a while.
 """
 
 import os
 import select
 import shutil
+import sqlite3
 import signal
 import socket
 import struct
@@ -132,8 +135,9 @@ class Pcscd:
 class Card:
     """sks-vcard in one vpcd slot."""
 
-    def __init__(self, store, port, log, short=False):
+    def __init__(self, store, port, log, short=False, manage=True):
         self.args = [VCARD, "--store", store, "--host", "127.0.0.1", "--port", str(port)] + (["--short"] if short else [])
+        self.args += ["--allow-management"] if manage else []
         self.log = log
         self.proc = None
 
@@ -654,3 +658,122 @@ def test_round_trip_figure(rig_ok):
               f"({seconds / 50 * 1000:.2f} ms each)")
     finally:
         loop.close()
+
+
+# ---- management methods need --allow-management ----
+
+# Every method that is not the User API or a read-only query (docs/wire-format.md).
+MANAGEMENT_METHODS = {
+    2: "createProvisioningSession", 3: "closeProvisioningSession", 5: "abortProvisioningSession",
+    7: "updateKeyManagementKey", 8: "createPukPolicy", 9: "createPinPolicy", 10: "createKeyEntry",
+    11: "getKeyHandle", 12: "setCertificatePath", 13: "importSymmetricKey", 14: "importPrivateKey",
+    15: "addExtension", 50: "postDeleteKey", 51: "postUnlockKey", 52: "postUpdateKey",
+    53: "postCloneKeyProtection", 74: "setProperty", 80: "deleteKey", 81: "exportKey", 82: "unlockKey",
+    83: "changePin", 84: "setPin", 90: "updateFirmware", 200: "skipRequest", 201: "skipImport",
+}
+NOT_ALLOWED = 0x02
+
+
+@pytest.fixture
+def plain_card(rig_ok):
+    """Slot 0 holds a card started WITHOUT --allow-management for one test; the next test's
+    rig_ok puts the rig's own card back."""
+    rig_ok["cards"][0].stop()
+    card = Card(rig_ok["store"], rig_ok["port"], path(rig_ok, "card0.plain.log"), manage=False).insert()
+    try:
+        wait_for_card(rig_ok["env"], READER0)
+        yield card
+    finally:
+        card.stop()
+
+
+def store_rows(store):
+    """Every row of every table of the store: what "changes nothing" is checked against."""
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {t: sorted(map(repr, db.execute(f'SELECT * FROM "{t}"'))) for t in tables}
+    finally:
+        db.close()
+
+
+def handle_of(rig, name):
+    for line in run([SKS, "--store", rig["store"], "list"]).stdout.decode().splitlines():
+        if line.startswith("key ") and line.endswith(": " + name):
+            return int(line[4:].split(":")[0])
+    raise AssertionError(f"no key {name} in the store")
+
+
+def new_exportable_key(rig, name):
+    run([SKS, "--store", rig["store"], "generate", "--name", name, "--algorithm", "P-256", "--exportable"])
+    return handle_of(rig, name)
+
+
+def test_card_without_flag_refuses_every_management_method(rig_ok, plain_card):
+    """Any process that reaches pcscd could provision, delete or export keys: without
+    --allow-management each such method is ERROR_NOT_ALLOWED and the store is untouched."""
+    h = new_exportable_key(rig_ok, "victim")
+    before = store_rows(rig_ok["store"])
+    for mid, method in MANAGEMENT_METHODS.items():
+        request = bytes([mid]) + s.uint(h) + s.arr(b"") + s.arr(b"") + b"\x00" * 16
+        reply = device_call(rig_ok["env"], "pcsc:" + READER0, request)
+        assert reply[0] == NOT_ALLOWED, (method, reply)
+        assert b"--allow-management" in reply, (method, reply)
+    # The real attacks: export and delete a key, open a provisioning session.
+    for request in (b"\x51" + s.uint(h) + s.arr(b""), b"\x50" + s.uint(h) + s.arr(b"")):
+        assert device_call(rig_ok["env"], "pcsc:" + READER0, request)[0] == NOT_ALLOWED
+    dev = PcscDevice(rig_ok["env"], "pcsc:" + READER0, path(rig_ok, "pipe.plain.log"))
+    try:
+        with pytest.raises(s.SksError) as refused:
+            s.Issuer(dev, ca=s.CertificateAuthority()).open()
+        assert refused.value.status == NOT_ALLOWED
+    finally:
+        dev.close()
+    assert store_rows(rig_ok["store"]) == before
+    # The User API still works on that card.
+    assert device_call(rig_ok["env"], "pcsc:" + READER0, b"\x01")[0] == 0
+
+
+def test_card_with_flag_exports_and_deletes(rig_ok):
+    """The rig's cards run with --allow-management: the same requests work."""
+    h = new_exportable_key(rig_ok, "managed")
+    exported = device_call(rig_ok["env"], "pcsc:" + READER1, b"\x51" + s.uint(h) + s.arr(b""))
+    assert exported[0] == 0 and len(exported) > 40, exported
+    assert device_call(rig_ok["env"], "pcsc:" + READER1, b"\x50" + s.uint(h) + s.arr(b""))[0] == 0
+    with pytest.raises(AssertionError):
+        handle_of(rig_ok, "managed")
+
+
+def memory_holds(pid, needle):
+    """Whether any readable mapping of process pid holds the bytes (root reads /proc/PID/mem)."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            if "r" not in fields[1] or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]")):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                if needle in mem.read(end - start):
+                    return True
+            except (OSError, ValueError, OverflowError):
+                continue
+    return False
+
+
+def test_card_keeps_no_pin_in_memory(rig_ok):
+    """A PIN sent to the card in a signHashedData APDU: once the call is answered, no copy of
+    it is left in the card program's memory (APDU, frame and request buffers are wiped)."""
+    pin = "Qz7-pin-4863-wipe"
+    pinfile = path(rig_ok, "wipe.pin")
+    with open(pinfile, "w") as f:
+        f.write(pin + "\n")
+    run([SKS, "--store", rig_ok["store"], "generate", "--name", "wiped", "--algorithm", "P-256", "--pin-file", pinfile])
+    dgst = path(rig_ok, "dgst.wipe")
+    with open(dgst, "wb") as f:
+        f.write(os.urandom(32))
+    card = rig_ok["cards"][0]
+    assert not memory_holds(card.proc.pid, pin.encode())
+    openssl_card(rig_ok, "pkeyutl", "-sign", "-inkey", f"sks:name=wiped?pin-value={pin}", "-in", dgst, "-out",
+                 path(rig_ok, "sig.wipe"), "-pkeyopt", "digest:sha256", reader=READER0)
+    assert not memory_holds(card.proc.pid, pin.encode())

@@ -12,6 +12,7 @@ import itertools
 import pytest
 
 import provtools as pt
+import sksissuer
 
 PIN = "1234"
 _names = itertools.count(1)
@@ -124,7 +125,37 @@ def test_malformed_uri(store, uri, says):
 def test_pin_file_missing(store):
     missing = store.dir / "no-such-pin-file"
     err = sign_fails(store, f"sks:name=plain?pin-source=file:{missing}")
-    assert "pin-source" in err and "cannot read" in err and str(missing) in err, err
+    assert "pin-source" in err and "cannot read the PIN file" in err, err
+    assert not [line for line in provider_lines(err) if str(missing) in line], err
+
+
+# A PIN-looking value that must never come back in the provider's messages.
+SECRET = "739182"
+
+
+def provider_lines(err):
+    """The lines the sks provider put on OpenSSL's error queue (library "sks"). OpenSSL's apps
+    and its file loader quote the URI as given by themselves ("Could not open file or uri ...
+    sks:..."), which no provider can prevent: a URI on a command line is visible anyway, and
+    docs say to use pin-source=file: there."""
+    return [line for line in err.splitlines() if ":sks:" in line]
+
+
+@pytest.mark.parametrize("query,says", [
+    (f"?{SECRET}", "query element without '='"),
+    (f"?pin-value=1&{SECRET}", "query element without '='"),
+    (f"?pin-source={SECRET}", "pin-source must be file:PATH"),
+    (f"?pin-value={SECRET}%zz", "bad percent-encoding"),
+    (f"?pin-value={SECRET}&pin-value={SECRET}", "more than one PIN"),
+    (f"?pin-source=file:/nonexistent/{SECRET}", "cannot read the PIN file"),
+])
+@pytest.mark.parametrize("tool", ["pkeyutl", "storeutl"])
+def test_malformed_query_never_echoes_its_values(store, query, says, tool):
+    uri = "sks:name=plain" + query
+    err = sign_fails(store, uri) if tool == "pkeyutl" else store.openssl_fails("storeutl", uri)
+    lines = provider_lines(err)
+    assert any(says in line for line in lines), err
+    assert not [line for line in lines if SECRET in line], err
 
 
 def test_not_endorsed_operation_costs_no_pin_attempt(store):
@@ -203,3 +234,66 @@ def test_pin_from_passphrase_callback(store, pinned):
     """No PIN in the URI or configuration: the application's passphrase (-passin) is asked."""
     store.openssl(*sign_args(store, pinned.uri()), "-passin", f"pass:{PIN}")
     verify_sig(store, pinned)
+
+
+# ---------------------------------------------------------------------------------------------
+# Two keys with one friendly name
+# ---------------------------------------------------------------------------------------------
+
+# Loads a URI twice in ONE process (the provider remembers which handle a name resolved to)
+# and prints, per load, the SubjectPublicKeyInfo of every private key it yields.
+LOAD_TWICE = r"""
+import ctypes, sys
+c = ctypes.CDLL("libcrypto.so.3")
+c.OSSL_PROVIDER_load.restype = ctypes.c_void_p
+c.OSSL_STORE_open.restype = ctypes.c_void_p
+c.OSSL_STORE_load.restype = ctypes.c_void_p
+c.OSSL_STORE_load.argtypes = [ctypes.c_void_p]
+c.OSSL_STORE_eof.argtypes = [ctypes.c_void_p]
+c.OSSL_STORE_close.argtypes = [ctypes.c_void_p]
+c.OSSL_STORE_INFO_get_type.argtypes = [ctypes.c_void_p]
+c.OSSL_STORE_INFO_get0_PKEY.restype = ctypes.c_void_p
+c.OSSL_STORE_INFO_get0_PKEY.argtypes = [ctypes.c_void_p]
+c.OSSL_STORE_INFO_free.argtypes = [ctypes.c_void_p]
+c.i2d_PUBKEY.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+assert c.OSSL_PROVIDER_load(None, b"default") and c.OSSL_PROVIDER_load(None, b"sks")
+for _ in range(2):
+    s = c.OSSL_STORE_open(sys.argv[1].encode(), None, None, None, None)
+    keys = []
+    while s and not c.OSSL_STORE_eof(s):
+        i = c.OSSL_STORE_load(s)
+        if i and c.OSSL_STORE_INFO_get_type(i) == 4:  # OSSL_STORE_INFO_PKEY
+            k = c.OSSL_STORE_INFO_get0_PKEY(i)
+            buf = ctypes.create_string_buffer(1024)
+            p = ctypes.c_char_p(ctypes.addressof(buf))
+            n = c.i2d_PUBKEY(ctypes.c_void_p(k), ctypes.byref(p))
+            keys.append(buf.raw[:n].hex())
+        if i:
+            c.OSSL_STORE_INFO_free(i)
+    if s:
+        c.OSSL_STORE_close(s)
+    print(",".join(keys))
+"""
+
+
+def test_duplicate_name_resolves_to_the_lowest_handle_on_every_load(tmp_path_factory, tmp_path):
+    """Names need not be unique on the device (another issuer can reuse one). sks:name=N picks
+    the key with the lowest handle, on the first load (a scan) and the later ones (the name
+    hint) alike; before, the first load took the first key and later loads the last."""
+    dups = pt.make_store(tmp_path_factory, "dups", [("dup", "P-256")])
+    first = dups.entry("dup")
+    dev = sksissuer.Device(pt.SKS, dups.path, stderr_path=tmp_path / "device.stderr")
+    try:
+        iss = sksissuer.Issuer(dev, ca=sksissuer.CertificateAuthority()).open()
+        second = iss.provision_key(friendly_name="dup")
+        iss.close()
+    finally:
+        dev.close()
+    assert second.handle > int(first["handle"])
+    assert [e["name"] for e in dups.list_json()].count("dup") == 2
+    spki = pt.plain_openssl("x509", "-in", "/dev/stdin", "-pubkey", "-noout",
+                            input=dups.sks("cert", "--handle", str(first["handle"])).stdout).stdout
+    first_spki = pt.plain_openssl("pkey", "-pubin", "-outform", "DER", input=spki).stdout.hex()
+    res = pt.run(["/usr/bin/python3", "-c", LOAD_TWICE, "sks:name=dup"], env=dups.env())
+    loads = res.stdout.decode().split()
+    assert loads == [first_spki, first_spki], loads

@@ -4,6 +4,12 @@
  * store through a real pcscd:
  *
  *   sks-vcard --store PATH [--master-key PATH] [--host 127.0.0.1] [--port 35963] [--short]
+ *             [--allow-management]
+ *
+ * A test and development tool: PC/SC has no notion of who is calling, so every local process
+ * that can reach pcscd talks to this card. Without --allow-management the card answers only
+ * the User API and the read-only queries (the methods sksd opens to every client); everything
+ * that provisions, deletes, exports or changes keys is answered ERROR_NOT_ALLOWED.
  *
  * The vpcd protocol: every message, both ways, is a 2-byte big-endian length and the bytes.
  * From vpcd, a 1-byte message is a control (0 power off, 1 power on, 2 reset, 4 send the
@@ -23,6 +29,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/crypto.h>
 
 #include "../common/daemon_log.h"
 #include "../../device/sks_device.h"
@@ -44,7 +52,14 @@ typedef struct {
     const char *host;
     const char *port;
     int short_only;
+    int allow_management; /* --allow-management: every method, as for an administrator */
 } config;
+
+/* What the card's dispatcher needs: the store, and whether management methods pass. */
+typedef struct {
+    sks_device *dev;
+    int allow_management;
+} card_target;
 
 static volatile sig_atomic_t stopping;
 
@@ -129,10 +144,12 @@ static int send_frame(int fd, const uint8_t *p, size_t n)
         if (w < 0) {
             if (errno == EINTR && !stopping)
                 continue;
+            OPENSSL_cleanse(frame, n);
             return 0;
         }
         off += (size_t)w;
     }
+    OPENSSL_cleanse(frame, n); /* a reply can hold decrypted data or an exported key */
     return 1;
 }
 
@@ -162,9 +179,35 @@ static int connect_vpcd(const config *cfg)
     return fd;
 }
 
+/* The methods any PC/SC client may call: the User API (100-199) and the read-only queries
+ * (getDeviceInfo, enumerateProvisioningSessions, enumerateKeys, getKeyAttributes,
+ * getKeyProtectionInfo, getExtension). The same set sksd opens to users who are not
+ * administrators; everything else provisions, deletes, exports or changes keys or PINs. */
+static int method_is_user_api(uint8_t id)
+{
+    return (id >= 100 && id < 200) || id == 1 || id == 4 || id == 70 || id == 71 || id == 72 || id == 73;
+}
+
+static void refuse_management(uint8_t id, sks_buf *reply)
+{
+    char msg[160];
+
+    snprintf(msg, sizeof(msg), "sks-vcard: method %u is a management method; start the card with --allow-management",
+             id);
+    daemon_log("refused management method %u (the card runs without --allow-management)", id);
+    sks_buf_reset(reply);
+    sks_buf_byte(reply, SKS_ERROR_NOT_ALLOWED);
+    sks_buf_array(reply, msg, strlen(msg));
+}
+
 static void dispatch_to_device(void *ctx, const uint8_t *req, size_t n, sks_buf *reply)
 {
-    sks_device_dispatch(ctx, req, n, reply);
+    const card_target *target = ctx;
+
+    if (n > 0 && !target->allow_management && !method_is_user_api(req[0]))
+        refuse_management(req[0], reply);
+    else
+        sks_device_dispatch(target->dev, req, n, reply);
 }
 
 /* Answers one message from vpcd. 0 when the connection must end. */
@@ -200,7 +243,13 @@ static void serve(int fd, sks_card *card, const config *cfg)
     sks_buf_init(&out);
     while (!stopping && read_full(fd, hdr, 2)) {
         size_t n = ((size_t)hdr[0] << 8) | hdr[1];
-        if (n == 0 || !read_full(fd, msg, n) || !serve_message(fd, card, cfg, msg, n, &out))
+        int ok = n != 0 && read_full(fd, msg, n) && serve_message(fd, card, cfg, msg, n, &out);
+
+        /* A command APDU can carry a PIN, a response APDU a decrypted secret: neither stays
+         * in memory once handled (the card's own request and reply buffers wipe themselves). */
+        OPENSSL_cleanse(msg, n);
+        sks_buf_reset(&out);
+        if (!ok)
             break;
     }
     sks_buf_free(&out);
@@ -210,7 +259,13 @@ static void serve(int fd, sks_card *card, const config *cfg)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: sks-vcard --store PATH [--master-key PATH] [--host HOST] [--port PORT] [--short]\n"
+               "                 [--allow-management]\n"
                "A virtual SKS card in the vpcd reader of pcscd (default 127.0.0.1 port 35963).\n"
+               "A TEST AND DEVELOPMENT TOOL, not a security boundary: PC/SC does not say who is\n"
+               "calling, so every local process that reaches pcscd can use the card's keys.\n"
+               "--allow-management: also accept provisioning, skipRequest/skipImport, deleteKey,\n"
+               "  exportKey, PIN changes and the other management methods from any PC/SC client\n"
+               "  (without it they are answered ERROR_NOT_ALLOWED).\n"
                "--short: no extended-length APDUs (requests chained, replies read with GET RESPONSE).\n"
                "Runs in the foreground; stops on SIGTERM/SIGINT.\n");
 }
@@ -231,6 +286,10 @@ static int parse_args(int argc, char **argv, config *c)
         }
         if (strcmp(a, "--short") == 0) {
             c->short_only = 1;
+            continue;
+        }
+        if (strcmp(a, "--allow-management") == 0) {
+            c->allow_management = 1;
             continue;
         }
         if (v == NULL) {
@@ -270,10 +329,11 @@ static void run(sks_device *dev, const config *cfg)
 {
     sks_card card;
     sks_card_limits lim;
+    card_target target = { dev, cfg->allow_management };
     int announced = 0;
 
     card_limits(cfg, &lim);
-    sks_card_init(&card, &lim, dispatch_to_device, dev);
+    sks_card_init(&card, &lim, dispatch_to_device, &target);
     while (!stopping) {
         int fd = connect_vpcd(cfg);
         if (fd < 0) {
@@ -282,7 +342,8 @@ static void run(sks_device *dev, const config *cfg)
             usleep(200 * 1000);
             continue;
         }
-        daemon_log("inserted into vpcd at %s port %s%s", cfg->host, cfg->port, cfg->short_only ? " (short APDUs)" : "");
+        daemon_log("inserted into vpcd at %s port %s%s%s", cfg->host, cfg->port, cfg->short_only ? " (short APDUs)" : "",
+                   cfg->allow_management ? " (management methods allowed)" : "");
         serve(fd, &card, cfg);
         close(fd);
         announced = 0;

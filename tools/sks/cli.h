@@ -58,7 +58,9 @@ int cmd_skip(cli_store *store, int argc, char **argv);
 typedef enum {
     OPT_FLAG,  /* target: int *, set to 1 */
     OPT_VALUE, /* target: const char **; refused if given twice */
-    OPT_LIST   /* target: cli_list *; repeatable */
+    OPT_LIST,  /* target: cli_list *; repeatable */
+    OPT_SECRET,    /* a PIN, PUK or password: OPT_VALUE, and also "--NAME-file PATH" (see below) */
+    OPT_NEW_SECRET /* OPT_SECRET being set: asked twice when read from a terminal */
 } cli_opt_kind;
 
 #define CLI_LIST_MAX 64
@@ -84,6 +86,21 @@ int cli_parse(const char *cmd, int argc, char **argv, int first, const cli_opt *
 #define CLI_CONTINUE (-1)
 int cli_parse_command(const char *cmd, int argc, char **argv, int first, const cli_opt *opts, size_t nopts,
                       const char *usage);
+/*
+ * Secrets. Every OPT_SECRET option --NAME also takes --NAME-file PATH: the first line of PATH,
+ * without its line end; PATH "-" reads the next line of standard input (so several options can
+ * take "-", in command-line order), or asks without echo when standard input is a terminal.
+ * A secret read this way is wiped when the program exits.
+ * The plain "--NAME VALUE" stays for scripts, but puts the secret where ps shows it.
+ */
+#define CLI_SECRET_MAX 1024
+
+/* A secret the command needs: *slot if given, else asked on the terminal without echo
+ * (verify: typed twice) when standard input is one; else an error naming the options. */
+int cli_need_secret(const char *cmd, const char *opt, const char *what, int verify, const char **slot);
+/* Asks for a secret on the terminal (no echo) into buf; 0 if there is no terminal or it fails. */
+int cli_ask_secret(const char *prompt, int verify, char *buf, size_t size);
+
 /* The key of a command is named by exactly one of --name or --handle. */
 int cli_one_key(const char *cmd, const char *name, const char *handle);
 
@@ -107,7 +124,7 @@ int cli_find_key(sks_transport *t, const char *cmd, const char *name, const char
 
 /* An empty authorization counts as a wrong PIN on the device, so a command that would send
  * none to a key whose export (for_export) or delete protection needs a PIN/PUK stops here. */
-int cli_check_auth(sks_transport *t, const char *cmd, uint32_t handle, int for_export, const char *auth);
+int cli_check_auth(sks_transport *t, const char *cmd, uint32_t handle, int for_export, const char **auth);
 
 /* 1 (and prints which key) if a provisioned key already has this end-entity certificate,
  * or if the store cannot be read; the device refuses a second key with the same one. */
@@ -162,7 +179,8 @@ typedef struct {
 
 /* The cli_opt entries for the shared options (appended to each command's own). */
 #define CLI_KEY_OPTS(o)                                                                                               \
-    { "--name", OPT_VALUE, &(o).name }, { "--pin", OPT_VALUE, &(o).pin }, { "--puk", OPT_VALUE, &(o).puk },           \
+    { "--name", OPT_VALUE, &(o).name }, { "--pin", OPT_NEW_SECRET, &(o).pin },                                       \
+        { "--puk", OPT_NEW_SECRET, &(o).puk },                                                                      \
         { "--pin-retries", OPT_VALUE, &(o).pin_retries }, { "--puk-retries", OPT_VALUE, &(o).puk_retries },           \
         { "--app-usage", OPT_VALUE, &(o).app_usage }, { "--delete-protection", OPT_VALUE, &(o).delete_protection },   \
         { "--exportable", OPT_FLAG, &(o).exportable }, { "--endorse", OPT_LIST, &(o).endorse }

@@ -4,8 +4,10 @@
 #include <stdio.h>
 
 static const char USAGE[] =
-    "usage: sks delete (--name N | --handle H) [--auth PIN]\n"
-    "  Deletes a key. --auth gives the PIN or PUK if the key's delete protection asks for one.\n";
+    "usage: sks delete (--name N | --handle H) [--auth-file FILE]\n"
+    "  Deletes a key. If the key's delete protection asks for its PIN or PUK, --auth-file gives\n"
+    "  it (the first line of FILE; \"-\": the next line of standard input), else it is asked on\n"
+    "  the terminal without echo. --auth PIN works too, but shows the PIN to ps.\n";
 
 int cmd_delete(cli_store *store, int argc, char **argv)
 {
@@ -13,7 +15,7 @@ int cmd_delete(cli_store *store, int argc, char **argv)
     const cli_opt opts[] = {
         { "--name", OPT_VALUE, &name },
         { "--handle", OPT_VALUE, &handle_opt },
-        { "--auth", OPT_VALUE, &auth },
+        { "--auth", OPT_SECRET, &auth },
     };
     sks_client_error e;
     sks_transport *t;
@@ -26,7 +28,7 @@ int cmd_delete(cli_store *store, int argc, char **argv)
         return CLI_EXIT_USAGE;
     if ((t = cli_open(store, "delete")) == NULL)
         return CLI_EXIT_FAIL;
-    if (cli_find_key(t, "delete", name, handle_opt, &handle) && cli_check_auth(t, "delete", handle, 0, auth)) {
+    if (cli_find_key(t, "delete", name, handle_opt, &handle) && cli_check_auth(t, "delete", handle, 0, &auth)) {
         if (sks_client_delete_key(t, handle, cli_span(auth), &e)) {
             printf("deleted key %u%s%s\n", handle, name ? ": " : "", name ? name : "");
             rc = CLI_EXIT_OK;

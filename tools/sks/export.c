@@ -11,9 +11,11 @@
 #include <openssl/pem.h>
 
 static const char USAGE[] =
-    "usage: sks export (--name N | --handle H) [--auth PIN] [--out FILE]\n"
+    "usage: sks export (--name N | --handle H) [--auth-file FILE] [--out FILE]\n"
     "  Writes the private key as unencrypted PKCS#8 PEM to FILE (created with mode 0600, never\n"
-    "  overwritten) or to standard output. --auth gives the PIN or PUK if export asks for one.\n";
+    "  overwritten) or to standard output. If export asks for the PIN or PUK, --auth-file gives it\n"
+    "  (first line; \"-\": standard input), else it is asked on the terminal without echo.\n"
+    "  --auth PIN works too, but shows the PIN to ps.\n";
 
 /* PKCS#8 DER -> PEM text in a memory BIO. */
 static BIO *to_pem(const sks_buf *der)
@@ -80,7 +82,7 @@ int cmd_export(cli_store *store, int argc, char **argv)
     const cli_opt opts[] = {
         { "--name", OPT_VALUE, &name },
         { "--handle", OPT_VALUE, &handle_opt },
-        { "--auth", OPT_VALUE, &auth },
+        { "--auth", OPT_SECRET, &auth },
         { "--out", OPT_VALUE, &out },
     };
     sks_transport *t;
@@ -94,7 +96,7 @@ int cmd_export(cli_store *store, int argc, char **argv)
         return CLI_EXIT_USAGE;
     if ((t = cli_open(store, "export")) == NULL)
         return CLI_EXIT_FAIL;
-    ok = cli_find_key(t, "export", name, handle_opt, &handle) && cli_check_auth(t, "export", handle, 1, auth)
+    ok = cli_find_key(t, "export", name, handle_opt, &handle) && cli_check_auth(t, "export", handle, 1, &auth)
          && export_key(t, handle, auth, out);
     t->close(t);
     return ok ? CLI_EXIT_OK : CLI_EXIT_FAIL;

@@ -1,5 +1,6 @@
 /* Key and certificate files. Messages name the file and what was wrong with it. */
 #include "files.h"
+#include "cli.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -11,16 +12,25 @@
 #include <openssl/pem.h>
 #include <openssl/pkcs12.h>
 
-/* Supplies the pass phrase to OpenSSL; without one an encrypted key fails instead of
- * prompting on the terminal. */
+typedef struct {
+    const char *pass; /* NULL: ask on the terminal if there is one */
+    const char *path;
+} pass_source;
+
+/* Supplies the pass phrase to OpenSSL: the one given, else asked on the terminal (no echo);
+ * without either an encrypted key fails. */
 static int pass_cb(char *buf, int size, int rwflag, void *u)
 {
-    const char *pass = u;
+    const pass_source *src = u;
+    const char *pass = src->pass;
+    char prompt[300];
     size_t n;
 
     (void)rwflag;
-    if (pass == NULL)
-        return -1;
+    if (pass == NULL) {
+        snprintf(prompt, sizeof(prompt), "pass phrase of %s: ", src->path);
+        return size > 0 && cli_ask_secret(prompt, 0, buf, (size_t)size) ? (int)strlen(buf) : -1;
+    }
     n = strlen(pass);
     if (n > (size_t)size)
         return -1;
@@ -40,7 +50,8 @@ static BIO *open_file(const char *path, char *err, size_t errlen)
 EVP_PKEY *files_read_key(const char *path, const char *pass, char *err, size_t errlen)
 {
     BIO *b = open_file(path, err, errlen);
-    EVP_PKEY *k = b ? PEM_read_bio_PrivateKey(b, NULL, pass_cb, (void *)pass) : NULL;
+    pass_source src = { pass, path };
+    EVP_PKEY *k = b ? PEM_read_bio_PrivateKey(b, NULL, pass_cb, &src) : NULL;
 
     if (b != NULL && k == NULL)
         snprintf(err, errlen, "%s holds no readable PEM private key%s", path,
@@ -76,6 +87,7 @@ int files_read_pkcs12(const char *path, const char *pass, EVP_PKEY **key, X509 *
 {
     BIO *b = open_file(path, err, errlen);
     PKCS12 *p12 = b ? d2i_PKCS12_bio(b, NULL) : NULL;
+    char asked[CLI_SECRET_MAX], prompt[300];
     int ok = 0;
 
     *key = NULL;
@@ -83,6 +95,11 @@ int files_read_pkcs12(const char *path, const char *pass, EVP_PKEY **key, X509 *
     *chain = NULL;
     if (b == NULL)
         return 0;
+    snprintf(prompt, sizeof(prompt), "password of %s: ", path);
+    /* No password given, and neither none nor the empty one opens it: ask on the terminal. */
+    if (p12 != NULL && pass == NULL && PKCS12_mac_present(p12) && PKCS12_verify_mac(p12, NULL, 0) != 1
+        && PKCS12_verify_mac(p12, "", 0) != 1 && cli_ask_secret(prompt, 0, asked, sizeof(asked)))
+        pass = asked;
     if (p12 == NULL)
         snprintf(err, errlen, "%s is not a PKCS#12 file", path);
     else if (PKCS12_mac_present(p12) && PKCS12_verify_mac(p12, pass, -1) != 1
@@ -103,6 +120,7 @@ int files_read_pkcs12(const char *path, const char *pass, EVP_PKEY **key, X509 *
         *cert = NULL;
         *chain = NULL;
     }
+    OPENSSL_cleanse(asked, sizeof(asked));
     PKCS12_free(p12);
     BIO_free(b);
     ERR_clear_error();

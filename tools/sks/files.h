@@ -7,14 +7,15 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
-/* The first PEM private key in path; pass (may be NULL) decrypts it. Never prompts. */
+/* The first PEM private key in path; pass decrypts it. With pass NULL an encrypted key's
+ * pass phrase is asked on the terminal (no echo) if standard input is one. */
 EVP_PKEY *files_read_key(const char *path, const char *pass, char *err, size_t errlen);
 
 /* Every PEM certificate in path, in file order (at least one). */
 STACK_OF(X509) *files_read_certs(const char *path, char *err, size_t errlen);
 
 /* A PKCS#12 file: its private key, its certificate and the other certificates. pass may be
- * NULL (no password). */
+ * NULL (no password, else asked on the terminal as for files_read_key). */
 int files_read_pkcs12(const char *path, const char *pass, EVP_PKEY **key, X509 **cert, STACK_OF(X509) **chain,
                       char *err, size_t errlen);
 

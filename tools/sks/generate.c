@@ -38,7 +38,9 @@ static const char USAGE[] =
     "  --days N              certificate validity (default 365)\n"
     "  --ca-key PEM --ca-cert PEM  issue with this CA (default: <store>.issuer-ca.pem, made on\n"
     "                        first use)\n"
-    "  --ca-pass PASS        pass phrase of an encrypted --ca-key\n";
+    "  --ca-pass-file FILE   pass phrase of an encrypted --ca-key: first line of FILE (\"-\":\n"
+    "                        standard input); asked on a terminal if needed (--ca-pass PASS\n"
+    "                        shows it to ps)\n";
 
 typedef struct {
     cli_key_opts k;
@@ -189,7 +191,7 @@ int cmd_generate(cli_store *store, int argc, char **argv)
         { "--days", OPT_VALUE, &g.k.days },
         { "--ca-key", OPT_VALUE, &g.k.ca_key },
         { "--ca-cert", OPT_VALUE, &g.k.ca_cert },
-        { "--ca-pass", OPT_VALUE, &g.k.ca_pass },
+        { "--ca-pass", OPT_SECRET, &g.k.ca_pass },
     };
     sks_transport *t;
     int rc;

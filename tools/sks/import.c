@@ -23,7 +23,9 @@ static const char USAGE[] =
     "  --cert PEM            its certificate (further certificates in the file join the chain)\n"
     "  --chain PEM           the issuing certificates, nearest first\n"
     "  --pkcs12 FILE         key, certificate and chain from a PKCS#12 file instead\n"
-    "  --passin PASS         password of the PKCS#12 file or of an encrypted --key\n";
+    "  --passin-file FILE    password of the PKCS#12 file or of an encrypted --key: the first\n"
+    "                        line of FILE (\"-\": standard input); asked on the terminal when\n"
+    "                        needed and not given (--passin PASS shows it to ps)\n";
 
 typedef struct {
     cli_key_opts k;
@@ -243,7 +245,7 @@ int cmd_import(cli_store *store, int argc, char **argv)
         { "--cert", OPT_VALUE, &a.cert_path },
         { "--chain", OPT_VALUE, &a.chain_path },
         { "--pkcs12", OPT_VALUE, &a.p12_path },
-        { "--passin", OPT_VALUE, &a.passin },
+        { "--passin", OPT_SECRET, &a.passin },
     };
     sks_transport *t = NULL;
     int rc;

@@ -13,8 +13,11 @@
 
 const char CLI_KEY_OPTS_HELP[] =
     "  --name N              friendly name of the new key (required, unique in the store)\n"
-    "  --pin PIN             protect the key with this PIN (4-64 bytes, changeable with sks pin)\n"
-    "  --puk PUK             also create a PUK that unlocks or resets the PIN (needs --pin)\n"
+    "  --pin-file FILE       protect the key with a PIN (4-64 bytes, changeable with sks pin): the\n"
+    "                        first line of FILE; \"-\": the next line of standard input, or asked\n"
+    "                        twice without echo on a terminal (--pin PIN shows it to ps)\n"
+    "  --puk-file FILE       also create a PUK that unlocks or resets the PIN (needs a PIN);\n"
+    "                        FILE as for --pin-file (--puk PUK shows it to ps)\n"
     "  --pin-retries N       wrong PINs before the key locks (default 3)\n"
     "  --puk-retries N       wrong PUKs before the PUK locks (default 3; 0 = never, slowed down)\n"
     "  --app-usage U         signature, authentication, encryption or universal (default)\n"

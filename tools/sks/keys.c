@@ -111,23 +111,21 @@ int cli_certificate_taken(sks_transport *t, const char *cmd, X509 *cert)
     return !ok || s.found != 0;
 }
 
-int cli_check_auth(sks_transport *t, const char *cmd, uint32_t handle, int for_export, const char *auth)
+int cli_check_auth(sks_transport *t, const char *cmd, uint32_t handle, int for_export, const char **auth)
 {
     sks_key_protection_info p;
     sks_client_error e;
     uint8_t prot;
 
-    if (auth != NULL)
+    if (*auth != NULL)
         return 1;
     if (!sks_client_get_key_protection_info(t, handle, &p, &e)) {
         cli_client_error(cmd, &e);
         return 0;
     }
     prot = for_export ? p.export_protection : p.delete_protection;
-    if (prot == SKS_PROTECT_PIN || prot == SKS_PROTECT_PUK) {
-        cli_error("%s: key %u needs its %s for this: give --auth", cmd, handle, prot == SKS_PROTECT_PIN ? "PIN" : "PUK");
-        return 0;
-    }
+    if (prot == SKS_PROTECT_PIN || prot == SKS_PROTECT_PUK)
+        return cli_need_secret(cmd, "--auth", prot == SKS_PROTECT_PIN ? "PIN of the key" : "PUK of the key", 0, auth);
     return 1;
 }
 

@@ -5,41 +5,52 @@
 #include <string.h>
 
 static const char USAGE[] =
-    "usage: sks pin change (--name N | --handle H) --old PIN --new PIN\n"
-    "       sks pin unlock (--name N | --handle H) --puk PUK\n"
-    "       sks pin set    (--name N | --handle H) --puk PUK --new PIN\n"
+    "usage: sks pin change (--name N | --handle H) [--old-file FILE] [--new-file FILE]\n"
+    "       sks pin unlock (--name N | --handle H) [--puk-file FILE]\n"
+    "       sks pin set    (--name N | --handle H) [--puk-file FILE] [--new-file FILE]\n"
     "  change: replaces the PIN, given the current one (changePin)\n"
     "  unlock: clears the wrong-PIN count of a locked key with the PUK (unlockKey)\n"
-    "  set:    sets a new PIN with the PUK, e.g. when the PIN is forgotten (setPin)\n";
+    "  set:    sets a new PIN with the PUK, e.g. when the PIN is forgotten (setPin)\n"
+    "  --old-file, --new-file, --puk-file FILE: the first line of FILE; \"-\" is the next line of\n"
+    "  standard input. A PIN or PUK not given is asked on the terminal, without echo (a new PIN\n"
+    "  twice). --old PIN, --new PIN and --puk PUK also work, but show the secret to ps.\n";
 
 typedef struct {
     const char *name, *handle, *old_pin, *new_pin, *puk;
 } pin_args;
 
-/* Which secrets each subcommand needs, so a missing one is named before the device is asked. */
+/* Which secrets each subcommand takes, so a wrong one is named before the device is asked. */
 static int check_args(const char *sub, const pin_args *a)
 {
-    const char *missing = NULL, *extra = NULL;
+    const char *extra = NULL;
 
-    if (strcmp(sub, "change") == 0) {
-        missing = !a->old_pin ? "--old" : !a->new_pin ? "--new" : NULL;
+    if (strcmp(sub, "change") == 0)
         extra = a->puk ? "--puk" : NULL;
-    } else if (strcmp(sub, "unlock") == 0) {
-        missing = !a->puk ? "--puk" : NULL;
+    else if (strcmp(sub, "unlock") == 0)
         extra = a->old_pin ? "--old" : a->new_pin ? "--new" : NULL;
-    } else {
-        missing = !a->puk ? "--puk" : !a->new_pin ? "--new" : NULL;
+    else
         extra = a->old_pin ? "--old" : NULL;
-    }
-    if (missing != NULL)
-        cli_error("pin %s: %s is required (see sks pin --help)", sub, missing);
-    else if (extra != NULL)
+    if (extra != NULL)
         cli_error("pin %s: %s does not apply (see sks pin --help)", sub, extra);
     else if ((a->name == NULL) == (a->handle == NULL))
         cli_error("pin %s: give the key with exactly one of --name or --handle", sub);
     else
         return 1;
     return 0;
+}
+
+/* The secrets the subcommand needs, from the command line or else the terminal. */
+static int need_secrets(const char *sub, pin_args *a)
+{
+    char cmd[32];
+
+    snprintf(cmd, sizeof(cmd), "pin %s", sub);
+    if (strcmp(sub, "change") == 0)
+        return cli_need_secret(cmd, "--old", "current PIN", 0, &a->old_pin)
+               && cli_need_secret(cmd, "--new", "new PIN", 1, &a->new_pin);
+    if (strcmp(sub, "unlock") == 0)
+        return cli_need_secret(cmd, "--puk", "PUK", 0, &a->puk);
+    return cli_need_secret(cmd, "--puk", "PUK", 0, &a->puk) && cli_need_secret(cmd, "--new", "new PIN", 1, &a->new_pin);
 }
 
 static int run(sks_transport *t, const char *sub, const pin_args *a)
@@ -70,8 +81,8 @@ int cmd_pin(cli_store *store, int argc, char **argv)
     int rc;
     pin_args a;
     const cli_opt opts[] = {
-        { "--name", OPT_VALUE, &a.name }, { "--handle", OPT_VALUE, &a.handle }, { "--old", OPT_VALUE, &a.old_pin },
-        { "--new", OPT_VALUE, &a.new_pin }, { "--puk", OPT_VALUE, &a.puk },
+        { "--name", OPT_VALUE, &a.name }, { "--handle", OPT_VALUE, &a.handle }, { "--old", OPT_SECRET, &a.old_pin },
+        { "--new", OPT_NEW_SECRET, &a.new_pin }, { "--puk", OPT_SECRET, &a.puk },
     };
     const char *sub = argc > 1 ? argv[1] : "";
     sks_transport *t;
@@ -91,7 +102,7 @@ int cmd_pin(cli_store *store, int argc, char **argv)
     }
     if ((rc = cli_parse_command("pin", argc, argv, 2, opts, sizeof(opts) / sizeof(opts[0]), USAGE)) != CLI_CONTINUE)
         return rc;
-    if (!check_args(sub, &a))
+    if (!check_args(sub, &a) || !need_secrets(sub, &a))
         return CLI_EXIT_USAGE;
     if ((t = cli_open(store, "pin")) == NULL)
         return CLI_EXIT_FAIL;

@@ -53,7 +53,7 @@ typedef struct {
 
 static const char USAGE[] =
     "usage: sks skip issue --request REQ --ca-key KEY --ca-cert CERT --key-type T [--key-type T]...\n"
-    "                      [--aes 128|256] [--days N] [--ca-pass PASS] --out PACKAGE\n"
+    "                      [--aes 128|256] [--days N] [--ca-pass-file FILE] --out PACKAGE\n"
     "  Answers a SKIP request (PKCS#10, PEM or DER) with a package of new keys (DER CMS).\n"
     "  --key-type T   P-256, P-384, P-521, brainpoolP256r1, brainpoolP320r1, brainpoolP384r1,\n"
     "                 brainpoolP512r1 or Ed25519; once per key\n"
@@ -61,7 +61,9 @@ static const char USAGE[] =
     "                 the store is --store unless SKS_DEVICE/SKS_STORE say otherwise)\n"
     "  --ca-cert CERT the CA certificate (PEM), followed by the rest of its chain if any\n"
     "  --aes 128|256  the AES key size (default 256)\n"
-    "  --days N       validity of the certificates (default 365)\n";
+    "  --days N       validity of the certificates (default 365)\n"
+    "  --ca-pass-file FILE  pass phrase of an encrypted --ca-key PEM: first line of FILE (\"-\":\n"
+    "                 standard input); asked on a terminal if needed (--ca-pass PASS shows it to ps)\n";
 
 /* ------------------------------------------------------------------ inputs */
 
@@ -450,7 +452,7 @@ int skip_cmd_issue(cli_store *store, int argc, char **argv)
     issue_state st;
     const cli_opt opts[] = {
         { "--request", OPT_VALUE, &a.request }, { "--ca-key", OPT_VALUE, &a.ca_key },
-        { "--ca-cert", OPT_VALUE, &a.ca_cert }, { "--ca-pass", OPT_VALUE, &a.ca_pass },
+        { "--ca-cert", OPT_VALUE, &a.ca_cert }, { "--ca-pass", OPT_SECRET, &a.ca_pass },
         { "--key-type", OPT_LIST, &a.key_types }, { "--aes", OPT_VALUE, &a.aes },
         { "--days", OPT_VALUE, &a.days },        { "--out", OPT_VALUE, &a.out },
     };
