@@ -27,7 +27,7 @@ import pytest
 
 import sksissuer
 
-BUILD = Path(os.environ.get("SKS_BUILD_DIR", "/work/main/build"))
+BUILD = Path(os.environ.get("SKS_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
 SKS = BUILD / "tools" / "sks" / "sks"
 PROVIDER = BUILD / "sks.so"
 ENGINES = BUILD / "engines"
@@ -55,7 +55,7 @@ EC_CURVES = {
 def require_build():
     missing = [str(p) for p in (SKS, PROVIDER, ENGINE) if not p.is_file()]
     if missing:
-        pytest.fail(f"missing build outputs: {', '.join(missing)} (cd /work/main && cmake -S . -B build "
+        pytest.fail(f"missing build outputs: {', '.join(missing)} (cmake -S . -B build "
                     f"&& cmake --build build -j2, or set SKS_BUILD_DIR)", pytrace=False)
 
 
