@@ -23,7 +23,9 @@ step "a new store, its master key and device identity"
 step "keys generated inside the store, certified by the tool's local issuer CA"
 "$SKS" generate --name web --algorithm P-256 --subject "/CN=localhost"
 "$SKS" generate --name client --algorithm RSA-2048 --subject "/CN=demo client"
-"$SKS" generate --name signer --algorithm Ed25519 --subject "/CN=demo signer" --pin 4711
+# Secrets come from files (or stdin, or a terminal prompt), never from the command line, where ps shows them.
+(umask 077; echo 4711 > "$work/signer.pin"; echo demo > "$work/p12.pass")
+"$SKS" generate --name signer --algorithm Ed25519 --subject "/CN=demo signer" --pin-file "$work/signer.pin"
 openssl x509 -in "$SKS_STORE.issuer-ca.pem" -out "$work/ca.pem"
 "$SKS" cert --name web > "$work/web.pem"
 
@@ -33,8 +35,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -subj "/CN=
 "$SKS" import --name imported --key "$work/imp.key" --cert "$work/imp.crt"
 openssl req -x509 -newkey rsa:2048 -nodes -subj "/CN=from pkcs12" -keyout "$work/p12.key" \
   -out "$work/p12.crt" -days 30 2>/dev/null
-openssl pkcs12 -export -inkey "$work/p12.key" -in "$work/p12.crt" -passout pass:demo -out "$work/imp.p12"
-"$SKS" import --name from-p12 --pkcs12 "$work/imp.p12" --passin demo
+openssl pkcs12 -export -inkey "$work/p12.key" -in "$work/p12.crt" -passout "file:$work/p12.pass" -out "$work/imp.p12"
+"$SKS" import --name from-p12 --pkcs12 "$work/imp.p12" --passin-file "$work/p12.pass"
 shred -u "$work/imp.key" "$work/p12.key"
 "$SKS" list
 
@@ -54,7 +56,7 @@ echo "the main job of sks" > "$work/msg"
 openssl pkeyutl "${P[@]}" -sign -inkey "sks:name=web" -rawin -digest sha256 -in "$work/msg" -out "$work/msg.sig"
 openssl x509 -in "$work/web.pem" -pubkey -noout > "$work/web.pub"
 openssl pkeyutl -verify -pubin -inkey "$work/web.pub" -rawin -digest sha256 -in "$work/msg" -sigfile "$work/msg.sig"
-openssl pkeyutl "${P[@]}" -sign -inkey "sks:name=signer?pin-value=4711" -rawin -in "$work/msg" -out "$work/ed.sig"
+openssl pkeyutl "${P[@]}" -sign -inkey "sks:name=signer?pin-source=file:$work/signer.pin" -rawin -in "$work/msg" -out "$work/ed.sig"
 "$SKS" cert --name signer | openssl x509 -pubkey -noout > "$work/ed.pub"
 openssl pkeyutl -verify -pubin -inkey "$work/ed.pub" -rawin -in "$work/msg" -sigfile "$work/ed.sig"
 
