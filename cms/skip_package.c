@@ -445,6 +445,13 @@ static X509 *find_by_keyid(STACK_OF(X509) *certs, const ASN1_OCTET_STRING *keyid
     return NULL;
 }
 
+/* basicConstraints cA (X509_check_ca alone misses a cA certificate whose keyUsage lacks
+ * keyCertSign), or anything else OpenSSL takes for a CA. */
+static int is_ca(X509 *x)
+{
+    return (X509_get_extension_flags(x) & EXFLAG_CA) || X509_check_ca(x) != 0;
+}
+
 /* 1 if the certificate's extendedKeyUsage lists the SKIP package-signer purpose (and only
  * that OID counts: anyExtendedKeyUsage does not). */
 static int has_signer_eku(X509 *x)
@@ -468,7 +475,7 @@ int skip_signer_purpose(X509 *x, char *err, size_t errlen)
     describe(x, who, sizeof(who));
     if (flags & EXFLAG_INVALID)
         return fail(err, errlen, "the signer's certificate %s has malformed extensions", who);
-    if (X509_check_ca(x) != 0)
+    if (is_ca(x))
         return fail(err, errlen, "the signer's certificate %s is a CA certificate, not a package signer", who);
     if (!(flags & EXFLAG_KUSAGE) || !(X509_get_key_usage(x) & KU_DIGITAL_SIGNATURE))
         return fail(err, errlen, "the signer's certificate %s does not allow digitalSignature (keyUsage)", who);
@@ -485,7 +492,7 @@ int skip_factory_purpose(X509 *x, char *err, size_t errlen)
     describe(x, who, sizeof(who));
     if (X509_get_extension_flags(x) & EXFLAG_INVALID)
         return fail(err, errlen, "the factory certificate %s has malformed extensions", who);
-    if (X509_check_ca(x) != 0)
+    if (is_ca(x))
         return fail(err, errlen, "the factory certificate %s is a CA certificate", who);
     if (has_signer_eku(x))
         return fail(err, errlen, "the factory certificate %s carries the package-signer extended key usage", who);
