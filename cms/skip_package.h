@@ -1,8 +1,9 @@
 /*
- * SKIP packages outside the device (docs/skip.md): decoding the CMS SignedData, the
- * KeyPairContainers in it (libtasn1, module cms/skip.asn), and verifying certificates and
- * signature against trust anchors. None of this needs a secret, so none of it is in the
- * device; what the device gets is the verified parts (device/skip.c checks the keys).
+ * SKIP packages (docs/skip.md): decoding the CMS SignedData, the KeyPairContainers in it
+ * (libtasn1, module cms/skip.asn), and verifying certificates, their purposes and the
+ * signature against trust anchors. The device runs this itself on the whole package, against
+ * the anchors stored with the request, before it decrypts anything (device/skip.c); the host
+ * runs it first for early, clear errors.
  *
  * Every function returns 1/0; on 0 `err` holds an English sentence naming what is wrong.
  */
