@@ -540,8 +540,12 @@ static int unwrap_all(EVP_PKEY *factory, const skip_package *p, EVP_PKEY **privs
     size_t i;
     int ok = skip_derive_aes_key(factory, X509_get0_pubkey(p->signer), p->aes_bits, aes_key);
 
-    for (i = 0; i < p->nkeys && ok; i++)
-        ok = (privs[i] = unwrap_private_key(aes_key, p->aes_bits, &p->keys[i])) != NULL;
+    if (!ok)
+        return 0;
+    /* Every container is tried even after one failed, so the time taken says little about
+     * which one did. */
+    for (i = 0; i < p->nkeys; i++)
+        ok &= (privs[i] = unwrap_private_key(aes_key, p->aes_bits, &p->keys[i])) != NULL;
     OPENSSL_cleanse(aes_key, sizeof(aes_key));
     for (i = 0; i < p->nkeys && !ok; i++) {
         EVP_PKEY_free(privs[i]);
