@@ -1080,6 +1080,8 @@ static int skip_prepare(const char *base, int keys, char pkg[][4096], double *pr
         argv[a++] = "P-256";
         argv[a++] = "--subject";
         argv[a++] = subject;
+        argv[a++] = "--trust"; /* the device keeps the anchors its package must verify to */
+        argv[a++] = ca_pem;
         argv[a++] = "--out";
         argv[a++] = req;
         argv[a] = NULL;

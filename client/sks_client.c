@@ -999,9 +999,11 @@ int sks_client_symmetric_key_encrypt(sks_transport *t, const sks_user_args *a, i
 /* ------------------------------------------------------------------ SKIP */
 
 int sks_client_skip_request(sks_transport *t, const char *curve_algorithm, sks_span subject_der,
-                            uint32_t *provisioning_handle, sks_bytes *pkcs10, sks_client_error *err)
+                            const sks_span *anchors, size_t anchor_count, uint32_t *provisioning_handle,
+                            sks_bytes *pkcs10, sks_client_error *err)
 {
     call_ctx c;
+    size_t i;
     int ok;
 
     *provisioning_handle = 0;
@@ -1009,6 +1011,11 @@ int sks_client_skip_request(sks_transport *t, const char *curve_algorithm, sks_s
     call_begin(&c, SKS_METHOD_SKIP_REQUEST, "skipRequest", err);
     put_str(&c.req, curve_algorithm);
     put_span(&c.req, subject_der);
+    if (anchor_count > 0xFFFF)
+        c.req.failed = 1;
+    sks_buf_ushort(&c.req, (uint16_t)anchor_count);
+    for (i = 0; i < anchor_count; i++)
+        put_span(&c.req, anchors[i]);
     ok = call_run(&c, t);
     if (ok) {
         *provisioning_handle = sks_get_uint(&c.r, "provisioningHandle");
@@ -1020,21 +1027,8 @@ int sks_client_skip_request(sks_transport *t, const char *curve_algorithm, sks_s
     return ok;
 }
 
-static void put_skip_container(sks_buf *b, const sks_skip_container *k)
-{
-    size_t i;
-
-    put_span(b, k->public_key);
-    put_span(b, k->encrypted_private_key);
-    if (k->certificate_count > 0xFFFF)
-        b->failed = 1;
-    sks_buf_ushort(b, (uint16_t)k->certificate_count);
-    for (i = 0; i < k->certificate_count; i++)
-        put_span(b, k->certificates[i]);
-}
-
-int sks_client_skip_import(sks_transport *t, const sks_skip_import_args *a, uint32_t *key_handles, size_t max,
-                           size_t *count, sks_client_error *err)
+int sks_client_skip_import(sks_transport *t, uint32_t provisioning_handle, sks_span package, uint32_t *key_handles,
+                           size_t max, size_t *count, sks_client_error *err)
 {
     call_ctx c;
     size_t i;
@@ -1043,15 +1037,10 @@ int sks_client_skip_import(sks_transport *t, const sks_skip_import_args *a, uint
 
     *count = 0;
     call_begin(&c, SKS_METHOD_SKIP_IMPORT, "skipImport", err);
-    sks_buf_uint(&c.req, a->provisioning_handle);
-    put_span(&c.req, a->ephemeral_public_key);
-    sks_buf_ushort(&c.req, a->aes_key_bits);
-    put_span(&c.req, a->factory_certificate);
-    if (a->container_count > 0xFFFF)
+    sks_buf_uint(&c.req, provisioning_handle);
+    if (package.n > 0xFFFFFFFFu)
         c.req.failed = 1;
-    sks_buf_ushort(&c.req, (uint16_t)a->container_count);
-    for (i = 0; i < a->container_count; i++)
-        put_skip_container(&c.req, &a->containers[i]);
+    sks_buf_blob(&c.req, package.p, package.n);
     ok = call_run(&c, t);
     if (ok) {
         n = sks_get_ushort(&c.r, "keyHandle count");

@@ -378,30 +378,16 @@ int sks_client_symmetric_key_encrypt(sks_transport *t, const sks_user_args *a, i
 /* ------------------------------------------------------------------ SKIP (docs/skip.md) */
 
 /* skipRequest: a factory key on an EC curve (curve_algorithm: an ec.* key algorithm URI)
- * in a new pending session; *pkcs10 receives the DER request signed with it. */
+ * in a new pending session that stores the trust anchors (DER certificates, 1-16) its
+ * package must verify to; *pkcs10 receives the DER request signed with the factory key. */
 int sks_client_skip_request(sks_transport *t, const char *curve_algorithm, sks_span subject_der,
-                            uint32_t *provisioning_handle, sks_bytes *pkcs10, sks_client_error *err);
+                            const sks_span *anchors, size_t anchor_count, uint32_t *provisioning_handle,
+                            sks_bytes *pkcs10, sks_client_error *err);
 
-/* One key of a package, as the CMS layer extracted and verified it. */
-typedef struct {
-    sks_span public_key;               /* SubjectPublicKeyInfo DER */
-    sks_span encrypted_private_key;    /* EncryptedPrivateKeyInfo DER */
-    const sks_span *certificates;      /* its path, end-entity first */
-    size_t certificate_count;
-} sks_skip_container;
-
-typedef struct {
-    uint32_t provisioning_handle;      /* the pending skipRequest session */
-    sks_span ephemeral_public_key;     /* SPKI DER */
-    uint16_t aes_key_bits;             /* 128 or 256 (a ushort on the wire) */
-    sks_span factory_certificate;      /* DER */
-    const sks_skip_container *containers;
-    size_t container_count;
-} sks_skip_import_args;
-
-/* skipImport: all keys or none. key_handles (room for max) receives the new keys in
- * container order, *count how many. */
-int sks_client_skip_import(sks_transport *t, const sks_skip_import_args *a, uint32_t *key_handles, size_t max,
-                           size_t *count, sks_client_error *err);
+/* skipImport: the whole package (CMS ContentInfo DER) for the pending request; the device
+ * verifies it against the request's anchors before it decrypts anything. All keys or none.
+ * key_handles (room for max) receives the new keys in container order, *count how many. */
+int sks_client_skip_import(sks_transport *t, uint32_t provisioning_handle, sks_span package, uint32_t *key_handles,
+                           size_t max, size_t *count, sks_client_error *err);
 
 #endif

@@ -17,6 +17,18 @@
 #define SKIP_MAX_KEYS 32
 /* Longest certificate path stored with one key (end-entity first). */
 #define SKIP_MAX_PATH 16
+/* Most trust anchors one request stores (skipRequest). */
+#define SKIP_MAX_ANCHORS 16
+/* Packages that verify but do not decrypt to their keys a request survives: the third one
+ * withdraws it (docs/skip.md, "Failed unwraps"). */
+#define SKIP_MAX_FAILED_UNWRAPS 3
+/*
+ * The extended key usage a package signer's (ephemeral key's) certificate must carry:
+ * id-kp-sksSkipPackageSigner. The project owns no OID arc, so this is a private OID under
+ * the UUID arc 2.25 (ITU-T X.667: an OID anyone may form from a random UUID without
+ * registration), from UUID 10dd1b2b-59c9-49ae-811c-a32b09956c50. docs/skip.md says so.
+ */
+#define SKIP_SIGNER_EKU_OID "2.25.22415696597952645496466575977082088528"
 
 /*
  * The package's AES key: ECDH between own_private and peer_public (same curve), Z = the x

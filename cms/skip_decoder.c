@@ -252,6 +252,13 @@ static int package_decode(void *vctx, OSSL_CORE_BIO *cin, int selection, OSSL_CA
         ok = 0;
         goto done;
     }
+    /* The handles index the package's containers: never trust the device's count. */
+    if (res.count != pkg->nkeys) {
+        sks_raise(ctx, SKS_R_DEVICE, "SKIP package refused: the device named %zu keys for %zu containers", res.count,
+                  pkg->nkeys);
+        ok = 0;
+        goto done;
+    }
     for (i = 0; i < res.count && !taken; i++) {
         ERR_set_mark(); /* a key the caller does not want (another type) is no error */
         taken = offer_key(res.handles[i], pkg->keys[i].public_key, data_cb, data_cbarg);

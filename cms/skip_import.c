@@ -147,61 +147,15 @@ static int report_not_pending(sks_transport *t, const skip_package *p, skip_impo
 
 /* ------------------------------------------------------------------ skipImport */
 
-typedef struct {
-    sks_skip_container c[SKIP_MAX_KEYS];
-    sks_span certs[SKIP_MAX_KEYS][SKIP_MAX_PATH];
-    unsigned char *owned[SKIP_MAX_KEYS * SKIP_MAX_PATH + 2];
-    size_t nowned;
-} import_buffers;
-
-/* DER of a certificate or key, kept until the call is made. */
-static sks_span keep_der(import_buffers *b, int len, unsigned char *der)
-{
-    sks_span s = { NULL, 0 };
-
-    if (len <= 0 || b->nowned == sizeof(b->owned) / sizeof(b->owned[0])) {
-        OPENSSL_free(der);
-        return s;
-    }
-    b->owned[b->nowned++] = der;
-    s.p = der;
-    s.n = (size_t)len;
-    return s;
-}
-
-static sks_span cert_der(import_buffers *b, X509 *x)
-{
-    unsigned char *der = NULL;
-    int len = i2d_X509(x, &der);
-
-    return keep_der(b, len, der);
-}
-
-static int fill_containers(import_buffers *b, const skip_package *p)
-{
-    size_t i;
-    int j;
-
-    for (i = 0; i < p->nkeys; i++) {
-        const skip_container *k = &p->keys[i];
-        for (j = 0; j < sk_X509_num(k->path); j++)
-            if ((b->certs[i][j] = cert_der(b, sk_X509_value(k->path, j))).p == NULL)
-                return 0;
-        b->c[i].public_key.p = k->spki;
-        b->c[i].public_key.n = k->spki_len;
-        b->c[i].encrypted_private_key.p = k->epki;
-        b->c[i].encrypted_private_key.n = k->epki_len;
-        b->c[i].certificates = b->certs[i];
-        b->c[i].certificate_count = (size_t)sk_X509_num(k->path);
-    }
-    return 1;
-}
-
-/* The ephemeral key must be on the factory key's curve (ECDH needs one group). */
-static int check_curves(const skip_package *p, X509 *factory, char *err, size_t errlen)
+/* The ephemeral key must be on the factory key's curve (ECDH needs one group), and the
+ * factory certificate must have its purpose. The device checks both again itself; here they
+ * give an early, clear error. */
+static int check_factory(const skip_package *p, X509 *factory, char *err, size_t errlen)
 {
     char fc[64], ec[64];
 
+    if (!skip_factory_purpose(factory, err, errlen))
+        return 0;
     skip_curve_of(X509_get0_pubkey(factory), fc, sizeof(fc));
     skip_curve_of(X509_get0_pubkey(p->signer), ec, sizeof(ec));
     if (fc[0] == '\0' || strcmp(fc, ec) != 0)
@@ -210,53 +164,43 @@ static int check_curves(const skip_package *p, X509 *factory, char *err, size_t 
     return 1;
 }
 
-static int send_import(sks_transport *t, const skip_package *p, uint32_t session, X509 *factory,
-                       skip_import_result *res, char *err, size_t errlen)
+/* The whole package goes to the device, which verifies it against the anchors stored with
+ * the request before it decrypts anything. The device must name exactly one key per
+ * container: the callers index the package's containers with these handles. 1 imported,
+ * 0 refused by the device, -1 a reply that does not fit the package. */
+static int send_import(sks_transport *t, const skip_package *p, uint32_t session, skip_import_result *res, char *err,
+                       size_t errlen)
 {
-    import_buffers *b = OPENSSL_zalloc(sizeof(*b));
-    sks_skip_import_args a;
+    sks_span der = { p->der, p->der_len };
     sks_client_error e;
-    unsigned char *der = NULL;
-    int ok = 0, len;
-    size_t i;
 
-    if (b == NULL)
-        return fail(err, errlen, "out of memory");
-    memset(&a, 0, sizeof(a));
-    a.provisioning_handle = session;
-    a.aes_key_bits = (uint16_t)p->aes_bits;
-    a.factory_certificate = cert_der(b, factory);
-    len = i2d_PUBKEY(X509_get0_pubkey(p->signer), &der);
-    a.ephemeral_public_key = keep_der(b, len, der);
-    a.containers = b->c;
-    a.container_count = p->nkeys;
-    if (a.factory_certificate.p == NULL || a.ephemeral_public_key.p == NULL || !fill_containers(b, p))
-        fail(err, errlen, "cannot encode the package's certificates");
-    else if (!sks_client_skip_import(t, &a, res->handles, SKIP_MAX_KEYS, &res->count, &e))
-        fail(err, errlen, "%s", e.message);
-    else
-        ok = 1;
-    for (i = 0; i < b->nowned; i++)
-        OPENSSL_free(b->owned[i]);
-    OPENSSL_free(b);
-    res->session = ok ? session : 0;
-    return ok;
+    if (!sks_client_skip_import(t, session, der, res->handles, SKIP_MAX_KEYS, &res->count, &e))
+        return fail(err, errlen, "%s", e.message);
+    if (res->count != p->nkeys) {
+        fail(err, errlen, "the device answered skipImport with %zu key handles for %zu containers", res->count,
+             p->nkeys);
+        res->count = 0;
+        return -1;
+    }
+    res->session = session;
+    return 1;
 }
 
 int skip_import(sks_transport *t, const skip_package *p, skip_import_result *res, char *err, size_t errlen)
 {
     uint32_t session = 0;
     X509 *factory = NULL;
+    int sent;
 
     memset(res, 0, sizeof(*res));
     if (!find_pending(t, p, &session, &factory, err, errlen))
         return 0;
     if (session == 0)
         return report_not_pending(t, p, res, err, errlen);
-    if (!check_curves(p, factory, err, errlen))
+    if (!check_factory(p, factory, err, errlen))
         return 0;
-    if (send_import(t, p, session, factory, res, err, errlen))
-        return 1;
+    if ((sent = send_import(t, p, session, res, err, errlen)) != 0)
+        return sent > 0;
     /* Another process may have imported the same package between the lookup and the call
      * (its skipImport closed the session first): then the keys are there, all of them. */
     return report_already_imported(t, p, res);

@@ -1,6 +1,7 @@
 /*
  * Importing a verified SKIP package into a device (docs/skip.md): find the pending
- * skipRequest the package answers, hand the verified parts to skipImport, or recognise a
+ * skipRequest the package answers, hand the whole package to skipImport (the device verifies
+ * it again against the request's anchors), or recognise a
  * package that is already in the store. Shared by `sks skip import` and the provider's
  * SKIP decoder, over any sks_transport.
  */

@@ -326,6 +326,9 @@ int skip_package_parse(const uint8_t *in, size_t n, skip_package **out, char *er
         goto done;
     }
     ok = take_signer_id(p, err, errlen) && take_content(p, err, errlen) && take_containers(p, err, errlen);
+    p->der = der;
+    p->der_len = (size_t)len;
+    der = NULL;
 done:
     OPENSSL_free(der);
     if (ok)
@@ -342,6 +345,7 @@ void skip_package_free(skip_package *p)
         return;
     skip_containers_free(p->keys, p->nkeys);
     OPENSSL_free(p->content);
+    OPENSSL_free(p->der);
     sk_X509_pop_free(p->certs, X509_free);
     CMS_ContentInfo_free(p->cms);
     OPENSSL_free(p);
@@ -372,6 +376,30 @@ X509_STORE *skip_anchors_load(const char *path, char *err, size_t errlen)
         return NULL;
     }
     ERR_clear_error(); /* the read loop ends on "no start line" */
+    return store;
+}
+
+X509_STORE *skip_anchors_from_der(const uint8_t *const *der, const size_t *len, size_t n, char *err,
+                                  size_t errlen)
+{
+    X509_STORE *store = n > 0 ? X509_STORE_new() : NULL;
+    size_t i;
+
+    if (store == NULL) {
+        fail(err, errlen, n == 0 ? "no trust anchors" : "out of memory");
+        return NULL;
+    }
+    for (i = 0; i < n; i++) {
+        const unsigned char *q = der[i];
+        X509 *x = len[i] > 0 ? d2i_X509(NULL, &q, (long)len[i]) : NULL;
+        int ok = x != NULL && q == der[i] + len[i] && X509_STORE_add_cert(store, x) == 1;
+        X509_free(x);
+        if (!ok) {
+            X509_STORE_free(store);
+            fail(err, errlen, "trust anchor %zu is not a DER X.509 certificate", i + 1);
+            return NULL;
+        }
+    }
     return store;
 }
 
@@ -413,6 +441,77 @@ static X509 *find_by_keyid(STACK_OF(X509) *certs, const ASN1_OCTET_STRING *keyid
         const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(sk_X509_value(certs, i));
         if (ski != NULL && ASN1_OCTET_STRING_cmp(ski, keyid) == 0)
             return sk_X509_value(certs, i);
+    }
+    return NULL;
+}
+
+/* basicConstraints cA (X509_check_ca alone misses a cA certificate whose keyUsage lacks
+ * keyCertSign), or anything else OpenSSL takes for a CA. */
+static int is_ca(X509 *x)
+{
+    return (X509_get_extension_flags(x) & EXFLAG_CA) || X509_check_ca(x) != 0;
+}
+
+/* 1 if the certificate's extendedKeyUsage lists the SKIP package-signer purpose (and only
+ * that OID counts: anyExtendedKeyUsage does not). */
+static int has_signer_eku(X509 *x)
+{
+    EXTENDED_KEY_USAGE *eku = X509_get_ext_d2i(x, NID_ext_key_usage, NULL, NULL);
+    ASN1_OBJECT *want = OBJ_txt2obj(SKIP_SIGNER_EKU_OID, 1);
+    int i, found = 0;
+
+    for (i = 0; eku != NULL && want != NULL && i < sk_ASN1_OBJECT_num(eku) && !found; i++)
+        found = OBJ_cmp(sk_ASN1_OBJECT_value(eku, i), want) == 0;
+    EXTENDED_KEY_USAGE_free(eku);
+    ASN1_OBJECT_free(want);
+    return found;
+}
+
+int skip_signer_purpose(X509 *x, char *err, size_t errlen)
+{
+    char who[256];
+    uint32_t flags = X509_get_extension_flags(x);
+
+    describe(x, who, sizeof(who));
+    if (flags & EXFLAG_INVALID)
+        return fail(err, errlen, "the signer's certificate %s has malformed extensions", who);
+    if (is_ca(x))
+        return fail(err, errlen, "the signer's certificate %s is a CA certificate, not a package signer", who);
+    if (!(flags & EXFLAG_KUSAGE) || !(X509_get_key_usage(x) & KU_DIGITAL_SIGNATURE))
+        return fail(err, errlen, "the signer's certificate %s does not allow digitalSignature (keyUsage)", who);
+    if (!has_signer_eku(x))
+        return fail(err, errlen, "the signer's certificate %s lacks the SKIP package-signer extended key usage %s",
+                    who, SKIP_SIGNER_EKU_OID);
+    return 1;
+}
+
+int skip_factory_purpose(X509 *x, char *err, size_t errlen)
+{
+    char who[256];
+
+    describe(x, who, sizeof(who));
+    if (X509_get_extension_flags(x) & EXFLAG_INVALID)
+        return fail(err, errlen, "the factory certificate %s has malformed extensions", who);
+    if (is_ca(x))
+        return fail(err, errlen, "the factory certificate %s is a CA certificate", who);
+    if (has_signer_eku(x))
+        return fail(err, errlen, "the factory certificate %s carries the package-signer extended key usage", who);
+    return 1;
+}
+
+X509 *skip_package_factory_cert(const skip_package *p, EVP_PKEY *pub)
+{
+    int i;
+    size_t k;
+
+    for (i = 0; i < sk_X509_num(p->certs); i++) {
+        X509 *x = sk_X509_value(p->certs, i);
+        EVP_PKEY *xp = X509_get0_pubkey(x);
+        int container = 0;
+        for (k = 0; k < p->nkeys; k++)
+            container |= p->keys[k].cert == x;
+        if (x != p->signer && !container && xp != NULL && EVP_PKEY_eq(xp, pub) == 1)
+            return x;
     }
     return NULL;
 }
@@ -469,6 +568,8 @@ int skip_package_verify(skip_package *p, X509_STORE *anchors, char *err, size_t 
         return fail(err, errlen, "the signer's subjectKeyIdentifier matches no certificate in the package");
     if (!skip_key_supported(X509_get0_pubkey(p->signer), 0))
         return fail(err, errlen, "the ephemeral key is not EC on a SKIP curve");
+    if (!skip_signer_purpose(p->signer, err, errlen))
+        return 0;
     if (!verify_signature(p, err, errlen))
         return 0;
     return attach_certificates(p, anchors, err, errlen);

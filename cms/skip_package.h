@@ -1,8 +1,9 @@
 /*
- * SKIP packages outside the device (docs/skip.md): decoding the CMS SignedData, the
- * KeyPairContainers in it (libtasn1, module cms/skip.asn), and verifying certificates and
- * signature against trust anchors. None of this needs a secret, so none of it is in the
- * device; what the device gets is the verified parts (device/skip.c checks the keys).
+ * SKIP packages (docs/skip.md): decoding the CMS SignedData, the KeyPairContainers in it
+ * (libtasn1, module cms/skip.asn), and verifying certificates, their purposes and the
+ * signature against trust anchors. The device runs this itself on the whole package, against
+ * the anchors stored with the request, before it decrypts anything (device/skip.c); the host
+ * runs it first for early, clear errors.
  *
  * Every function returns 1/0; on 0 `err` holds an English sentence naming what is wrong.
  */
@@ -27,6 +28,8 @@ typedef struct {
 } skip_container;
 
 typedef struct {
+    uint8_t *der;                  /* the ContentInfo DER as received (PEM decoded) */
+    size_t der_len;
     CMS_ContentInfo *cms;
     STACK_OF(X509) *certs;         /* every certificate the package carries */
     uint8_t *content;              /* the eContent: KeyPairContainers DER */
@@ -53,10 +56,27 @@ void skip_containers_free(skip_container *c, size_t count);
 /* Trust anchors: every certificate of a PEM file (at least one). */
 X509_STORE *skip_anchors_load(const char *path, char *err, size_t errlen);
 
+/* Trust anchors from DER certificates (what a request stores in the device); NULL with a
+ * message if one is not DER X.509 or there are none. */
+X509_STORE *skip_anchors_from_der(const uint8_t *const *der, const size_t *len, size_t n, char *err,
+                                  size_t errlen);
+
 /* Verifies every certificate of the package to the anchors, finds the signer by its subject
- * key identifier, verifies the signature, and gives each container its certificate and
- * verified path. */
+ * key identifier, checks it may sign packages (skip_signer_purpose), verifies the
+ * signature, and gives each container its certificate and verified path. */
 int skip_package_verify(skip_package *p, X509_STORE *anchors, char *err, size_t errlen);
+
+/* The purpose of a package signer's certificate: an end entity (no cA), keyUsage present
+ * with digitalSignature, extendedKeyUsage present with SKIP_SIGNER_EKU_OID. */
+int skip_signer_purpose(X509 *x, char *err, size_t errlen);
+
+/* The purpose of a factory certificate: an end entity (no cA) that is not also a package
+ * signer (no SKIP_SIGNER_EKU_OID), so neither certificate can stand in for the other. */
+int skip_factory_purpose(X509 *x, char *err, size_t errlen);
+
+/* After verify: the certificate of the package that certifies the factory key `pub` and
+ * is neither the signer's nor a container's; NULL if there is none. */
+X509 *skip_package_factory_cert(const skip_package *p, EVP_PKEY *pub);
 
 /* 1 for the key types SKIP allows: EC on brainpoolP256r1/P320r1/P384r1/P512r1,
  * secp256r1/384r1/521r1, and (if allow_ed25519) Ed25519. */

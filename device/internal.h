@@ -62,6 +62,9 @@ struct sks_device {
 typedef struct {
     char message[2000];
     uint32_t abort_session;
+    /* The failed call's writes must stick (skipImport's count of packages that verified but
+     * did not unwrap): the dispatcher commits instead of rolling back. */
+    int commit_on_error;
 } sks_call;
 
 /* Records the first error of a call and returns its status, so handlers can write

@@ -4,23 +4,30 @@
  * skipRequest opens a provisioning session whose issuer is the device itself
  * (issuerUri "urn:sks:skip"): it holds a fresh factory key and the PKCS#10 request signed
  * with it. No session key is ever agreed, so no MAC can be made for it and the session.1
- * methods cannot touch it; only skipImport and abortProvisioningSession can.
+ * methods cannot touch it; only skipImport and abortProvisioningSession can. The trust
+ * anchors the request is made for are stored with it (table skip_requests).
  *
- * skipImport takes what the CMS layer outside the device extracted from a verified package
- * and, in the one transaction the dispatcher opens, derives the AES key from the factory
- * private key, unwraps every private key, checks it against its container's public key and
- * its certificate, stores the keys, certifies the factory key and closes the session. Any
- * failure rolls the whole call back and leaves the session open, so that a corrected
- * package can still be imported. The AES key and the clear private keys never leave this
- * file's stack and heap, and are wiped before it returns.
+ * skipImport takes the whole CMS package. Before anything is decrypted the device itself
+ * verifies it against the request's stored anchors: every certificate's chain, the signer
+ * (found by key identifier, with the package-signer purpose), the signature over the
+ * containers, the factory certificate (certifies this request's key, factory purpose), the
+ * curves. Only a package that passed all that is unwrapped, so the decryption answers no
+ * question about ciphertext an attacker chose. Every unwrap or key check failure then gives
+ * one status and one message and counts against the request; the third withdraws it
+ * (SKIP_MAX_FAILED_UNWRAPS). In the one transaction the dispatcher opens, a package that
+ * unwraps is stored whole: keys, the factory key's certificate, the session's close. The AES
+ * key and the clear private keys never leave this file's stack and heap, and are wiped
+ * before it returns.
  */
 #include "internal.h"
 #include "../cms/skip_common.h"
+#include "../cms/skip_package.h"
 
 #include <string.h>
 #include <time.h>
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/objects.h>
 #include <openssl/x509.h>
 
@@ -44,21 +51,6 @@ static const char *skip_key_algorithm(EVP_PKEY *key)
     if (ec_curve_name(key, curve, sizeof(curve)) == NULL || (a = alg_for_curve(curve)) == NULL)
         return NULL;
     return a->uri;
-}
-
-static X509 *parse_certificate(sks_span der)
-{
-    const unsigned char *q = der.p;
-    X509 *x;
-
-    if (der.n == 0 || der.n > SKS_CRYPTO_DATA_SIZE)
-        return NULL;
-    x = d2i_X509(NULL, &q, (long)der.n);
-    if (x != NULL && q != der.p + der.n) { /* trailing bytes */
-        X509_free(x);
-        return NULL;
-    }
-    return x;
 }
 
 /* 1 if the certificate certifies this key (a certificate with an unreadable key does not). */
@@ -228,10 +220,81 @@ static X509_NAME *parse_subject(sks_span der)
     return name;
 }
 
+static void reader_fail(sks_reader *in, const char *error, const char *field)
+{
+    if (sks_reader_ok(in)) {
+        in->error = error;
+        in->field = field;
+    }
+}
+
+/* The trust anchors of a request, as received: list byte[] (1 to SKIP_MAX_ANCHORS). */
+typedef struct {
+    sks_span der[SKIP_MAX_ANCHORS];
+    uint16_t count;
+} anchor_list;
+
+static void read_anchors(sks_reader *in, anchor_list *a)
+{
+    uint16_t i;
+
+    a->count = sks_get_ushort(in, "trustAnchor count");
+    if (sks_reader_ok(in) && (a->count == 0 || a->count > SKIP_MAX_ANCHORS))
+        reader_fail(in, "must hold 1-16 certificates", "trustAnchor");
+    for (i = 0; i < a->count && i < SKIP_MAX_ANCHORS && sks_reader_ok(in); i++)
+        a->der[i] = sks_get_array(in, "trustAnchor");
+}
+
+/* A store of the anchors, or NULL with the call's error. */
+static X509_STORE *anchor_store(sks_call *call, const char *method, const anchor_list *a)
+{
+    const uint8_t *der[SKIP_MAX_ANCHORS];
+    size_t len[SKIP_MAX_ANCHORS];
+    char err[300];
+    X509_STORE *s;
+    uint16_t i;
+
+    for (i = 0; i < a->count; i++) {
+        der[i] = a->der[i].p;
+        len[i] = a->der[i].n;
+    }
+    if ((s = skip_anchors_from_der(der, len, a->count, err, sizeof(err))) == NULL)
+        sks_fail(call, SKS_ERROR_OPTION, "%s: %s", method, err);
+    return s;
+}
+
+/* The request's anchors (stored as list byte[], the wire form) and its failed-unwrap
+ * counter, in the one table SKIP adds to the store. */
+static sks_status insert_skip_request(sks_device *dev, sks_call *call, uint32_t session, const anchor_list *a)
+{
+    sks_buf blob;
+    sqlite3_stmt *st;
+    uint16_t i;
+    sks_status rc = SKS_ERROR_STORAGE;
+
+    sks_buf_init(&blob);
+    sks_buf_ushort(&blob, a->count);
+    for (i = 0; i < a->count; i++)
+        sks_buf_array(&blob, a->der[i].p, a->der[i].n);
+    st = blob.failed ? NULL
+                     : store_prepare(dev, call, "INSERT OR REPLACE INTO skip_requests (session, anchors, failed_unwraps)"
+                                                " VALUES (?1, ?2, 0)");
+    if (st != NULL) {
+        sqlite3_bind_int64(st, 1, session);
+        sqlite3_bind_blob(st, 2, blob.data, (int)blob.len, SQLITE_STATIC);
+        if (store_step_done(dev, call, st))
+            rc = SKS_OK;
+    }
+    sks_buf_free(&blob);
+    return rc;
+}
+
 SKS_HANDLER(h_skip_request)
 {
     sks_span alg_uri = sks_get_uri(in, "curveAlgorithm");
     sks_span subject_der = sks_get_array(in, "subjectDER");
+    anchor_list anchors;
+    X509_STORE *anchor_check = NULL;
     const sks_algorithm *alg;
     X509_NAME *subject = NULL;
     EVP_PKEY *key = NULL;
@@ -240,9 +303,13 @@ SKS_HANDLER(h_skip_request)
     uint32_t handle = 0;
     sks_status rc;
 
+    read_anchors(in, &anchors);
     sks_reader_expect_end(in);
     if ((rc = reader_status(call, "skipRequest", in)) != SKS_OK)
         return rc;
+    if ((anchor_check = anchor_store(call, "skipRequest", &anchors)) == NULL)
+        return SKS_ERROR_OPTION;
+    X509_STORE_free(anchor_check);
     sks_buf_init(&spki);
     sks_buf_init(&pkcs10);
     alg = alg_find_n((const char *)alg_uri.p, alg_uri.n);
@@ -265,6 +332,7 @@ SKS_HANDLER(h_skip_request)
     }
     if ((rc = make_pkcs10(call, key, subject, &pkcs10)) != SKS_OK
         || (rc = insert_skip_session(dev, call, csid, &handle)) != SKS_OK
+        || (rc = insert_skip_request(dev, call, handle, &anchors)) != SKS_OK
         || (rc = insert_factory_key(dev, call, handle, alg->uri, key, &spki)) != SKS_OK)
         goto done;
     sks_buf_uint(out, handle);
@@ -277,65 +345,11 @@ done:
     return rc;
 }
 
-/* ------------------------------------------------------------------ skipImport: arguments */
 
-typedef struct {
-    sks_span public_key;
-    sks_span epki;
-    sks_span certs[SKIP_MAX_PATH];
-    uint16_t ncerts;
-} import_container;
+/* ------------------------------------------------------------------ skipImport: the request */
 
-typedef struct {
-    uint32_t handle;
-    sks_span ephemeral;
-    uint16_t aes_bits; /* a ushort on the wire: 256 does not fit in a byte */
-    sks_span factory_cert;
-    import_container c[SKIP_MAX_KEYS];
-    uint16_t count;
-} import_args;
-
-static void reader_fail(sks_reader *in, const char *error, const char *field)
-{
-    if (sks_reader_ok(in)) {
-        in->error = error;
-        in->field = field;
-    }
-}
-
-static void read_container(sks_reader *in, import_container *c)
-{
-    uint16_t i;
-
-    c->public_key = sks_get_array(in, "publicKey");
-    c->epki = sks_get_array(in, "encryptedPrivateKeyInfo");
-    c->ncerts = sks_get_ushort(in, "certificatePath count");
-    if (c->ncerts == 0 || c->ncerts > SKIP_MAX_PATH)
-        reader_fail(in, "must hold 1-16 certificates", "certificatePath");
-    for (i = 0; i < c->ncerts && i < SKIP_MAX_PATH && sks_reader_ok(in); i++)
-        c->certs[i] = sks_get_array(in, "certificatePath");
-}
-
-static void read_import_args(sks_reader *in, import_args *a)
-{
-    uint16_t i;
-
-    a->handle = sks_get_uint(in, "provisioningHandle");
-    a->ephemeral = sks_get_array(in, "ephemeralPublicKey");
-    a->aes_bits = sks_get_ushort(in, "aesKeyBits");
-    a->factory_cert = sks_get_array(in, "factoryCertificate");
-    a->count = sks_get_ushort(in, "container count");
-    if (a->count == 0 || a->count > SKIP_MAX_KEYS)
-        reader_fail(in, "must hold 1-32 containers", "containers");
-    for (i = 0; i < a->count && i < SKIP_MAX_KEYS && sks_reader_ok(in); i++)
-        read_container(in, &a->c[i]);
-    sks_reader_expect_end(in);
-}
-
-/* ------------------------------------------------------------------ skipImport: checks */
-
-/* The open SKIP session and its factory key. No abort on failure: the session must survive
- * a refused package. */
+/* The open SKIP session and its factory key. No abort on failure: a package that does not
+ * verify must not cost the request anything. */
 static sks_status load_skip_session(sks_device *dev, sks_call *call, uint32_t handle, key_entry *factory)
 {
     prov_session s;
@@ -361,153 +375,82 @@ static sks_status load_skip_session(sks_device *dev, sks_call *call, uint32_t ha
     return key_load(dev, call, key, factory);
 }
 
-/* The package must answer this session's request: its factory certificate certifies the
- * factory key, and its ephemeral key is on the factory key's curve. */
-static sks_status check_factory_and_ephemeral(sks_call *call, EVP_PKEY *factory, const import_args *a,
-                                              EVP_PKEY **ephemeral)
+/* The anchors stored at skipRequest and how many verified packages failed to unwrap. */
+static sks_status load_request_trust(sks_device *dev, sks_call *call, uint32_t handle, X509_STORE **anchors,
+                                     int *failed)
 {
-    X509 *cert = parse_certificate(a->factory_cert);
-    char fcurve[64], ecurve[64];
-    int same_key = certifies(cert, factory);
+    sqlite3_stmt *st = store_prepare(dev, call, "SELECT anchors, failed_unwraps FROM skip_requests WHERE session = ?");
+    anchor_list list;
+    sks_reader r;
+    sks_status rc = SKS_OK;
 
-    X509_free(cert);
-    if (cert == NULL)
-        return sks_fail(call, SKS_ERROR_OPTION, "skipImport: \"factoryCertificate\" is not DER X.509");
-    if (!same_key)
-        return sks_fail(call, SKS_ERROR_NOT_ALLOWED,
-                        "skipImport: the package is for another factory key (its factory certificate does not"
-                        " certify the key of session #%u)", a->handle);
-    *ephemeral = spki_parse(a->ephemeral.p, a->ephemeral.n);
-    if (*ephemeral == NULL || ec_curve_name(*ephemeral, ecurve, sizeof(ecurve)) == NULL)
-        return sks_fail(call, SKS_ERROR_ALGORITHM, "skipImport: \"ephemeralPublicKey\" is not an EC public key");
-    if (ec_curve_name(factory, fcurve, sizeof(fcurve)) == NULL || strcmp(fcurve, ecurve) != 0)
-        return sks_fail(call, SKS_ERROR_ALGORITHM,
-                        "skipImport: the ephemeral key is on %s, the factory key on %s: they must share the curve",
-                        ecurve, fcurve);
-    if (a->aes_bits != 128 && a->aes_bits != 256)
-        return sks_fail(call, SKS_ERROR_ALGORITHM, "skipImport: \"aesKeyBits\" must be 128 or 256, got %u",
-                        a->aes_bits);
-    return SKS_OK;
-}
-
-/* EncryptedPrivateKeyInfo { aes256-CBC | aes128-CBC with OCTET STRING iv, encryptedData }:
- * the cipher must match the derived key's size. */
-static sks_status parse_epki(sks_call *call, unsigned idx, sks_span der, int aes_bits, uint8_t iv[16],
-                             X509_SIG **sig)
-{
-    const unsigned char *q = der.p;
-    const X509_ALGOR *alg;
-    const ASN1_OCTET_STRING *ct;
-    const ASN1_OBJECT *oid;
-    const void *pval;
-    int ptype, nid;
-
-    *sig = der.n > 0 ? d2i_X509_SIG(NULL, &q, (long)der.n) : NULL;
-    if (*sig == NULL || q != der.p + der.n)
-        return sks_fail(call, SKS_ERROR_OPTION, "skipImport: container %u: encryptedPrivateKeyInfo is not DER", idx);
-    X509_SIG_get0(*sig, &alg, &ct);
-    X509_ALGOR_get0(&oid, &ptype, &pval, alg);
-    nid = OBJ_obj2nid(oid);
-    if (nid != (aes_bits == 256 ? NID_aes_256_cbc : NID_aes_128_cbc))
-        return sks_fail(call, SKS_ERROR_ALGORITHM,
-                        "skipImport: container %u: the cipher must be aes%d-CBC (the package's AES key size)", idx,
-                        aes_bits);
-    if (ptype != V_ASN1_OCTET_STRING || ASN1_STRING_length(pval) != 16)
-        return sks_fail(call, SKS_ERROR_OPTION, "skipImport: container %u: the cipher parameter must be a 16-byte IV",
-                        idx);
-    memcpy(iv, ASN1_STRING_get0_data(pval), 16);
-    if (ASN1_STRING_length(ct) < 16 || ASN1_STRING_length(ct) % 16 != 0)
-        return sks_fail(call, SKS_ERROR_CRYPTO, "skipImport: container %u: the ciphertext is not whole AES blocks",
-                        idx);
-    return SKS_OK;
-}
-
-/* Decrypts one container's private key (AES-CBC-PAD) into a key object; the clear PKCS#8
- * lives only in a buffer wiped here. */
-static sks_status unwrap_private_key(sks_call *call, unsigned idx, const uint8_t *aes_key, int aes_bits, sks_span epki,
-                                     EVP_PKEY **priv)
-{
-    X509_SIG *sig = NULL;
-    const X509_ALGOR *alg;
-    const ASN1_OCTET_STRING *ct;
-    uint8_t iv[16];
-    sks_buf clear;
-    sks_status rc;
-
-    *priv = NULL;
-    sks_buf_init(&clear);
-    if ((rc = parse_epki(call, idx, epki, aes_bits, iv, &sig)) != SKS_OK)
-        goto done;
-    X509_SIG_get0(sig, &alg, &ct);
-    if (!aes_cbc(0, 1, aes_key, (size_t)aes_bits / 8, iv, ASN1_STRING_get0_data(ct), (size_t)ASN1_STRING_length(ct),
-                 &clear)) {
-        rc = sks_fail(call, SKS_ERROR_CRYPTO,
-                      "skipImport: container %u cannot be decrypted (bad padding: tampered ciphertext or another key)",
-                      idx);
-        goto done;
+    *anchors = NULL;
+    if (st == NULL)
+        return SKS_ERROR_STORAGE;
+    sqlite3_bind_int64(st, 1, handle);
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        rc = sks_fail(call, SKS_ERROR_NOT_ALLOWED, "skipImport: request #%u has no stored trust anchors (made by an"
+                      " older version): withdraw it and make a new request", handle);
+    } else {
+        sks_reader_init(&r, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0));
+        read_anchors(&r, &list);
+        *failed = sqlite3_column_int(st, 1);
+        if (!sks_reader_ok(&r) || (*anchors = anchor_store(call, "skipImport", &list)) == NULL)
+            rc = sks_fail(call, SKS_ERROR_INTERNAL, "skipImport: the stored anchors of request #%u are unreadable",
+                          handle);
     }
-    if ((*priv = pkcs8_parse(clear.data, clear.len)) == NULL) {
-        rc = sks_fail(call, SKS_ERROR_CRYPTO,
-                      "skipImport: container %u does not decrypt to a PKCS#8 private key (tampered ciphertext?)", idx);
-        goto done;
-    }
-    if (skip_key_algorithm(*priv) == NULL)
-        rc = sks_fail(call, SKS_ERROR_ALGORITHM,
-                      "skipImport: container %u holds an unsupported key (EC on a supported curve or Ed25519 only)",
-                      idx);
-done:
-    X509_SIG_free(sig);
-    sks_buf_free(&clear);
+    sqlite3_finalize(st);
     return rc;
 }
 
-/* A path certificate the first container already carried (the CA chain repeats in every
- * container) was already found to be DER X.509. */
-static int seen_before(const import_container *first, const import_container *c, uint16_t i)
-{
-    return first != NULL && first != c && i < first->ncerts && sks_span_eq(first->certs[i], c->certs[i]);
-}
+/* ------------------------------------------------------------------ skipImport: verification */
 
-/* private == container public == certificate public; every path element is DER X.509. The
- * end-entity certificate's CN goes to cn (the key's friendly name), so it is parsed once. */
-static sks_status check_container(sks_call *call, unsigned idx, EVP_PKEY *priv, const import_container *c,
-                                  const import_container *first, char *cn, size_t cnlen)
+/* Everything that needs no secret, against this request's anchors: the package, its
+ * certificates, signer, signature; the factory certificate certifies this request's key and
+ * has the factory purpose; the ephemeral key shares its curve. *factory_cert is owned by p. */
+static sks_status verify_package(sks_call *call, sks_span der, X509_STORE *anchors, EVP_PKEY *factory,
+                                 skip_package **p, X509 **factory_cert)
 {
-    EVP_PKEY *pub = spki_parse(c->public_key.p, c->public_key.n);
-    X509 *ee = parse_certificate(c->certs[0]);
-    int pub_ok = pub != NULL && public_keys_equal(priv, pub);
-    int cert_ok = certifies(ee, priv);
-    uint16_t i;
+    char err[2400], fcurve[64], ecurve[64];
 
-    cn[0] = '\0';
-    if (ee != NULL)
-        common_name(ee, cn, cnlen);
-    EVP_PKEY_free(pub);
-    X509_free(ee);
-    if (!pub_ok)
-        return sks_fail(call, SKS_ERROR_CRYPTO,
-                        "skipImport: container %u: the private key does not match its public key", idx);
-    if (!cert_ok)
-        return sks_fail(call, SKS_ERROR_CRYPTO,
-                        "skipImport: container %u: the private key does not match its certificate", idx);
-    for (i = 1; i < c->ncerts; i++) {
-        X509 *x = seen_before(first, c, i) ? NULL : parse_certificate(c->certs[i]);
-        int ok = x != NULL || seen_before(first, c, i);
-        X509_free(x);
-        if (!ok)
-            return sks_fail(call, SKS_ERROR_OPTION, "skipImport: container %u: certificate %u of its path is not DER"
-                            " X.509", idx, i);
-    }
+    *factory_cert = NULL;
+    if (!skip_package_parse(der.p, der.n, p, err, sizeof(err)))
+        return sks_fail(call, SKS_ERROR_OPTION, "skipImport: %s", err);
+    if (!skip_package_verify(*p, anchors, err, sizeof(err)))
+        return sks_fail(call, SKS_ERROR_NOT_ALLOWED, "skipImport: %s", err);
+    if ((*factory_cert = skip_package_factory_cert(*p, factory)) == NULL)
+        return sks_fail(call, SKS_ERROR_NOT_ALLOWED, "skipImport: the package is for another factory key (none of its"
+                        " certificates certifies the key of this request)");
+    if (!skip_factory_purpose(*factory_cert, err, sizeof(err)))
+        return sks_fail(call, SKS_ERROR_NOT_ALLOWED, "skipImport: %s", err);
+    skip_curve_of(factory, fcurve, sizeof(fcurve));
+    skip_curve_of(X509_get0_pubkey((*p)->signer), ecurve, sizeof(ecurve));
+    if (fcurve[0] == '\0' || strcmp(fcurve, ecurve) != 0)
+        return sks_fail(call, SKS_ERROR_ALGORITHM,
+                        "skipImport: the ephemeral key is on %s, the factory key on %s: they must share the curve",
+                        ecurve, fcurve);
     return SKS_OK;
 }
 
-/* The device keeps one key per end-entity certificate (as closeProvisioningSession does). */
-static sks_status check_certificate_unused(sks_device *dev, sks_call *call, const uint8_t ee_hash[32], const char *what)
+static int cert_sha256(X509 *x, uint8_t out[32])
 {
-    sqlite3_stmt *st = store_prepare(dev, call, "SELECT handle FROM keys WHERE ee_sha256 = ?");
+    unsigned char *der = NULL;
+    int len = i2d_X509(x, &der), ok = len > 0 && sha256(der, (size_t)len, out);
+
+    OPENSSL_free(der);
+    return ok;
+}
+
+/* The device keeps one key per end-entity certificate (as closeProvisioningSession does). */
+static sks_status check_certificate_unused(sks_device *dev, sks_call *call, X509 *cert, const char *what)
+{
+    sqlite3_stmt *st;
+    uint8_t ee_hash[32];
     sks_status rc = SKS_OK;
 
-    if (st == NULL)
+    if (!cert_sha256(cert, ee_hash))
+        return sks_fail(call, SKS_ERROR_INTERNAL, "skipImport: cannot hash the certificate of %s", what);
+    if ((st = store_prepare(dev, call, "SELECT handle FROM keys WHERE ee_sha256 = ?")) == NULL)
         return SKS_ERROR_STORAGE;
     sqlite3_bind_blob(st, 1, ee_hash, 32, SQLITE_STATIC);
     if (sqlite3_step(st) == SQLITE_ROW)
@@ -517,38 +460,163 @@ static sks_status check_certificate_unused(sks_device *dev, sks_call *call, cons
     return rc;
 }
 
+/* Public, so checked before anything is decrypted: no certificate of the package is taken. */
+static sks_status check_certificates_unused(sks_device *dev, sks_call *call, const skip_package *p,
+                                            X509 *factory_cert)
+{
+    char what[32];
+    sks_status rc = check_certificate_unused(dev, call, factory_cert, "the factory key");
+    size_t i;
+
+    for (i = 0; i < p->nkeys && rc == SKS_OK; i++) {
+        snprintf(what, sizeof(what), "container %zu", i + 1);
+        rc = check_certificate_unused(dev, call, p->keys[i].cert, what);
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------ skipImport: unwrapping */
+
+/* EncryptedPrivateKeyInfo { aes256-CBC | aes128-CBC with OCTET STRING iv, encryptedData }
+ * with the cipher matching the package's key size; the IV into iv. */
+static X509_SIG *parse_epki(const uint8_t *der, size_t n, int aes_bits, uint8_t iv[16])
+{
+    const unsigned char *q = der;
+    X509_SIG *sig = n > 0 ? d2i_X509_SIG(NULL, &q, (long)n) : NULL;
+    const X509_ALGOR *alg;
+    const ASN1_OCTET_STRING *ct;
+    const ASN1_OBJECT *oid;
+    const void *pval;
+    int ptype;
+
+    if (sig == NULL || q != der + n)
+        goto bad;
+    X509_SIG_get0(sig, &alg, &ct);
+    X509_ALGOR_get0(&oid, &ptype, &pval, alg);
+    if (OBJ_obj2nid(oid) != (aes_bits == 256 ? NID_aes_256_cbc : NID_aes_128_cbc) || ptype != V_ASN1_OCTET_STRING
+        || ASN1_STRING_length(pval) != 16 || ASN1_STRING_length(ct) < 16 || ASN1_STRING_length(ct) % 16 != 0)
+        goto bad;
+    memcpy(iv, ASN1_STRING_get0_data(pval), 16);
+    return sig;
+bad:
+    X509_SIG_free(sig);
+    return NULL;
+}
+
+/* One container's private key (AES-CBC-PAD, PKCS#8), matching its container's public key
+ * and of a SKIP key type; NULL otherwise. Deliberately no reason: every way this fails must
+ * look the same to the caller. The clear PKCS#8 lives only in a buffer wiped here. */
+static EVP_PKEY *unwrap_private_key(const uint8_t *aes_key, int aes_bits, const skip_container *c)
+{
+    uint8_t iv[16];
+    X509_SIG *sig = parse_epki(c->epki, c->epki_len, aes_bits, iv);
+    const X509_ALGOR *alg;
+    const ASN1_OCTET_STRING *ct;
+    EVP_PKEY *priv = NULL;
+    sks_buf clear;
+
+    sks_buf_init(&clear);
+    if (sig != NULL) {
+        X509_SIG_get0(sig, &alg, &ct);
+        if (aes_cbc(0, 1, aes_key, (size_t)aes_bits / 8, iv, ASN1_STRING_get0_data(ct),
+                    (size_t)ASN1_STRING_length(ct), &clear))
+            priv = pkcs8_parse(clear.data, clear.len);
+    }
+    if (priv != NULL
+        && (skip_key_algorithm(priv) == NULL || !public_keys_equal(priv, c->public_key) || !certifies(c->cert, priv))) {
+        EVP_PKEY_free(priv);
+        priv = NULL;
+    }
+    X509_SIG_free(sig);
+    sks_buf_free(&clear);
+    ERR_clear_error();
+    return priv;
+}
+
+/* Every container's private key into privs[], or 0 (and none) if any fails. */
+static int unwrap_all(EVP_PKEY *factory, const skip_package *p, EVP_PKEY **privs)
+{
+    uint8_t aes_key[32];
+    size_t i;
+    int ok = skip_derive_aes_key(factory, X509_get0_pubkey(p->signer), p->aes_bits, aes_key);
+
+    if (!ok)
+        return 0;
+    /* Every container is tried even after one failed, so the time taken says little about
+     * which one did. */
+    for (i = 0; i < p->nkeys; i++)
+        ok &= (privs[i] = unwrap_private_key(aes_key, p->aes_bits, &p->keys[i])) != NULL;
+    OPENSSL_cleanse(aes_key, sizeof(aes_key));
+    for (i = 0; i < p->nkeys && !ok; i++) {
+        EVP_PKEY_free(privs[i]);
+        privs[i] = NULL;
+    }
+    return ok;
+}
+
+/* A verified package that does not unwrap: one status and one message whatever went wrong,
+ * and one more failure against the request, which the third withdraws. The dispatcher
+ * commits this (call->commit_on_error), so the count sticks; nothing else was written. */
+static sks_status count_failed_unwrap(sks_device *dev, sks_call *call, uint32_t handle, int failed_before)
+{
+    int failed = failed_before + 1;
+
+    if (failed >= SKIP_MAX_FAILED_UNWRAPS) {
+        if (session_delete_all(dev, call, handle) != SKS_OK)
+            return SKS_ERROR_STORAGE;
+    } else if (!store_run(dev, call, "UPDATE skip_requests SET failed_unwraps = ?2 WHERE session = ?1", handle,
+                          failed)) {
+        return SKS_ERROR_STORAGE;
+    }
+    call->commit_on_error = 1;
+    if (failed >= SKIP_MAX_FAILED_UNWRAPS)
+        return sks_fail(call, SKS_ERROR_CRYPTO, "skipImport: the package does not unwrap to its keys with the factory"
+                        " key of request #%u; that was verified package %d of %d that did not, so the request is"
+                        " withdrawn", handle, failed, SKIP_MAX_FAILED_UNWRAPS);
+    return sks_fail(call, SKS_ERROR_CRYPTO, "skipImport: the package does not unwrap to its keys with the factory key"
+                    " of request #%u (verified package %d of %d allowed that did not)", handle, failed,
+                    SKIP_MAX_FAILED_UNWRAPS);
+}
+
 /* ------------------------------------------------------------------ skipImport: storing */
 
 /* A certificate path in the stored form: the wire encoding of list byte[]. */
-static void encode_path(const sks_span *certs, uint16_t n, sks_buf *out)
+static void encode_path(STACK_OF(X509) *certs, sks_buf *out)
 {
-    uint16_t i;
+    int i;
 
-    sks_buf_ushort(out, n);
-    for (i = 0; i < n; i++)
-        sks_buf_array(out, certs[i].p, certs[i].n);
+    sks_buf_ushort(out, (uint16_t)sk_X509_num(certs));
+    for (i = 0; i < sk_X509_num(certs); i++) {
+        unsigned char *der = NULL;
+        int len = i2d_X509(sk_X509_value(certs, i), &der);
+        if (len <= 0)
+            out->failed = 1;
+        else
+            sks_buf_array(out, der, (size_t)len);
+        OPENSSL_free(der);
+    }
 }
 
 /* Names a key after its certificate's CN, else "<prefix>-<handle>". */
-static sks_status name_key(sks_device *dev, sks_call *call, uint32_t handle, const char *cn, const char *prefix)
+static sks_status name_key(sks_device *dev, sks_call *call, uint32_t handle, X509 *cert, const char *prefix)
 {
-    char name[4 * MAX_FRIENDLY_CHARS + 1];
+    char cn[4 * MAX_FRIENDLY_CHARS + 1];
     sqlite3_stmt *st;
 
-    snprintf(name, sizeof(name), "%s", cn);
-    if (name[0] == '\0' || !sks_utf8_valid((const uint8_t *)name, strlen(name)))
-        snprintf(name, sizeof(name), "%s-%u", prefix, handle);
+    common_name(cert, cn, sizeof(cn));
+    if (cn[0] == '\0' || !sks_utf8_valid((const uint8_t *)cn, strlen(cn)))
+        snprintf(cn, sizeof(cn), "%s-%u", prefix, handle);
     st = store_prepare(dev, call, "UPDATE keys SET friendly_name = ? WHERE handle = ?");
     if (st == NULL)
         return SKS_ERROR_STORAGE;
-    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, cn, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, handle);
     return store_step_done(dev, call, st) ? SKS_OK : SKS_ERROR_STORAGE;
 }
 
-/* Seals a checked private key and stores it with its certificate path. */
+/* Seals an unwrapped private key and stores it with its verified certificate path. */
 static sks_status store_device_key(sks_device *dev, sks_call *call, uint32_t session, unsigned idx, EVP_PKEY *priv,
-                                   const import_container *c, const char *cn, uint32_t *handle)
+                                   const skip_container *c, uint32_t *handle)
 {
     sks_buf spki, pkcs8, sealed, path;
     uint8_t ee_hash[32];
@@ -556,22 +624,23 @@ static sks_status store_device_key(sks_device *dev, sks_call *call, uint32_t ses
     sks_status rc = SKS_ERROR_INTERNAL;
 
     snprintf(id, sizeof(id), "key%u", idx);
+    snprintf(what, sizeof(what), "container %u", idx);
     sks_buf_init(&spki);
     sks_buf_init(&pkcs8);
     sks_buf_init(&sealed);
     sks_buf_init(&path);
-    snprintf(what, sizeof(what), "container %u", idx);
-    encode_path(c->certs, c->ncerts, &path);
-    if (!sha256(c->certs[0].p, c->certs[0].n, ee_hash) || !spki_der(priv, &spki) || !pkcs8_der(priv, &pkcs8)
+    encode_path(c->path, &path);
+    if (!cert_sha256(c->cert, ee_hash) || !spki_der(priv, &spki) || !pkcs8_der(priv, &pkcs8)
         || !seal(dev, "private-key", pkcs8.data, pkcs8.len, &sealed) || path.failed) {
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "skipImport: cannot seal the key of container %u", idx);
         goto done;
     }
-    if ((rc = check_certificate_unused(dev, call, ee_hash, what)) != SKS_OK
+    /* Again here: two containers of one package may carry the same certificate. */
+    if ((rc = check_certificate_unused(dev, call, c->cert, what)) != SKS_OK
         || (rc = insert_skip_key(dev, call, session, id, "", skip_key_algorithm(priv), &spki, &sealed, &path,
                                  ee_hash, BACKUP_IMPORTED, handle)) != SKS_OK)
         goto done;
-    rc = name_key(dev, call, *handle, cn, "skip");
+    rc = name_key(dev, call, *handle, c->cert, "skip");
 done:
     sks_buf_free(&spki);
     sks_buf_free(&pkcs8);
@@ -581,26 +650,20 @@ done:
 }
 
 /* The factory key gets its certificate (a path of one) and becomes a usable key. */
-static sks_status certify_factory_key(sks_device *dev, sks_call *call, uint32_t handle, sks_span cert)
+static sks_status certify_factory_key(sks_device *dev, sks_call *call, uint32_t handle, X509 *cert)
 {
-    char cn[4 * MAX_FRIENDLY_CHARS + 1] = "";
-    X509 *x = parse_certificate(cert);
+    STACK_OF(X509) *one = sk_X509_new_null();
     sks_buf path;
     uint8_t ee_hash[32];
     sqlite3_stmt *st;
     sks_status rc;
 
-    if (x != NULL)
-        common_name(x, cn, sizeof(cn));
-    X509_free(x);
     sks_buf_init(&path);
-    encode_path(&cert, 1, &path);
-    if (path.failed || !sha256(cert.p, cert.n, ee_hash)) {
-        rc = sks_fail(call, SKS_ERROR_INTERNAL, "out of memory");
+    if (one == NULL || sk_X509_push(one, cert) <= 0 || (encode_path(one, &path), path.failed)
+        || !cert_sha256(cert, ee_hash)) {
+        rc = sks_fail(call, SKS_ERROR_INTERNAL, "skipImport: out of memory");
         goto done;
     }
-    if ((rc = check_certificate_unused(dev, call, ee_hash, "the factory key")) != SKS_OK)
-        goto done;
     st = store_prepare(dev, call, "UPDATE keys SET certificates = ?, ee_sha256 = ? WHERE handle = ?");
     if (st == NULL) {
         rc = SKS_ERROR_STORAGE;
@@ -609,74 +672,79 @@ static sks_status certify_factory_key(sks_device *dev, sks_call *call, uint32_t 
     sqlite3_bind_blob(st, 1, path.data, (int)path.len, SQLITE_STATIC);
     sqlite3_bind_blob(st, 2, ee_hash, 32, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, handle);
-    rc = store_step_done(dev, call, st) ? name_key(dev, call, handle, cn, "skip-factory") : SKS_ERROR_STORAGE;
+    rc = store_step_done(dev, call, st) ? name_key(dev, call, handle, cert, "skip-factory") : SKS_ERROR_STORAGE;
 done:
+    sk_X509_free(one);
     sks_buf_free(&path);
     return rc;
 }
 
-/* Unwraps, checks and stores every container; handles[] receives the new keys in order. */
-static sks_status import_containers(sks_device *dev, sks_call *call, const import_args *a, const key_entry *factory,
-                                    const uint8_t *aes_key, uint32_t *handles)
+/* Stores every unwrapped key, certifies the factory key, closes the request. */
+static sks_status store_package(sks_device *dev, sks_call *call, uint32_t handle, const key_entry *factory,
+                                const skip_package *p, X509 *factory_cert, EVP_PKEY **privs, uint32_t *handles)
 {
     sks_status rc = SKS_OK;
-    uint16_t i;
+    size_t i;
 
-    for (i = 0; i < a->count && rc == SKS_OK; i++) {
-        char cn[4 * MAX_FRIENDLY_CHARS + 1];
-        EVP_PKEY *priv = NULL;
-
-        if ((rc = unwrap_private_key(call, i + 1u, aes_key, a->aes_bits, a->c[i].epki, &priv)) == SKS_OK
-            && (rc = check_container(call, i + 1u, priv, &a->c[i], &a->c[0], cn, sizeof(cn))) == SKS_OK)
-            rc = store_device_key(dev, call, factory->session, i + 1u, priv, &a->c[i], cn, &handles[i]);
-        EVP_PKEY_free(priv);
-    }
+    for (i = 0; i < p->nkeys && rc == SKS_OK; i++)
+        rc = store_device_key(dev, call, factory->session, (unsigned)i + 1u, privs[i], &p->keys[i], &handles[i]);
+    if (rc == SKS_OK)
+        rc = certify_factory_key(dev, call, factory->handle, factory_cert);
+    if (rc == SKS_OK && (!store_run(dev, call, "UPDATE sessions SET open = 0 WHERE handle = ?1", handle, 0)
+                         || !store_run(dev, call, "DELETE FROM skip_requests WHERE session = ?1", handle, 0)))
+        rc = SKS_ERROR_STORAGE;
     return rc;
 }
 
 SKS_HANDLER(h_skip_import)
 {
-    import_args *a = OPENSSL_zalloc(sizeof(*a));
+    uint32_t handle = sks_get_uint(in, "provisioningHandle");
+    sks_span package = sks_get_blob(in, "package");
     key_entry factory;
-    EVP_PKEY *factory_priv = NULL, *ephemeral = NULL;
-    uint8_t aes_key[32];
+    X509_STORE *anchors = NULL;
+    skip_package *p = NULL;
+    X509 *factory_cert = NULL;
+    EVP_PKEY *factory_pub = NULL, *factory_priv = NULL, *privs[SKIP_MAX_KEYS] = { NULL };
     uint32_t handles[SKIP_MAX_KEYS];
-    uint16_t i;
+    int failed = 0;
+    size_t i;
     sks_status rc;
 
     memset(&factory, 0, sizeof(factory));
-    if (a == NULL)
-        return sks_fail(call, SKS_ERROR_INTERNAL, "skipImport: out of memory");
-    read_import_args(in, a);
+    sks_reader_expect_end(in);
     if ((rc = reader_status(call, "skipImport", in)) != SKS_OK)
+        return rc;
+    if ((rc = load_skip_session(dev, call, handle, &factory)) != SKS_OK
+        || (rc = load_request_trust(dev, call, handle, &anchors, &failed)) != SKS_OK)
         goto done;
-    if ((rc = load_skip_session(dev, call, a->handle, &factory)) != SKS_OK)
+    if ((factory_pub = spki_parse(factory.public_key.data, factory.public_key.len)) == NULL) {
+        rc = sks_fail(call, SKS_ERROR_INTERNAL, "skipImport: the factory key of request #%u is unreadable", handle);
         goto done;
+    }
+    if ((rc = verify_package(call, package, anchors, factory_pub, &p, &factory_cert)) != SKS_OK
+        || (rc = check_certificates_unused(dev, call, p, factory_cert)) != SKS_OK)
+        goto done;
+    /* From here on the package is authentic: only now is anything decrypted. */
     if ((factory_priv = key_private(dev, call, &factory)) == NULL) {
         rc = SKS_ERROR_INTERNAL;
         goto done;
     }
-    if ((rc = check_factory_and_ephemeral(call, factory_priv, a, &ephemeral)) != SKS_OK)
-        goto done;
-    if (!skip_derive_aes_key(factory_priv, ephemeral, a->aes_bits, aes_key)) {
-        rc = sks_fail(call, SKS_ERROR_CRYPTO, "skipImport: ECDH with the ephemeral key failed");
+    if (!unwrap_all(factory_priv, p, privs)) {
+        rc = count_failed_unwrap(dev, call, handle, failed);
         goto done;
     }
-    rc = import_containers(dev, call, a, &factory, aes_key, handles);
-    OPENSSL_cleanse(aes_key, sizeof(aes_key));
-    if (rc != SKS_OK || (rc = certify_factory_key(dev, call, factory.handle, a->factory_cert)) != SKS_OK)
+    if ((rc = store_package(dev, call, handle, &factory, p, factory_cert, privs, handles)) != SKS_OK)
         goto done;
-    if (!store_run(dev, call, "UPDATE sessions SET open = 0 WHERE handle = ?1", a->handle, 0)) {
-        rc = SKS_ERROR_STORAGE;
-        goto done;
-    }
-    sks_buf_ushort(out, a->count);
-    for (i = 0; i < a->count; i++)
+    sks_buf_ushort(out, (uint16_t)p->nkeys);
+    for (i = 0; i < p->nkeys; i++)
         sks_buf_uint(out, handles[i]);
 done:
+    for (i = 0; i < SKIP_MAX_KEYS; i++)
+        EVP_PKEY_free(privs[i]);
     EVP_PKEY_free(factory_priv);
-    EVP_PKEY_free(ephemeral);
+    EVP_PKEY_free(factory_pub);
+    skip_package_free(p);
+    X509_STORE_free(anchors);
     key_free(&factory);
-    OPENSSL_clear_free(a, sizeof(*a));
     return rc;
 }

@@ -64,7 +64,13 @@ static const char SCHEMA[] =
     /* Post-provisioning operations wait here, in call order, until close. */
     "CREATE TABLE IF NOT EXISTS post_ops ("
     " seq INTEGER PRIMARY KEY AUTOINCREMENT, session INTEGER NOT NULL, kind INTEGER NOT NULL,"
-    " new_key INTEGER NOT NULL, target INTEGER NOT NULL);";
+    " new_key INTEGER NOT NULL, target INTEGER NOT NULL);"
+    /* SKIP requests (device/skip.c): the trust anchors a skipRequest was made for (list
+     * byte[]) and how many verified packages failed to unwrap. Gone with their session. */
+    "CREATE TABLE IF NOT EXISTS skip_requests ("
+    " session INTEGER PRIMARY KEY, anchors BLOB NOT NULL, failed_unwraps INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TRIGGER IF NOT EXISTS skip_requests_gone AFTER DELETE ON sessions"
+    " BEGIN DELETE FROM skip_requests WHERE session = OLD.handle; END;";
 
 sks_status sks_fail(sks_call *call, sks_status status, const char *fmt, ...)
 {

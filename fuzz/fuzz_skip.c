@@ -1,7 +1,8 @@
 /*
  * libFuzzer target for the SKIP package decoder (cms/skip_package.c): every input is taken
  * as a package (DER or PEM CMS SignedData with KeyPairContainers, decoded by libtasn1) and,
- * if it decodes, verified against a fixed trust anchor; and, on its own, as a bare
+ * if it decodes, verified against a fixed trust anchor and each certificate's signer and
+ * factory purposes checked; and, on its own, as a bare
  * KeyPairContainers. Nothing may crash, leak or read out of bounds, whatever the bytes.
  */
 #include <stdint.h>
@@ -45,7 +46,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (anchors == NULL)
         anchors = make_anchors();
     if (skip_package_parse(data, size, &p, err, sizeof(err))) {
+        int i;
         (void)skip_package_verify(p, anchors, err, sizeof(err));
+        /* No input chains to the anchor, so the purpose checks are reached directly. */
+        for (i = 0; i < sk_X509_num(p->certs); i++) {
+            (void)skip_signer_purpose(sk_X509_value(p->certs, i), err, sizeof(err));
+            (void)skip_factory_purpose(sk_X509_value(p->certs, i), err, sizeof(err));
+        }
         skip_package_free(p);
     }
     if (skip_containers_parse(data, size, &c, &n, err, sizeof(err)))

@@ -44,7 +44,8 @@ step "SKIP: keys made by a factory CA reach the store without ever being in clea
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=demo factory CA" \
   -keyout "$work/factory-ca.key" -out "$work/factory-ca.pem" -days 30 \
   -addext basicConstraints=critical,CA:TRUE -addext keyUsage=keyCertSign,cRLSign 2>/dev/null
-"$SKS" skip request --curve P-256 --subject "CN=device-17" --out "$work/skip-request.pem"
+"$SKS" skip request --curve P-256 --subject "CN=device-17" --trust "$work/factory-ca.pem" \
+  --out "$work/skip-request.pem"
 "$SKS" skip issue --request "$work/skip-request.pem" --ca-key "$work/factory-ca.key" \
   --ca-cert "$work/factory-ca.pem" --key-type P-256 --key-type Ed25519 --out "$work/skip-package.der"
 "$SKS" skip import --trust "$work/factory-ca.pem" "$work/skip-package.der"

@@ -64,7 +64,8 @@ static const method METHODS[] = {
     { 103, "performHmac", h_perform_hmac, TXN_BY_KEY, FIRST_OTHER },
     { 104, "symmetricKeyEncrypt", h_symmetric_key_encrypt, TXN_BY_KEY, FIRST_OTHER },
     /* Project extensions (ids >= 200). skipImport names its session but must not end it on
-     * failure: a refused package leaves the request pending for a corrected one. */
+     * failure: a refused package leaves the request pending for a corrected one (the device
+     * withdraws it itself after SKIP_MAX_FAILED_UNWRAPS verified packages that do not unwrap). */
     { 200, "skipRequest", h_skip_request, TXN_WRITE, FIRST_OTHER },
     { 201, "skipImport", h_skip_import, TXN_WRITE, FIRST_OTHER },
 };
@@ -224,8 +225,9 @@ void sks_device_dispatch(sks_device *dev, const uint8_t *req, size_t reqlen, sks
     if (rc == SKS_OK && out.failed)
         rc = sks_fail(&call, SKS_ERROR_INTERNAL, "%s: out of memory", m->name);
     /* A wrong PIN or PUK in the User API or key management is not fatal and its error
-     * count must stick; in provisioning every error is fatal. */
-    if (rc == SKS_OK || (rc == SKS_ERROR_AUTHORIZATION && m->id >= 70)) {
+     * count must stick; in provisioning every error is fatal. A handler may also ask for its
+     * failure's writes to stick (skipImport counting packages that do not unwrap). */
+    if (rc == SKS_OK || (rc == SKS_ERROR_AUTHORIZATION && m->id >= 70) || call.commit_on_error) {
         if (!store_commit(dev)) {
             store_rollback(dev);
             rc = sks_fail(&call, SKS_ERROR_STORAGE, "%s: commit failed: %s", m->name, sqlite3_errmsg(dev->db));

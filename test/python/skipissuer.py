@@ -64,6 +64,8 @@ OID_EC = "1.2.840.10045.2.1"
 OID_AES128_CBC = "2.16.840.1.101.3.4.1.2"
 OID_AES192_CBC = "2.16.840.1.101.3.4.1.22"
 OID_AES256_CBC = "2.16.840.1.101.3.4.1.42"
+# id-kp-sksSkipPackageSigner (docs/skip.md): a private OID under the UUID arc 2.25.
+OID_SKIP_SIGNER_EKU = "2.25.22415696597952645496466575977082088528"
 # Digest for an ECDSA signature by curve size, as the sks tool chooses it.
 _HASH_BY_BITS = [(256, hashes.SHA256), (384, hashes.SHA384), (10 ** 6, hashes.SHA512)]
 
@@ -283,10 +285,14 @@ class Ca:
         """This CA's certificate and its parents', nearest first."""
         return [self.der] + (self.parent.chain() if self.parent else [])
 
-    def issue(self, spki_der, subject, *, not_before=None, not_after=None, ski=True):
+    def issue(self, spki_der, subject, *, not_before=None, not_after=None, ski=True, signer=False,
+              eku=None, key_usage=None, ca=False):
         """An end-entity certificate for any SPKI. Keys cryptography cannot load
         (brainpoolP320r1) are spliced into a certificate made for a stand-in key, and the
-        TBS is signed again."""
+        TBS is signed again. signer: a package signer's certificate (keyUsage
+        digitalSignature, extendedKeyUsage the SKIP package-signer OID). eku (list of OID
+        strings) and key_usage ("digitalSignature" / "keyAgreement") override that for tests;
+        ca makes basicConstraints cA true."""
         now = _utcnow()
         if isinstance(subject, str):
             subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
@@ -295,8 +301,21 @@ class Ca:
                    .serial_number(x509.random_serial_number())
                    .not_valid_before(not_before or min(now, not_after or now) - datetime.timedelta(days=7))
                    .not_valid_after(not_after or now + datetime.timedelta(days=365))
-                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
                    .add_extension(x509.AuthorityKeyIdentifier(self.ski, None, None), critical=False))
+        if signer:
+            eku = [OID_SKIP_SIGNER_EKU] if eku is None else eku
+            key_usage = "digitalSignature" if key_usage is None else key_usage
+        if eku:
+            # cryptography 38 cannot hold OID arcs beyond 64 bits (2.25 UUID arcs are 128), so
+            # the extension's DER comes from asn1crypto.
+            value = ax509.ExtKeyUsageSyntax(eku).dump()
+            builder = builder.add_extension(
+                x509.UnrecognizedExtension(x509.oid.ExtensionOID.EXTENDED_KEY_USAGE, value), critical=True)
+        if key_usage:
+            builder = builder.add_extension(
+                x509.KeyUsage(key_usage == "digitalSignature", False, False, False, key_usage == "keyAgreement",
+                              False, False, False, False), critical=True)
         if ski:
             builder = builder.add_extension(x509.SubjectKeyIdentifier(ski_of(spki_der)), critical=False)
         try:
@@ -430,7 +449,7 @@ class Package:
                                   ca.issue(spki, f"{prefix} py{i} {kind}", not_after=cert_not_after),
                                   iv, aes_cbc_pad(aes_key, iv, pkcs8), cipher, spki))
         eph_spki = eph.spki()
-        return cls(request, ca, eph, ca.issue(eph_spki, f"{prefix} ephemeral"),
+        return cls(request, ca, eph, ca.issue(eph_spki, f"{prefix} ephemeral", signer=True),
                    ca.issue(request.spki, request.subject), aes_key, keys, ski_of(eph_spki),
                    extra_certs=ca.chain())
 
@@ -538,6 +557,9 @@ def check_package(der, factory_key, root_der):
     signer = [c for c in certs if ski_of(_cert_spki(c)) == sid.chosen.native]
     assert len(signer) == 1, "signer not found by subjectKeyIdentifier"
     eph_spki = _cert_spki(signer[0])
+    tbs = ax509.Certificate.load(signer[0])
+    assert OID_SKIP_SIGNER_EKU in (tbs.extended_key_usage_value.native or []), "signer lacks the SKIP signer EKU"
+    assert "digital_signature" in (tbs.key_usage_value.native or set()), "signer lacks keyUsage digitalSignature"
     assert curve_of_spki(eph_spki) == factory_key.curve, "ephemeral key not on the factory curve"
     content = sd["encap_content_info"]["content"].native
     h = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}[si["digest_algorithm"]["algorithm"].native]

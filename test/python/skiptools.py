@@ -80,11 +80,13 @@ class SkipStore:
     def sks(self, *args, check=True, env=None):
         return run([SKS, "--store", self.db, *args], check=check, env=env, cwd=self.dir)
 
-    def request(self, curve, subject="CN=skip device, O=sks tests", name="request.pem"):
+    def request(self, curve, trust, subject="CN=skip device, O=sks tests", name="request.pem"):
+        """`sks skip request`; the device keeps the anchors in the PEM file `trust`."""
         out = self.dir / name
         if out.exists():
             out.unlink()
-        self.sks("skip", "request", "--curve", si.CLI_NAMES[curve], "--subject", subject, "--out", out)
+        self.sks("skip", "request", "--curve", si.CLI_NAMES[curve], "--subject", subject, "--trust", trust,
+                 "--out", out)
         return si.parse_request(out.read_bytes())
 
     def import_package(self, package_path, trust_path, check=True):
@@ -113,6 +115,38 @@ class SkipStore:
             return [s for s in d.list_sessions(True) if s.issuer_uri == "urn:sks:skip"]
         finally:
             d.close()
+
+    def skip_import_on_wire(self, handle, package_der):
+        """skipImport (201) straight on the wire, as any client may send it, bypassing every
+        check of `sks skip import`: the key handles, or (status, message) of the refusal."""
+        d = self.device()
+        try:
+            r = d.call(201, sksissuer.uint(handle) + sksissuer.blob(package_der), "skipImport")
+            return [r.uint() for _ in range(r.ushort())]
+        except sksissuer.SksError as e:
+            return (e.status, e.message)
+        finally:
+            d.close()
+
+    def failed_unwraps(self, handle):
+        """The device's count of verified packages that did not unwrap, for a request (None
+        once the request is gone), read from the store's SQLite file."""
+        import sqlite3
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        try:
+            row = con.execute("SELECT failed_unwraps FROM skip_requests WHERE session = ?", (handle,)).fetchone()
+            return row[0] if row else None
+        finally:
+            con.close()
+
+    def keys_in_store(self):
+        """(handle, session, id) of every key row, pending or usable."""
+        import sqlite3
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        try:
+            return con.execute("SELECT handle, session, id FROM keys ORDER BY handle").fetchall()
+        finally:
+            con.close()
 
     def handle_of(self, ee_der):
         for h, (_, path) in self.key_paths().items():

@@ -42,7 +42,7 @@ def _check_imported(store, pkg, pki):
 @pytest.mark.parametrize("curve", si.CURVES)
 def test_every_curve_every_key_type(tmp_path, pki, curve, aes_bits):
     store = st.SkipStore(tmp_path)
-    req = store.request(curve)
+    req = store.request(curve, pki[2])
     assert req.curve == curve
     pkg = si.Package.issue(req, pki[1], si.DEVICE_KEY_TYPES, aes_bits)
     res, path = _import(store, pkg, pki[2])
@@ -62,7 +62,7 @@ def test_every_curve_every_key_type(tmp_path, pki, curve, aes_bits):
 ], ids=["bare", "parameters", "parameters+public"])
 def test_rfc5915_optional_fields(tmp_path, pki, options):
     store = st.SkipStore(tmp_path)
-    req = store.request("brainpoolP384r1")
+    req = store.request("brainpoolP384r1", pki[2])
     pkg = si.Package.issue(req, pki[1], ["secp384r1", "brainpoolP320r1", "secp521r1"], 256, pkcs8_options=options)
     _import(store, pkg, pki[2])
     _check_imported(store, pkg, pki)
@@ -70,7 +70,7 @@ def test_rfc5915_optional_fields(tmp_path, pki, options):
 
 def test_pem_package_and_signed_content_without_attributes(tmp_path, pki):
     store = st.SkipStore(tmp_path)
-    req = store.request("secp256r1")
+    req = store.request("secp256r1", pki[2])
     pkg = si.Package.issue(req, pki[1], ["ed25519", "secp256r1"], 128)
     pkg.signed_attributes = False
     path = store.write("package.pem", pkg.pem())
@@ -81,7 +81,7 @@ def test_pem_package_and_signed_content_without_attributes(tmp_path, pki):
 
 def test_a_refused_package_leaves_the_request_for_a_good_one(tmp_path, pki):
     store = st.SkipStore(tmp_path)
-    req = store.request("secp256r1")
+    req = store.request("secp256r1", pki[2])
     bad = si.Package.issue(req, pki[1], ["secp256r1"], 256)
     bad.keys[0].ciphertext = bad.keys[0].ciphertext[:-1] + bytes([bad.keys[0].ciphertext[-1] ^ 0x55])
     res = store.import_package(store.write("bad.der", bad.der()), pki[2], check=False)
@@ -108,7 +108,7 @@ def _ca_files(directory, issuing):
 @pytest.mark.parametrize("curve,aes", [("secp256r1", "256"), ("brainpoolP320r1", "128"), ("secp521r1", "256")])
 def test_packages_from_sks_skip_issue_import(tmp_path, pki, curve, aes):
     store = st.SkipStore(tmp_path)
-    store.request(curve, name="request.pem")
+    store.request(curve, pki[2], name="request.pem")
     ca_key, ca_cert = _ca_files(tmp_path, pki[1])
     types = [si.CLI_NAMES[t] for t in si.DEVICE_KEY_TYPES]
     args = ["skip", "issue", "--request", tmp_path / "request.pem", "--ca-key", ca_key, "--ca-cert", ca_cert, "--aes",
@@ -148,7 +148,7 @@ def test_ca_key_in_an_sks_store(tmp_path, pki):
     ca_store.sks("import", "--name", "skip-ca", "--key", ca_key, "--cert", ca_cert)
     ca_key.unlink()
     store = st.SkipStore(tmp_path)
-    store.request("secp384r1")
+    store.request("secp384r1", pki[2])
     env = st.plain_env()
     env["OPENSSL_MODULES"] = str(st.BUILD)
     ca_store.sks("skip", "issue", "--request", tmp_path / "request.pem", "--ca-key", "sks:name=skip-ca",
@@ -163,7 +163,7 @@ def test_two_imports_at_once(tmp_path, pki):
     imported; the keys are in the store once."""
     import subprocess
     store = st.SkipStore(tmp_path)
-    req = store.request("secp256r1")
+    req = store.request("secp256r1", pki[2])
     pkg = si.Package.issue(req, pki[1], ["secp256r1", "ed25519", "brainpoolP512r1"], 256)
     path = store.write("package.der", pkg.der())
     args = [str(st.SKS), "--store", str(store.db), "skip", "import", "--trust", str(pki[2]), str(path)]

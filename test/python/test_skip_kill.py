@@ -32,7 +32,7 @@ def _state(store, pkg):
 
 
 def _new_package(store, pki, n):
-    req = store.request("secp384r1", subject=f"CN=kill trial {n}")
+    req = store.request("secp384r1", pki[2], subject=f"CN=kill trial {n}")
     pkg = si.Package.issue(req, pki[1], TYPES, 256)
     return pkg, store.write(f"package-{n}.der", pkg.der())
 

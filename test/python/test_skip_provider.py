@@ -23,7 +23,7 @@ def pki(tmp_path_factory):
 def ready(tmp_path, pki):
     """A store with a pending request and the package that answers it (DER and PEM)."""
     store = st.SkipStore(tmp_path)
-    req = store.request("brainpoolP384r1")
+    req = store.request("brainpoolP384r1", pki[2])
     pkg = si.Package.issue(req, pki[1], TYPES, 256)
     der = store.write("package.der", pkg.der())
     pem = store.write("package.pem", pkg.pem())

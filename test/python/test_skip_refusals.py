@@ -1,6 +1,10 @@
 """SKIP packages that must be refused: each is refused with an error that names the problem,
 the store is byte for byte what it was, and the request stays pending so that a correct
 package can still be imported. Each broken package differs from a good one in one thing.
+
+Packages whose signature verifies but whose keys do not unwrap are the exception: the device
+answers them all with one message (it must not say why: that would be an oracle on the
+ciphertext) and counts them against the request (test_skip_oracle.py has the third).
 """
 
 import datetime
@@ -19,10 +23,10 @@ def pki(tmp_path_factory):
 
 
 @pytest.fixture
-def pending(tmp_path):
+def pending(tmp_path, pki):
     """A store with one pending request on P-256."""
     store = st.SkipStore(tmp_path)
-    return store, store.request("secp256r1")
+    return store, store.request("secp256r1", pki[2])
 
 
 def _refused(store, data, trust, *words, name="package.der"):
@@ -111,35 +115,51 @@ def test_package_for_another_factory_key(pending, pki, tmp_path):
     _refused(store, pkg.der(), pki[2], "for another factory key")
 
 
-@pytest.mark.parametrize("where", ["first-block", "iv"])
-def test_tampered_ciphertext(pending, pki, where):
-    store, req = pending
+UNWRAP_FAILED = "the package does not unwrap to its keys with the factory key of request"
+
+
+def _refused_after_unwrap(store, data, trust):
+    """A signed package whose keys do not unwrap: the one message, no key stored, the request
+    still pending with one failure counted. Returns the message without the file name."""
+    handle = store.open_skip_sessions()[0].provisioning_handle
+    keys = store.keys_in_store()
+    res = store.import_package(store.write("package.der", data), trust, check=False)
+    err = res.stderr.decode(errors="replace")
+    assert res.returncode != 0, f"the package was accepted: {res.stdout.decode()}"
+    assert UNWRAP_FAILED in err and "verified package 1 of 3" in err, err
+    assert store.keys_in_store() == keys, "a package that did not unwrap stored something"
+    assert len(store.open_skip_sessions()) == 1, "one failed unwrap ended the pending request"
+    assert store.failed_unwraps(handle) == 1
+    return err.split("skipImport: ", 1)[1]
+
+
+def _variant(pki, req, what):
     pkg = _issue(pki, req)
-    k = pkg.keys[0]
-    if where == "iv":
+    k = pkg.keys[0] if what != "padding" else pkg.keys[1]
+    if what == "iv":
         k.iv = _flip(k.iv, 0, 0x40)
-    else:
+    elif what == "first-block":
         k.ciphertext = _flip(k.ciphertext, 3, 0x80)
-    _refused(store, pkg.der(), pki[2], "container 1 does not decrypt to a PKCS#8 private key")
+    elif what == "padding":
+        # The last byte of the next-to-last block flips the last plaintext byte: the padding.
+        k.ciphertext = _flip(k.ciphertext, len(k.ciphertext) - 17)
+    else:  # a private key that does not match its container's public key and certificate
+        pkg = _issue(pki, req, ["secp256r1"])
+        impostor = si.EcKey("secp256r1")
+        k = pkg.keys[0]
+        k.container_spki = impostor.spki()
+        k.cert = pki[1].issue(k.container_spki, "impostor")
+    return pkg.der()
 
 
-def test_tampered_padding(pending, pki):
-    store, req = pending
-    pkg = _issue(pki, req)
-    k = pkg.keys[1]
-    # The last byte of the next-to-last block flips the last plaintext byte: the padding.
-    k.ciphertext = _flip(k.ciphertext, len(k.ciphertext) - 17)
-    _refused(store, pkg.der(), pki[2], "container 2 cannot be decrypted (bad padding")
-
-
-def test_private_key_not_matching_its_public_key(pending, pki):
-    store, req = pending
-    pkg = _issue(pki, req, ["secp256r1"])
-    impostor = si.EcKey("secp256r1")
-    k = pkg.keys[0]
-    k.container_spki = impostor.spki()
-    k.cert = pki[1].issue(k.container_spki, "impostor")
-    _refused(store, pkg.der(), pki[2], "private key does not match its public key")
+@pytest.mark.parametrize("what", ["first-block", "iv", "padding", "key-mismatch"])
+def test_tampered_then_signed_does_not_say_why(tmp_path, pki, what):
+    """Before: "cannot be decrypted (bad padding ...)", "does not decrypt to a PKCS#8 private
+    key", "does not match its public key": one answer for each, an oracle. Now one message."""
+    store = st.SkipStore(tmp_path)
+    req = store.request("secp256r1", pki[2])
+    msg = _refused_after_unwrap(store, _variant(pki, req, what), pki[2])
+    assert msg == f"{UNWRAP_FAILED} #1 (verified package 1 of 3 allowed that did not)\n", msg
 
 
 def test_key_without_a_certificate(pending, pki):
@@ -192,7 +212,8 @@ def test_garbage_content(pending, pki):
 def test_unsupported_factory_curve(tmp_path):
     store = st.SkipStore(tmp_path)
     before = store.snapshot()
-    res = store.sks("skip", "request", "--curve", "secp256k1", "--subject", "CN=x", check=False)
+    trust = store.write("root.pem", si.Ca("some root").pem)
+    res = store.sks("skip", "request", "--curve", "secp256k1", "--subject", "CN=x", "--trust", trust, check=False)
     assert res.returncode != 0 and b"'secp256k1' is not supported" in res.stderr
     assert store.snapshot() == before
 
@@ -200,39 +221,33 @@ def test_unsupported_factory_curve(tmp_path):
 # ------------------------------------------------------------------ the device on its own
 
 
-def _skip_import_request(handle, ephemeral_spki, bits, factory_cert, containers):
-    s = sksissuer
-    body = s.uint(handle) + s.arr(ephemeral_spki) + s.ushort(bits) + s.arr(factory_cert) + s.ushort(len(containers))
-    for spki, epki, path in containers:
-        body += s.arr(spki) + s.arr(epki) + s.ushort(len(path)) + b"".join(s.arr(c) for c in path)
-    return body
-
-
-@pytest.mark.parametrize("fault", ["wrong-factory", "wrong-curve", "wrong-bits", "no-session"])
+@pytest.mark.parametrize("fault", ["content-changed", "bad-signature", "untrusted", "wrong-factory", "wrong-curve",
+                                   "no-session", "garbage"])
 def test_device_checks_without_the_cms_layer(pending, pki, fault):
-    """skipImport straight on the wire: the device's own checks, whatever a client sends."""
+    """skipImport straight on the wire, past every check of `sks skip import`: the device
+    verifies the package itself against the anchors stored with the request; nothing is
+    decrypted, nothing counted, the store unchanged."""
     store, req = pending
-    pkg = _issue(pki, req, ["secp256r1"])
     handle = store.open_skip_sessions()[0].provisioning_handle
-    k = pkg.keys[0]
-    eph, bits, factory = pkg.ephemeral.spki(), 256, pkg.factory_cert
-    if fault == "wrong-factory":
-        factory = pkg.keys[0].cert
+    pkg = _issue(pki, req, ["secp256r1"])
+    if fault == "bad-signature":
+        pkg.corrupt_signature = True
+    elif fault == "untrusted":
+        pkg = si.Package.issue(req, si.Ca("a stranger's CA"), ["secp256r1"], 256)
+    elif fault == "wrong-factory":
+        pkg = _issue(pki, si.parse_request(si.make_request(si.EcKey("secp256r1"), "someone else")))
     elif fault == "wrong-curve":
-        eph = si.EcKey("secp384r1").spki()
-    elif fault == "wrong-bits":
-        bits = 192
-    else:
-        handle += 1000
+        pkg = _issue(pki, req, ephemeral_curve="secp384r1")
+    der = pkg.der() if fault != "garbage" else os.urandom(2000)
+    if fault == "content-changed":
+        i = der.index(pkg.content()) + len(pkg.content()) - 3
+        der = _flip(der, i)
     before = store.snapshot()
-    d = store.device()
-    try:
-        with pytest.raises(sksissuer.SksError) as e:
-            d.call(201, _skip_import_request(handle, eph, bits, factory, [(k.spki, k.epki(), [k.cert])]),
-                   "skipImport")
-    finally:
-        d.close()
-    expected = {"wrong-factory": "another factory key", "wrong-curve": "must share the curve",
-                "wrong-bits": "must be 128 or 256", "no-session": "does not exist"}[fault]
-    assert expected in e.value.message
+    res = store.skip_import_on_wire(handle + 1000 if fault == "no-session" else handle, der)
+    expected = {"content-changed": "signature does not verify", "bad-signature": "signature does not verify",
+                "untrusted": "does not verify to the trust anchors", "wrong-factory": "for another factory key",
+                "wrong-curve": "must share the curve", "no-session": "does not exist",
+                "garbage": "not a DER CMS ContentInfo"}[fault]
+    assert isinstance(res, tuple) and expected in res[1], res
     assert store.snapshot() == before
+    assert store.failed_unwraps(handle) == 0

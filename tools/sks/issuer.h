@@ -105,6 +105,9 @@ void issuer_ca_free(issuer_ca *ca);
 X509 *issuer_ca_issue(const issuer_ca *ca, EVP_PKEY *pub, const char *subject, int days, char *err, size_t errlen);
 /* The same for a subject already in X.509 form (SKIP: the subject of a PKCS#10 request). */
 X509 *issuer_ca_issue_name(const issuer_ca *ca, EVP_PKEY *pub, const X509_NAME *subject, int days);
+/* The same with an extendedKeyUsage (an OpenSSL config value such as "critical,1.2.3"). */
+X509 *issuer_ca_issue_name_eku(const issuer_ca *ca, EVP_PKEY *pub, const X509_NAME *subject, int days,
+                               const char *eku);
 
 /* Parses a DN in either of the two forms above; NULL with a message naming the bad part. */
 X509_NAME *issuer_parse_dn(const char *dn, char *err, size_t errlen);

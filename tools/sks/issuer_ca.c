@@ -196,10 +196,17 @@ static const char *key_usage_for(EVP_PKEY *pub)
 
 X509 *issuer_ca_issue_name(const issuer_ca *ca, EVP_PKEY *pub, const X509_NAME *subject, int days)
 {
+    return issuer_ca_issue_name_eku(ca, pub, subject, days, NULL);
+}
+
+X509 *issuer_ca_issue_name_eku(const issuer_ca *ca, EVP_PKEY *pub, const X509_NAME *subject, int days,
+                               const char *eku)
+{
     X509 *x = new_certificate(pub, subject, X509_get_subject_name(ca->cert), days);
 
     if (x == NULL || !add_ext(x, ca->cert, NID_basic_constraints, "critical,CA:FALSE")
         || !add_ext(x, ca->cert, NID_key_usage, key_usage_for(pub))
+        || (eku != NULL && !add_ext(x, ca->cert, NID_ext_key_usage, eku))
         || !add_ext(x, ca->cert, NID_subject_key_identifier, "hash")
         || !add_ext(x, ca->cert, NID_authority_key_identifier, "keyid:always")
         || X509_sign(x, ca->key, signing_md(ca->key)) <= 0) {

@@ -2,10 +2,12 @@
  * sks skip request|import|issue: secure key packages (docs/skip.md).
  *
  *   request  the device makes a factory key and a PKCS#10 request signed with it; the key
- *            waits in a pending provisioning session for the answer
+ *            waits in a pending provisioning session, with the trust anchors its answer
+ *            must verify to, for the answer
  *   import   verifies a package (certificates to the trust anchors, signer by key
- *            identifier, signature) outside the device, then the device unwraps and stores
- *            all its keys in one transaction, or none
+ *            identifier and purpose, signature) for an early clear error, then hands the
+ *            whole package to the device, which verifies it again against the anchors of
+ *            the request before it unwraps and stores all its keys in one transaction, or none
  *   issue    the issuer's side, for factories and tests (skip_issue.c)
  */
 #include "skip.h"
@@ -18,19 +20,21 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
 #include <openssl/pem.h>
 
 #define ALG(x) "https://webpki.github.io/sks/algorithm#" x
 #define MAX_FILE (4L * 1024 * 1024)
 
 static const char USAGE[] =
-    "usage: sks skip request --curve C --subject DN [--out FILE]\n"
+    "usage: sks skip request --curve C --subject DN --trust ANCHORS.pem [--out FILE]\n"
     "       sks skip import --trust ANCHORS.pem PACKAGE\n"
     "       sks skip issue --request REQ --ca-key KEY --ca-cert CERT --key-type T [--key-type T]...\n"
     "                      [--aes 128|256] [--days N] [--ca-pass PASS] --out PACKAGE\n"
     "  request: a factory key on curve C (P-256, P-384, P-521, brainpoolP256r1, brainpoolP320r1,\n"
     "           brainpoolP384r1, brainpoolP512r1) is made in the store; its PKCS#10 request\n"
-    "           (subject DN, \"CN=a, O=b\" or \"/O=b/CN=a\") goes to FILE as PEM, or to stdout\n"
+    "           (subject DN, \"CN=a, O=b\" or \"/O=b/CN=a\") goes to FILE as PEM, or to stdout; the\n"
+    "           device keeps ANCHORS.pem (1-16 certificates): only a package verifying to them is opened\n"
     "  import:  a SKIP package (DER or PEM CMS) answering a pending request: every certificate must\n"
     "           verify to ANCHORS.pem; all keys are stored, or none. Importing it again changes nothing\n"
     "  issue:   answers a request with a package of new keys of the given types (the curves above and\n"
@@ -126,8 +130,53 @@ int skip_take_positional(const char *cmd, int *argc, char **argv, const cli_opt 
 /* ------------------------------------------------------------------ request */
 
 typedef struct {
-    const char *curve, *subject, *out;
+    const char *curve, *subject, *out, *trust;
 } request_args;
+
+typedef struct {
+    sks_span der[SKIP_MAX_ANCHORS];
+    size_t count;
+} anchor_ders;
+
+static void anchor_ders_free(anchor_ders *a)
+{
+    size_t i;
+
+    for (i = 0; i < a->count; i++)
+        OPENSSL_free((void *)a->der[i].p);
+    a->count = 0;
+}
+
+/* The certificates of a PEM file as DER, for the device to keep with the request. */
+static int read_anchors(const char *path, anchor_ders *a)
+{
+    BIO *b = BIO_new_file(path, "r");
+    X509 *x;
+    int ok = b != NULL;
+
+    memset(a, 0, sizeof(*a));
+    while (ok && (x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        unsigned char *der = NULL;
+        int len = a->count < SKIP_MAX_ANCHORS ? i2d_X509(x, &der) : -1;
+        X509_free(x);
+        if ((ok = len > 0)) {
+            a->der[a->count].p = der;
+            a->der[a->count++].n = (size_t)len;
+        }
+    }
+    BIO_free(b);
+    ERR_clear_error(); /* the read loop ends on "no start line" */
+    if (ok && a->count > 0)
+        return 1;
+    if (b == NULL)
+        cli_error("skip request: --trust: cannot open %s", path);
+    else if (a->count == SKIP_MAX_ANCHORS)
+        cli_error("skip request: --trust: %s holds more than %d certificates", path, SKIP_MAX_ANCHORS);
+    else
+        cli_error("skip request: --trust: %s holds no PEM certificate", path);
+    anchor_ders_free(a);
+    return 0;
+}
 
 static int subject_der(const char *dn, sks_buf *out)
 {
@@ -168,7 +217,8 @@ static int write_request(const request_args *a, const sks_bytes *pkcs10)
     return ok;
 }
 
-static int run_request(sks_transport *t, const request_args *a, const skip_key_type *type, const sks_buf *subject)
+static int run_request(sks_transport *t, const request_args *a, const skip_key_type *type, const sks_buf *subject,
+                       const anchor_ders *anchors)
 {
     sks_span der = { subject->data, subject->len };
     sks_client_error e;
@@ -176,7 +226,7 @@ static int run_request(sks_transport *t, const request_args *a, const skip_key_t
     uint32_t handle;
     int ok;
 
-    if (!sks_client_skip_request(t, type->uri, der, &handle, &pkcs10, &e)) {
+    if (!sks_client_skip_request(t, type->uri, der, anchors->der, anchors->count, &handle, &pkcs10, &e)) {
         cli_client_error("skip request", &e);
         return 0;
     }
@@ -196,18 +246,20 @@ static int cmd_request(cli_store *store, int argc, char **argv)
     request_args a;
     const cli_opt opts[] = {
         { "--curve", OPT_VALUE, &a.curve }, { "--subject", OPT_VALUE, &a.subject }, { "--out", OPT_VALUE, &a.out },
+        { "--trust", OPT_VALUE, &a.trust },
     };
     const skip_key_type *type;
-    sks_transport *t;
+    sks_transport *t = NULL;
     sks_buf subject;
+    anchor_ders anchors;
     int ok;
 
     memset(&a, 0, sizeof(a));
     rc = cli_parse_command("skip request", argc, argv, 2, opts, sizeof(opts) / sizeof(opts[0]), USAGE);
     if (rc != CLI_CONTINUE)
         return rc;
-    if (a.curve == NULL || a.subject == NULL) {
-        cli_error("skip request: --curve and --subject are required (see sks skip --help)");
+    if (a.curve == NULL || a.subject == NULL || a.trust == NULL) {
+        cli_error("skip request: --curve, --subject and --trust are required (see sks skip --help)");
         return CLI_EXIT_USAGE;
     }
     sks_buf_init(&subject);
@@ -221,9 +273,14 @@ static int cmd_request(cli_store *store, int argc, char **argv)
         sks_buf_free(&subject);
         return CLI_EXIT_FAIL;
     }
-    ok = (t = cli_open(store, "skip request")) != NULL && run_request(t, &a, type, &subject);
+    if (!read_anchors(a.trust, &anchors)) {
+        sks_buf_free(&subject);
+        return CLI_EXIT_FAIL;
+    }
+    ok = (t = cli_open(store, "skip request")) != NULL && run_request(t, &a, type, &subject, &anchors);
     if (t != NULL)
         t->close(t);
+    anchor_ders_free(&anchors);
     sks_buf_free(&subject);
     return ok ? CLI_EXIT_OK : CLI_EXIT_FAIL;
 }

@@ -318,10 +318,11 @@ static X509_NAME *derived_subject(const X509_REQ *req, const char *label)
     return name;
 }
 
-static X509 *issue_for(const issue_state *st, EVP_PKEY *pub, const char *label, int days)
+/* eku: NULL, or the extendedKeyUsage value (the ephemeral key's: the package signer's). */
+static X509 *issue_for(const issue_state *st, EVP_PKEY *pub, const char *label, int days, const char *eku)
 {
     X509_NAME *name = derived_subject(st->req, label);
-    X509 *x = name ? issuer_ca_issue_name(&st->ca, pub, name, days) : NULL;
+    X509 *x = name ? issuer_ca_issue_name_eku(&st->ca, pub, name, days, eku) : NULL;
 
     X509_NAME_free(name);
     return x;
@@ -339,7 +340,7 @@ static int make_keys(issue_state *st, const issue_args *a)
 
         snprintf(label, sizeof(label), "key %zu %s", i + 1, a->types[i]->name);
         ok = key != NULL && add_container(st, a->aes_bits, key)
-             && (st->key_certs[i] = issue_for(st, key, label, a->ndays)) != NULL;
+             && (st->key_certs[i] = issue_for(st, key, label, a->ndays, NULL)) != NULL;
         EVP_PKEY_free(key);
         if (!ok) {
             cli_error(CMD ": cannot make key %zu (%s)", i + 1, a->types[i]->name);
@@ -360,7 +361,10 @@ static int make_ephemeral(issue_state *st, const issue_args *a)
         cli_error(CMD ": cannot make the ephemeral key on %s or agree the AES key", curve);
         return 0;
     }
-    if ((st->ephemeral_cert = issue_for(st, st->ephemeral, "SKIP ephemeral key", a->ndays)) == NULL
+    /* keyUsage digitalSignature (issuer_ca) and the SKIP package-signer EKU: the device only
+     * opens a package whose signer carries both (docs/skip.md). */
+    if ((st->ephemeral_cert = issue_for(st, st->ephemeral, "SKIP ephemeral key", a->ndays,
+                                        "critical," SKIP_SIGNER_EKU_OID)) == NULL
         || (st->factory_cert = issuer_ca_issue_name(&st->ca, st->factory, X509_REQ_get_subject_name(st->req),
                                                     a->ndays)) == NULL) {
         cli_error(CMD ": the CA cannot certify the ephemeral and factory keys");

@@ -1,0 +1,144 @@
+"""skipImport was a CBC padding oracle (issue 9): the device decrypted a package's containers
+before anything proved them authentic, answered "bad padding" and "not PKCS#8" differently,
+and a failed import left the request open, so anyone holding a package for a pending request
+could recover its private keys call by call and then import the real package unnoticed.
+
+Now the device verifies the whole package against the anchors stored with the request
+before it decrypts anything, answers every unwrap failure alike, and withdraws the request
+at the third verified package that does not unwrap (SKIP_MAX_FAILED_UNWRAPS). Packages
+refused by the signature check never reach a decryption and are not counted.
+"""
+
+import os
+
+import pytest
+
+import sksissuer as s
+import skipissuer as si
+import skiptools as st
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return st.make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _flip_at(data, index, value):
+    return data[:index] + bytes([value]) + data[index + 1:]
+
+
+def _old_layout(handle, pkg, k, ciphertext):
+    """skipImport's arguments as the method took them before (issue 9): the ephemeral key,
+    the AES key size, the factory certificate and the containers, with no signature at all."""
+    k.ciphertext, saved = ciphertext, k.ciphertext
+    epki = k.epki()
+    k.ciphertext = saved
+    body = s.uint(handle) + s.arr(pkg.ephemeral.spki()) + s.ushort(256) + s.arr(pkg.factory_cert) + s.ushort(1)
+    return body + s.arr(k.spki) + s.arr(epki) + s.ushort(1) + s.arr(k.cert)
+
+
+def _ask(device, body):
+    try:
+        r = device.call(201, body, "skipImport")
+        return ("accepted", r.ushort())
+    except s.SksError as e:
+        return (e.status, e.message)
+
+
+def test_padding_oracle_probe_learns_nothing(tmp_path, pki):
+    """The attacker holds the genuine package and only public data. The oracle's probe: every
+    value of the last byte of container 1's next-to-last ciphertext block (one makes the
+    padding valid, the others do not), sent as a whole package and in the former argument
+    layout. Each form gets one answer for all 255 forgeries, no decryption is counted, the
+    store does not change, and the genuine package still imports."""
+    store = st.SkipStore(tmp_path)
+    req = store.request("secp256r1", pki[2])
+    handle = store.open_skip_sessions()[0].provisioning_handle
+    genuine = si.Package.issue(req, pki[1], ["secp256r1", "ed25519"], 256)
+    der = genuine.der()
+    k = genuine.keys[0]
+    at = der.index(k.ciphertext) + len(k.ciphertext) - 17
+    before = store.snapshot()
+    whole, old = set(), set()
+    d = store.device()
+    try:
+        for v in range(256):
+            if v == der[at]:
+                continue
+            whole.add(_ask(d, s.uint(handle) + s.blob(_flip_at(der, at, v))))
+            old.add(_ask(d, _old_layout(handle, genuine, k, _flip_at(k.ciphertext, len(k.ciphertext) - 17, v))))
+    finally:
+        d.close()
+    assert len(whole) == 1, f"forged packages are told apart: {whole}"
+    assert len(old) == 1, f"the probe in the former layout is told apart: {old}"
+    (status, message), = whole
+    assert status == s.ERROR_NOT_ALLOWED and "signature does not verify" in message, message
+    assert store.snapshot() == before, "a forged package changed the store"
+    assert store.failed_unwraps(handle) == 0, "a package refused by its signature was counted"
+    res = store.import_package(store.write("genuine.der", der), pki[2])
+    assert "imported 2 keys" in res.stdout.decode()
+    assert not store.open_skip_sessions()
+
+
+def _signed_garbage(pki, req, kind):
+    """A package signed by the trusted CA's ephemeral key whose keys do not unwrap."""
+    pkg = si.Package.issue(req, pki[1], ["secp256r1"], 256)
+    k = pkg.keys[0]
+    if kind == "random-ciphertext":
+        k.ciphertext = os.urandom(len(k.ciphertext))
+    elif kind == "not-pkcs8":
+        k.ciphertext = si.aes_cbc_pad(pkg.aes_key, k.iv, os.urandom(45))
+    else:  # another key's PKCS#8, well encrypted
+        k.ciphertext = si.aes_cbc_pad(pkg.aes_key, k.iv, si.EcKey("secp256r1").pkcs8())
+    return pkg.der()
+
+
+def test_three_verified_packages_that_do_not_unwrap_withdraw_the_request(tmp_path, pki):
+    store = st.SkipStore(tmp_path)
+    req = store.request("secp256r1", pki[2])
+    handle = store.open_skip_sessions()[0].provisioning_handle
+    genuine = si.Package.issue(req, pki[1], ["secp256r1"], 256)
+    good = genuine.der()
+    content = genuine.content()
+    at = good.index(content) + len(content) - 3   # in the last container's ciphertext
+    tampered = _flip_at(good, at, good[at] ^ 0x01)
+    messages = []
+    for n, kind in enumerate(["random-ciphertext", "not-pkcs8", "other-key"], 1):
+        # A tampered package in transit: refused by its signature, whatever its number, and
+        # never counted, through the tool and on the wire alike.
+        for _ in range(4):
+            res = store.skip_import_on_wire(handle, tampered)
+            assert isinstance(res, tuple) and "signature does not verify" in res[1], res
+        res = store.import_package(store.write("tampered.der", tampered), pki[2], check=False)
+        assert res.returncode != 0 and b"signature does not verify" in res.stderr
+        assert store.failed_unwraps(handle) == n - 1
+        res = store.skip_import_on_wire(handle, _signed_garbage(pki, req, kind))
+        assert isinstance(res, tuple) and res[0] == s.ERROR_CRYPTO, res
+        messages.append(res[1].replace(f"package {n} of 3", "package N of 3"))
+        if n < 3:
+            assert store.failed_unwraps(handle) == n
+            assert len(store.open_skip_sessions()) == 1
+    assert messages[0] == messages[1], "two unwrap failures are told apart"
+    assert "withdrawn" in messages[2]
+    assert not store.open_skip_sessions(), "the request survived three packages that did not unwrap"
+    assert store.failed_unwraps(handle) is None
+    assert store.keys_in_store() == [], "the withdrawn request's factory key is still in the store"
+    res = store.import_package(store.write("genuine.der", good), pki[2], check=False)
+    assert res.returncode != 0 and b"for another factory key" in res.stderr
+    assert isinstance(store.skip_import_on_wire(handle, good), tuple)
+    assert store.keys_in_store() == []
+
+
+def test_two_failures_then_the_genuine_package(tmp_path, pki):
+    """Below the limit a request still takes its genuine package."""
+    store = st.SkipStore(tmp_path)
+    req = store.request("brainpoolP256r1", pki[2])
+    handle = store.open_skip_sessions()[0].provisioning_handle
+    for kind in ("random-ciphertext", "not-pkcs8"):
+        assert isinstance(store.skip_import_on_wire(handle, _signed_garbage(pki, req, kind)), tuple)
+    assert store.failed_unwraps(handle) == 2
+    genuine = si.Package.issue(req, pki[1], ["ed25519", "brainpoolP256r1"], 128)
+    handles = store.skip_import_on_wire(handle, genuine.der())
+    assert isinstance(handles, list) and len(handles) == 2, handles
+    assert not store.open_skip_sessions()
+    assert store.failed_unwraps(handle) is None
