@@ -492,7 +492,8 @@ def test_ca_pass_phrase_from_file_for_generate_and_skip_issue(cli):
     cli.run("generate", "--name", "g", "--algorithm", "P-256", "--ca-key", enc, "--ca-cert", ca_crt,
             "--ca-pass-file", passfile)
     assert cli.cert("g")[0].issuer.rfc4514_string() == "CN=sks test CA"
-    cli.run("skip", "request", "--curve", "P-256", "--subject", "CN=device", "--out", "req.pem")
+    cli.run("skip", "request", "--curve", "P-256", "--subject", "CN=device", "--trust", ca_crt,
+            "--out", "req.pem")
     cli.run("skip", "issue", "--request", "req.pem", "--ca-key", enc, "--ca-cert", ca_crt, "--key-type", "P-256",
             "--ca-pass-file", "-", "--out", "pkg.der", input="ca-secret\n")
     assert (cli.dir / "pkg.der").stat().st_size > 0

@@ -30,7 +30,7 @@ static const char USAGE[] =
     "usage: sks skip request --curve C --subject DN --trust ANCHORS.pem [--out FILE]\n"
     "       sks skip import --trust ANCHORS.pem PACKAGE\n"
     "       sks skip issue --request REQ --ca-key KEY --ca-cert CERT --key-type T [--key-type T]...\n"
-    "                      [--aes 128|256] [--days N] [--ca-pass PASS] --out PACKAGE\n"
+    "                      [--aes 128|256] [--days N] [--ca-pass-file FILE] --out PACKAGE\n"
     "  request: a factory key on curve C (P-256, P-384, P-521, brainpoolP256r1, brainpoolP320r1,\n"
     "           brainpoolP384r1, brainpoolP512r1) is made in the store; its PKCS#10 request\n"
     "           (subject DN, \"CN=a, O=b\" or \"/O=b/CN=a\") goes to FILE as PEM, or to stdout; the\n"
