@@ -175,3 +175,27 @@ def test_two_imports_at_once(tmp_path, pki):
     assert said == [False, True], outs
     assert len(store.key_paths()) == len(pkg.keys) + 1  # and the factory key
     _check_imported(store, pkg, pki)
+
+
+def test_ca_key_uri_pin_never_shown(tmp_path, pki):
+    """`--ca-key 'sks:...?pin-value=...'` that fails (wrong PIN) names the key, never the PIN."""
+    ca_dir = tmp_path / "ca"
+    ca_dir.mkdir()
+    ca_store = st.SkipStore(ca_dir, "ca-store.db")
+    ca_key, ca_cert = _ca_files(ca_dir, pki[1])
+    (ca_dir / "pin").write_text("2580\n")
+    ca_store.sks("import", "--name", "skip-ca", "--key", ca_key, "--cert", ca_cert, "--pin-file", ca_dir / "pin")
+    store = st.SkipStore(tmp_path)
+    store.request("secp384r1", pki[2])
+    env = st.plain_env()
+    env["OPENSSL_MODULES"] = str(st.BUILD)
+    secret = "Wr0ngSecret7"
+    # A wrong PIN (refused when the CA signs) and a key that is not there (refused at load).
+    for name, shown in (("skip-ca", "wrong PIN"), ("no-such-ca", "sks:name=no-such-ca?...")):
+        res = ca_store.sks("skip", "issue", "--request", tmp_path / "request.pem",
+                           "--ca-key", f"sks:name={name}?pin-value={secret}", "--ca-cert", ca_cert,
+                           "--key-type", "P-256", "--out", tmp_path / "issued.der", env=env, check=False)
+        err = res.stderr.decode()
+        assert res.returncode != 0 and shown in err, err
+        assert secret not in err + res.stdout.decode(), err
+        assert not (tmp_path / "issued.der").exists()

@@ -24,6 +24,7 @@
 #include <openssl/provider.h>
 #include <openssl/rand.h>
 #include <openssl/store.h>
+#include <openssl/ui.h>
 
 #define CMD "skip issue"
 #define DEFAULT_DAYS 365
@@ -137,8 +138,18 @@ static int load_request(issue_state *st, const char *path)
 }
 
 /* An sks: URI through the sks provider, in the store this tool was pointed at. */
+/* The URI as messages may show it: its query can hold a PIN (pin-value=), so it is cut off. */
+static const char *printable_key_name(const char *uri, char *buf, size_t n)
+{
+    size_t len = strcspn(uri, "?");
+
+    snprintf(buf, n, "%.*s%s", (int)len, uri, uri[len] != '\0' ? "?..." : "");
+    return buf;
+}
+
 static EVP_PKEY *load_sks_key(const cli_store *store, const char *uri)
 {
+    char shown[256];
     OSSL_STORE_CTX *s;
     EVP_PKEY *key = NULL;
 
@@ -148,10 +159,12 @@ static EVP_PKEY *load_sks_key(const cli_store *store, const char *uri)
         setenv("SKS_MASTER_KEY", store->master_path, 1);
     if (OSSL_PROVIDER_load(NULL, "default") == NULL || OSSL_PROVIDER_load(NULL, "sks") == NULL) {
         cli_error(CMD ": cannot load the sks provider for %s (install it, or set OPENSSL_MODULES to the directory"
-                  " holding sks.so)", uri);
+                  " holding sks.so)", printable_key_name(uri, shown, sizeof(shown)));
         return NULL;
     }
-    if ((s = OSSL_STORE_open(uri, NULL, NULL, NULL, NULL)) != NULL && OSSL_STORE_expect(s, OSSL_STORE_INFO_PKEY) == 1)
+    /* A PIN the URI does not give is asked on the terminal (OpenSSL's console UI). */
+    if ((s = OSSL_STORE_open(uri, UI_OpenSSL(), NULL, NULL, NULL)) != NULL
+        && OSSL_STORE_expect(s, OSSL_STORE_INFO_PKEY) == 1)
         while (key == NULL && !OSSL_STORE_eof(s)) {
             OSSL_STORE_INFO *info = OSSL_STORE_load(s);
             if (info != NULL && OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PKEY)
@@ -162,7 +175,7 @@ static EVP_PKEY *load_sks_key(const cli_store *store, const char *uri)
         }
     OSSL_STORE_close(s);
     if (key == NULL) {
-        cli_error(CMD ": no private key at %s", uri);
+        cli_error(CMD ": no private key at %s", printable_key_name(uri, shown, sizeof(shown)));
         ERR_print_errors_fp(stderr);
     }
     return key;
@@ -170,7 +183,7 @@ static EVP_PKEY *load_sks_key(const cli_store *store, const char *uri)
 
 static int load_ca(issue_state *st, const cli_store *store, const issue_args *a)
 {
-    char err[512];
+    char err[512], shown[256];
     STACK_OF(X509) *certs;
 
     st->ca.key = strncmp(a->ca_key, "sks:", 4) == 0 ? load_sks_key(store, a->ca_key)
@@ -187,7 +200,8 @@ static int load_ca(issue_state *st, const cli_store *store, const issue_args *a)
     st->ca.cert = sk_X509_shift(certs);
     st->ca_chain = certs;
     if (EVP_PKEY_eq(X509_get0_pubkey(st->ca.cert), st->ca.key) != 1 || X509_check_ca(st->ca.cert) < 1) {
-        cli_error(CMD ": %s is not a CA certificate for the key %s", a->ca_cert, a->ca_key);
+        cli_error(CMD ": %s is not a CA certificate for the key %s", a->ca_cert,
+                  printable_key_name(a->ca_key, shown, sizeof(shown)));
         ERR_clear_error();
         return 0;
     }
