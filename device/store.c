@@ -343,11 +343,11 @@ sks_device *sks_device_open(const sks_store_location *loc, char *err, size_t err
         goto fail;
     if (!db_open(loc->db_path, 0, &dev->db, err, errlen))
         goto fail;
-    gen_open(dev, loc->db_path);
     if (!meta_get(dev->db, "device_certificate", &der) || !meta_get(dev->db, "device_key", &sealed)) {
         set_err(err, errlen, "%s is not an sks store (no device identity)", loc->db_path);
         goto fail;
     }
+    gen_open(dev); /* after a first read: SQLite maps the WAL index then */
     dev->device_cert = OPENSSL_memdup(der.data, der.len);
     dev->device_cert_len = der.len;
     sks_buf_reset(&der);
