@@ -337,9 +337,7 @@ SKS_HANDLER(h_asymmetric_key_decrypt)
     key_entry k;
     const sks_algorithm *alg = NULL;
     EVP_PKEY *pkey = NULL;
-    EVP_PKEY_CTX *c = NULL;
-    uint8_t buf[1024];
-    size_t len = sizeof(buf);
+    sks_buf plain;
     sks_status rc;
 
     read_user_args(in, &a, 0, NULL);
@@ -347,21 +345,18 @@ SKS_HANDLER(h_asymmetric_key_decrypt)
     sks_reader_expect_end(in);
     if ((rc = reader_status(call, "asymmetricKeyDecrypt", in)) != SKS_OK)
         return rc;
+    sks_buf_init(&plain);
     if ((rc = prepare(dev, call, "asymmetricKeyDecrypt", ALG_DECRYPT, &a, &k, &alg, &pkey, NULL, NULL)) != SKS_OK)
         goto done;
-    c = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
-    if (c == NULL || EVP_PKEY_decrypt_init(c) != 1 || EVP_PKEY_CTX_set_rsa_padding(c, alg->pad) != 1
-        || (alg->md != NULL
-            && (EVP_PKEY_CTX_set_rsa_oaep_md(c, EVP_get_digestbyname(alg->md)) != 1
-                || EVP_PKEY_CTX_set_rsa_mgf1_md(c, EVP_get_digestbyname(alg->md)) != 1))
-        || EVP_PKEY_decrypt(c, buf, &len, data.p, data.n) != 1) {
+    /* One answer for every failure (crypto.c: rsa_decrypt): no padding oracle. */
+    if (!rsa_decrypt(pkey, alg->pad, alg->md != NULL ? EVP_get_digestbyname(alg->md) : NULL, data.p, data.n,
+                     &plain)) {
         rc = sks_fail(call, SKS_ERROR_CRYPTO, "asymmetricKeyDecrypt: decryption with key #%u failed", a.handle);
         goto done;
     }
-    sks_buf_array(out, buf, len);
+    sks_buf_array(out, plain.data, plain.len);
 done:
-    OPENSSL_cleanse(buf, sizeof(buf));
-    EVP_PKEY_CTX_free(c);
+    sks_buf_free(&plain); /* wipes */
     EVP_PKEY_free(pkey);
     key_free(&k);
     return rc;
