@@ -47,8 +47,8 @@ void gen_open(sks_device *dev)
     void volatile *region = NULL;
 
     dev->wal_index = NULL;
-    if (!in_wal_mode(dev->db) || sqlite3_file_control(dev->db, "main", SQLITE_FCNTL_FILE_POINTER, &f) != SQLITE_OK || f == NULL
-        || f->pMethods == NULL || f->pMethods->iVersion < 2 || f->pMethods->xShmMap == NULL)
+    if (!in_wal_mode(dev->db) || sqlite3_file_control(dev->db, "main", SQLITE_FCNTL_FILE_POINTER, &f) != SQLITE_OK
+        || f == NULL || f->pMethods == NULL || f->pMethods->iVersion < 2 || f->pMethods->xShmMap == NULL)
         return;
     /* bExtend = 0: only an existing mapping, never a new file */
     if (f->pMethods->xShmMap(f, 0, 32768, 0, &region) != SQLITE_OK || region == NULL)
