@@ -1,6 +1,7 @@
 """Device information and provisioning sessions: key agreement on every curve, E2ES and
 privacy-enabled attestations, enumeration, abort, persistence, handle uniqueness."""
 
+import sqlite3
 import time
 
 import pytest
@@ -308,3 +309,22 @@ def test_skip_issuer_uri_is_reserved(device, ca, uri):
         s.Issuer(device, ca=ca, issuer_uri=uri, session_life_time=1).open()
     assert e.value.status == s.ERROR_OPTION and "reserved" in e.value.message
     assert device.list_sessions(True) == []
+
+
+def test_ordinary_session_claiming_skip_issuer_is_no_skip_session(new_issuer, device, store):
+    """A store from before the reservation may hold an ordinary session whose issuerUri is
+    urn:sks:skip: it neither escapes its lifetime nor passes for a SKIP request."""
+    claimant = new_issuer(session_life_time=1)
+    con = sqlite3.connect(str(store), isolation_level=None, timeout=30)
+    try:
+        con.execute("UPDATE sessions SET issuer_uri = 'urn:sks:skip' WHERE handle = ?", (claimant.handle,))
+    finally:
+        con.close()
+    container = s.arr(b"spki") + s.arr(b"epki") + s.ushort(1) + s.arr(b"cert")
+    with pytest.raises(s.SksError) as e:
+        device.call(201, s.uint(claimant.handle) + s.arr(b"eph") + s.ushort(128) + s.arr(b"factory")
+                    + s.ushort(1) + container, "skipImport")
+    assert e.value.status == s.ERROR_NOT_ALLOWED and "not a SKIP request" in e.value.message
+    time.sleep(2.2)
+    new_issuer()                         # removes expired sessions
+    assert claimant.handle not in [x.provisioning_handle for x in device.list_sessions(True)]
