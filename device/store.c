@@ -146,7 +146,7 @@ static int master_key_file_ok(const char *path, const struct stat *st, char *err
 
 static int read_master_key(const char *path, uint8_t key[32], char *err, size_t errlen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK); /* a FIFO must not hang us */
     struct stat st;
     ssize_t r;
 

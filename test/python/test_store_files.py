@@ -56,6 +56,10 @@ def test_master_key_must_be_a_regular_file(sks_binary, store, tmp_path):
     d.mkdir(mode=0o700)
     rc, out = run_sks(sks_binary, "--store", store, "--master-key", d, "list")
     assert rc != 0 and str(d) in out, out
+    fifo = tmp_path / "fifo.key"
+    os.mkfifo(fifo, 0o600)              # would block a plain open() for ever
+    rc, out = run_sks(sks_binary, "--store", store, "--master-key", fifo, "list")
+    assert rc != 0 and str(fifo) in out and "regular file" in out, out
 
 
 # ---- creating a store
