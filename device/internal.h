@@ -33,12 +33,18 @@ typedef struct {
     EVP_PKEY_CTX *ecdh;    /* initialised for derive; the peer is set per call */
 } key_contexts;
 
+/* A committed state of the store, as SQLite's WAL index names it (generation.c). */
+typedef struct {
+    uint32_t change, frames, salt[2];
+    int valid; /* 0: unknown, equal to nothing */
+} store_gen;
+
 /* What the User API needs of a key without PIN protection, kept between calls while the
- * store's change counter stays put (generation.c). */
+ * store's version stays put (generation.c). */
 #define SKS_USER_CACHE 32
 typedef struct {
     uint32_t handle;
-    uint64_t gen;
+    store_gen gen;
     sks_buf endorsed;
     EVP_PKEY *pkey;
     key_contexts ctx; /* on pkey, made on first use */
@@ -46,7 +52,7 @@ typedef struct {
 
 struct sks_device {
     sqlite3 *db;
-    volatile uint64_t *gen;  /* shared change counter, NULL if unavailable */
+    const volatile uint32_t *wal_index; /* SQLite's WAL-index header, NULL if unavailable */
     user_cache_entry user_cache[SKS_USER_CACHE];
     key_cache_entry key_cache[SKS_KEY_CACHE];
     unsigned key_cache_next;
@@ -90,16 +96,16 @@ int store_exec(sks_device *dev, sks_call *call, const char *sql);
 int seal(const sks_device *dev, const char *label, const uint8_t *in, size_t n, sks_buf *out);
 int unseal(const sks_device *dev, const char *label, const uint8_t *in, size_t n, sks_buf *out);
 
-/* ---- generation.c: the store's shared change counter ---- */
+/* ---- generation.c: the store's version, shared by every process that opens it ---- */
 
-void gen_open(sks_device *dev, const char *db_path);
+/* After the first read of dev->db in WAL mode. */
+void gen_open(sks_device *dev);
 void gen_close(sks_device *dev);
-uint64_t gen_current(const sks_device *dev);
-/* Even: no writer is between begin and end. */
-int gen_is_stable(uint64_t g);
-/* Called by the holder of the write lock around every change. */
-void gen_write_begin(sks_device *dev);
-void gen_write_end(sks_device *dev);
+/* The store's committed version now; 0 (and g->valid = 0) if it cannot be known. Read it
+ * before the first query of a transaction whose results are cached under it. */
+int gen_current(const sks_device *dev, store_gen *g);
+/* 1 if both are known and the same: nothing was committed in between. */
+int gen_equal(const store_gen *a, const store_gen *b);
 
 /* ---- user_api.c ---- */
 
@@ -136,6 +142,10 @@ EVP_PKEY *ecdh_peer_parse(EVP_PKEY *priv, const uint8_t *p, size_t n, int *valid
  * `md` is the digest the data was hashed with (NULL: data signed as is, for ecdsa.none,
  * rsa.pkcs1.none and Ed25519); `pss` selects RSA-PSS with the given salt length (-1: the
  * hash length) and MGF1 digest (NULL: md). */
+/* RSA decryption, RSA_PKCS1_PADDING (with implicit rejection: a wrong padding gives a
+ * synthetic message, never an error) or RSA_PKCS1_OAEP_PADDING with oaep_md for OAEP and MGF1.
+ * Every failure is the same 0 with an empty error queue. */
+int rsa_decrypt(EVP_PKEY *key, int padding, const EVP_MD *oaep_md, const uint8_t *in, size_t n, sks_buf *out);
 int sign_hash(EVP_PKEY *key, const EVP_MD *md, int pss, int saltlen, const EVP_MD *mgf1, const uint8_t *data,
               size_t n, sks_buf *sig);
 /* sign_hash for a key that signs again and again: the contexts an ECDSA or Ed25519 signature

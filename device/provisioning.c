@@ -8,6 +8,7 @@
  * dispatcher rolls the call back and removes the whole session.
  */
 #include "internal.h"
+#include "../cms/skip_common.h"
 
 #include <string.h>
 
@@ -114,11 +115,40 @@ static int id_taken(sks_device *dev, uint32_t session, sks_span id)
     return taken;
 }
 
+/* Open sessions past their sessionLifeTime by the device's clock (clientTime is the issuer's
+ * word). A SKIP factory-key session (issuer and algorithm urn:sks:skip, which only skip.c can
+ * make: createProvisioningSession refuses that issuer and has its own algorithm) waits for its
+ * package as long as it takes (docs/skip.md). */
+#define SESSION_EXPIRED                                                                                       \
+    "open = 1 AND NOT (issuer_uri = '" SKIP_ISSUER_URI "' AND algorithm = '" SKIP_ISSUER_URI "')"              \
+    " AND created + lifetime < CAST(strftime('%s','now') AS INTEGER)"
+
+/* A session whose lifetime has run out is unusable from that moment, not only once the next
+ * session is created; the failed call then removes it (wire/dispatcher.c). */
+static sks_status require_alive(sks_device *dev, sks_call *call, uint32_t handle)
+{
+    sqlite3_stmt *st = store_prepare(dev, call, "SELECT 1 FROM sessions WHERE handle = ? AND " SESSION_EXPIRED);
+    int step;
+
+    if (st == NULL)
+        return SKS_ERROR_STORAGE;
+    sqlite3_bind_int64(st, 1, handle);
+    step = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (step == SQLITE_ROW)
+        return sks_fail(call, SKS_ERROR_NO_SESSION, "provisioning session #%u has expired (sessionLifeTime)", handle);
+    if (step != SQLITE_DONE)
+        return sks_fail(call, SKS_ERROR_STORAGE, "storage error: %s", sqlite3_errmsg(dev->db));
+    return SKS_OK;
+}
+
 /* Opens the session a provisioning call names and marks it for abort on failure. */
 static sks_status open_session(sks_device *dev, sks_call *call, uint32_t handle, prov_session *s)
 {
     sks_status rc = session_load(dev, call, handle, 1, s);
 
+    if (rc == SKS_OK)
+        rc = require_alive(dev, call, handle);
     if (rc == SKS_OK)
         call->abort_session = handle;
     return rc;
@@ -137,6 +167,8 @@ static sks_status open_key(sks_device *dev, sks_call *call, uint32_t handle, key
     if (!s->open)
         return sks_fail(call, SKS_ERROR_NO_SESSION, "key #%u does not belong to an open provisioning session",
                         handle);
+    if ((rc = require_alive(dev, call, s->handle)) != SKS_OK)
+        return rc;
     call->abort_session = s->handle;
     return SKS_OK;
 }
@@ -176,15 +208,10 @@ static int supported_kmk(EVP_PKEY *k)
     return t == EVP_PKEY_RSA || (t == EVP_PKEY_EC && is_ec_on_supported_curve(k, curve, sizeof(curve)));
 }
 
-/* Open sessions whose sessionLifeTime has run out (by the device's clock: clientTime is the
- * issuer's word) are abandoned provisioning: remove them, as the lifetime exists for. A SKIP
- * factory-key session waits for its package as long as it takes (docs/skip.md). */
+/* Expired sessions are abandoned provisioning: remove them, as the lifetime exists for. */
 static sks_status remove_expired_sessions(sks_device *dev, sks_call *call)
 {
-    sqlite3_stmt *st = store_prepare(dev, call,
-                                     "SELECT handle FROM sessions WHERE open = 1"
-                                     " AND issuer_uri != 'urn:sks:skip'"
-                                     " AND created + lifetime < CAST(strftime('%s','now') AS INTEGER)");
+    sqlite3_stmt *st = store_prepare(dev, call, "SELECT handle FROM sessions WHERE " SESSION_EXPIRED);
     uint32_t expired[64];
     size_t n = 0, i;
     sks_status rc = SKS_OK;
@@ -235,6 +262,12 @@ SKS_HANDLER(h_create_provisioning_session)
     }
     if (issuer.n == 0) {
         rc = sks_fail(call, SKS_ERROR_OPTION, "issuerUri must not be empty");
+        goto done;
+    }
+    /* reserved for the device's own SKIP sessions, which never expire */
+    if (issuer.n == strlen(SKIP_ISSUER_URI)
+        && OPENSSL_strncasecmp((const char *)issuer.p, SKIP_ISSUER_URI, issuer.n) == 0) {
+        rc = sks_fail(call, SKS_ERROR_OPTION, "issuerUri \"%s\" is reserved for SKIP", SKIP_ISSUER_URI);
         goto done;
     }
     peer = spki_parse(server_eph.p, server_eph.n);

@@ -357,7 +357,9 @@ static sks_status load_skip_session(sks_device *dev, sks_call *call, uint32_t ha
     uint32_t key = 0;
     sks_status rc = session_load(dev, call, handle, 1, &s);
 
-    if (rc == SKS_OK && strcmp(s.issuer_uri, SKIP_ISSUER_URI) != 0)
+    /* Both, as only skipRequest sets them: an ordinary session's issuerUri is the issuer's word
+     * (and stores from before the URI was reserved may hold one that claims to be SKIP). */
+    if (rc == SKS_OK && (strcmp(s.issuer_uri, SKIP_ISSUER_URI) != 0 || strcmp(s.algorithm, SKIP_ISSUER_URI) != 0))
         rc = sks_fail(call, SKS_ERROR_NOT_ALLOWED, "skipImport: provisioning session #%u is not a SKIP request",
                       handle);
     session_free(&s);

@@ -126,9 +126,33 @@ static int write_master_key(const char *path, const uint8_t key[32], char *err, 
     return 1;
 }
 
+/* The master key unlocks every key of the store: it must be a regular file that only its
+ * owner can read or write, and that owner must be this process's user or root (a file
+ * someone else owns could be swapped or read by them). Checked on the open descriptor. */
+static int master_key_file_ok(const char *path, const struct stat *st, char *err, size_t errlen)
+{
+    if (!S_ISREG(st->st_mode)) {
+        set_err(err, errlen, "master key file %s is not a regular file", path);
+        return 0;
+    }
+    if ((st->st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+        set_err(err, errlen,
+                "master key file %s has mode %04o: group or others may access it; it must be 0600 or 0400"
+                " (chmod 600 %s)",
+                path, (unsigned)(st->st_mode & 07777), path);
+        return 0;
+    }
+    if (st->st_uid != geteuid() && st->st_uid != 0) {
+        set_err(err, errlen, "master key file %s belongs to uid %u, not to this user (uid %u) or root", path,
+                (unsigned)st->st_uid, (unsigned)geteuid());
+        return 0;
+    }
+    return 1;
+}
+
 static int read_master_key(const char *path, uint8_t key[32], char *err, size_t errlen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK); /* a FIFO must not hang us */
     struct stat st;
     ssize_t r;
 
@@ -136,7 +160,16 @@ static int read_master_key(const char *path, uint8_t key[32], char *err, size_t 
         set_err(err, errlen, "cannot open master key file %s: %s", path, strerror(errno));
         return 0;
     }
-    if (fstat(fd, &st) != 0 || st.st_size != 32) {
+    if (fstat(fd, &st) != 0) {
+        set_err(err, errlen, "cannot read master key file %s: %s", path, strerror(errno));
+        close(fd);
+        return 0;
+    }
+    if (!master_key_file_ok(path, &st, err, errlen)) {
+        close(fd);
+        return 0;
+    }
+    if (st.st_size != 32) {
         set_err(err, errlen, "master key file %s must hold exactly 32 bytes", path);
         close(fd);
         return 0;
@@ -153,7 +186,9 @@ static int read_master_key(const char *path, uint8_t key[32], char *err, size_t 
 static int db_open(const char *path, int create, sqlite3 **out, char *err, size_t errlen)
 {
     sqlite3 *db = NULL;
-    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
+    /* A new store is never made through a symlink someone planted at its path. */
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX
+                | (create ? SQLITE_OPEN_CREATE | SQLITE_OPEN_NOFOLLOW : 0);
     char *msg = NULL;
 
     if (sqlite3_open_v2(path, &db, flags, NULL) != SQLITE_OK) {
@@ -250,6 +285,28 @@ done:
     return x;
 }
 
+/* SQLite creates the database through the umask; a new store is its owner's alone (0600)
+ * until an administrator decides otherwise. By descriptor, never following a symlink, so a
+ * file swapped in by the directory's owner is not what gets changed. */
+static int make_private(const char *path, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+    struct stat st;
+    int ok = 0;
+
+    if (fd < 0 || fstat(fd, &st) != 0)
+        set_err(err, errlen, "cannot make store %s private (mode 0600): %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode))
+        set_err(err, errlen, "cannot make store %s private: not a regular file", path);
+    else if (fchmod(fd, 0600) != 0)
+        set_err(err, errlen, "cannot make store %s private (mode 0600): %s", path, strerror(errno));
+    else
+        ok = 1;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
 int sks_store_create(const sks_store_location *loc, EVP_PKEY *device_key, X509 *device_cert,
                      char *err, size_t errlen)
 {
@@ -267,8 +324,9 @@ int sks_store_create(const sks_store_location *loc, EVP_PKEY *device_key, X509 *
     sks_buf_init(&der);
     sks_buf_init(&sealed);
     default_master_path(loc, mpath, sizeof(mpath));
-    if (stat(loc->db_path, &st) == 0) {
-        set_err(err, errlen, "store %s already exists", loc->db_path);
+    if (lstat(loc->db_path, &st) == 0) {
+        set_err(err, errlen, "store %s already exists%s", loc->db_path,
+                S_ISLNK(st.st_mode) ? " (as a symbolic link: a new store is not made through one)" : "");
         return 0;
     }
     if (RAND_priv_bytes(mk, sizeof(mk)) != 1) {
@@ -291,7 +349,8 @@ int sks_store_create(const sks_store_location *loc, EVP_PKEY *device_key, X509 *
     }
     if (!db_open(loc->db_path, 1, &db, err, errlen))
         goto fail;
-    chmod(loc->db_path, 0600);
+    if (!make_private(loc->db_path, err, errlen))
+        goto fail;
     memset(&tmp, 0, sizeof(tmp));
     memcpy(tmp.master_key, mk, 32);
     cder_len = i2d_X509(cert, &cder);
@@ -349,11 +408,11 @@ sks_device *sks_device_open(const sks_store_location *loc, char *err, size_t err
         goto fail;
     if (!db_open(loc->db_path, 0, &dev->db, err, errlen))
         goto fail;
-    gen_open(dev, loc->db_path);
     if (!meta_get(dev->db, "device_certificate", &der) || !meta_get(dev->db, "device_key", &sealed)) {
         set_err(err, errlen, "%s is not an sks store (no device identity)", loc->db_path);
         goto fail;
     }
+    gen_open(dev); /* after a first read: SQLite maps the WAL index then */
     dev->device_cert = OPENSSL_memdup(der.data, der.len);
     dev->device_cert_len = der.len;
     sks_buf_reset(&der);

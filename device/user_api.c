@@ -84,21 +84,22 @@ static const sks_algorithm *algorithm_for(sks_span uri, alg_class cls)
 
 /* ---- the cache of keys without PIN protection ---- */
 
-static user_cache_entry *user_cache_find(sks_device *dev, uint32_t handle, uint64_t g)
+static user_cache_entry *user_cache_find(sks_device *dev, uint32_t handle, const store_gen *g)
 {
     size_t i;
 
-    if (!gen_is_stable(g))
-        return NULL;
     for (i = 0; i < SKS_USER_CACHE; i++)
-        if (dev->user_cache[i].pkey != NULL && dev->user_cache[i].handle == handle && dev->user_cache[i].gen == g)
+        if (dev->user_cache[i].pkey != NULL && dev->user_cache[i].handle == handle
+            && gen_equal(&dev->user_cache[i].gen, g))
             return &dev->user_cache[i];
     return NULL;
 }
 
 int user_cache_valid(sks_device *dev, uint32_t handle)
 {
-    return user_cache_find(dev, handle, gen_current(dev)) != NULL;
+    store_gen g;
+
+    return gen_current(dev, &g) && user_cache_find(dev, handle, &g) != NULL;
 }
 
 void user_cache_clear(sks_device *dev)
@@ -114,19 +115,19 @@ void user_cache_clear(sks_device *dev)
 }
 
 /* Remembers a provisioned key without PIN, biometric or symmetric material, as read when
- * the change counter was g. */
-static void user_cache_put(sks_device *dev, const key_entry *k, EVP_PKEY *pkey, uint64_t g)
+ * the store's version was g. */
+static void user_cache_put(sks_device *dev, const key_entry *k, EVP_PKEY *pkey, const store_gen *g)
 {
     user_cache_entry *e = &dev->user_cache[k->handle % SKS_USER_CACHE];
 
-    if (!gen_is_stable(g) || k->pin_policy != 0 || k->device_pin || k->biometric != 0 || k->symmetric_length != 0)
+    if (!g->valid || k->pin_policy != 0 || k->device_pin || k->biometric != 0 || k->symmetric_length != 0)
         return;
     key_contexts_free(&e->ctx);
     EVP_PKEY_free(e->pkey);
     sks_buf_free(&e->endorsed);
     e->pkey = EVP_PKEY_up_ref(pkey) ? pkey : NULL;
     e->handle = k->handle;
-    e->gen = g;
+    e->gen = *g;
     sks_buf_put(&e->endorsed, k->endorsed.data, k->endorsed.len);
     if (e->endorsed.failed) {
         EVP_PKEY_free(e->pkey);
@@ -137,9 +138,10 @@ static void user_cache_put(sks_device *dev, const key_entry *k, EVP_PKEY *pkey, 
 /* Fills k and *pkey from the cache; the entry on a hit, else NULL. */
 static user_cache_entry *user_cache_get(sks_device *dev, uint32_t handle, key_entry *k, EVP_PKEY **pkey)
 {
-    user_cache_entry *e = user_cache_find(dev, handle, gen_current(dev));
+    user_cache_entry *e;
+    store_gen g;
 
-    if (e == NULL || !EVP_PKEY_up_ref(e->pkey))
+    if (!gen_current(dev, &g) || (e = user_cache_find(dev, handle, &g)) == NULL || !EVP_PKEY_up_ref(e->pkey))
         return NULL;
     memset(k, 0, sizeof(*k));
     k->handle = handle;
@@ -183,10 +185,11 @@ static sks_status prepare(sks_device *dev, sks_call *call, const char *method, a
                           user_cache_entry **hit)
 {
     int symmetric_method = cls == ALG_HMAC || cls == ALG_SYM_ENCRYPT;
-    uint64_t g = gen_current(dev); /* read before the first query of this transaction */
     user_cache_entry *e = NULL;
+    store_gen g;
     sks_status rc;
 
+    gen_current(dev, &g); /* before the first query of this transaction: the data read is at least as new */
     *pkey = NULL;
     if (hit != NULL)
         *hit = NULL;
@@ -211,7 +214,7 @@ static sks_status prepare(sks_device *dev, sks_call *call, const char *method, a
                         (int)a->algorithm.n, a->algorithm.p, a->handle);
     rc = pin_verify(dev, call, k, a->biometric, a->authorization);
     if (rc == SKS_OK)
-        user_cache_put(dev, k, *pkey, g);
+        user_cache_put(dev, k, *pkey, &g);
     return rc;
 }
 
@@ -334,9 +337,7 @@ SKS_HANDLER(h_asymmetric_key_decrypt)
     key_entry k;
     const sks_algorithm *alg = NULL;
     EVP_PKEY *pkey = NULL;
-    EVP_PKEY_CTX *c = NULL;
-    uint8_t buf[1024];
-    size_t len = sizeof(buf);
+    sks_buf plain;
     sks_status rc;
 
     read_user_args(in, &a, 0, NULL);
@@ -344,21 +345,18 @@ SKS_HANDLER(h_asymmetric_key_decrypt)
     sks_reader_expect_end(in);
     if ((rc = reader_status(call, "asymmetricKeyDecrypt", in)) != SKS_OK)
         return rc;
+    sks_buf_init(&plain);
     if ((rc = prepare(dev, call, "asymmetricKeyDecrypt", ALG_DECRYPT, &a, &k, &alg, &pkey, NULL, NULL)) != SKS_OK)
         goto done;
-    c = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
-    if (c == NULL || EVP_PKEY_decrypt_init(c) != 1 || EVP_PKEY_CTX_set_rsa_padding(c, alg->pad) != 1
-        || (alg->md != NULL
-            && (EVP_PKEY_CTX_set_rsa_oaep_md(c, EVP_get_digestbyname(alg->md)) != 1
-                || EVP_PKEY_CTX_set_rsa_mgf1_md(c, EVP_get_digestbyname(alg->md)) != 1))
-        || EVP_PKEY_decrypt(c, buf, &len, data.p, data.n) != 1) {
+    /* One answer for every failure (crypto.c: rsa_decrypt): no padding oracle. */
+    if (!rsa_decrypt(pkey, alg->pad, alg->md != NULL ? EVP_get_digestbyname(alg->md) : NULL, data.p, data.n,
+                     &plain)) {
         rc = sks_fail(call, SKS_ERROR_CRYPTO, "asymmetricKeyDecrypt: decryption with key #%u failed", a.handle);
         goto done;
     }
-    sks_buf_array(out, buf, len);
+    sks_buf_array(out, plain.data, plain.len);
 done:
-    OPENSSL_cleanse(buf, sizeof(buf));
-    EVP_PKEY_CTX_free(c);
+    sks_buf_free(&plain); /* wipes */
     EVP_PKEY_free(pkey);
     key_free(&k);
     return rc;

@@ -42,10 +42,15 @@ sks_transport *sks_transport_open(const char *spec, const char *master_key_path,
 
 /*
  * The device to use when nothing more specific is configured: $SKS_DEVICE, else
- * file:$SKS_STORE, else file:$XDG_DATA_HOME/sks/store.db, else file:~/.local/share/sks/store.db.
- * Writes the specification into out; 0 if none can be formed.
+ * file:$SKS_STORE, else file:DATA_DIR/store.db (sks_data_dir). Variables are read with
+ * secure_getenv (ignored in set-user-ID/set-group-ID programs). Writes the specification into
+ * out; 0 if none can be formed.
  */
 int sks_default_device(char *out, size_t n);
+
+/* The user's sks data directory: $XDG_DATA_HOME/sks, else HOME/.local/share/sks with HOME from
+ * $HOME or, if unset, the password database (getpwuid). 0 if there is none: never /tmp. */
+int sks_data_dir(char *out, size_t n);
 
 /* Length-prefixed framing on a byte stream (4-byte big-endian length, at most 16 MiB). */
 #define SKS_FRAME_MAX (16u * 1024 * 1024)

@@ -149,12 +149,8 @@ static void terminate_session(sks_device *dev, uint32_t handle)
     memset(&scratch, 0, sizeof(scratch));
     if (!store_begin(dev, 1))
         return;
-    gen_write_begin(dev);
-    if (session_delete_all(dev, &scratch, handle) == SKS_OK)
-        store_commit(dev);
-    else
+    if (session_delete_all(dev, &scratch, handle) != SKS_OK || !store_commit(dev))
         store_rollback(dev);
-    gen_write_end(dev);
 }
 
 /* A User API call on a cached key (no PIN, nothing changed since) needs no transaction:
@@ -215,10 +211,8 @@ void sks_device_dispatch(sks_device *dev, const uint8_t *req, size_t reqlen, sks
         write_error(reply, SKS_ERROR_STORAGE, msg);
         return;
     }
-    /* Every change is bracketed by the shared change counter, so other processes drop
-     * what they cached (device/generation.c). */
-    if (write)
-        gen_write_begin(dev);
+    /* Other processes see a change by the store's version, which SQLite moves with the
+     * commit itself (device/generation.c). */
     sks_buf_init(&out);
     sks_reader_init(&in, req + 1, reqlen - 1);
     rc = m->handler(dev, &in, &out, &call);
@@ -234,16 +228,11 @@ void sks_device_dispatch(sks_device *dev, const uint8_t *req, size_t reqlen, sks
         }
     } else {
         store_rollback(dev);
-        if (write)
-            gen_write_end(dev);
-        write = 0;
         if (call.abort_session == 0)
             call.abort_session = named_open_session(dev, m, req + 1, reqlen - 1);
         if (call.abort_session != 0)
             terminate_session(dev, call.abort_session);
     }
-    if (write)
-        gen_write_end(dev);
     if (rc == SKS_OK) {
         sks_buf_byte(reply, SKS_OK);
         sks_buf_put(reply, out.data, out.len);

@@ -67,7 +67,7 @@ class SkipStore:
 
     def snapshot(self):
         """The store's persistent bytes: the database (and its WAL, had one survived) and
-        the master key. The <db>.gen change counter is a cache hint, not store content."""
+        the master key. (The -shm WAL index is SQLite's transient state, not store content.)"""
         out = {}
         for suffix in ("", "-wal", ".key"):
             p = Path(str(self.db) + suffix)

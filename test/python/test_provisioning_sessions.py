@@ -1,6 +1,7 @@
 """Device information and provisioning sessions: key agreement on every curve, E2ES and
 privacy-enabled attestations, enumeration, abort, persistence, handle uniqueness."""
 
+import sqlite3
 import time
 
 import pytest
@@ -265,3 +266,65 @@ def test_expired_open_session_is_removed(new_issuer, device):
     assert stale.handle not in open_handles
     assert sorted(open_handles) == sorted([fresh.handle, later.handle])
     assert_no_trace(device, stale, [key.handle])
+
+
+def test_expired_session_is_unusable_at_once(new_issuer, device):
+    """The attack: keep using an open session past its sessionLifeTime, while no new session is
+    created. Every call on it (session or key) is refused, and the session is removed."""
+    stale = new_issuer(session_life_time=1)
+    key = stale.provision_key()          # key entry with certificate, session still open
+    time.sleep(2.2)
+    with pytest.raises(s.SksError) as e:
+        stale.create_key_entry()         # names the session
+    assert e.value.status == s.ERROR_NO_SESSION and "expired" in e.value.message
+    assert stale.handle not in [x.provisioning_handle for x in device.list_sessions(True)]
+    assert_no_trace(device, stale, [key.handle])
+
+
+def test_expired_session_key_calls_are_refused(new_issuer, device):
+    stale = new_issuer(session_life_time=1)
+    key = stale.create_key_entry()
+    time.sleep(2.2)
+    with pytest.raises(s.SksError) as e:
+        stale.set_certificate_path(key)  # names the key of the expired session
+    assert e.value.status == s.ERROR_NO_SESSION and "expired" in e.value.message
+    assert_no_trace(device, stale, [key.handle])
+
+
+def test_expired_session_cannot_be_closed(new_issuer, device):
+    stale = new_issuer(session_life_time=1)
+    key = stale.provision_key()
+    time.sleep(2.2)
+    with pytest.raises(s.SksError) as e:
+        stale.close()
+    assert e.value.status == s.ERROR_NO_SESSION
+    assert device.list_keys().get(key.handle) is None
+
+
+@pytest.mark.parametrize("uri", ["urn:sks:skip", "URN:SKS:SKIP"])
+def test_skip_issuer_uri_is_reserved(device, ca, uri):
+    """issuerUri urn:sks:skip marked a session as SKIP's, which never expires: an ordinary
+    session must not be able to claim it."""
+    with pytest.raises(s.SksError) as e:
+        s.Issuer(device, ca=ca, issuer_uri=uri, session_life_time=1).open()
+    assert e.value.status == s.ERROR_OPTION and "reserved" in e.value.message
+    assert device.list_sessions(True) == []
+
+
+def test_ordinary_session_claiming_skip_issuer_is_no_skip_session(new_issuer, device, store):
+    """A store from before the reservation may hold an ordinary session whose issuerUri is
+    urn:sks:skip: it neither escapes its lifetime nor passes for a SKIP request."""
+    claimant = new_issuer(session_life_time=1)
+    con = sqlite3.connect(str(store), isolation_level=None, timeout=30)
+    try:
+        con.execute("UPDATE sessions SET issuer_uri = 'urn:sks:skip' WHERE handle = ?", (claimant.handle,))
+    finally:
+        con.close()
+    container = s.arr(b"spki") + s.arr(b"epki") + s.ushort(1) + s.arr(b"cert")
+    with pytest.raises(s.SksError) as e:
+        device.call(201, s.uint(claimant.handle) + s.arr(b"eph") + s.ushort(128) + s.arr(b"factory")
+                    + s.ushort(1) + container, "skipImport")
+    assert e.value.status == s.ERROR_NOT_ALLOWED and "not a SKIP request" in e.value.message
+    time.sleep(2.2)
+    new_issuer()                         # removes expired sessions
+    assert claimant.handle not in [x.provisioning_handle for x in device.list_sessions(True)]

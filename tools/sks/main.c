@@ -84,14 +84,18 @@ int cli_store_resolve(cli_store *s, const char *device_opt, const char *store_op
             return 0;
         }
         memcpy(s->db_path, path, strlen(path) + 1);
-    } else if ((env = getenv("XDG_DATA_HOME")) != NULL && *env) {
-        snprintf(s->db_path, sizeof(s->db_path), "%s/sks/device", env);
     } else {
-        snprintf(s->db_path, sizeof(s->db_path), "%s/.local/share/sks/device", getenv("HOME") ? getenv("HOME") : "/tmp");
+        char dir[4096];
+        /* beside the device: this user's files (issuer CA) for a device that is not a store */
+        if (!sks_data_dir(dir, sizeof(dir))
+            || snprintf(s->db_path, sizeof(s->db_path), "%s/device", dir) >= (int)sizeof(s->db_path)) {
+            cli_error("no home directory for this user's sks files: set HOME or XDG_DATA_HOME");
+            return 0;
+        }
     }
     if (master_opt != NULL)
         snprintf(s->master_path, sizeof(s->master_path), "%s", master_opt);
-    else if ((env = getenv("SKS_MASTER_KEY")) != NULL && *env)
+    else if ((env = secure_getenv("SKS_MASTER_KEY")) != NULL && *env)
         snprintf(s->master_path, sizeof(s->master_path), "%s", env);
     s->loc.db_path = s->db_path;
     s->loc.master_key_path = s->master_path[0] ? s->master_path : NULL;

@@ -153,9 +153,9 @@ static EVP_PKEY *load_sks_key(const cli_store *store, const char *uri)
     OSSL_STORE_CTX *s;
     EVP_PKEY *key = NULL;
 
-    if (getenv("SKS_DEVICE") == NULL && getenv("SKS_STORE") == NULL)
+    if (secure_getenv("SKS_DEVICE") == NULL && secure_getenv("SKS_STORE") == NULL)
         setenv("SKS_STORE", store->db_path, 1);
-    if (store->master_path[0] != '\0' && getenv("SKS_MASTER_KEY") == NULL)
+    if (store->master_path[0] != '\0' && secure_getenv("SKS_MASTER_KEY") == NULL)
         setenv("SKS_MASTER_KEY", store->master_path, 1);
     if (OSSL_PROVIDER_load(NULL, "default") == NULL || OSSL_PROVIDER_load(NULL, "sks") == NULL) {
         cli_error(CMD ": cannot load the sks provider for %s (install it, or set OPENSSL_MODULES to the directory"
