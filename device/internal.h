@@ -256,6 +256,11 @@ sks_status pin_verify(sks_device *dev, sks_call *call, const key_entry *k, int b
                       sks_span authorization);
 /* Verifies a PUK for the key's PIN policy, counting PUK errors. */
 sks_status puk_verify(sks_device *dev, sks_call *call, const key_entry *k, sks_span authorization);
+/* Under signature+standard or unique grouping a new PIN must differ from the other groups'
+ * PINs: compares it with them, counting (durably) a try on each, and refuses while one of
+ * them is locked. */
+sks_status pin_check_other_groups(sks_device *dev, sks_call *call, const key_entry *k, const pin_policy *p,
+                                  sks_span pin);
 /* 1 if the key's PIN object has reached its retry limit. */
 int pin_blocked(sks_device *dev, const key_entry *k, const pin_policy *p);
 
