@@ -394,7 +394,7 @@ static sks_status store_new_pin(sks_device *dev, sks_call *call, const key_entry
     sks_status rc = SKS_OK;
 
     sks_buf_init(&sealed);
-    if (!seal(dev, "pin", pin.p, pin.n, &sealed))
+    if (!seal_row(dev, "pins", "value", k->pin, pin.p, pin.n, &sealed))
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "cannot seal the PIN");
     else if ((st = store_prepare(dev, call, "UPDATE pins SET value = ?, error_count = 0 WHERE handle = ?")) == NULL)
         rc = SKS_ERROR_STORAGE;

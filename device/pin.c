@@ -150,11 +150,13 @@ static sks_status pin_object_load(sks_device *dev, sks_call *call, int64_t pin, 
     sqlite3_bind_int64(st, 1, pin);
     if (sqlite3_step(st) != SQLITE_ROW)
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "PIN object #%lld is missing", (long long)pin);
-    else {
+    else if ((rc = row_verify(dev, call, "pins", pin)) == SKS_OK) {
         *errors = sqlite3_column_int(st, 1);
         if (value != NULL
-            && !unseal(dev, "pin", sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), value))
-            rc = sks_fail(call, SKS_ERROR_INTERNAL, "PIN object #%lld cannot be unsealed", (long long)pin);
+            && !unseal_row(dev, "pins", "value", pin, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0),
+                           value))
+            rc = sks_fail(call, SKS_ERROR_STORAGE, "integrity error: PIN object #%lld cannot be unsealed for its row",
+                          (long long)pin);
     }
     sqlite3_finalize(st);
     return rc;
@@ -180,7 +182,7 @@ static sks_status commit_tries(sks_device *dev, sks_call *call, unsigned delay)
 {
     if (!store_commit(dev)) {
         sks_fail(call, SKS_ERROR_STORAGE, "cannot record the PIN/PUK try (%s): nothing was checked",
-                 sqlite3_errmsg(dev->db));
+                 store_error(dev));
         store_rollback(dev);
         return SKS_ERROR_STORAGE;
     }
@@ -284,9 +286,16 @@ sks_status puk_verify(sks_device *dev, sks_call *call, const key_entry *k, sks_s
         goto done;
     }
     sqlite3_bind_int64(st, 1, p.puk);
-    if (sqlite3_step(st) != SQLITE_ROW
-        || !unseal(dev, "puk", sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), &value)) {
+    if (sqlite3_step(st) != SQLITE_ROW) {
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "PUK policy #%u cannot be read", p.puk);
+        goto done;
+    }
+    if ((rc = row_verify(dev, call, "puk_policies", p.puk)) != SKS_OK)
+        goto done;
+    if (!unseal_row(dev, "puk_policies", "value", p.puk, sqlite3_column_blob(st, 0),
+                    (size_t)sqlite3_column_bytes(st, 0), &value)) {
+        rc = sks_fail(call, SKS_ERROR_STORAGE, "integrity error: the PUK of policy #%u cannot be unsealed for its row",
+                      p.puk);
         goto done;
     }
     errors = sqlite3_column_int(st, 1);
@@ -352,10 +361,15 @@ sks_status pin_check_other_groups(sks_device *dev, sks_call *call, const key_ent
     sqlite3_bind_int64(st, 2, k->pin);
     sks_buf_init(&other);
     while (rc == SKS_OK && sqlite3_step(st) == SQLITE_ROW) {
+        int64_t h = sqlite3_column_int64(st, 0);
+
         sks_buf_reset(&other);
-        if (!unseal(dev, "pin", sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1), &other))
-            rc = sks_fail(call, SKS_ERROR_INTERNAL, "PIN object #%lld cannot be unsealed",
-                          (long long)sqlite3_column_int64(st, 0));
+        if ((rc = row_verify(dev, call, "pins", h)) != SKS_OK)
+            break;
+        if (!unseal_row(dev, "pins", "value", h, sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1),
+                        &other))
+            rc = sks_fail(call, SKS_ERROR_STORAGE, "integrity error: PIN object #%lld cannot be unsealed for its row",
+                          (long long)h);
         else
             same |= values_equal(&other, pin);
     }

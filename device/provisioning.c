@@ -291,7 +291,7 @@ SKS_HANDLER(h_create_provisioning_session)
         rc = sks_fail(call, SKS_ERROR_CRYPTO, "device attestation signature failed");
         goto done;
     }
-    if (!seal(dev, "session-key", session_key, 32, &sealed)) {
+    if (!seal_new_row(dev, "sessions", "session_key", session_key, 32, &sealed)) {
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "cannot seal the session key");
         goto done;
     }
@@ -487,7 +487,7 @@ SKS_HANDLER(h_create_puk_policy)
     }
     if ((rc = pin_check_format(call, "PUK", format, puk.data, puk.len)) != SKS_OK)
         goto done;
-    if (!seal(dev, "puk", puk.data, puk.len, &sealed)) {
+    if (!seal_new_row(dev, "puk_policies", "value", puk.data, puk.len, &sealed)) {
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "cannot seal the PUK");
         goto done;
     }
@@ -672,8 +672,11 @@ static sks_status assign_pin_object(sks_device *dev, sks_call *call, const pin_p
         while (rc == SKS_OK && sqlite3_step(st) == SQLITE_ROW) {
             int same;
             sks_buf_reset(&value);
-            if (!unseal(dev, "pin", sqlite3_column_blob(st, 2), (size_t)sqlite3_column_bytes(st, 2), &value)) {
-                rc = sks_fail(call, SKS_ERROR_INTERNAL, "a PIN object cannot be unsealed");
+            if ((rc = row_verify(dev, call, "pins", sqlite3_column_int64(st, 0))) != SKS_OK)
+                break;
+            if (!unseal_row(dev, "pins", "value", sqlite3_column_int64(st, 0), sqlite3_column_blob(st, 2),
+                            (size_t)sqlite3_column_bytes(st, 2), &value)) {
+                rc = sks_fail(call, SKS_ERROR_STORAGE, "integrity error: a PIN object cannot be unsealed for its row");
                 break;
             }
             same = value.len == pin_len && CRYPTO_memcmp(value.data, pin, pin_len) == 0;
@@ -693,7 +696,7 @@ static sks_status assign_pin_object(sks_device *dev, sks_call *call, const pin_p
         sqlite3_finalize(st);
     }
     if (rc == SKS_OK && *out == 0) {
-        if (!seal(dev, "pin", pin, pin_len, &sealed)) {
+        if (!seal_new_row(dev, "pins", "value", pin, pin_len, &sealed)) {
             rc = sks_fail(call, SKS_ERROR_INTERNAL, "cannot seal the PIN");
             goto done;
         }
@@ -968,7 +971,7 @@ SKS_HANDLER(h_create_key_entry)
     if (key == NULL)
         key = generate_key(alg, a.key_params);
     if (key == NULL || !spki_der(key, &spki) || !pkcs8_der(key, &pkcs8)
-        || !seal(dev, "private-key", pkcs8.data, pkcs8.len, &sealed)) {
+        || !seal_new_row(dev, "keys", "private_key", pkcs8.data, pkcs8.len, &sealed)) {
         rc = sks_fail(call, SKS_ERROR_CRYPTO, "createKeyEntry: key generation failed");
         goto done;
     }
@@ -1197,7 +1200,7 @@ static sks_status import_key(sks_device *dev, sks_reader *in, sks_call *call, in
                       "importPrivateKey: not a PKCS#8 RSA, EC (supported curve) or Ed25519 private key");
         goto done;
     }
-    if (!seal(dev, symmetric ? "symmetric-key" : "private-key", clear.data, clear.len, &sealed)) {
+    if (!seal_row(dev, "keys", symmetric ? "symmetric_key" : "private_key", handle, clear.data, clear.len, &sealed)) {
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "cannot seal the imported key");
         goto done;
     }
@@ -1758,9 +1761,13 @@ static sks_status apply_update(sks_device *dev, sks_call *call, uint32_t new_key
     };
     size_t i;
 
-    for (i = 0; i < sizeof(SQL) / sizeof(SQL[0]); i++)
+    for (i = 0; i < sizeof(SQL) / sizeof(SQL[0]); i++) {
         if (!store_run(dev, call, SQL[i], new_key, target))
             return SKS_ERROR_STORAGE;
+        /* The copied sealed columns were sealed for the new key's row. */
+        if (i == 0 && key_reseal_moved(dev, call, new_key, target) != SKS_OK)
+            return SKS_ERROR_STORAGE;
+    }
     return SKS_OK;
 }
 

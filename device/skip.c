@@ -133,7 +133,7 @@ static sks_status insert_skip_session(sks_device *dev, sks_call *call, const cha
     sks_status rc = SKS_ERROR_STORAGE;
 
     sks_buf_init(&sealed);
-    if (!random_bytes(unused_key, sizeof(unused_key)) || !seal(dev, "session-key", unused_key, 32, &sealed)) {
+    if (!random_bytes(unused_key, sizeof(unused_key)) || !seal_new_row(dev, "sessions", "session_key", unused_key, 32, &sealed)) {
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "skipRequest: cannot make the session");
         goto done;
     }
@@ -205,7 +205,7 @@ static sks_status insert_factory_key(sks_device *dev, sks_call *call, uint32_t s
 
     sks_buf_init(&pkcs8);
     sks_buf_init(&sealed);
-    if (!pkcs8_der(key, &pkcs8) || !seal(dev, "private-key", pkcs8.data, pkcs8.len, &sealed)) {
+    if (!pkcs8_der(key, &pkcs8) || !seal_new_row(dev, "keys", "private_key", pkcs8.data, pkcs8.len, &sealed)) {
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "skipRequest: cannot seal the factory key");
         goto done;
     }
@@ -563,7 +563,7 @@ static sks_status store_device_key(sks_device *dev, sks_call *call, uint32_t ses
     snprintf(what, sizeof(what), "container %u", idx);
     encode_path(c->certs, c->ncerts, &path);
     if (!sha256(c->certs[0].p, c->certs[0].n, ee_hash) || !spki_der(priv, &spki) || !pkcs8_der(priv, &pkcs8)
-        || !seal(dev, "private-key", pkcs8.data, pkcs8.len, &sealed) || path.failed) {
+        || !seal_new_row(dev, "keys", "private_key", pkcs8.data, pkcs8.len, &sealed) || path.failed) {
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "skipImport: cannot seal the key of container %u", idx);
         goto done;
     }
