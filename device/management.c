@@ -167,6 +167,8 @@ SKS_HANDLER(h_get_key_protection_info)
             if (sqlite3_step(st) == SQLITE_ROW)
                 errors = sqlite3_column_int(st, 0);
             sqlite3_finalize(st);
+            if ((rc = row_verify(dev, call, "pins", k.pin)) != SKS_OK)
+                goto done;
         }
         sks_buf_ushort(out, (uint16_t)errors);
     }

@@ -1808,7 +1808,7 @@ static sks_status apply_post_ops(sks_device *dev, sks_call *call, uint32_t sessi
 {
     sqlite3_stmt *st = store_prepare(
         dev, call,
-        "SELECT o.kind, o.new_key, o.target, k.session FROM post_ops o LEFT JOIN keys k ON k.handle = o.target"
+        "SELECT o.kind, o.new_key, o.target, k.session, o.seq FROM post_ops o LEFT JOIN keys k ON k.handle = o.target"
         " WHERE o.session = ? ORDER BY o.seq");
     uint32_t owners[256];
     size_t n_owners = 0, i;
@@ -1824,6 +1824,8 @@ static sks_status apply_post_ops(sks_device *dev, sks_call *call, uint32_t sessi
     sqlite3_bind_int64(st, 1, session);
     while (sqlite3_step(st) == SQLITE_ROW) {
         uint32_t owner = (uint32_t)sqlite3_column_int64(st, 3);
+        if ((rc = row_verify(dev, call, "post_ops", sqlite3_column_int64(st, 4))) != SKS_OK)
+            break;
         if (sqlite3_column_type(st, 3) == SQLITE_NULL) {
             rc = sks_fail(call, SKS_ERROR_NO_KEY,
                           "closeProvisioningSession: target key #%u of a post operation no longer exists",

@@ -586,7 +586,7 @@ int unseal_row(const sks_device *dev, const char *table, const char *column, int
 /* ---- row MACs ---- */
 
 /* The tables whose every column is covered by a row MAC (docs/storage.md lists why). */
-static const char *const ROW_TABLES[] = { "sessions", "puk_policies", "pin_policies", "pins", "keys" };
+static const char *const ROW_TABLES[] = { "sessions", "puk_policies", "pin_policies", "pins", "keys", "post_ops" };
 #define ROW_TABLE_COUNT (sizeof(ROW_TABLES) / sizeof(ROW_TABLES[0]))
 
 static int row_table_index(const char *table)
@@ -786,15 +786,12 @@ static void on_row_change(void *arg, int op, const char *dbname, const char *tab
     dev->rows.dirty_n++;
 }
 
-/* Gives a changed row its new MAC, or drops the MAC of a deleted one. */
-static int row_mac_renew(sks_device *dev, int table, int64_t id)
+/* Stores a changed row's new MAC, or drops the MAC of a deleted row (exists = 0). */
+static int row_mac_renew(sks_device *dev, int table, int64_t id, const uint8_t mac[32], int exists)
 {
-    uint8_t mac[32];
     sqlite3_stmt *st = NULL;
-    int exists = 0, ok;
+    int ok;
 
-    if (!row_mac(dev, dev->db, table, id, mac, &exists))
-        return 0;
     if (sqlite3_prepare_v2(dev->db,
                            exists ? "INSERT INTO row_macs (tbl, id, mac) VALUES (?1, ?2, ?3)"
                                     " ON CONFLICT (tbl, id) DO UPDATE SET mac = excluded.mac"
@@ -812,9 +809,10 @@ static int row_mac_renew(sks_device *dev, int table, int64_t id)
 }
 
 /*
- * Before a commit: every protected row the transaction changed must have been intact in the
- * committed state (so a row edited outside the device is never re-MACed by a later legitimate
- * change), and then gets the MAC of its new state.
+ * Before a commit: every protected row the transaction changed and kept must have been intact
+ * in the committed state (so a row edited outside the device is never re-MACed by a later
+ * legitimate change), and then gets the MAC of its new state. Deleted rows only lose their
+ * MAC: removing an edited row (e.g. with a failed session) launders nothing.
  */
 static int rows_seal_changes(sks_device *dev)
 {
@@ -835,12 +833,19 @@ static int rows_seal_changes(sks_device *dev)
     }
     for (i = 0; ok && i < dev->rows.dirty_n; i++) {
         const row_ref *r = &dev->rows.dirty[i];
-        if (!row_intact(dev, committed, r->table, r->id, &exists)) {
+        uint8_t now[32];
+        int kept = 0;
+
+        if (!row_mac(dev, dev->db, r->table, r->id, now, &kept)) {
+            snprintf(dev->rows.error, sizeof(dev->rows.error), "cannot read a changed row: %s",
+                     sqlite3_errmsg(dev->db));
+            ok = 0;
+        } else if (kept && !row_intact(dev, committed, r->table, r->id, &exists)) {
             snprintf(dev->rows.error, sizeof(dev->rows.error),
                      "integrity error: %s row #%lld does not match its MAC (changed outside the device)",
                      ROW_TABLES[r->table], (long long)r->id);
             ok = 0;
-        } else if (!row_mac_renew(dev, r->table, r->id)) {
+        } else if (!row_mac_renew(dev, r->table, r->id, now, kept)) {
             snprintf(dev->rows.error, sizeof(dev->rows.error), "cannot renew a row MAC: %s", sqlite3_errmsg(dev->db));
             ok = 0;
         }

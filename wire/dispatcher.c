@@ -149,9 +149,7 @@ static void terminate_session(sks_device *dev, uint32_t handle)
     if (!store_begin(dev, 1))
         return;
     gen_write_begin(dev);
-    if (session_delete_all(dev, &scratch, handle) == SKS_OK)
-        store_commit(dev);
-    else
+    if (session_delete_all(dev, &scratch, handle) != SKS_OK || !store_commit(dev))
         store_rollback(dev);
     gen_write_end(dev);
 }

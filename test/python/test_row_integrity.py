@@ -261,3 +261,23 @@ def test_old_schema_refused(store, sks_binary):
     res = subprocess.run([sks_binary, "--store", str(store), "list"], capture_output=True, timeout=60)
     assert res.returncode != 0
     assert b"sks-1" in res.stderr and b"sks-2" in res.stderr, res.stderr
+
+
+def test_post_operation_retargeted(new_issuer, device, store, ec_kmk):
+    """A queued postUnlockKey pointed at another locked key (of another issuer) must not
+    unlock it when the session closes."""
+    mine = new_issuer(kmk=ec_kmk)
+    policy = mine.create_pin_policy(retry_limit=1)
+    own = mine.provision_key(pin_policy=policy, pin="2580")
+    mine.close()
+    other = new_issuer()
+    victim_policy = other.create_pin_policy(retry_limit=1)
+    victim = other.provision_key(pin_policy=victim_policy, pin="1111")
+    other.close()
+    for key in (own, victim):
+        lock(device, key, 1)
+    iss = new_issuer()
+    iss.post_unlock_key(own, kmk=ec_kmk)
+    edit(store, ("UPDATE post_ops SET target = ? WHERE target = ?", victim.handle, own.handle))
+    integrity_error(iss.close)
+    assert device.get_key_protection_info(victim.handle).protection_status & s.PROTSTAT_PIN_BLOCKED
