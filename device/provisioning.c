@@ -358,7 +358,7 @@ SKS_HANDLER(h_enumerate_provisioning_sessions)
     sqlite3_bind_int(st, 2, want_open);
     if (sqlite3_step(st) != SQLITE_ROW) {
         sks_buf_uint(out, 0);
-    } else {
+    } else if ((rc = row_verify(dev, call, "sessions", sqlite3_column_int64(st, 0))) == SKS_OK) {
         sks_buf_uint(out, (uint32_t)sqlite3_column_int64(st, 0));
         sks_buf_string(out, (const char *)sqlite3_column_text(st, 1));
         sks_buf_bool(out, sqlite3_column_int(st, 2));
@@ -370,7 +370,7 @@ SKS_HANDLER(h_enumerate_provisioning_sessions)
         sks_buf_string(out, (const char *)sqlite3_column_text(st, 8));
     }
     sqlite3_finalize(st);
-    return SKS_OK;
+    return rc;
 }
 
 SKS_HANDLER(h_abort_provisioning_session)

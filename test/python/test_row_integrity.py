@@ -37,9 +37,9 @@ def column(store, sql, *params):
         db.close()
 
 
-def integrity_error(fn, *args):
+def integrity_error(fn, *args, **kw):
     try:
-        fn(*args)
+        fn(*args, **kw)
     except s.SksError as e:
         assert e.status == s.ERROR_STORAGE and "integrity error" in e.message, \
             f"expected an integrity error, got {e}"
@@ -281,3 +281,19 @@ def test_post_operation_retargeted(new_issuer, device, store, ec_kmk):
     edit(store, ("UPDATE post_ops SET target = ? WHERE target = ?", victim.handle, own.handle))
     integrity_error(iss.close)
     assert device.get_key_protection_info(victim.handle).protection_status & s.PROTSTAT_PIN_BLOCKED
+
+
+def test_session_key_management_key_edit(new_issuer, device, store, fresh, ec_kmk, rsa_kmk):
+    """Replacing a closed session's key management key (who may update, unlock or delete its
+    keys later) is detected, whether the session is used or only listed."""
+    iss = new_issuer(kmk=ec_kmk)
+    policy = iss.create_pin_policy(retry_limit=1)
+    key = iss.provision_key(pin_policy=policy, pin="2580")
+    iss.close()
+    lock(device, key, 1)
+    edit(store, ("UPDATE sessions SET kmk = ? WHERE handle = ?", s.spki(rsa_kmk.public_key()), iss.handle))
+    dev = fresh()
+    integrity_error(dev.enumerate_provisioning_sessions, 0, False)
+    intruder = new_issuer()
+    integrity_error(intruder.post_unlock_key, key, kmk=rsa_kmk)
+    assert device.get_key_protection_info(key.handle).protection_status & s.PROTSTAT_PIN_BLOCKED
