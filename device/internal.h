@@ -50,9 +50,26 @@ typedef struct {
     key_contexts ctx; /* on pkey, made on first use */
 } user_cache_entry;
 
+/* Row integrity (store.c, docs/storage.md): the rows of the protected tables changed by the
+ * current transaction, whose MACs store_commit checks (old state) and renews (new state). */
+typedef struct {
+    uint8_t table; /* index into the protected tables */
+    int64_t id;
+} row_ref;
+
+typedef struct {
+    sqlite3 *committed; /* read-only connection: the last committed state */
+    uint8_t mac_key[32];
+    row_ref *dirty;
+    size_t dirty_n, dirty_cap;
+    int dirty_overflow; /* out of memory while recording: the commit is refused */
+    char error[256];    /* why the last commit was refused */
+} row_integrity;
+
 struct sks_device {
     sqlite3 *db;
     const volatile uint32_t *wal_index; /* SQLite's WAL-index header, NULL if unavailable */
+    row_integrity rows;
     user_cache_entry user_cache[SKS_USER_CACHE];
     key_cache_entry key_cache[SKS_KEY_CACHE];
     unsigned key_cache_next;
@@ -81,8 +98,12 @@ sks_status sks_fail(sks_call *call, sks_status status, const char *fmt, ...)
 /* ---- store.c: SQLite and sealing ---- */
 
 int store_begin(sks_device *dev, int write);
+/* Commits, after checking the committed state of every protected row the transaction changed
+ * and renewing their MACs; 0 (rolled back by the caller) on failure, see store_error. */
 int store_commit(sks_device *dev);
 void store_rollback(sks_device *dev);
+/* Why the last store_commit failed. */
+const char *store_error(sks_device *dev);
 /* Prepared statement helper: returns NULL and sets the call's error on failure. */
 sqlite3_stmt *store_prepare(sks_device *dev, sks_call *call, const char *sql);
 /* Runs a statement without results; binds are done by the caller. SQLITE_DONE -> 1. */
@@ -92,9 +113,20 @@ int store_run(sks_device *dev, sks_call *call, const char *sql, int64_t a, int64
 /* Executes literal SQL with no bindings. */
 int store_exec(sks_device *dev, sks_call *call, const char *sql);
 
-/* AES-256-GCM under the master key; `label` binds the blob to its purpose. */
-int seal(const sks_device *dev, const char *label, const uint8_t *in, size_t n, sks_buf *out);
-int unseal(const sks_device *dev, const char *label, const uint8_t *in, size_t n, sks_buf *out);
+/* Sealed columns: AES-256-GCM under the master key, the associated data naming table, column
+ * and row handle, so a blob opens only in the row and column it was sealed for. */
+int seal_row(const sks_device *dev, const char *table, const char *column, int64_t handle, const uint8_t *in,
+             size_t n, sks_buf *out);
+int unseal_row(const sks_device *dev, const char *table, const char *column, int64_t handle, const uint8_t *in,
+               size_t n, sks_buf *out);
+/* seal_row for the row the next INSERT into `table` creates (AUTOINCREMENT handles are
+ * predictable under the write lock). */
+int seal_new_row(sks_device *dev, const char *table, const char *column, const uint8_t *in, size_t n,
+                 sks_buf *out);
+/* Checks a protected row against its MAC (docs/storage.md); ERROR_STORAGE "integrity error"
+ * if it was changed, added or copied outside the device. Rows changed by the current
+ * transaction are checked at commit instead. */
+sks_status row_verify(sks_device *dev, sks_call *call, const char *table, int64_t handle);
 
 /* ---- generation.c: the store's version, shared by every process that opens it ---- */
 
@@ -247,6 +279,9 @@ sks_span key_ee_certificate(const key_entry *k);
 EVP_PKEY *key_private(sks_device *dev, sks_call *call, const key_entry *k);
 /* Drops the parsed private keys (wiped by OpenSSL when freed). */
 void key_cache_clear(sks_device *dev);
+/* After key #from's sealed columns were copied into key #to (postUpdateKey), seals them
+ * again for #to's row. */
+sks_status key_reseal_moved(sks_device *dev, sks_call *call, uint32_t from, uint32_t to);
 /* The symmetric key, unsealed into out. */
 sks_status key_symmetric(sks_device *dev, sks_call *call, const key_entry *k, sks_buf *out);
 /* Deletes a key and the PIN/PUK/session objects only it kept alive. */
@@ -269,6 +304,11 @@ sks_status pin_verify(sks_device *dev, sks_call *call, const key_entry *k, int b
                       sks_span authorization);
 /* Verifies a PUK for the key's PIN policy, counting PUK errors. */
 sks_status puk_verify(sks_device *dev, sks_call *call, const key_entry *k, sks_span authorization);
+/* Under signature+standard or unique grouping a new PIN must differ from the other groups'
+ * PINs: compares it with them, counting (durably) a try on each, and refuses while one of
+ * them is locked. */
+sks_status pin_check_other_groups(sks_device *dev, sks_call *call, const key_entry *k, const pin_policy *p,
+                                  sks_span pin);
 /* 1 if the key's PIN object has reached its retry limit. */
 int pin_blocked(sks_device *dev, const key_entry *k, const pin_policy *p);
 

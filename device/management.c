@@ -167,6 +167,8 @@ SKS_HANDLER(h_get_key_protection_info)
             if (sqlite3_step(st) == SQLITE_ROW)
                 errors = sqlite3_column_int(st, 0);
             sqlite3_finalize(st);
+            if ((rc = row_verify(dev, call, "pins", k.pin)) != SKS_OK)
+                goto done;
         }
         sks_buf_ushort(out, (uint16_t)errors);
     }
@@ -387,33 +389,6 @@ SKS_HANDLER(h_unlock_key)
     return rc;
 }
 
-/* A new PIN must fit the policy, and under signature+standard or unique grouping differ
- * from the PINs of the policy's other groups. */
-static sks_status check_new_pin(sks_device *dev, sks_call *call, const key_entry *k, const pin_policy *p, sks_span pin)
-{
-    sqlite3_stmt *st;
-    sks_buf other;
-    sks_status rc = pin_check_policy(call, p, pin.p, pin.n);
-
-    if (rc != SKS_OK || p->grouping < 2)
-        return rc;
-    sks_buf_init(&other);
-    st = store_prepare(dev, call, "SELECT value FROM pins WHERE policy = ? AND handle != ?");
-    if (st == NULL)
-        return SKS_ERROR_STORAGE;
-    sqlite3_bind_int64(st, 1, p->handle);
-    sqlite3_bind_int64(st, 2, k->pin);
-    while (rc == SKS_OK && sqlite3_step(st) == SQLITE_ROW) {
-        sks_buf_reset(&other);
-        if (unseal(dev, "pin", sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), &other)
-            && other.len == pin.n && CRYPTO_memcmp(other.data, pin.p, pin.n) == 0)
-            rc = sks_fail(call, SKS_ERROR_OPTION, "the new PIN must differ from the PINs of the policy's other groups");
-    }
-    sqlite3_finalize(st);
-    sks_buf_free(&other);
-    return rc;
-}
-
 static sks_status store_new_pin(sks_device *dev, sks_call *call, const key_entry *k, sks_span pin)
 {
     sks_buf sealed;
@@ -421,7 +396,7 @@ static sks_status store_new_pin(sks_device *dev, sks_call *call, const key_entry
     sks_status rc = SKS_OK;
 
     sks_buf_init(&sealed);
-    if (!seal(dev, "pin", pin.p, pin.n, &sealed))
+    if (!seal_row(dev, "pins", "value", k->pin, pin.p, pin.n, &sealed))
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "cannot seal the PIN");
     else if ((st = store_prepare(dev, call, "UPDATE pins SET value = ?, error_count = 0 WHERE handle = ?")) == NULL)
         rc = SKS_ERROR_STORAGE;
@@ -461,8 +436,11 @@ static sks_status new_pin(sks_device *dev, sks_reader *in, sks_call *call, int b
         rc = sks_fail(call, SKS_ERROR_NOT_ALLOWED, "%s: the PIN of key #%u is not user-modifiable", method, handle);
         goto done;
     }
+    /* The old PIN (or the PUK) first, counted; then the policy; then the other groups' PINs,
+     * each comparison counted on them (pin_check_other_groups). */
     rc = by_puk ? puk_verify(dev, call, &k, auth) : pin_verify(dev, call, &k, 0, auth);
-    if (rc == SKS_OK && (rc = check_new_pin(dev, call, &k, &p, pin)) == SKS_OK)
+    if (rc == SKS_OK && (rc = pin_check_policy(call, &p, pin.p, pin.n)) == SKS_OK
+        && (rc = pin_check_other_groups(dev, call, &k, &p, pin)) == SKS_OK)
         rc = store_new_pin(dev, call, &k, pin);
 done:
     pin_policy_free(&p);

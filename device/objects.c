@@ -56,10 +56,15 @@ sks_status session_load(sks_device *dev, sks_call *call, uint32_t handle, int mu
     s->handle = handle;
     s->open = sqlite3_column_int(st, 0);
     sks_buf_init(&sk);
-    if (!unseal(dev, "session-key", sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1), &sk)
-        || sk.len != 32) {
-        rc = sks_fail(call, SKS_ERROR_INTERNAL, "session key of provisioning session #%u cannot be unsealed", handle);
-    } else {
+    rc = row_verify(dev, call, "sessions", handle);
+    if (rc == SKS_OK
+        && (!unseal_row(dev, "sessions", "session_key", handle, sqlite3_column_blob(st, 1),
+                        (size_t)sqlite3_column_bytes(st, 1), &sk)
+            || sk.len != 32)) {
+        rc = sks_fail(call, SKS_ERROR_STORAGE,
+                      "integrity error: the session key of provisioning session #%u cannot be unsealed for its row",
+                      handle);
+    } else if (rc == SKS_OK) {
         memcpy(s->session_key, sk.data, 32);
     }
     sks_buf_free(&sk);
@@ -178,6 +183,8 @@ sks_status key_load(sks_device *dev, sks_call *call, uint32_t handle, key_entry 
     k->key_backup = (uint8_t)sqlite3_column_int(st, 18);
     col_blob(st, 19, &k->mac);
     sqlite3_finalize(st);
+    if (row_verify(dev, call, "keys", handle) != SKS_OK)
+        return SKS_ERROR_STORAGE;
     if (k->id == NULL || k->friendly_name == NULL || k->key_algorithm == NULL || k->key_parameters.failed
         || k->endorsed.failed || k->public_key.failed || k->certificates.failed || k->mac.failed)
         return sks_fail(call, SKS_ERROR_INTERNAL, "out of memory");
@@ -191,6 +198,9 @@ sks_status key_load_usable(sks_device *dev, sks_call *call, uint32_t handle, key
     sks_status rc = key_load(dev, call, handle, k);
 
     if (rc != SKS_OK)
+        return rc;
+    /* The session's open flag decides whether the key is usable: its row must be intact. */
+    if ((rc = row_verify(dev, call, "sessions", k->session)) != SKS_OK)
         return rc;
     st = store_prepare(dev, call, "SELECT open FROM sessions WHERE handle = ?");
     if (st == NULL)
@@ -245,8 +255,9 @@ static sks_status load_sealed_column(sks_device *dev, sks_call *call, uint32_t h
     sqlite3_bind_int64(st, 1, handle);
     if (sqlite3_step(st) != SQLITE_ROW || sqlite3_column_type(st, 0) == SQLITE_NULL)
         rc = sks_fail(call, SKS_ERROR_NO_KEY, "key #%u has no %s", handle, label);
-    else if (!unseal(dev, label, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), out))
-        rc = sks_fail(call, SKS_ERROR_INTERNAL, "the %s of key #%u cannot be unsealed (wrong master key?)",
+    else if (!unseal_row(dev, "keys", column, handle, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0),
+                         out))
+        rc = sks_fail(call, SKS_ERROR_STORAGE, "integrity error: the %s of key #%u cannot be unsealed for its row",
                       label, handle);
     sqlite3_finalize(st);
     return rc;
@@ -309,8 +320,8 @@ EVP_PKEY *key_private(sks_device *dev, sks_call *call, const key_entry *k)
         return hit->pkey;
     }
     sks_buf_init(&der);
-    if (!unseal(dev, "private-key", blob, (size_t)n, &der))
-        sks_fail(call, SKS_ERROR_INTERNAL, "the private-key of key #%u cannot be unsealed (wrong master key?)",
+    if (!unseal_row(dev, "keys", "private_key", k->handle, blob, (size_t)n, &der))
+        sks_fail(call, SKS_ERROR_STORAGE, "integrity error: the private key of key #%u cannot be unsealed for its row",
                  k->handle);
     else if ((pkey = pkcs8_parse(der.data, der.len)) == NULL)
         sks_fail(call, SKS_ERROR_INTERNAL, "the private key of key #%u is corrupt", k->handle);
@@ -319,6 +330,47 @@ EVP_PKEY *key_private(sks_device *dev, sks_call *call, const key_entry *k)
     sqlite3_finalize(st);
     sks_buf_free(&der);
     return pkey;
+}
+
+sks_status key_reseal_moved(sks_device *dev, sks_call *call, uint32_t from, uint32_t to)
+{
+    static const char *const COLUMNS[] = { "private_key", "symmetric_key" };
+    char sql[96];
+    sqlite3_stmt *st;
+    sks_buf clear, sealed;
+    sks_status rc = SKS_OK;
+    size_t i;
+
+    sks_buf_init(&clear);
+    sks_buf_init(&sealed);
+    for (i = 0; rc == SKS_OK && i < sizeof(COLUMNS) / sizeof(COLUMNS[0]); i++) {
+        sks_buf_reset(&clear);
+        sks_buf_reset(&sealed);
+        snprintf(sql, sizeof(sql), "SELECT %s FROM keys WHERE handle = ?", COLUMNS[i]);
+        if ((st = store_prepare(dev, call, sql)) == NULL)
+            return SKS_ERROR_STORAGE;
+        sqlite3_bind_int64(st, 1, to);
+        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL
+            && (!unseal_row(dev, "keys", COLUMNS[i], from, sqlite3_column_blob(st, 0),
+                            (size_t)sqlite3_column_bytes(st, 0), &clear)
+                || !seal_row(dev, "keys", COLUMNS[i], to, clear.data, clear.len, &sealed)))
+            rc = sks_fail(call, SKS_ERROR_STORAGE, "integrity error: the %s of key #%u cannot be unsealed for its row",
+                          COLUMNS[i], from);
+        sqlite3_finalize(st);
+        if (rc == SKS_OK && sealed.len > 0) {
+            snprintf(sql, sizeof(sql), "UPDATE keys SET %s = ? WHERE handle = ?", COLUMNS[i]);
+            if ((st = store_prepare(dev, call, sql)) == NULL)
+                rc = SKS_ERROR_STORAGE;
+            else {
+                sqlite3_bind_blob(st, 1, sealed.data, (int)sealed.len, SQLITE_STATIC);
+                sqlite3_bind_int64(st, 2, to);
+                rc = store_step_done(dev, call, st) ? SKS_OK : SKS_ERROR_STORAGE;
+            }
+        }
+    }
+    sks_buf_free(&clear);
+    sks_buf_free(&sealed);
+    return rc;
 }
 
 sks_status key_symmetric(sks_device *dev, sks_call *call, const key_entry *k, sks_buf *out)
@@ -362,7 +414,7 @@ sks_status pin_policy_load(sks_device *dev, sks_call *call, uint32_t handle, pin
     sqlite3_bind_int64(st, 1, handle);
     if (sqlite3_step(st) != SQLITE_ROW) {
         rc = sks_fail(call, SKS_ERROR_NO_KEY, "PIN policy #%u does not exist", handle);
-    } else {
+    } else if ((rc = row_verify(dev, call, "pin_policies", handle)) == SKS_OK) {
         p->handle = handle;
         p->id = col_text(st, 0);
         p->puk = (uint32_t)sqlite3_column_int64(st, 1);
@@ -398,7 +450,7 @@ sks_status puk_policy_load(sks_device *dev, sks_call *call, uint32_t handle, puk
     sqlite3_bind_int64(st, 1, handle);
     if (sqlite3_step(st) != SQLITE_ROW) {
         rc = sks_fail(call, SKS_ERROR_NO_KEY, "PUK policy #%u does not exist", handle);
-    } else {
+    } else if ((rc = row_verify(dev, call, "puk_policies", handle)) == SKS_OK) {
         p->handle = handle;
         p->id = col_text(st, 0);
         p->format = (uint8_t)sqlite3_column_int(st, 1);

@@ -1,8 +1,13 @@
 /*
  * PIN and PUK handling: formats (spec 5.6), pattern restrictions (5.5), and verification
- * with error counters that lock a PIN object at its retry limit. Counters change inside the
- * caller's write transaction, which the dispatcher commits even when the call answers
- * ERROR_AUTHORIZATION, so concurrent wrong guesses are counted exactly.
+ * with error counters that lock a PIN object at its retry limit.
+ *
+ * Every try is recorded before its outcome is used: under the write lock the count is read,
+ * the value compared, and the new count (0 for the right value, count + 1 for a wrong one)
+ * committed in a transaction of its own; only then is the outcome acted on, in a new write
+ * transaction the dispatcher commits. A try whose record cannot be made durable (disk full,
+ * I/O error) is answered ERROR_STORAGE whatever the value was, so a store that cannot count
+ * cannot be searched; and concurrent tries are still counted exactly (one lock holder).
  */
 #include "internal.h"
 
@@ -145,11 +150,13 @@ static sks_status pin_object_load(sks_device *dev, sks_call *call, int64_t pin, 
     sqlite3_bind_int64(st, 1, pin);
     if (sqlite3_step(st) != SQLITE_ROW)
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "PIN object #%lld is missing", (long long)pin);
-    else {
+    else if ((rc = row_verify(dev, call, "pins", pin)) == SKS_OK) {
         *errors = sqlite3_column_int(st, 1);
         if (value != NULL
-            && !unseal(dev, "pin", sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), value))
-            rc = sks_fail(call, SKS_ERROR_INTERNAL, "PIN object #%lld cannot be unsealed", (long long)pin);
+            && !unseal_row(dev, "pins", "value", pin, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0),
+                           value))
+            rc = sks_fail(call, SKS_ERROR_STORAGE, "integrity error: PIN object #%lld cannot be unsealed for its row",
+                          (long long)pin);
     }
     sqlite3_finalize(st);
     return rc;
@@ -167,6 +174,41 @@ static sks_status set_error_count(sks_device *dev, sks_call *call, const char *t
     sqlite3_bind_int(st, 1, count);
     sqlite3_bind_int64(st, 2, handle);
     return store_step_done(dev, call, st) ? SKS_OK : SKS_ERROR_STORAGE;
+}
+
+/* Commits the tries counted so far in the caller's transaction, then waits `delay` seconds
+ * holding no lock, then opens the write transaction the call goes on in. */
+static sks_status commit_tries(sks_device *dev, sks_call *call, unsigned delay)
+{
+    if (!store_commit(dev)) {
+        sks_fail(call, SKS_ERROR_STORAGE, "cannot record the PIN/PUK try (%s): nothing was checked",
+                 store_error(dev));
+        store_rollback(dev);
+        return SKS_ERROR_STORAGE;
+    }
+    if (delay > 0)
+        sleep(delay);
+    if (!store_begin(dev, 1))
+        return sks_fail(call, SKS_ERROR_STORAGE, "the store is busy or unavailable: %s", sqlite3_errmsg(dev->db));
+    return SKS_OK;
+}
+
+/* Records one try on a PIN object or PUK policy: its new error count, durably. The store's
+ * try counter changes with every try, so the commit writes even when the error count stays
+ * 0 (the right value again): a store that cannot write fails every try alike. */
+static sks_status record_try(sks_device *dev, sks_call *call, const char *table, int64_t handle, int count,
+                             unsigned delay)
+{
+    sks_call scratch = { .message = "" };
+
+    if (set_error_count(dev, &scratch, table, handle, count) != SKS_OK
+        || !store_exec(dev, &scratch, "INSERT INTO meta (name, value) VALUES ('tries', 1) ON CONFLICT (name)"
+                                      " DO UPDATE SET value = value + 1")) {
+        store_rollback(dev);
+        return sks_fail(call, SKS_ERROR_STORAGE, "cannot record the PIN/PUK try (%s): nothing was checked",
+                        scratch.message);
+    }
+    return commit_tries(dev, call, delay);
 }
 
 static int values_equal(const sks_buf *stored, sks_span given)
@@ -207,13 +249,14 @@ sks_status pin_verify(sks_device *dev, sks_call *call, const key_entry *k, int b
     if (rc == SKS_OK && errors >= p.retry_limit)
         rc = sks_fail(call, SKS_ERROR_AUTHORIZATION, "key #%u is locked: PIN retry limit (%u) reached", k->handle,
                       p.retry_limit);
-    else if (rc == SKS_OK && !values_equal(&value, authorization)) {
-        rc = set_error_count(dev, call, "pins", k->pin, errors + 1);
-        if (rc == SKS_OK)
+    else if (rc == SKS_OK) {
+        int right = values_equal(&value, authorization);
+
+        rc = record_try(dev, call, "pins", k->pin, right ? 0 : errors + 1, 0);
+        if (rc == SKS_OK && !right)
             rc = sks_fail(call, SKS_ERROR_AUTHORIZATION, "\"authorization\" error for key #%u%s", k->handle,
                           errors + 1 >= p.retry_limit ? " (the key is now locked)" : "");
-    } else if (rc == SKS_OK && errors != 0)
-        rc = set_error_count(dev, call, "pins", k->pin, 0);
+    }
     sks_buf_free(&value);
     pin_policy_free(&p);
     return rc;
@@ -224,7 +267,7 @@ sks_status puk_verify(sks_device *dev, sks_call *call, const key_entry *k, sks_s
     pin_policy p;
     sqlite3_stmt *st = NULL;
     sks_buf value;
-    int errors = 0, limit = 0;
+    int errors = 0, limit = 0, right;
     sks_status rc;
 
     if (k->pin_policy == 0)
@@ -243,9 +286,16 @@ sks_status puk_verify(sks_device *dev, sks_call *call, const key_entry *k, sks_s
         goto done;
     }
     sqlite3_bind_int64(st, 1, p.puk);
-    if (sqlite3_step(st) != SQLITE_ROW
-        || !unseal(dev, "puk", sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), &value)) {
+    if (sqlite3_step(st) != SQLITE_ROW) {
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "PUK policy #%u cannot be read", p.puk);
+        goto done;
+    }
+    if ((rc = row_verify(dev, call, "puk_policies", p.puk)) != SKS_OK)
+        goto done;
+    if (!unseal_row(dev, "puk_policies", "value", p.puk, sqlite3_column_blob(st, 0),
+                    (size_t)sqlite3_column_bytes(st, 0), &value)) {
+        rc = sks_fail(call, SKS_ERROR_STORAGE, "integrity error: the PUK of policy #%u cannot be unsealed for its row",
+                      p.puk);
         goto done;
     }
     errors = sqlite3_column_int(st, 1);
@@ -255,19 +305,84 @@ sks_status puk_verify(sks_device *dev, sks_call *call, const key_entry *k, sks_s
                       k->handle, limit);
         goto done;
     }
-    /* retryLimit 0: no lock-out, but a delay before acting thwarts exhaustive search. */
-    if (limit == 0)
-        sleep(1);
-    if (!values_equal(&value, authorization)) {
-        rc = set_error_count(dev, call, "puk_policies", p.puk, errors + 1);
-        if (rc == SKS_OK)
-            rc = sks_fail(call, SKS_ERROR_AUTHORIZATION, "PUK \"authorization\" error for key #%u", k->handle);
-    } else if (errors != 0) {
-        rc = set_error_count(dev, call, "puk_policies", p.puk, 0);
-    }
+    right = values_equal(&value, authorization);
+    sqlite3_finalize(st);
+    st = NULL;
+    /* retryLimit 0: no lock-out, but a delay before acting thwarts exhaustive search. It is
+     * spent after the try is recorded, holding no lock, so the store stays usable. */
+    rc = record_try(dev, call, "puk_policies", p.puk, right ? 0 : errors + 1, limit == 0 ? 1 : 0);
+    if (rc == SKS_OK && !right)
+        rc = sks_fail(call, SKS_ERROR_AUTHORIZATION, "PUK \"authorization\" error for key #%u", k->handle);
 done:
     sqlite3_finalize(st);
     sks_buf_free(&value);
     pin_policy_free(&p);
+    return rc;
+}
+
+/* Is the PIN object of another group of this policy locked? Then nothing may be compared
+ * with its PIN. */
+static sks_status other_groups_locked(sks_device *dev, sks_call *call, const key_entry *k, const pin_policy *p)
+{
+    sqlite3_stmt *st = store_prepare(dev, call,
+                                     "SELECT count(*) FROM pins WHERE policy = ? AND handle != ? AND error_count >= ?");
+    int locked;
+
+    if (st == NULL)
+        return SKS_ERROR_STORAGE;
+    sqlite3_bind_int64(st, 1, p->handle);
+    sqlite3_bind_int64(st, 2, k->pin);
+    sqlite3_bind_int(st, 3, p->retry_limit);
+    locked = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 1;
+    sqlite3_finalize(st);
+    if (locked)
+        return sks_fail(call, SKS_ERROR_NOT_ALLOWED,
+                        "the PIN of another group of PIN policy #%u is locked: unlock it before changing this PIN",
+                        p->handle);
+    return SKS_OK;
+}
+
+sks_status pin_check_other_groups(sks_device *dev, sks_call *call, const key_entry *k, const pin_policy *p,
+                                  sks_span pin)
+{
+    sqlite3_stmt *st;
+    sks_buf other;
+    sks_status rc;
+    int same = 0;
+
+    if (p->grouping < 2)
+        return SKS_OK;
+    if ((rc = other_groups_locked(dev, call, k, p)) != SKS_OK)
+        return rc;
+    st = store_prepare(dev, call, "SELECT handle, value FROM pins WHERE policy = ? AND handle != ?");
+    if (st == NULL)
+        return SKS_ERROR_STORAGE;
+    sqlite3_bind_int64(st, 1, p->handle);
+    sqlite3_bind_int64(st, 2, k->pin);
+    sks_buf_init(&other);
+    while (rc == SKS_OK && sqlite3_step(st) == SQLITE_ROW) {
+        int64_t h = sqlite3_column_int64(st, 0);
+
+        sks_buf_reset(&other);
+        if ((rc = row_verify(dev, call, "pins", h)) != SKS_OK)
+            break;
+        if (!unseal_row(dev, "pins", "value", h, sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1),
+                        &other))
+            rc = sks_fail(call, SKS_ERROR_STORAGE, "integrity error: PIN object #%lld cannot be unsealed for its row",
+                          (long long)h);
+        else
+            same |= values_equal(&other, pin);
+    }
+    sqlite3_finalize(st);
+    sks_buf_free(&other);
+    /* Each comparison tells whether the new PIN is another group's PIN: a try on that PIN,
+     * counted (durably, before the answer) whatever its outcome. */
+    if (rc == SKS_OK && !store_run(dev, call, "UPDATE pins SET error_count = error_count + 1 WHERE policy = ?1"
+                                   " AND handle != ?2", p->handle, k->pin))
+        rc = SKS_ERROR_STORAGE;
+    if (rc == SKS_OK)
+        rc = commit_tries(dev, call, 0);
+    if (rc == SKS_OK && same)
+        rc = sks_fail(call, SKS_ERROR_OPTION, "the new PIN must differ from the PINs of the policy's other groups");
     return rc;
 }

@@ -324,7 +324,7 @@ SKS_HANDLER(h_create_provisioning_session)
         rc = sks_fail(call, SKS_ERROR_CRYPTO, "device attestation signature failed");
         goto done;
     }
-    if (!seal(dev, "session-key", session_key, 32, &sealed)) {
+    if (!seal_new_row(dev, "sessions", "session_key", session_key, 32, &sealed)) {
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "cannot seal the session key");
         goto done;
     }
@@ -391,7 +391,7 @@ SKS_HANDLER(h_enumerate_provisioning_sessions)
     sqlite3_bind_int(st, 2, want_open);
     if (sqlite3_step(st) != SQLITE_ROW) {
         sks_buf_uint(out, 0);
-    } else {
+    } else if ((rc = row_verify(dev, call, "sessions", sqlite3_column_int64(st, 0))) == SKS_OK) {
         sks_buf_uint(out, (uint32_t)sqlite3_column_int64(st, 0));
         sks_buf_string(out, (const char *)sqlite3_column_text(st, 1));
         sks_buf_bool(out, sqlite3_column_int(st, 2));
@@ -403,7 +403,7 @@ SKS_HANDLER(h_enumerate_provisioning_sessions)
         sks_buf_string(out, (const char *)sqlite3_column_text(st, 8));
     }
     sqlite3_finalize(st);
-    return SKS_OK;
+    return rc;
 }
 
 SKS_HANDLER(h_abort_provisioning_session)
@@ -520,7 +520,7 @@ SKS_HANDLER(h_create_puk_policy)
     }
     if ((rc = pin_check_format(call, "PUK", format, puk.data, puk.len)) != SKS_OK)
         goto done;
-    if (!seal(dev, "puk", puk.data, puk.len, &sealed)) {
+    if (!seal_new_row(dev, "puk_policies", "value", puk.data, puk.len, &sealed)) {
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "cannot seal the PUK");
         goto done;
     }
@@ -705,8 +705,11 @@ static sks_status assign_pin_object(sks_device *dev, sks_call *call, const pin_p
         while (rc == SKS_OK && sqlite3_step(st) == SQLITE_ROW) {
             int same;
             sks_buf_reset(&value);
-            if (!unseal(dev, "pin", sqlite3_column_blob(st, 2), (size_t)sqlite3_column_bytes(st, 2), &value)) {
-                rc = sks_fail(call, SKS_ERROR_INTERNAL, "a PIN object cannot be unsealed");
+            if ((rc = row_verify(dev, call, "pins", sqlite3_column_int64(st, 0))) != SKS_OK)
+                break;
+            if (!unseal_row(dev, "pins", "value", sqlite3_column_int64(st, 0), sqlite3_column_blob(st, 2),
+                            (size_t)sqlite3_column_bytes(st, 2), &value)) {
+                rc = sks_fail(call, SKS_ERROR_STORAGE, "integrity error: a PIN object cannot be unsealed for its row");
                 break;
             }
             same = value.len == pin_len && CRYPTO_memcmp(value.data, pin, pin_len) == 0;
@@ -726,7 +729,7 @@ static sks_status assign_pin_object(sks_device *dev, sks_call *call, const pin_p
         sqlite3_finalize(st);
     }
     if (rc == SKS_OK && *out == 0) {
-        if (!seal(dev, "pin", pin, pin_len, &sealed)) {
+        if (!seal_new_row(dev, "pins", "value", pin, pin_len, &sealed)) {
             rc = sks_fail(call, SKS_ERROR_INTERNAL, "cannot seal the PIN");
             goto done;
         }
@@ -1001,7 +1004,7 @@ SKS_HANDLER(h_create_key_entry)
     if (key == NULL)
         key = generate_key(alg, a.key_params);
     if (key == NULL || !spki_der(key, &spki) || !pkcs8_der(key, &pkcs8)
-        || !seal(dev, "private-key", pkcs8.data, pkcs8.len, &sealed)) {
+        || !seal_new_row(dev, "keys", "private_key", pkcs8.data, pkcs8.len, &sealed)) {
         rc = sks_fail(call, SKS_ERROR_CRYPTO, "createKeyEntry: key generation failed");
         goto done;
     }
@@ -1230,7 +1233,7 @@ static sks_status import_key(sks_device *dev, sks_reader *in, sks_call *call, in
                       "importPrivateKey: not a PKCS#8 RSA, EC (supported curve) or Ed25519 private key");
         goto done;
     }
-    if (!seal(dev, symmetric ? "symmetric-key" : "private-key", clear.data, clear.len, &sealed)) {
+    if (!seal_row(dev, "keys", symmetric ? "symmetric_key" : "private_key", handle, clear.data, clear.len, &sealed)) {
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "cannot seal the imported key");
         goto done;
     }
@@ -1791,9 +1794,13 @@ static sks_status apply_update(sks_device *dev, sks_call *call, uint32_t new_key
     };
     size_t i;
 
-    for (i = 0; i < sizeof(SQL) / sizeof(SQL[0]); i++)
+    for (i = 0; i < sizeof(SQL) / sizeof(SQL[0]); i++) {
         if (!store_run(dev, call, SQL[i], new_key, target))
             return SKS_ERROR_STORAGE;
+        /* The copied sealed columns were sealed for the new key's row. */
+        if (i == 0 && key_reseal_moved(dev, call, new_key, target) != SKS_OK)
+            return SKS_ERROR_STORAGE;
+    }
     return SKS_OK;
 }
 
@@ -1834,7 +1841,7 @@ static sks_status apply_post_ops(sks_device *dev, sks_call *call, uint32_t sessi
 {
     sqlite3_stmt *st = store_prepare(
         dev, call,
-        "SELECT o.kind, o.new_key, o.target, k.session FROM post_ops o LEFT JOIN keys k ON k.handle = o.target"
+        "SELECT o.kind, o.new_key, o.target, k.session, o.seq FROM post_ops o LEFT JOIN keys k ON k.handle = o.target"
         " WHERE o.session = ? ORDER BY o.seq");
     uint32_t owners[256];
     size_t n_owners = 0, i;
@@ -1850,6 +1857,8 @@ static sks_status apply_post_ops(sks_device *dev, sks_call *call, uint32_t sessi
     sqlite3_bind_int64(st, 1, session);
     while (sqlite3_step(st) == SQLITE_ROW) {
         uint32_t owner = (uint32_t)sqlite3_column_int64(st, 3);
+        if ((rc = row_verify(dev, call, "post_ops", sqlite3_column_int64(st, 4))) != SKS_OK)
+            break;
         if (sqlite3_column_type(st, 3) == SQLITE_NULL) {
             rc = sks_fail(call, SKS_ERROR_NO_KEY,
                           "closeProvisioningSession: target key #%u of a post operation no longer exists",

@@ -125,7 +125,7 @@ static sks_status insert_skip_session(sks_device *dev, sks_call *call, const cha
     sks_status rc = SKS_ERROR_STORAGE;
 
     sks_buf_init(&sealed);
-    if (!random_bytes(unused_key, sizeof(unused_key)) || !seal(dev, "session-key", unused_key, 32, &sealed)) {
+    if (!random_bytes(unused_key, sizeof(unused_key)) || !seal_new_row(dev, "sessions", "session_key", unused_key, 32, &sealed)) {
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "skipRequest: cannot make the session");
         goto done;
     }
@@ -197,7 +197,7 @@ static sks_status insert_factory_key(sks_device *dev, sks_call *call, uint32_t s
 
     sks_buf_init(&pkcs8);
     sks_buf_init(&sealed);
-    if (!pkcs8_der(key, &pkcs8) || !seal(dev, "private-key", pkcs8.data, pkcs8.len, &sealed)) {
+    if (!pkcs8_der(key, &pkcs8) || !seal_new_row(dev, "keys", "private_key", pkcs8.data, pkcs8.len, &sealed)) {
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "skipRequest: cannot seal the factory key");
         goto done;
     }
@@ -389,6 +389,11 @@ static sks_status load_request_trust(sks_device *dev, sks_call *call, uint32_t h
     *anchors = NULL;
     if (st == NULL)
         return SKS_ERROR_STORAGE;
+    /* The anchors decide which packages are opened, the count how many more may fail. */
+    if ((rc = row_verify(dev, call, "skip_requests", handle)) != SKS_OK) {
+        sqlite3_finalize(st);
+        return rc;
+    }
     sqlite3_bind_int64(st, 1, handle);
     if (sqlite3_step(st) != SQLITE_ROW) {
         rc = sks_fail(call, SKS_ERROR_NOT_ALLOWED, "skipImport: request #%u has no stored trust anchors (made by an"
@@ -633,7 +638,7 @@ static sks_status store_device_key(sks_device *dev, sks_call *call, uint32_t ses
     sks_buf_init(&path);
     encode_path(c->path, &path);
     if (!cert_sha256(c->cert, ee_hash) || !spki_der(priv, &spki) || !pkcs8_der(priv, &pkcs8)
-        || !seal(dev, "private-key", pkcs8.data, pkcs8.len, &sealed) || path.failed) {
+        || !seal_new_row(dev, "keys", "private_key", pkcs8.data, pkcs8.len, &sealed) || path.failed) {
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "skipImport: cannot seal the key of container %u", idx);
         goto done;
     }

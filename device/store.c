@@ -13,8 +13,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/kdf.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
@@ -22,6 +24,10 @@
 #define SEAL_VERSION 1
 #define SEAL_NONCE 12
 #define SEAL_TAG 16
+
+/* The schema version in meta "format". sks-2: sealed columns bound to their row, and row MACs
+ * (docs/storage.md). Older stores are refused. */
+#define STORE_FORMAT "sks-2"
 
 static const char SCHEMA[] =
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);"
@@ -70,7 +76,10 @@ static const char SCHEMA[] =
     "CREATE TABLE IF NOT EXISTS skip_requests ("
     " session INTEGER PRIMARY KEY, anchors BLOB NOT NULL, failed_unwraps INTEGER NOT NULL DEFAULT 0);"
     "CREATE TRIGGER IF NOT EXISTS skip_requests_gone AFTER DELETE ON sessions"
-    " BEGIN DELETE FROM skip_requests WHERE session = OLD.handle; END;";
+    " BEGIN DELETE FROM skip_requests WHERE session = OLD.handle; END;"
+    /* One HMAC per row of the protected tables (ROW_TABLES below, docs/storage.md). */
+    "CREATE TABLE IF NOT EXISTS row_macs ("
+    " tbl TEXT NOT NULL, id INTEGER NOT NULL, mac BLOB NOT NULL, PRIMARY KEY (tbl, id)) WITHOUT ROWID;";
 
 sks_status sks_fail(sks_call *call, sks_status status, const char *fmt, ...)
 {
@@ -242,6 +251,12 @@ static int meta_get(sqlite3 *db, const char *name, sks_buf *out)
     return ok;
 }
 
+static int seal(const sks_device *dev, const char *label, const uint8_t *in, size_t n, sks_buf *out);
+static int unseal(const sks_device *dev, const char *label, const uint8_t *in, size_t n, sks_buf *out);
+static int rows_open(sks_device *dev, const char *db_path, char *err, size_t errlen);
+static void rows_close(sks_device *dev);
+static int format_check(sks_device *dev, const char *db_path, char *err, size_t errlen);
+
 static X509 *self_signed_device_cert(EVP_PKEY *key)
 {
     X509 *x = X509_new();
@@ -362,7 +377,7 @@ int sks_store_create(const sks_store_location *loc, EVP_PKEY *device_key, X509 *
         || sqlite3_exec(db, SCHEMA, NULL, NULL, NULL) != SQLITE_OK
         || !meta_put(db, "device_certificate", cder, (size_t)cder_len)
         || !meta_put(db, "device_key", sealed.data, sealed.len)
-        || !meta_put(db, "format", "sks-1", 5)
+        || !meta_put(db, "format", STORE_FORMAT, strlen(STORE_FORMAT))
         || sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
         set_err(err, errlen, "cannot initialise store %s: %s", loc->db_path, sqlite3_errmsg(db));
         goto fail;
@@ -413,6 +428,8 @@ sks_device *sks_device_open(const sks_store_location *loc, char *err, size_t err
         goto fail;
     }
     gen_open(dev); /* after a first read: SQLite maps the WAL index then */
+    if (!format_check(dev, loc->db_path, err, errlen) || !rows_open(dev, loc->db_path, err, errlen))
+        goto fail;
     dev->device_cert = OPENSSL_memdup(der.data, der.len);
     dev->device_cert_len = der.len;
     sks_buf_reset(&der);
@@ -437,6 +454,7 @@ void sks_device_close(sks_device *dev)
         return;
     key_cache_clear(dev);
     user_cache_clear(dev);
+    rows_close(dev);
     gen_close(dev);
     sqlite3_close(dev->db);
     EVP_PKEY_free(dev->device_key);
@@ -452,20 +470,43 @@ void sks_device_set_test_hooks(sks_device *dev, const sks_test_hooks *hooks)
         memset(&dev->hooks, 0, sizeof(dev->hooks));
 }
 
+static void dirty_clear(sks_device *dev)
+{
+    dev->rows.dirty_n = 0;
+    dev->rows.dirty_overflow = 0;
+}
+
 int store_begin(sks_device *dev, int write)
 {
+    dirty_clear(dev);
     return sqlite3_exec(dev->db, write ? "BEGIN IMMEDIATE" : "BEGIN", NULL, NULL, NULL) == SQLITE_OK;
 }
 
+static int rows_seal_changes(sks_device *dev);
+
 int store_commit(sks_device *dev)
 {
-    return sqlite3_exec(dev->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK;
+    dev->rows.error[0] = '\0';
+    if (!rows_seal_changes(dev))
+        return 0;
+    if (sqlite3_exec(dev->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(dev->rows.error, sizeof(dev->rows.error), "%s", sqlite3_errmsg(dev->db));
+        return 0;
+    }
+    dirty_clear(dev);
+    return 1;
 }
 
 void store_rollback(sks_device *dev)
 {
+    dirty_clear(dev);
     if (!sqlite3_get_autocommit(dev->db))
         sqlite3_exec(dev->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+const char *store_error(sks_device *dev)
+{
+    return dev->rows.error[0] != '\0' ? dev->rows.error : sqlite3_errmsg(dev->db);
 }
 
 sqlite3_stmt *store_prepare(sks_device *dev, sks_call *call, const char *sql)
@@ -503,12 +544,13 @@ int store_exec(sks_device *dev, sks_call *call, const char *sql)
     return 1;
 }
 
-/* Sealed blob: version(1) || nonce(12) || ciphertext || tag(16); AAD = "sks-seal:" label. */
-int seal(const sks_device *dev, const char *label, const uint8_t *in, size_t n, sks_buf *out)
+/* Sealed blob: version(1) || nonce(12) || ciphertext || tag(16); AAD = "sks-seal:" label,
+ * the label naming what the blob is: "device-key", or "table.column#handle" for a row. */
+static int seal(const sks_device *dev, const char *label, const uint8_t *in, size_t n, sks_buf *out)
 {
     EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
     uint8_t nonce[SEAL_NONCE], tag[SEAL_TAG];
-    char aad[64];
+    char aad[128];
     int len, ok = 0;
     size_t start;
 
@@ -534,10 +576,10 @@ done:
     return ok;
 }
 
-int unseal(const sks_device *dev, const char *label, const uint8_t *in, size_t n, sks_buf *out)
+static int unseal(const sks_device *dev, const char *label, const uint8_t *in, size_t n, sks_buf *out)
 {
     EVP_CIPHER_CTX *c = NULL;
-    char aad[64];
+    char aad[128];
     int len, ok = 0;
     size_t ctlen, start;
 
@@ -579,4 +621,363 @@ int store_run(sks_device *dev, sks_call *call, const char *sql, int64_t a, int64
     if (n >= 2)
         sqlite3_bind_int64(st, 2, b);
     return store_step_done(dev, call, st);
+}
+
+/* ---- sealed columns bound to their row ---- */
+
+static void row_label(char *buf, size_t n, const char *table, const char *column, int64_t handle)
+{
+    snprintf(buf, n, "%s.%s#%lld", table, column, (long long)handle);
+}
+
+int seal_row(const sks_device *dev, const char *table, const char *column, int64_t handle, const uint8_t *in,
+             size_t n, sks_buf *out)
+{
+    char label[96];
+
+    row_label(label, sizeof(label), table, column, handle);
+    return seal(dev, label, in, n, out);
+}
+
+int unseal_row(const sks_device *dev, const char *table, const char *column, int64_t handle, const uint8_t *in,
+               size_t n, sks_buf *out)
+{
+    char label[96];
+
+    row_label(label, sizeof(label), table, column, handle);
+    return in != NULL && unseal(dev, label, in, n, out);
+}
+
+/* ---- row MACs ---- */
+
+/* The tables whose every column is covered by a row MAC (docs/storage.md lists why). */
+static const char *const ROW_TABLES[] = { "sessions", "puk_policies", "pin_policies", "pins", "keys", "post_ops",
+                                          "skip_requests" };
+#define ROW_TABLE_COUNT (sizeof(ROW_TABLES) / sizeof(ROW_TABLES[0]))
+
+static int row_table_index(const char *table)
+{
+    size_t i;
+
+    for (i = 0; i < ROW_TABLE_COUNT; i++)
+        if (strcmp(ROW_TABLES[i], table) == 0)
+            return (int)i;
+    return -1;
+}
+
+int seal_new_row(sks_device *dev, const char *table, const char *column, const uint8_t *in, size_t n,
+                 sks_buf *out)
+{
+    char sql[200];
+    sqlite3_stmt *st = NULL;
+    int64_t next = 0;
+
+    if (row_table_index(table) < 0)
+        return 0;
+    /* AUTOINCREMENT: one more than the largest handle the table ever had. */
+    snprintf(sql, sizeof(sql),
+             "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '%s'), 0),"
+             " coalesce((SELECT max(handle) FROM %s), 0)) + 1",
+             table, table);
+    if (sqlite3_prepare_v2(dev->db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        next = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return next > 0 && seal_row(dev, table, column, next, in, n, out);
+}
+
+static void mac_u64(EVP_MAC_CTX *m, uint64_t v)
+{
+    uint8_t b[8];
+    int i;
+
+    for (i = 7; i >= 0; i--, v >>= 8)
+        b[i] = (uint8_t)v;
+    EVP_MAC_update(m, b, 8);
+}
+
+static void mac_bytes(EVP_MAC_CTX *m, const void *p, size_t n)
+{
+    mac_u64(m, n);
+    if (n > 0)
+        EVP_MAC_update(m, p, n);
+}
+
+static EVP_MAC_CTX *row_mac_start(const sks_device *dev)
+{
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC_CTX *m = mac != NULL ? EVP_MAC_CTX_new(mac) : NULL;
+    OSSL_PARAM params[] = { OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+                            OSSL_PARAM_construct_end() };
+
+    EVP_MAC_free(mac);
+    if (m != NULL && EVP_MAC_init(m, dev->rows.mac_key, sizeof(dev->rows.mac_key), params) != 1) {
+        EVP_MAC_CTX_free(m);
+        m = NULL;
+    }
+    return m;
+}
+
+/*
+ * The MAC of one row as `db` holds it: HMAC-SHA256 over "sks-row-mac-v1", the table name,
+ * the handle, then every column of the row as (name, type, value). *exists = 0 if there is no
+ * such row. Returns 0 on an SQLite or crypto failure.
+ */
+static int row_mac(const sks_device *dev, sqlite3 *db, int table, int64_t id, uint8_t out[32], int *exists)
+{
+    char sql[96];
+    sqlite3_stmt *st = NULL;
+    EVP_MAC_CTX *m = NULL;
+    int i, ncol, step, ok = 0;
+    size_t outlen = 0;
+
+    snprintf(sql, sizeof(sql), "SELECT * FROM %s WHERE rowid = ?", ROW_TABLES[table]);
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        return 0;
+    sqlite3_bind_int64(st, 1, id);
+    step = sqlite3_step(st);
+    *exists = step == SQLITE_ROW;
+    if (step != SQLITE_ROW) {
+        ok = step == SQLITE_DONE;
+        goto done;
+    }
+    if ((m = row_mac_start(dev)) == NULL)
+        goto done;
+    mac_bytes(m, "sks-row-mac-v1", 14);
+    mac_bytes(m, ROW_TABLES[table], strlen(ROW_TABLES[table]));
+    mac_u64(m, (uint64_t)id);
+    ncol = sqlite3_column_count(st);
+    for (i = 0; i < ncol; i++) {
+        const char *name = sqlite3_column_name(st, i);
+        int type = sqlite3_column_type(st, i);
+        uint8_t t = (uint8_t)type;
+
+        mac_bytes(m, name, strlen(name));
+        EVP_MAC_update(m, &t, 1);
+        if (type == SQLITE_INTEGER) {
+            mac_u64(m, (uint64_t)sqlite3_column_int64(st, i));
+        } else if (type == SQLITE_FLOAT) {
+            double d = sqlite3_column_double(st, i);
+            mac_bytes(m, &d, sizeof(d));
+        } else if (type != SQLITE_NULL) {
+            const void *p = type == SQLITE_TEXT ? (const void *)sqlite3_column_text(st, i) : sqlite3_column_blob(st, i);
+            mac_bytes(m, p, (size_t)sqlite3_column_bytes(st, i));
+        }
+    }
+    ok = EVP_MAC_final(m, out, &outlen, 32) == 1 && outlen == 32;
+done:
+    EVP_MAC_CTX_free(m);
+    sqlite3_finalize(st);
+    return ok;
+}
+
+/* The stored MAC of a row in `db`; 0 if there is none. */
+static int row_mac_stored(sqlite3 *db, int table, int64_t id, uint8_t out[32])
+{
+    sqlite3_stmt *st = NULL;
+    int ok = 0;
+
+    if (sqlite3_prepare_v2(db, "SELECT mac FROM row_macs WHERE tbl = ? AND id = ?", -1, &st, NULL) != SQLITE_OK)
+        return 0;
+    sqlite3_bind_text(st, 1, ROW_TABLES[table], -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, id);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_bytes(st, 0) == 32) {
+        memcpy(out, sqlite3_column_blob(st, 0), 32);
+        ok = 1;
+    }
+    sqlite3_finalize(st);
+    return ok;
+}
+
+/* 1: the row is absent or matches its MAC; 0: it does not (or cannot be read). */
+static int row_intact(const sks_device *dev, sqlite3 *db, int table, int64_t id, int *exists)
+{
+    uint8_t have[32], want[32];
+
+    if (!row_mac(dev, db, table, id, have, exists))
+        return 0;
+    if (!*exists)
+        return 1;
+    return row_mac_stored(db, table, id, want) && CRYPTO_memcmp(have, want, 32) == 0;
+}
+
+static int row_is_dirty(const sks_device *dev, int table, int64_t id)
+{
+    size_t i;
+
+    for (i = 0; i < dev->rows.dirty_n; i++)
+        if (dev->rows.dirty[i].table == table && dev->rows.dirty[i].id == id)
+            return 1;
+    return 0;
+}
+
+sks_status row_verify(sks_device *dev, sks_call *call, const char *table, int64_t handle)
+{
+    int t = row_table_index(table), exists = 0;
+
+    if (t < 0)
+        return sks_fail(call, SKS_ERROR_INTERNAL, "no row MAC for table %s", table);
+    if (row_is_dirty(dev, t, handle))
+        return SKS_OK; /* its committed state is checked by store_commit */
+    if (!row_intact(dev, dev->db, t, handle, &exists))
+        return sks_fail(call, SKS_ERROR_STORAGE,
+                        "integrity error: %s row #%lld does not match its MAC (changed outside the device)", table,
+                        (long long)handle);
+    return SKS_OK;
+}
+
+/* SQLite's update hook: remembers every protected row the transaction inserts, changes or
+ * deletes. (row_macs is WITHOUT ROWID, so its own changes do not come here.) */
+static void on_row_change(void *arg, int op, const char *dbname, const char *table, sqlite3_int64 id)
+{
+    sks_device *dev = arg;
+    int t = row_table_index(table);
+    row_ref *grown;
+
+    (void)op;
+    (void)dbname;
+    if (t < 0 || row_is_dirty(dev, t, id))
+        return;
+    if (dev->rows.dirty_n == dev->rows.dirty_cap) {
+        size_t cap = dev->rows.dirty_cap ? dev->rows.dirty_cap * 2 : 16;
+        grown = OPENSSL_realloc(dev->rows.dirty, cap * sizeof(*grown));
+        if (grown == NULL) {
+            dev->rows.dirty_overflow = 1;
+            return;
+        }
+        dev->rows.dirty = grown;
+        dev->rows.dirty_cap = cap;
+    }
+    dev->rows.dirty[dev->rows.dirty_n].table = (uint8_t)t;
+    dev->rows.dirty[dev->rows.dirty_n].id = id;
+    dev->rows.dirty_n++;
+}
+
+/* Stores a changed row's new MAC, or drops the MAC of a deleted row (exists = 0). */
+static int row_mac_renew(sks_device *dev, int table, int64_t id, const uint8_t mac[32], int exists)
+{
+    sqlite3_stmt *st = NULL;
+    int ok;
+
+    if (sqlite3_prepare_v2(dev->db,
+                           exists ? "INSERT INTO row_macs (tbl, id, mac) VALUES (?1, ?2, ?3)"
+                                    " ON CONFLICT (tbl, id) DO UPDATE SET mac = excluded.mac"
+                                  : "DELETE FROM row_macs WHERE tbl = ?1 AND id = ?2",
+                           -1, &st, NULL)
+        != SQLITE_OK)
+        return 0;
+    sqlite3_bind_text(st, 1, ROW_TABLES[table], -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, id);
+    if (exists)
+        sqlite3_bind_blob(st, 3, mac, 32, SQLITE_STATIC);
+    ok = sqlite3_step(st) == SQLITE_DONE;
+    sqlite3_finalize(st);
+    return ok;
+}
+
+/*
+ * Before a commit: every protected row the transaction changed and kept must have been intact
+ * in the committed state (so a row edited outside the device is never re-MACed by a later
+ * legitimate change), and then gets the MAC of its new state. Deleted rows only lose their
+ * MAC: removing an edited row (e.g. with a failed session) launders nothing.
+ */
+static int rows_seal_changes(sks_device *dev)
+{
+    sqlite3 *committed = dev->rows.committed;
+    size_t i;
+    int ok = 1, exists;
+
+    if (dev->rows.dirty_overflow) {
+        snprintf(dev->rows.error, sizeof(dev->rows.error), "out of memory recording changed rows");
+        return 0;
+    }
+    if (dev->rows.dirty_n == 0)
+        return 1;
+    if (sqlite3_exec(committed, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(dev->rows.error, sizeof(dev->rows.error), "cannot read the committed state: %s",
+                 sqlite3_errmsg(committed));
+        return 0;
+    }
+    for (i = 0; ok && i < dev->rows.dirty_n; i++) {
+        const row_ref *r = &dev->rows.dirty[i];
+        uint8_t now[32];
+        int kept = 0;
+
+        if (!row_mac(dev, dev->db, r->table, r->id, now, &kept)) {
+            snprintf(dev->rows.error, sizeof(dev->rows.error), "cannot read a changed row: %s",
+                     sqlite3_errmsg(dev->db));
+            ok = 0;
+        } else if (kept && !row_intact(dev, committed, r->table, r->id, &exists)) {
+            snprintf(dev->rows.error, sizeof(dev->rows.error),
+                     "integrity error: %s row #%lld does not match its MAC (changed outside the device)",
+                     ROW_TABLES[r->table], (long long)r->id);
+            ok = 0;
+        } else if (!row_mac_renew(dev, r->table, r->id, now, kept)) {
+            snprintf(dev->rows.error, sizeof(dev->rows.error), "cannot renew a row MAC: %s", sqlite3_errmsg(dev->db));
+            ok = 0;
+        }
+    }
+    sqlite3_exec(committed, "COMMIT", NULL, NULL, NULL);
+    return ok;
+}
+
+/* The row MAC key: HKDF-SHA256 of the master key, for this purpose only (the master key
+ * itself is the sealing key). */
+static int derive_row_mac_key(const uint8_t master[32], uint8_t out[32])
+{
+    EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+    EVP_KDF_CTX *k = kdf != NULL ? EVP_KDF_CTX_new(kdf) : NULL;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)master, 32),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)"sks row mac key v1", 18),
+        OSSL_PARAM_construct_end(),
+    };
+    int ok = k != NULL && EVP_KDF_derive(k, out, 32, params) == 1;
+
+    EVP_KDF_CTX_free(k);
+    EVP_KDF_free(kdf);
+    return ok;
+}
+
+static int format_check(sks_device *dev, const char *db_path, char *err, size_t errlen)
+{
+    sks_buf f;
+    int ok;
+
+    sks_buf_init(&f);
+    ok = meta_get(dev->db, "format", &f) && f.len == strlen(STORE_FORMAT) && memcmp(f.data, STORE_FORMAT, f.len) == 0;
+    if (!ok)
+        set_err(err, errlen,
+                "store %s has schema version \"%.*s\", this sks needs \"%s\" (sealed values bound to their rows,"
+                " row MACs): it cannot use the store; create a new one with 'sks init' and provision the keys again",
+                db_path, (int)(f.len > 32 ? 32 : f.len), f.data != NULL ? (const char *)f.data : "", STORE_FORMAT);
+    sks_buf_free(&f);
+    return ok;
+}
+
+static int rows_open(sks_device *dev, const char *db_path, char *err, size_t errlen)
+{
+    if (!derive_row_mac_key(dev->master_key, dev->rows.mac_key)) {
+        set_err(err, errlen, "cannot derive the row MAC key");
+        return 0;
+    }
+    if (sqlite3_open_v2(db_path, &dev->rows.committed, SQLITE_OPEN_READONLY | SQLITE_OPEN_FULLMUTEX, NULL)
+        != SQLITE_OK) {
+        set_err(err, errlen, "cannot open store %s: %s", db_path,
+                dev->rows.committed ? sqlite3_errmsg(dev->rows.committed) : "out of memory");
+        return 0;
+    }
+    sqlite3_busy_timeout(dev->rows.committed, 30000);
+    sqlite3_update_hook(dev->db, on_row_change, dev);
+    return 1;
+}
+
+static void rows_close(sks_device *dev)
+{
+    if (dev->db != NULL)
+        sqlite3_update_hook(dev->db, NULL, NULL);
+    sqlite3_close(dev->rows.committed);
+    OPENSSL_free(dev->rows.dirty);
+    OPENSSL_cleanse(dev->rows.mac_key, sizeof(dev->rows.mac_key));
+    memset(&dev->rows, 0, sizeof(dev->rows));
 }

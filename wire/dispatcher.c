@@ -224,7 +224,7 @@ void sks_device_dispatch(sks_device *dev, const uint8_t *req, size_t reqlen, sks
     if (rc == SKS_OK || (rc == SKS_ERROR_AUTHORIZATION && m->id >= 70) || call.commit_on_error) {
         if (!store_commit(dev)) {
             store_rollback(dev);
-            rc = sks_fail(&call, SKS_ERROR_STORAGE, "%s: commit failed: %s", m->name, sqlite3_errmsg(dev->db));
+            rc = sks_fail(&call, SKS_ERROR_STORAGE, "%s: commit failed: %s", m->name, store_error(dev));
         }
     } else {
         store_rollback(dev);

@@ -142,3 +142,29 @@ def test_two_failures_then_the_genuine_package(tmp_path, pki):
     assert isinstance(handles, list) and len(handles) == 2, handles
     assert not store.open_skip_sessions()
     assert store.failed_unwraps(handle) is None
+
+
+@pytest.mark.parametrize("column", ["failed_unwraps", "anchors"])
+def test_request_state_edited_in_the_file_is_refused(tmp_path, pki, column):
+    """Someone who can write the store file but has no master key resets the strike count (to
+    probe again) or swaps the anchors (to have a package of their own CA opened): the device
+    refuses the request with an integrity error and decrypts nothing."""
+    import sqlite3
+    store = st.SkipStore(tmp_path)
+    req = store.request("secp256r1", pki[2])
+    handle = store.open_skip_sessions()[0].provisioning_handle
+    for kind in ("random-ciphertext", "not-pkcs8"):
+        assert isinstance(store.skip_import_on_wire(handle, _signed_garbage(pki, req, kind)), tuple)
+    assert store.failed_unwraps(handle) == 2
+    con = sqlite3.connect(str(store.db), timeout=30)
+    if column == "failed_unwraps":
+        con.execute("UPDATE skip_requests SET failed_unwraps = 0 WHERE session = ?", (handle,))
+    else:
+        other = si.Ca("someone else's root")
+        con.execute("UPDATE skip_requests SET anchors = ? WHERE session = ?",
+                    (s.ushort(1) + s.arr(other.der), handle))
+    con.commit()
+    con.close()
+    res = store.skip_import_on_wire(handle, si.Package.issue(req, pki[1], ["secp256r1"], 256).der())
+    assert isinstance(res, tuple) and res[0] == s.ERROR_STORAGE and "integrity error" in res[1], res
+    assert [k[2] for k in store.keys_in_store()] == ["factory"], "a key was imported"
