@@ -23,6 +23,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sksissuer as s  # noqa: E402
 from test_sksd import SKS, SKSD, BUILD, provider_env, run, sign_request  # noqa: E402
+from test_pcsc import rig, rig_ok  # noqa: E402,F401  (pcscd with a virtual SKS card)
 
 FORK_ATTACK = os.path.join(BUILD, "test", "helpers", "sks_fork_attack")
 UID_A, UID_B, UID_C = 40001, 40002, 40003
@@ -334,3 +335,13 @@ def test_refused_peer_gets_its_answer_and_no_thread(store):
         assert d.status("Threads") <= base + 1
     finally:
         d.stop()
+
+
+def test_forked_child_lets_go_of_the_parents_pcsc_connection(rig_ok):
+    """The same fork through pcsc: the child holds no descriptor to pcscd from its parent (the
+    parent's context and card connection), and signs on a context of its own."""
+    res = run([FORK_ATTACK, "sks:name=ec", "1", "0", "0"], env=rig_ok["env"], check=False)
+    out = res.stdout.decode()
+    assert "inherited: 0 sockets" in out, out
+    assert "the child signed on its own connection" in out, out
+    assert res.returncode == 0, out + res.stderr.decode()
