@@ -345,3 +345,16 @@ def test_forked_child_lets_go_of_the_parents_pcsc_connection(rig_ok):
     assert "inherited: 0 sockets" in out, out
     assert "the child signed on its own connection" in out, out
     assert res.returncode == 0, out + res.stderr.decode()
+
+
+def test_oversized_request_is_refused_without_reading_it(store):
+    """A non-administrator's frame header announcing 16 MiB: sksd answers at once, before any
+    body arrives, and closes."""
+    d = start_daemon(store, "oversize", ["--allow-uid", str(UID_A)])
+    try:
+        code = ("import socket,struct,sys\nso=socket.socket(socket.AF_UNIX); so.settimeout(5); so.connect(sys.argv[1])\n"
+                "so.sendall(struct.pack('>I', 16 << 20) + b'\\x64')\nd=so.recv(4096)\nprint(d[4], d[7:].decode())")
+        out = run(as_uid(UID_A) + [sys.executable, "-c", code, d.socket]).stdout.decode()
+        assert out.startswith("9 ") and "longer than the limit of 69632 bytes" in out, out
+    finally:
+        d.stop()

@@ -293,6 +293,13 @@ static void *serve_client(void *arg)
             break;
     }
     log_end(cl, r);
+    if (r == SKS_FRAME_TOO_LONG) {
+        /* Said in the protocol, so the client reports why instead of retrying. */
+        char msg[120];
+        snprintf(msg, sizeof(msg), "sksd: request longer than the limit of %zu bytes", lim.max);
+        refuse(&reply, 0x09 /* ERROR_OPTION */, msg);
+        sks_frame_write(cl->fd, reply.data, reply.len);
+    }
     sks_buf_free(&req);
     sks_buf_free(&reply);
     sks_device_close(dev);
