@@ -358,3 +358,25 @@ def test_oversized_request_is_refused_without_reading_it(store):
         assert out.startswith("9 ") and "longer than the limit of 69632 bytes" in out, out
     finally:
         d.stop()
+
+
+def test_client_idle_past_the_timeout_reconnects_transparently(store):
+    """sksd drops a connection idle past --idle-timeout; an application that keeps its key
+    (here as the key's owner, not an administrator) signs again on a fresh connection."""
+    d = start_daemon(store, "idle", ["--allow-uid", str(UID_A), "--idle-timeout", "1"])
+    loop = subprocess.Popen(as_uid(UID_A) + [os.path.join(BUILD, "test", "helpers", "sks_sign_loop"),
+                                             "sks:name=alice"], env=provider_env("unix:" + d.socket),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert loop.stdout.readline() == "ready\n"
+        for msg in ("before", "after the idle timeout", "again"):
+            loop.stdin.write(f"sign {msg}\n")
+            loop.stdin.flush()
+            answer = loop.stdout.readline()
+            assert answer.startswith("ok "), answer
+            time.sleep(2.5)
+        assert d.log_text().count("closed idle connection of uid 40001") >= 2
+    finally:
+        loop.stdin.close()
+        loop.wait(10)
+        d.stop()
