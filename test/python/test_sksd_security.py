@@ -380,3 +380,21 @@ def test_client_idle_past_the_timeout_reconnects_transparently(store):
         loop.stdin.close()
         loop.wait(10)
         d.stop()
+
+
+def test_key_given_to_a_group_serves_its_members_only(store):
+    """--key-owner KEY=USER:GROUP: a member of GROUP (a supplementary group, as SO_PEERGROUPS
+    reports it) uses the key; the same uid without the group does not."""
+    h = store["handles"]
+    run([SKSD, "--store", store["db"], "--key-owner", "victim=0:40010"])
+    d = start_daemon(store, "groups", ["--allow-uid", "40004"])
+    try:
+        member = ["setpriv", "--reuid=40004", "--regid=40004", "--groups=40010"]
+        code = ("import socket,struct,sys\nso=socket.socket(socket.AF_UNIX); so.connect(sys.argv[1])\n"
+                "r=bytes.fromhex(sys.argv[2]); so.sendall(struct.pack('>I',len(r))+r); print(so.recv(4096)[4])")
+        req = sign_request(h["victim"], b"\x33" * 32).hex()
+        assert run(member + [sys.executable, "-c", code, d.socket, req]).stdout.strip() == b"0"
+        assert run(as_uid(40004) + [sys.executable, "-c", code, d.socket, req]).stdout.strip() == b"7"
+    finally:
+        d.stop()
+        run([SKSD, "--store", store["db"], "--key-owner", "victim=0"])
