@@ -78,6 +78,8 @@ struct sks_device {
     uint8_t *device_cert; /* DER */
     size_t device_cert_len;
     sks_test_hooks hooks;
+    sks_caller caller; /* owner.c: who calls, when has_caller */
+    int has_caller;
 };
 
 /* What a handler reports besides its status: the message, and which provisioning session
@@ -144,6 +146,14 @@ int gen_equal(const store_gen *a, const store_gen *b);
 /* 1 if a User API call on this key can be answered from the cache, without the database. */
 int user_cache_valid(sks_device *dev, uint32_t handle);
 void user_cache_clear(sks_device *dev);
+
+/* ---- owner.c: key owners ---- */
+
+/* SKS_OK if the caller may make this call, judged by the key its first argument names
+ * (for the methods that name one); else SKS_ERROR_NO_KEY, as if the key did not exist. */
+sks_status owner_check_call(sks_device *dev, uint8_t method, const uint8_t *args, size_t n, sks_call *call);
+/* 1 if the caller may see the key (always, without a caller). */
+int owner_may_see(sks_device *dev, uint32_t handle);
 
 /* ---- crypto.c ---- */
 

@@ -48,17 +48,21 @@ SKS_HANDLER(h_enumerate_keys)
     uint32_t after = sks_get_uint(in, "keyHandle");
     sqlite3_stmt *st;
     sks_status rc;
+    int row;
 
     sks_reader_expect_end(in);
     if ((rc = reader_status(call, "enumerateKeys", in)) != SKS_OK)
         return rc;
     st = store_prepare(dev, call,
                        "SELECT k.handle, k.session FROM keys k JOIN sessions s ON s.handle = k.session"
-                       " WHERE k.handle > ? AND s.open = 0 ORDER BY k.handle LIMIT 1");
+                       " WHERE k.handle > ? AND s.open = 0 ORDER BY k.handle");
     if (st == NULL)
         return SKS_ERROR_STORAGE;
     sqlite3_bind_int64(st, 1, after);
-    if (sqlite3_step(st) == SQLITE_ROW) {
+    /* The next key the caller may see (owner.c): others' keys are skipped. */
+    while ((row = sqlite3_step(st) == SQLITE_ROW) && !owner_may_see(dev, (uint32_t)sqlite3_column_int64(st, 0)))
+        ;
+    if (row) {
         sks_buf_uint(out, (uint32_t)sqlite3_column_int64(st, 0));
         sks_buf_uint(out, (uint32_t)sqlite3_column_int64(st, 1));
     } else {

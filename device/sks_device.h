@@ -77,4 +77,30 @@ typedef struct {
 
 void sks_device_set_test_hooks(sks_device *dev, const sks_test_hooks *hooks);
 
+/*
+ * Key owners, for a device that several users share through sksd (device/owner.c). A key
+ * belongs to a uid and optionally a group: the uid whose call created it, or whoever an
+ * administrator gives it to (sks_device_set_key_owner). Keys without an owner record
+ * (created in-process, or before owners existed) belong to root alone.
+ *
+ * Once a caller is set, the device serves a key's User API, attributes, protection info,
+ * extensions and enumeration only to its owner, members of its group and administrators;
+ * to anyone else the key does not exist. Without a caller (in-process use: whoever can open
+ * the store file has every key anyway) every key is served.
+ */
+#define SKS_CALLER_MAX_GROUPS 64
+#define SKS_NO_GROUP 0xFFFFFFFFu
+typedef struct {
+    uint32_t uid;
+    uint32_t gids[SKS_CALLER_MAX_GROUPS]; /* primary group first */
+    int ngids;
+    int admin; /* administrators see and use every key */
+} sks_caller;
+
+/* Sets the caller of every later call on dev. 0 on failure (message in err). */
+int sks_device_set_caller(sks_device *dev, const sks_caller *caller, char *err, size_t errlen);
+/* Gives the key `key` (a friendly name, or #HANDLE) to uid and gid (SKS_NO_GROUP: no group).
+ * Not reachable over the wire: sksd --key-owner calls it for the administrator. */
+int sks_device_set_key_owner(sks_device *dev, const char *key, uint32_t uid, uint32_t gid, char *err, size_t errlen);
+
 #endif

@@ -115,9 +115,12 @@ static sks_pstatus ensure_transport(sks_provctx *ctx)
 
     if (ctx->transport != NULL && ctx->transport_pid == getpid())
         return SKS_P_OK;
-    /* A forked child must not share the parent's connection (an SQLite handle or a socket
-     * mid-conversation): it is abandoned, not closed, so the parent's locks and stream are
-     * undisturbed, and the child opens its own. */
+    /* A forked child must not share the parent's connection: it opens its own, so that sksd
+     * sees the child's credentials. The socket and PC/SC transports have already let go of
+     * theirs in their pthread_atfork child handlers, before fork() returned (a pid check
+     * here alone would leave the parent's descriptor, and its rights, open in the child);
+     * an embedded store's SQLite handle is abandoned, not closed, so the parent's locks are
+     * undisturbed. */
     ctx->transport = NULL;
     if (ctx->device != NULL)
         snprintf(spec, sizeof(spec), "%s", ctx->device);

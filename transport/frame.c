@@ -2,6 +2,8 @@
 #include "transport.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -32,8 +34,23 @@ static long now_ns(void)
     return (long)t.tv_sec * 1000000000L + t.tv_nsec;
 }
 
-/* The first read of a frame: polls, then blocks. */
-static ssize_t read_first(int fd, uint8_t *p, size_t n)
+/* Waits until fd is readable or timeout_ms (-1: no limit) passes; 1 readable, 0 timed out. */
+static int wait_readable(int fd, long timeout_ms)
+{
+    struct pollfd pfd = { fd, POLLIN, 0 };
+    int r;
+
+    if (timeout_ms < 0)
+        return 1;
+    do
+        r = poll(&pfd, 1, timeout_ms > INT_MAX ? INT_MAX : (int)timeout_ms);
+    while (r < 0 && errno == EINTR);
+    return r != 0;
+}
+
+/* The first read of a frame: polls, then blocks (at most timeout_ms, -1: no limit; a
+ * timeout returns -1 with errno ETIMEDOUT). */
+static ssize_t read_first(int fd, uint8_t *p, size_t n, long timeout_ms)
 {
     long start = now_ns(), budget = wait_avg_ns < SPIN_MAX_NS ? 2 * wait_avg_ns : 0, waited;
     ssize_t r = -1;
@@ -49,8 +66,13 @@ static ssize_t read_first(int fd, uint8_t *p, size_t n)
         if (r < 0 && errno == ENOTSOCK)
             budget = 0; /* a pipe (serve --stdio): no polling */
     }
-    if (budget == 0 || (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)))
+    if (budget == 0 || (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
+        if (!wait_readable(fd, timeout_ms)) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
         r = read(fd, p, n);
+    }
     waited = now_ns() - start;
     if (waited > 2 * SPIN_MAX_NS)
         waited = 2 * SPIN_MAX_NS; /* after an idle spell, a few quick calls restart polling */
@@ -58,13 +80,33 @@ static ssize_t read_first(int fd, uint8_t *p, size_t n)
     return r;
 }
 
-/* Reads n bytes; `first`: the start of a frame, the read that waits for the other side. */
-static int read_full(int fd, uint8_t *p, size_t n, int first)
+/* Milliseconds left until deadline_ns (CLOCK_MONOTONIC); -1 if there is no deadline. */
+static long left_ms(long deadline_ns)
+{
+    long left;
+
+    if (deadline_ns == 0)
+        return -1;
+    left = (deadline_ns - now_ns()) / 1000000L;
+    return left > 0 ? left : 0;
+}
+
+/* Reads n bytes; `first`: the start of a frame, the read that waits for the other side
+ * (at most first_ms, -1: no limit); every read after the first byte must come before
+ * deadline_ns (0: none). A timeout returns -1 with errno ETIMEDOUT. */
+static int read_full(int fd, uint8_t *p, size_t n, int first, long first_ms, long deadline_ns)
 {
     size_t got = 0;
 
     while (got < n) {
-        ssize_t r = first && got == 0 ? read_first(fd, p, n) : read(fd, p + got, n - got);
+        ssize_t r;
+        if (first && got == 0)
+            r = read_first(fd, p, n, first_ms);
+        else if (!wait_readable(fd, left_ms(deadline_ns))) {
+            errno = ETIMEDOUT;
+            return -1;
+        } else
+            r = read(fd, p + got, n - got);
         if (r == 0)
             return got == 0 ? 0 : -1;
         if (r < 0) {
@@ -111,34 +153,67 @@ static int write_all(int fd, struct iovec *iov, int n)
     return 1;
 }
 
+/* Reads the body of n bytes into out, in pieces as they come, so memory follows what the
+ * peer actually sent. */
+static int read_body(int fd, sks_buf *out, uint32_t n, long deadline_ns)
+{
+    uint8_t chunk[4096];
+    size_t left = n;
+
+    sks_buf_reset(out);
+    sks_buf_put(out, "", 0);
+    while (left > 0) {
+        size_t k = left < sizeof(chunk) ? left : sizeof(chunk);
+        if (read_full(fd, chunk, k, 0, -1, deadline_ns) != 1)
+            return -1;
+        sks_buf_put(out, chunk, k);
+        left -= k;
+    }
+    return out->failed ? -1 : 1;
+}
+
+static uint32_t header_length(const uint8_t hdr[4])
+{
+    return ((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) | ((uint32_t)hdr[2] << 8) | hdr[3];
+}
+
 int sks_frame_read(int fd, sks_buf *out)
 {
     uint8_t hdr[4];
     uint32_t n;
-    int r = read_full(fd, hdr, 4, 1);
+    int r = read_full(fd, hdr, 4, 1, -1, 0);
 
     if (r <= 0)
         return r;
-    n = ((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) | ((uint32_t)hdr[2] << 8) | hdr[3];
+    n = header_length(hdr);
     if (n > SKS_FRAME_MAX)
         return -1;
-    sks_buf_reset(out);
-    sks_buf_put(out, "", 0);
-    if (n > 0) {
-        /* grow then fill */
-        size_t start = out->len;
-        uint8_t chunk[4096];
-        size_t left = n;
-        while (left > 0) {
-            size_t k = left < sizeof(chunk) ? left : sizeof(chunk);
-            if (read_full(fd, chunk, k, 0) != 1)
-                return -1;
-            sks_buf_put(out, chunk, k);
-            left -= k;
-        }
-        (void)start;
-    }
-    return out->failed ? -1 : 1;
+    return read_body(fd, out, n, 0);
+}
+
+int sks_frame_read_bounded(int fd, sks_buf *out, const sks_frame_limits *lim)
+{
+    uint8_t hdr[4];
+    uint32_t n;
+    long deadline;
+    ssize_t got;
+
+    /* The first byte may take up to the idle timeout; the rest of the header and the body
+     * must follow within the frame timeout of it. */
+    do
+        got = read_first(fd, hdr, 4, lim->idle_ms);
+    while (got < 0 && errno == EINTR && !lim->stop_on_signal);
+    if (got <= 0)
+        return got == 0 ? SKS_FRAME_END : errno == ETIMEDOUT ? SKS_FRAME_IDLE : SKS_FRAME_ERROR;
+    deadline = now_ns() + lim->frame_ms * 1000000L;
+    if (got < 4 && read_full(fd, hdr + got, 4 - (size_t)got, 0, -1, deadline) != 1)
+        return errno == ETIMEDOUT ? SKS_FRAME_SLOW : SKS_FRAME_ERROR;
+    n = header_length(hdr);
+    if (n > lim->max || n > SKS_FRAME_MAX)
+        return SKS_FRAME_TOO_LONG;
+    if (read_body(fd, out, n, deadline) != 1)
+        return errno == ETIMEDOUT ? SKS_FRAME_SLOW : SKS_FRAME_ERROR;
+    return SKS_FRAME_OK;
 }
 
 int sks_frame_write(int fd, const uint8_t *p, size_t n)

@@ -12,16 +12,28 @@
  *
  * Any PC/SC error (card removed or reset, reader gone, pcscd gone) drops the connection
  * and reports it; the next call connects again and SELECTs the application again.
+ *
+ * Fork: pcscd, like sksd, judges a client by who connected, and a card connection in the
+ * middle of a transaction belongs to one process. A forked child must not talk over its
+ * parent's: a pthread_atfork child handler drops every link of this transport without a
+ * word to pcscd (releasing would write on the parent's socket), and puts /dev/null in place
+ * of the descriptors that pcsc-lite holds to pcscd, so nothing in the child can write to
+ * them. The child's next call establishes a context of its own.
  */
 #include "transport.h"
 #include "pcsc_apdu.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <PCSC/reader.h>
 #include <PCSC/winscard.h>
@@ -51,11 +63,12 @@ typedef struct {
     uint8_t rapdu[EXTENDED_MAX + 2];
 } pcsc_link;
 
-typedef struct {
+typedef struct pcsc_transport {
     sks_transport base;
     char want[READER_NAME_MAX]; /* a reader name or part of one; "" = the first with an SKS card */
     double timeout;             /* seconds, for every PC/SC operation */
     pcsc_link *link;            /* NULL: connect on the next call */
+    struct pcsc_transport *next; /* in the list of open transports (fork) */
 } pcsc_transport;
 
 /* One call, carried out by a worker thread. Whoever is last to let go of it frees it. */
@@ -713,6 +726,92 @@ static int run_job(pcsc_transport *p, pcsc_job *j, char *err, size_t errlen)
     return 1;
 }
 
+/* ---- fork: the child lets go of the parent's connections ---- */
+
+static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
+static pcsc_transport *open_list;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+/* pcscd's socket, as pcsc-lite finds it. */
+static const char *pcscd_socket_path(void)
+{
+    const char *p = secure_getenv("PCSCLITE_CSOCK_NAME");
+
+    return p != NULL && *p ? p : "/run/pcscd/pcscd.comm";
+}
+
+/* Puts /dev/null in place of every descriptor connected to pcscd's socket. */
+static void blank_pcscd_sockets(void)
+{
+    const char *path = pcscd_socket_path();
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+
+    while (null >= 0 && d != NULL && (e = readdir(d)) != NULL) {
+        struct sockaddr_un sa;
+        socklen_t len = sizeof(sa);
+        int fd = atoi(e->d_name);
+        if (e->d_name[0] == '.' || fd == dirfd(d) || fd == null)
+            continue;
+        memset(&sa, 0, sizeof(sa));
+        if (getpeername(fd, (struct sockaddr *)&sa, &len) == 0 && sa.sun_family == AF_UNIX
+            && strncmp(sa.sun_path, path, sizeof(sa.sun_path)) == 0)
+            dup3(null, fd, O_CLOEXEC);
+    }
+    if (d != NULL)
+        closedir(d);
+    if (null >= 0)
+        close(null);
+}
+
+static void before_fork(void)
+{
+    pthread_mutex_lock(&open_lock);
+}
+
+static void parent_after_fork(void)
+{
+    pthread_mutex_unlock(&open_lock);
+}
+
+static void child_after_fork(void)
+{
+    pcsc_transport *p;
+
+    for (p = open_list; p != NULL; p = p->next)
+        p->link = NULL; /* abandoned: the parent's, never to be used or released here */
+    if (open_list != NULL)
+        blank_pcscd_sockets();
+    pthread_mutex_init(&open_lock, NULL);
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(before_fork, parent_after_fork, child_after_fork);
+}
+
+static void list_add(pcsc_transport *p)
+{
+    pthread_once(&atfork_once, register_atfork);
+    pthread_mutex_lock(&open_lock);
+    p->next = open_list;
+    open_list = p;
+    pthread_mutex_unlock(&open_lock);
+}
+
+static void list_remove(pcsc_transport *p)
+{
+    pcsc_transport **q;
+
+    pthread_mutex_lock(&open_lock);
+    for (q = &open_list; *q != NULL && *q != p; q = &(*q)->next)
+        ;
+    if (*q == p)
+        *q = p->next;
+    pthread_mutex_unlock(&open_lock);
+}
+
 static int pcsc_call(sks_transport *t, const uint8_t *req, size_t n, sks_buf *reply, char *err, size_t errlen)
 {
     pcsc_job *j = job_new((pcsc_transport *)t, req, n);
@@ -741,6 +840,7 @@ static void pcsc_close(sks_transport *t)
 {
     pcsc_transport *p = (pcsc_transport *)t;
 
+    list_remove(p);
     link_free(p->link);
     OPENSSL_free(p);
 }
@@ -776,6 +876,7 @@ sks_transport *sks_transport_open_pcsc(const char *reader, char *err, size_t err
     p->timeout = configured_timeout();
     p->base.call = pcsc_call;
     p->base.close = pcsc_close;
+    list_add(p);
     /* Connect and SELECT now, so that a wrong reader or a missing card is reported where the
      * device was configured. */
     if ((j = job_new(p, NULL, 0)) == NULL) {

@@ -56,6 +56,21 @@ int sks_data_dir(char *out, size_t n);
 #define SKS_FRAME_MAX (16u * 1024 * 1024)
 /* Reads one frame; 1 = frame read, 0 = clean end of stream, -1 = error. */
 int sks_frame_read(int fd, sks_buf *out);
+
+/* A server's reading (sksd): bounded in time and size. */
+typedef struct {
+    long idle_ms;  /* for the first byte of a frame */
+    long frame_ms; /* for the rest of the frame, from its first byte */
+    size_t max;    /* longest frame body */
+    int stop_on_signal; /* a signal while waiting for a frame ends the wait (SKS_FRAME_ERROR) */
+} sks_frame_limits;
+#define SKS_FRAME_OK 1
+#define SKS_FRAME_END 0
+#define SKS_FRAME_ERROR (-1)
+#define SKS_FRAME_IDLE (-2)     /* no frame began within idle_ms */
+#define SKS_FRAME_SLOW (-3)     /* a frame began but was not complete within frame_ms */
+#define SKS_FRAME_TOO_LONG (-4) /* its header announced more than max */
+int sks_frame_read_bounded(int fd, sks_buf *out, const sks_frame_limits *lim);
 int sks_frame_write(int fd, const uint8_t *p, size_t n);
 
 #endif

@@ -1,13 +1,23 @@
 /*
  * The socket transport: the wire format in length-prefixed frames to sksd. A call on a
  * broken connection reconnects once (sksd may have restarted); a call whose reply was lost
- * is not resent, since it may have been carried out.
+ * is not resent, since it may have been carried out, unless the kernel says sksd never
+ * read it (below).
+ *
+ * Fork: sksd judges a connection by who connect()ed (SO_PEERCRED), so a descriptor carries
+ * its opener's rights to whoever holds it. A forked child (an nginx worker that drops from
+ * root to nobody) must therefore never keep its parent's connection: a pthread_atfork child
+ * handler closes every connection of this transport in the child before fork() returns, so
+ * no code in the child, ours or anyone's, can write to it; the child's next call connects
+ * afresh, with the child's own credentials.
  */
 #include "transport.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -15,31 +25,88 @@
 
 #include <openssl/crypto.h>
 
-typedef struct {
+typedef struct unix_transport {
     sks_transport base;
     char path[108];
     int fd;
+    struct unix_transport *next; /* in the list of open transports */
 } unix_transport;
+
+/* Every open transport, so that a forked child can let go of their connections. The lock
+ * is held across fork (prepare/parent/child), and while a connection is made, so a child
+ * never inherits a socket that its list does not show. */
+static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
+static unix_transport *open_list;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void before_fork(void)
+{
+    pthread_mutex_lock(&open_lock);
+}
+
+static void parent_after_fork(void)
+{
+    pthread_mutex_unlock(&open_lock);
+}
+
+/* In the child, before fork() returns: close (never write to) the parent's connections. */
+static void child_after_fork(void)
+{
+    unix_transport *u;
+
+    for (u = open_list; u != NULL; u = u->next)
+        if (u->fd >= 0) {
+            close(u->fd);
+            u->fd = -1;
+        }
+    pthread_mutex_init(&open_lock, NULL);
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(before_fork, parent_after_fork, child_after_fork);
+}
 
 static int connect_socket(unix_transport *u, char *err, size_t errlen)
 {
     struct sockaddr_un sa;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd, ok;
 
+    pthread_mutex_lock(&open_lock);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
+        pthread_mutex_unlock(&open_lock);
         snprintf(err, errlen, "socket: %s", strerror(errno));
         return 0;
     }
     memset(&sa, 0, sizeof(sa));
     sa.sun_family = AF_UNIX;
     memcpy(sa.sun_path, u->path, strlen(u->path));
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+    ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    if (ok)
+        u->fd = fd;
+    else
         snprintf(err, errlen, "cannot connect to sksd at %s: %s", u->path, strerror(errno));
+    pthread_mutex_unlock(&open_lock);
+    if (!ok)
         close(fd);
-        return 0;
-    }
-    u->fd = fd;
-    return 1;
+    return ok;
+}
+
+static void drop_connection(unix_transport *u)
+{
+    if (u->fd >= 0)
+        close(u->fd);
+    u->fd = -1;
+}
+
+/* After a failed send: sksd may have answered and closed before the request went out
+ * (a refusal at accept, sksd --help "refused peers"). Its answer is still queued here. */
+static int read_early_answer(unix_transport *u, sks_buf *reply)
+{
+    struct pollfd pfd = { u->fd, POLLIN, 0 };
+
+    return poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLIN) && sks_frame_read(u->fd, reply) == 1 && reply->len > 0;
 }
 
 static int unix_call(sks_transport *t, const uint8_t *req, size_t n, sks_buf *reply, char *err, size_t errlen)
@@ -47,20 +114,28 @@ static int unix_call(sks_transport *t, const uint8_t *req, size_t n, sks_buf *re
     unix_transport *u = (unix_transport *)t;
     int attempt, r;
 
-    for (attempt = 0; attempt < 2; attempt++) {
+    for (attempt = 0; attempt < 3; attempt++) {
         if (u->fd < 0 && !connect_socket(u, err, errlen))
             return 0;
         /* A write to a socket sksd closed must fail with EPIPE, not kill the application. */
         if (!sks_frame_write(u->fd, req, n)) {
-            close(u->fd);
-            u->fd = -1;
+            int answered = read_early_answer(u, reply);
+            drop_connection(u);
+            if (answered)
+                return 1;
             continue; /* the request never arrived: safe to send again */
         }
+        errno = 0;
         r = sks_frame_read(u->fd, reply);
         if (r == 1 && reply->len > 0)
             return 1;
-        close(u->fd);
-        u->fd = -1;
+        /* ECONNRESET: sksd closed the connection with our request unread in its queue
+         * (an idle timeout that crossed our send), so it was never carried out. */
+        if (r < 0 && errno == ECONNRESET) {
+            drop_connection(u);
+            continue;
+        }
+        drop_connection(u);
         snprintf(err, errlen, "sksd at %s closed the connection during the call", u->path);
         return 0;
     }
@@ -71,9 +146,15 @@ static int unix_call(sks_transport *t, const uint8_t *req, size_t n, sks_buf *re
 static void unix_close(sks_transport *t)
 {
     unix_transport *u = (unix_transport *)t;
+    unix_transport **p;
 
-    if (u->fd >= 0)
-        close(u->fd);
+    pthread_mutex_lock(&open_lock);
+    for (p = &open_list; *p != NULL && *p != u; p = &(*p)->next)
+        ;
+    if (*p == u)
+        *p = u->next;
+    pthread_mutex_unlock(&open_lock);
+    drop_connection(u);
     OPENSSL_free(u);
 }
 
@@ -92,9 +173,14 @@ sks_transport *sks_transport_open_unix(const char *socket_path, char *err, size_
     u->fd = -1;
     u->base.call = unix_call;
     u->base.close = unix_close;
+    pthread_once(&atfork_once, register_atfork);
+    pthread_mutex_lock(&open_lock);
+    u->next = open_list;
+    open_list = u;
+    pthread_mutex_unlock(&open_lock);
     /* Connect now, so a wrong path is reported where it was configured. */
     if (!connect_socket(u, err, errlen)) {
-        OPENSSL_free(u);
+        unix_close(&u->base);
         return NULL;
     }
     return &u->base;

@@ -202,6 +202,11 @@ void sks_device_dispatch(sks_device *dev, const uint8_t *req, size_t reqlen, sks
         write_error(reply, SKS_ERROR_OPTION, msg);
         return;
     }
+    /* A shared device (sksd) serves a key only to its owner, group and administrators. */
+    if ((rc = owner_check_call(dev, m->id, req + 1, reqlen - 1, &call)) != SKS_OK) {
+        write_error(reply, rc, call.message);
+        return;
+    }
     if (answer_from_cache(dev, m, req, reqlen, reply))
         return;
     write = needs_write_lock(dev, m, req + 1, reqlen - 1);

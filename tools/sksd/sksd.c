@@ -1,19 +1,27 @@
 /*
  * sksd: serves a store on a Unix socket with the SKS wire format in length-prefixed frames,
  * so keys live outside the applications that use them (nginx workers after fork and
- * privilege drop, for instance).
+ * privilege drop, for instance). Options: sksd --help, README "sksd".
  *
- *   sksd --store PATH --socket PATH [--master-key PATH] [--mode 0660] [--group NAME]
- *        [--allow-uid UID|NAME]... [--allow-gid GID|NAME]... [--admin-uid ..]... [--admin-gid ..]...
+ * One thread per client, each with its own connection to the store (opened at the client's
+ * first request): every call is one SQLite transaction, so a client that disconnects
+ * mid-call leaves nothing half done, and SIGTERM lets calls in progress finish before the
+ * daemon exits.
  *
- * One thread per client, each with its own connection to the store: every call is one
- * SQLite transaction, so a client that disconnects mid-call leaves nothing half done, and
- * SIGTERM lets calls in progress finish before the daemon exits.
+ * Access: the socket's owner/group/mode, then SO_PEERCRED at accept. root and the
+ * allow-lists may connect; everyone else gets one refusal and is disconnected.
+ * Administrators (root, sksd's own user, and --admin-*) may call every method; other clients
+ * get the User API and read-only queries, and only for the keys they own (device/owner.c).
  *
- * Access: the socket's owner/group/mode, then SO_PEERCRED. root and the allow-lists may
- * connect. Administrators (root and --admin-*) may call every method; other clients get
- * the User API and read-only queries, unless no --admin-* is given (then all allowed
- * clients may provision).
+ * Bounds: clients in all and per uid (administrators still get in when the total is
+ * reached, within their own per-uid cap), an idle timeout between requests, a deadline for
+ * each frame once it has begun, for each reply to be taken, and a frame size limit (smaller
+ * for non-administrators, whose largest call is a User API call).
+ *
+ * Why credentials are taken once: SO_PEERCRED tells who connect()ed, not who writes now, so
+ * re-reading it per request would not catch a forked child using its parent's connection.
+ * That is closed at the client: the transports let go of their connections in a forked
+ * child before fork() returns (transport/unix.c), and the child connects as itself.
  */
 #include <errno.h>
 #include <grp.h>
@@ -27,6 +35,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -36,6 +45,27 @@
 #include "../../transport/transport.h"
 
 #define MAX_IDS 32
+#define MAX_KEY_OWNERS 64
+
+/* Defaults of the bounds (sksd --help). */
+#define DEFAULT_MAX_CLIENTS 512
+#define DEFAULT_MAX_CLIENTS_PER_UID 64
+#define DEFAULT_IDLE_TIMEOUT 600  /* seconds between requests */
+#define DEFAULT_FRAME_TIMEOUT 10  /* seconds for a frame, once begun, and for a reply */
+/* The largest real request is an administrator's skipImport: up to 32 keys, each with its
+ * public key, its encrypted private key and a certificate path of up to 16 certificates;
+ * 32 x (0.5 KiB + 16 x 2 KiB) is about 1.1 MiB. importPrivateKey of RSA-4096 is 2.5 KiB. */
+#define DEFAULT_MAX_FRAME (2u * 1024 * 1024)
+/* A non-administrator's largest call: symmetricKeyEncrypt/performHmac with the device's
+ * cryptoDataSize (64 KiB) of data, plus the handle, algorithm URI and parameters. */
+#define USER_MAX_FRAME (64u * 1024 + 4096)
+#define THREAD_STACK (512u * 1024)
+
+typedef struct {
+    const char *key; /* friendly name or #HANDLE */
+    uid_t uid;
+    uint32_t gid;    /* SKS_NO_GROUP: none */
+} key_owner;
 
 typedef struct {
     sks_store_location loc;
@@ -46,19 +76,31 @@ typedef struct {
     uid_t allow_uid[MAX_IDS], admin_uid[MAX_IDS];
     gid_t allow_gid[MAX_IDS], admin_gid[MAX_IDS];
     int n_allow_uid, n_allow_gid, n_admin_uid, n_admin_gid;
+    key_owner owners[MAX_KEY_OWNERS];
+    int n_owners;
+    long max_clients, max_per_uid, idle_timeout, frame_timeout, max_frame;
 } config;
 
 typedef struct {
     const config *cfg;
     int fd;
     struct ucred peer;
-    int allowed; /* 0: every request is answered with a refusal */
+    gid_t groups[SKS_CALLER_MAX_GROUPS]; /* supplementary groups at connect (SO_PEERGROUPS) */
+    int ngroups;
+    int admin;
 } client;
 
 static volatile sig_atomic_t stopping;
 static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t count_cond = PTHREAD_COND_INITIALIZER;
 static int active_clients;
+/* Clients per uid, under count_lock: at most max_clients + admin entries in use. */
+typedef struct {
+    uid_t uid;
+    int n;
+} uid_count;
+static uid_count *uid_counts;
+static int n_uid_counts, cap_uid_counts;
 
 
 static int in_list(const unsigned *list, int n, unsigned v)
@@ -71,86 +113,199 @@ static int in_list(const unsigned *list, int n, unsigned v)
     return 0;
 }
 
-/* Is the peer (or one of its groups: primary gid only, as SO_PEERCRED reports) listed? */
-static int peer_in(const struct ucred *p, const uid_t *uids, int nu, const gid_t *gids, int ng)
+/* Is the peer, its primary group or one of its supplementary groups listed? */
+static int peer_in(const client *cl, const uid_t *uids, int nu, const gid_t *gids, int ng)
 {
-    return in_list(uids, nu, p->uid) || in_list(gids, ng, p->gid);
+    int i;
+
+    if (in_list(uids, nu, cl->peer.uid) || in_list(gids, ng, cl->peer.gid))
+        return 1;
+    for (i = 0; i < cl->ngroups; i++)
+        if (in_list(gids, ng, cl->groups[i]))
+            return 1;
+    return 0;
 }
 
-static int peer_allowed(const config *c, const struct ucred *p)
+static int peer_allowed(const config *c, const client *cl)
 {
-    if (p->uid == 0 || p->uid == getuid())
+    if (cl->peer.uid == 0 || cl->peer.uid == getuid())
         return 1;
     if (c->n_allow_uid == 0 && c->n_allow_gid == 0)
         return 1; /* no allow-list: the socket's permissions decide */
-    return peer_in(p, c->allow_uid, c->n_allow_uid, c->allow_gid, c->n_allow_gid);
+    return peer_in(cl, c->allow_uid, c->n_allow_uid, c->allow_gid, c->n_allow_gid);
 }
 
-static int peer_admin(const config *c, const struct ucred *p)
+/* root, sksd's own user, and whoever --admin-uid/--admin-gid name: nobody else by default. */
+static int peer_admin(const config *c, const client *cl)
 {
-    if (p->uid == 0 || p->uid == getuid())
+    if (cl->peer.uid == 0 || cl->peer.uid == getuid())
         return 1;
-    if (c->n_admin_uid == 0 && c->n_admin_gid == 0)
-        return 1;
-    return peer_in(p, c->admin_uid, c->n_admin_uid, c->admin_gid, c->n_admin_gid);
+    return peer_in(cl, c->admin_uid, c->n_admin_uid, c->admin_gid, c->n_admin_gid);
 }
 
-/* Methods anyone allowed may call: the User API and read-only queries. The project
- * extensions from 200 on (skipRequest, skipImport) provision keys: administrators only. */
+/* Methods anyone allowed may call: the User API and read-only queries about keys (which
+ * the device answers only for keys the caller may see). Provisioning (sessions included:
+ * enumerateProvisioningSessions describes the issuers), key management and the project
+ * extensions from 200 on (skipRequest, skipImport) are for administrators only. */
 static int method_is_open(uint8_t id)
 {
-    return (id >= 100 && id < 200) || id == 1 || id == 4 || id == 70 || id == 71 || id == 72 || id == 73;
+    return (id >= 100 && id < 200) || id == 1 || id == 70 || id == 71 || id == 72 || id == 73;
 }
 
-static void refuse(sks_buf *reply, const char *what)
+static void refuse(sks_buf *reply, uint8_t status, const char *what)
 {
     size_t n = strlen(what);
 
     sks_buf_reset(reply);
-    sks_buf_byte(reply, 0x02); /* ERROR_NOT_ALLOWED */
+    sks_buf_byte(reply, status);
     sks_buf_array(reply, what, n);
+}
+
+/* Answers a peer that is turned away at accept with one frame, without waiting for its
+ * request, and disconnects it: a refused peer holds no thread. The client reads the
+ * refusal even if its request went out after the close (transport/unix.c). */
+static void refuse_and_close(int fd, uint8_t status, const char *what)
+{
+    sks_buf reply;
+    struct timeval tv = { 1, 0 };
+
+    sks_buf_init(&reply);
+    refuse(&reply, status, what);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (!reply.failed)
+        sks_frame_write(fd, reply.data, reply.len);
+    sks_buf_free(&reply);
+    close(fd);
+}
+
+/* Counts a new client of uid; 0 if that would pass a cap. Administrators are not held to
+ * the total (so root can still manage a daemon that others fill), only to the per-uid cap. */
+static int admit(const config *c, uid_t uid, int admin)
+{
+    int i, ok = 0;
+
+    pthread_mutex_lock(&count_lock);
+    for (i = 0; i < n_uid_counts && uid_counts[i].uid != uid; i++)
+        ;
+    if ((i < n_uid_counts && uid_counts[i].n >= c->max_per_uid) || (!admin && active_clients >= c->max_clients))
+        goto out;
+    if (i == n_uid_counts) {
+        if (n_uid_counts == cap_uid_counts) {
+            int cap = cap_uid_counts ? 2 * cap_uid_counts : 16;
+            uid_count *grown = realloc(uid_counts, (size_t)cap * sizeof(*grown));
+            if (grown == NULL)
+                goto out;
+            uid_counts = grown;
+            cap_uid_counts = cap;
+        }
+        uid_counts[n_uid_counts].uid = uid;
+        uid_counts[n_uid_counts++].n = 0;
+    }
+    uid_counts[i].n++;
+    active_clients++;
+    ok = 1;
+out:
+    pthread_mutex_unlock(&count_lock);
+    return ok;
+}
+
+static void release(uid_t uid)
+{
+    int i;
+
+    pthread_mutex_lock(&count_lock);
+    for (i = 0; i < n_uid_counts && uid_counts[i].uid != uid; i++)
+        ;
+    if (i < n_uid_counts && --uid_counts[i].n == 0)
+        uid_counts[i] = uid_counts[--n_uid_counts];
+    active_clients--;
+    pthread_cond_broadcast(&count_cond);
+    pthread_mutex_unlock(&count_lock);
+}
+
+/* The store for this client, opened at its first request, with the client as the caller
+ * whose keys it may use. */
+static sks_device *open_for(const client *cl)
+{
+    char err[512] = "";
+    sks_caller who;
+    sks_device *dev = sks_device_open(&cl->cfg->loc, err, sizeof(err));
+    int i;
+
+    memset(&who, 0, sizeof(who));
+    who.uid = cl->peer.uid;
+    who.gids[who.ngids++] = cl->peer.gid;
+    for (i = 0; i < cl->ngroups && who.ngids < SKS_CALLER_MAX_GROUPS; i++)
+        who.gids[who.ngids++] = cl->groups[i];
+    who.admin = cl->admin;
+    if (dev != NULL && !sks_device_set_caller(dev, &who, err, sizeof(err))) {
+        sks_device_close(dev);
+        dev = NULL;
+    }
+    if (dev == NULL)
+        daemon_log("cannot open the store for uid %u: %s", (unsigned)cl->peer.uid, err);
+    return dev;
+}
+
+static void log_end(const client *cl, int r)
+{
+    if (r == SKS_FRAME_IDLE)
+        daemon_log("closed idle connection of uid %u pid %d", (unsigned)cl->peer.uid, (int)cl->peer.pid);
+    else if (r == SKS_FRAME_SLOW)
+        daemon_log("closed connection of uid %u pid %d: frame not complete within %ld s", (unsigned)cl->peer.uid,
+                   (int)cl->peer.pid, cl->cfg->frame_timeout);
+    else if (r == SKS_FRAME_TOO_LONG)
+        daemon_log("closed connection of uid %u pid %d: frame longer than its limit", (unsigned)cl->peer.uid,
+                   (int)cl->peer.pid);
 }
 
 static void *serve_client(void *arg)
 {
     client *cl = arg;
-    char err[512] = "";
-    sks_device *dev = cl->allowed ? sks_device_open(&cl->cfg->loc, err, sizeof(err)) : NULL;
-    int admin = peer_admin(cl->cfg, &cl->peer);
+    sks_device *dev = NULL;
+    sks_frame_limits lim;
     sks_buf req, reply;
+    int r = SKS_FRAME_END;
 
+    lim.idle_ms = cl->cfg->idle_timeout * 1000;
+    lim.frame_ms = cl->cfg->frame_timeout * 1000;
+    lim.max = cl->admin ? (size_t)cl->cfg->max_frame : USER_MAX_FRAME;
+    lim.stop_on_signal = 0; /* SIGTERM goes to the main thread; clients finish their call */
     sks_buf_init(&req);
     sks_buf_init(&reply);
-    if (cl->allowed && dev == NULL)
-        daemon_log("cannot open the store for uid %u: %s", (unsigned)cl->peer.uid, err);
-    while ((dev != NULL || !cl->allowed) && !stopping && sks_frame_read(cl->fd, &req) == 1) {
-        if (!cl->allowed) {
-            /* Answered in the protocol, so the client can say why it was turned away. */
-            refuse(&reply, "sksd: this user is not allowed to use the key store");
-        } else if (req.len > 0 && !admin && !method_is_open(req.data[0])) {
+    while (!stopping && (r = sks_frame_read_bounded(cl->fd, &req, &lim)) == SKS_FRAME_OK) {
+        if (dev == NULL && (dev = open_for(cl)) == NULL)
+            break;
+        if (req.len > 0 && !cl->admin && !method_is_open(req.data[0])) {
             char msg[160];
             snprintf(msg, sizeof(msg), "sksd: method %u is restricted to administrators (uid %u is not one)",
                      req.data[0], (unsigned)cl->peer.uid);
             daemon_log("refused method %u from uid %u gid %u pid %d", req.data[0], (unsigned)cl->peer.uid,
-                   (unsigned)cl->peer.gid, (int)cl->peer.pid);
-            refuse(&reply, msg);
+                       (unsigned)cl->peer.gid, (int)cl->peer.pid);
+            refuse(&reply, 0x02 /* ERROR_NOT_ALLOWED */, msg);
         } else {
             sks_device_dispatch(dev, req.data, req.len, &reply);
         }
         /* The call is complete (committed or rolled back) before the reply is written: a
-         * client that has gone away loses only the reply. */
+         * client that has gone away loses only the reply. A client that does not take its
+         * reply within the frame timeout is disconnected (SO_SNDTIMEO). */
         if (!sks_frame_write(cl->fd, reply.data, reply.len))
             break;
+    }
+    log_end(cl, r);
+    if (r == SKS_FRAME_TOO_LONG) {
+        /* Said in the protocol, so the client reports why instead of retrying. */
+        char msg[120];
+        snprintf(msg, sizeof(msg), "sksd: request longer than the limit of %zu bytes", lim.max);
+        refuse(&reply, 0x09 /* ERROR_OPTION */, msg);
+        sks_frame_write(cl->fd, reply.data, reply.len);
     }
     sks_buf_free(&req);
     sks_buf_free(&reply);
     sks_device_close(dev);
     close(cl->fd);
+    release(cl->peer.uid);
     free(cl);
-    pthread_mutex_lock(&count_lock);
-    active_clients--;
-    pthread_cond_broadcast(&count_cond);
-    pthread_mutex_unlock(&count_lock);
     return NULL;
 }
 
@@ -228,10 +383,59 @@ static int parse_gid(const char *s, gid_t *out)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: sksd --store PATH --socket PATH [--master-key PATH] [--mode OCTAL] [--group NAME]\n"
-               "            [--allow-uid UID]... [--allow-gid GID]... [--admin-uid UID]... [--admin-gid GID]...\n"
-               "Serves the store on a Unix socket (4-byte big-endian length frames, docs/wire-format.md).\n"
-               "Runs in the foreground; stops cleanly on SIGTERM/SIGINT.\n");
+    fprintf(f,
+            "usage: sksd --store PATH --socket PATH [--master-key PATH] [--mode OCTAL] [--group NAME]\n"
+            "            [--allow-uid UID]... [--allow-gid GID]... [--admin-uid UID]... [--admin-gid GID]...\n"
+            "            [--key-owner KEY=USER[:GROUP]]... [--max-clients N] [--max-clients-per-uid N]\n"
+            "            [--idle-timeout SECONDS] [--frame-timeout SECONDS] [--max-frame BYTES]\n"
+            "       sksd --store PATH [--master-key PATH] --key-owner KEY=USER[:GROUP]...   (set owners, exit)\n"
+            "Serves the store on a Unix socket (4-byte big-endian length frames, docs/wire-format.md).\n"
+            "Runs in the foreground; stops cleanly on SIGTERM/SIGINT.\n"
+            "  --allow-uid/--allow-gid  who may connect (root and sksd's user always); none: the socket decides\n"
+            "  --admin-uid/--admin-gid  who may provision, delete, export, skipImport and use every key;\n"
+            "                           default: root and sksd's own user only\n"
+            "  --key-owner KEY=USER[:GROUP]  gives a key (friendly name or #HANDLE) to USER (and GROUP):\n"
+            "                           non-administrators use, list and see only keys they or their group own;\n"
+            "                           keys belong to whoever created them through sksd, else to root\n"
+            "  --max-clients N          connected clients in all (default %d; administrators may exceed it)\n"
+            "  --max-clients-per-uid N  connected clients per uid (default %d)\n"
+            "  --idle-timeout S         disconnect a client idle this long between requests (default %d)\n"
+            "  --frame-timeout S        a request must arrive whole, and a reply be taken, within S (default %d)\n"
+            "  --max-frame BYTES        largest administrator request (default %u; others: %u)\n",
+            DEFAULT_MAX_CLIENTS, DEFAULT_MAX_CLIENTS_PER_UID, DEFAULT_IDLE_TIMEOUT, DEFAULT_FRAME_TIMEOUT,
+            DEFAULT_MAX_FRAME, USER_MAX_FRAME);
+}
+
+/* KEY=USER[:GROUP] */
+static int parse_owner(char *v, key_owner *o)
+{
+    char *eq = strrchr(v, '=');
+    char *colon;
+    gid_t g;
+
+    if (eq == NULL || eq == v)
+        return 0;
+    *eq = '\0';
+    o->key = v;
+    o->gid = SKS_NO_GROUP;
+    if ((colon = strchr(eq + 1, ':')) != NULL) {
+        *colon = '\0';
+        if (!parse_gid(colon + 1, &g))
+            return 0;
+        o->gid = g;
+    }
+    return parse_uid(eq + 1, &o->uid);
+}
+
+static int parse_count(const char *v, long lo, long hi, long *out)
+{
+    char *end;
+    long n = strtol(v, &end, 10);
+
+    if (*v == '\0' || *end != '\0' || n < lo || n > hi)
+        return 0;
+    *out = n;
+    return 1;
 }
 
 static int parse_args(int argc, char **argv, config *c)
@@ -240,8 +444,13 @@ static int parse_args(int argc, char **argv, config *c)
 
     memset(c, 0, sizeof(*c));
     c->mode = 0660;
+    c->max_clients = DEFAULT_MAX_CLIENTS;
+    c->max_per_uid = DEFAULT_MAX_CLIENTS_PER_UID;
+    c->idle_timeout = DEFAULT_IDLE_TIMEOUT;
+    c->frame_timeout = DEFAULT_FRAME_TIMEOUT;
+    c->max_frame = DEFAULT_MAX_FRAME;
     for (i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
 
         if (strcmp(a, "--help") == 0) {
@@ -273,20 +482,119 @@ static int parse_args(int argc, char **argv, config *c)
             ok = c->n_admin_uid < MAX_IDS && parse_uid(v, &c->admin_uid[c->n_admin_uid++]);
         else if (strcmp(a, "--admin-gid") == 0)
             ok = c->n_admin_gid < MAX_IDS && parse_gid(v, &c->admin_gid[c->n_admin_gid++]);
+        else if (strcmp(a, "--key-owner") == 0)
+            ok = c->n_owners < MAX_KEY_OWNERS && parse_owner(v, &c->owners[c->n_owners++]);
+        else if (strcmp(a, "--max-clients") == 0)
+            ok = parse_count(v, 1, 100000, &c->max_clients);
+        else if (strcmp(a, "--max-clients-per-uid") == 0)
+            ok = parse_count(v, 1, 100000, &c->max_per_uid);
+        else if (strcmp(a, "--idle-timeout") == 0)
+            ok = parse_count(v, 1, 86400 * 365, &c->idle_timeout);
+        else if (strcmp(a, "--frame-timeout") == 0)
+            ok = parse_count(v, 1, 3600, &c->frame_timeout);
+        else if (strcmp(a, "--max-frame") == 0)
+            ok = parse_count(v, USER_MAX_FRAME, SKS_FRAME_MAX, &c->max_frame);
         else {
             fprintf(stderr, "sksd: unknown option %s (see sksd --help)\n", a);
             return 0;
         }
         if (!ok) {
-            fprintf(stderr, "sksd: %s: unknown user or group, or too many: %s\n", a, v);
+            fprintf(stderr, "sksd: %s: bad value, unknown user or group, or too many: %s\n", a, v);
             return 0;
         }
     }
-    if (c->loc.db_path == NULL || c->socket_path == NULL) {
+    if (c->loc.db_path == NULL || (c->socket_path == NULL && c->n_owners == 0)) {
         usage(stderr);
         return 0;
     }
     return 1;
+}
+
+/* --key-owner: records the owners in the store (an administrator's act: whoever runs sksd
+ * on the store can read its master key). */
+static int set_owners(const config *c, sks_device *dev)
+{
+    char err[512];
+    int i;
+
+    for (i = 0; i < c->n_owners; i++) {
+        const key_owner *o = &c->owners[i];
+        if (!sks_device_set_key_owner(dev, o->key, (uint32_t)o->uid, o->gid, err, sizeof(err))) {
+            fprintf(stderr, "sksd: --key-owner %s: %s\n", o->key, err);
+            return 0;
+        }
+        daemon_log("key %s belongs to uid %u%s", o->key, (unsigned)o->uid, o->gid == SKS_NO_GROUP ? "" : " and its group");
+    }
+    return 1;
+}
+
+/* The peer's credentials at connect, supplementary groups included. */
+static int read_peer(client *cl)
+{
+    socklen_t len = sizeof(cl->peer);
+    gid_t groups[SKS_CALLER_MAX_GROUPS];
+    socklen_t glen = sizeof(groups);
+
+    if (getsockopt(cl->fd, SOL_SOCKET, SO_PEERCRED, &cl->peer, &len) != 0)
+        return 0;
+    cl->ngroups = 0;
+    if (getsockopt(cl->fd, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) == 0) {
+        cl->ngroups = (int)(glen / sizeof(gid_t));
+        memcpy(cl->groups, groups, (size_t)cl->ngroups * sizeof(gid_t));
+    }
+    return 1;
+}
+
+/* Takes one connection: refused, over a cap, or served by a thread of its own. */
+static void take_client(const config *cfg, int fd)
+{
+    client *cl = calloc(1, sizeof(*cl));
+    pthread_attr_t attr;
+    pthread_t th;
+    struct timeval tv = { cfg->frame_timeout, 0 };
+    char msg[160];
+    int rc;
+
+    if (cl == NULL) {
+        close(fd);
+        return;
+    }
+    cl->cfg = cfg;
+    cl->fd = fd;
+    if (!read_peer(cl)) {
+        close(fd);
+        free(cl);
+        return;
+    }
+    if (!peer_allowed(cfg, cl)) {
+        daemon_log("refused connection from uid %u gid %u pid %d: not in the allow-list", (unsigned)cl->peer.uid,
+                   (unsigned)cl->peer.gid, (int)cl->peer.pid);
+        refuse_and_close(fd, 0x02 /* ERROR_NOT_ALLOWED */, "sksd: this user is not allowed to use the key store");
+        free(cl);
+        return;
+    }
+    cl->admin = peer_admin(cfg, cl);
+    if (!admit(cfg, cl->peer.uid, cl->admin)) {
+        snprintf(msg, sizeof(msg), "sksd: too many connections (at most %ld per user, %ld in all)", cfg->max_per_uid,
+                 cfg->max_clients);
+        daemon_log("refused connection from uid %u pid %d: too many connections", (unsigned)cl->peer.uid,
+                   (int)cl->peer.pid);
+        refuse_and_close(fd, 0x0D /* ERROR_NOT_AVAILABLE */, msg);
+        free(cl);
+        return;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, THREAD_STACK);
+    rc = pthread_create(&th, &attr, serve_client, cl);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        daemon_log("cannot start a thread for uid %u: %s", (unsigned)cl->peer.uid, strerror(rc));
+        release(cl->peer.uid);
+        refuse_and_close(fd, 0x0D /* ERROR_NOT_AVAILABLE */, "sksd: out of resources");
+        free(cl);
+    }
 }
 
 int main(int argc, char **argv)
@@ -307,7 +615,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "sksd: %s\n", err);
         return 1;
     }
+    if (!set_owners(&cfg, probe)) {
+        sks_device_close(probe);
+        return 1;
+    }
     sks_device_close(probe);
+    if (cfg.socket_path == NULL)
+        return 0; /* only --key-owner */
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal; /* no SA_RESTART: poll() returns on SIGTERM */
     sigaction(SIGTERM, &sa, NULL);
@@ -318,42 +632,13 @@ int main(int argc, char **argv)
     daemon_log("serving %s on %s", cfg.loc.db_path, cfg.socket_path);
     while (!stopping) {
         struct pollfd pfd = { lfd, POLLIN, 0 };
-        client *cl;
-        socklen_t len = sizeof(struct ucred);
-        pthread_t th;
-        pthread_attr_t attr;
         int fd;
 
         if (poll(&pfd, 1, 1000) <= 0)
             continue;
         fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0)
-            continue;
-        cl = calloc(1, sizeof(*cl));
-        if (cl == NULL || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cl->peer, &len) != 0) {
-            free(cl);
-            close(fd);
-            continue;
-        }
-        cl->allowed = peer_allowed(&cfg, &cl->peer);
-        if (!cl->allowed)
-            daemon_log("refused connection from uid %u gid %u pid %d: not in the allow-list", (unsigned)cl->peer.uid,
-                   (unsigned)cl->peer.gid, (int)cl->peer.pid);
-        cl->cfg = &cfg;
-        cl->fd = fd;
-        pthread_mutex_lock(&count_lock);
-        active_clients++;
-        pthread_mutex_unlock(&count_lock);
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&th, &attr, serve_client, cl) != 0) {
-            close(fd);
-            free(cl);
-            pthread_mutex_lock(&count_lock);
-            active_clients--;
-            pthread_mutex_unlock(&count_lock);
-        }
-        pthread_attr_destroy(&attr);
+        if (fd >= 0)
+            take_client(&cfg, fd);
     }
     close(lfd);
     unlink(cfg.socket_path);
