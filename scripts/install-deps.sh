@@ -10,6 +10,7 @@ PACKAGES=(
   nginx-light curl util-linux procps
   pcscd libpcsclite-dev vsmartcard-vpcd
   softhsm2 libengine-pkcs11-openssl opensc   # scripts/bench.sh: libp11 over SoftHSM2
+  debhelper lintian dpkg-dev fakeroot man-db  # scripts/package.sh and the man page checks
 )
 
 missing=()

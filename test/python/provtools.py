@@ -363,8 +363,10 @@ def write_openssl_conf(path, store, *, provider=True, engine=False, pin=None):
             sks["pin"] = pin
     if engine:
         eng = sections["sks_engine_section"]
-        assert eng.get("dynamic_path") == "sks.so", f"sks-engine.cnf: unexpected dynamic_path {eng.get('dynamic_path')!r}"
-        eng["dynamic_path"] = str(ENGINE)
+        assert "dynamic_path" not in eng, f"sks-engine.cnf: unexpected dynamic_path {eng.get('dynamic_path')!r}"
+        # The installed snippet finds the engine by id in OpenSSL's engines directory; the
+        # build's engine is named by path (dynamic_path before engine_id, as OpenSSL wants).
+        sections["sks_engine_section"] = {"dynamic_path": str(ENGINE), **eng}
     lines = [f"{k} = {v}" for k, v in top.items()]
     for sec, items in sections.items():
         lines.append(f"\n[{sec}]")
