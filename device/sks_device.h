@@ -60,6 +60,11 @@ void sks_device_close(sks_device *dev);
  * when reply->failed is set). Safe to call from several processes on one store. */
 void sks_device_dispatch(sks_device *dev, const uint8_t *req, size_t reqlen, sks_buf *reply);
 
+/* 1 if method `id` is open to callers who are not administrators: the User API and the
+ * read-only queries about keys. Transports that tell callers apart (sksd, sks-vcard without
+ * --allow-management) refuse every other method to them. */
+int sks_method_open_to_users(uint8_t id);
+
 /*
  * Test seam: lets a test supply what the device would otherwise draw at random, so that the
  * reference transcript can be replayed byte for byte. Each callback may return NULL/0 to fall

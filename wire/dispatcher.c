@@ -20,54 +20,62 @@ typedef enum { TXN_READ, TXN_WRITE, TXN_BY_KEY } txn_mode;
  * malformed argument) still terminates that session. */
 typedef enum { FIRST_OTHER, FIRST_SESSION, FIRST_KEY } first_arg;
 
+/* Who may call a method where the transport distinguishes callers (sksd's administrators,
+ * sks-vcard without --allow-management): USERS for the User API and the read-only queries
+ * about keys (which the device answers only for keys the caller may see); ADMINS for
+ * provisioning (sessions included: enumerateProvisioningSessions describes the issuers),
+ * key management, PIN changes and the project extensions. */
+typedef enum { ADMINS, USERS } access;
+
 typedef struct {
     uint8_t id;
     const char *name;
     sks_handler handler;
     txn_mode txn;
     first_arg first;
+    access who;
 } method;
 
 static const method METHODS[] = {
-    { 1, "getDeviceInfo", h_get_device_info, TXN_READ, FIRST_OTHER },
-    { 2, "createProvisioningSession", h_create_provisioning_session, TXN_WRITE, FIRST_OTHER },
-    { 3, "closeProvisioningSession", h_close_provisioning_session, TXN_WRITE, FIRST_SESSION },
-    { 4, "enumerateProvisioningSessions", h_enumerate_provisioning_sessions, TXN_READ, FIRST_OTHER },
-    { 5, "abortProvisioningSession", h_abort_provisioning_session, TXN_WRITE, FIRST_OTHER },
-    { 7, "updateKeyManagementKey", h_update_key_management_key, TXN_WRITE, FIRST_OTHER },
-    { 8, "createPukPolicy", h_create_puk_policy, TXN_WRITE, FIRST_SESSION },
-    { 9, "createPinPolicy", h_create_pin_policy, TXN_WRITE, FIRST_SESSION },
-    { 10, "createKeyEntry", h_create_key_entry, TXN_WRITE, FIRST_SESSION },
-    { 11, "getKeyHandle", h_get_key_handle, TXN_WRITE, FIRST_SESSION },
-    { 12, "setCertificatePath", h_set_certificate_path, TXN_WRITE, FIRST_KEY },
-    { 13, "importSymmetricKey", h_import_symmetric_key, TXN_WRITE, FIRST_KEY },
-    { 14, "importPrivateKey", h_import_private_key, TXN_WRITE, FIRST_KEY },
-    { 15, "addExtension", h_add_extension, TXN_WRITE, FIRST_KEY },
-    { 50, "postDeleteKey", h_post_delete_key, TXN_WRITE, FIRST_SESSION },
-    { 51, "postUnlockKey", h_post_unlock_key, TXN_WRITE, FIRST_SESSION },
-    { 52, "postUpdateKey", h_post_update_key, TXN_WRITE, FIRST_KEY },
-    { 53, "postCloneKeyProtection", h_post_clone_key_protection, TXN_WRITE, FIRST_KEY },
-    { 70, "enumerateKeys", h_enumerate_keys, TXN_READ, FIRST_OTHER },
-    { 71, "getKeyAttributes", h_get_key_attributes, TXN_READ, FIRST_OTHER },
-    { 72, "getKeyProtectionInfo", h_get_key_protection_info, TXN_READ, FIRST_OTHER },
-    { 73, "getExtension", h_get_extension, TXN_READ, FIRST_OTHER },
-    { 74, "setProperty", h_set_property, TXN_WRITE, FIRST_OTHER },
-    { 80, "deleteKey", h_delete_key, TXN_WRITE, FIRST_OTHER },
-    { 81, "exportKey", h_export_key, TXN_WRITE, FIRST_OTHER },
-    { 82, "unlockKey", h_unlock_key, TXN_WRITE, FIRST_OTHER },
-    { 83, "changePin", h_change_pin, TXN_WRITE, FIRST_OTHER },
-    { 84, "setPin", h_set_pin, TXN_WRITE, FIRST_OTHER },
-    { 90, "updateFirmware", h_update_firmware, TXN_READ, FIRST_OTHER },
-    { 100, "signHashedData", h_sign_hashed_data, TXN_BY_KEY, FIRST_OTHER },
-    { 101, "asymmetricKeyDecrypt", h_asymmetric_key_decrypt, TXN_BY_KEY, FIRST_OTHER },
-    { 102, "keyAgreement", h_key_agreement, TXN_BY_KEY, FIRST_OTHER },
-    { 103, "performHmac", h_perform_hmac, TXN_BY_KEY, FIRST_OTHER },
-    { 104, "symmetricKeyEncrypt", h_symmetric_key_encrypt, TXN_BY_KEY, FIRST_OTHER },
+    { 1, "getDeviceInfo", h_get_device_info, TXN_READ, FIRST_OTHER, USERS },
+    { 2, "createProvisioningSession", h_create_provisioning_session, TXN_WRITE, FIRST_OTHER, ADMINS },
+    { 3, "closeProvisioningSession", h_close_provisioning_session, TXN_WRITE, FIRST_SESSION, ADMINS },
+    { 4, "enumerateProvisioningSessions", h_enumerate_provisioning_sessions, TXN_READ, FIRST_OTHER, ADMINS },
+    { 5, "abortProvisioningSession", h_abort_provisioning_session, TXN_WRITE, FIRST_OTHER, ADMINS },
+    { 7, "updateKeyManagementKey", h_update_key_management_key, TXN_WRITE, FIRST_OTHER, ADMINS },
+    { 8, "createPukPolicy", h_create_puk_policy, TXN_WRITE, FIRST_SESSION, ADMINS },
+    { 9, "createPinPolicy", h_create_pin_policy, TXN_WRITE, FIRST_SESSION, ADMINS },
+    { 10, "createKeyEntry", h_create_key_entry, TXN_WRITE, FIRST_SESSION, ADMINS },
+    { 11, "getKeyHandle", h_get_key_handle, TXN_WRITE, FIRST_SESSION, ADMINS },
+    { 12, "setCertificatePath", h_set_certificate_path, TXN_WRITE, FIRST_KEY, ADMINS },
+    { 13, "importSymmetricKey", h_import_symmetric_key, TXN_WRITE, FIRST_KEY, ADMINS },
+    { 14, "importPrivateKey", h_import_private_key, TXN_WRITE, FIRST_KEY, ADMINS },
+    { 15, "addExtension", h_add_extension, TXN_WRITE, FIRST_KEY, ADMINS },
+    { 50, "postDeleteKey", h_post_delete_key, TXN_WRITE, FIRST_SESSION, ADMINS },
+    { 51, "postUnlockKey", h_post_unlock_key, TXN_WRITE, FIRST_SESSION, ADMINS },
+    { 52, "postUpdateKey", h_post_update_key, TXN_WRITE, FIRST_KEY, ADMINS },
+    { 53, "postCloneKeyProtection", h_post_clone_key_protection, TXN_WRITE, FIRST_KEY, ADMINS },
+    { 70, "enumerateKeys", h_enumerate_keys, TXN_READ, FIRST_OTHER, USERS },
+    { 71, "getKeyAttributes", h_get_key_attributes, TXN_READ, FIRST_OTHER, USERS },
+    { 72, "getKeyProtectionInfo", h_get_key_protection_info, TXN_READ, FIRST_OTHER, USERS },
+    { 73, "getExtension", h_get_extension, TXN_READ, FIRST_OTHER, USERS },
+    { 74, "setProperty", h_set_property, TXN_WRITE, FIRST_OTHER, ADMINS },
+    { 80, "deleteKey", h_delete_key, TXN_WRITE, FIRST_OTHER, ADMINS },
+    { 81, "exportKey", h_export_key, TXN_WRITE, FIRST_OTHER, ADMINS },
+    { 82, "unlockKey", h_unlock_key, TXN_WRITE, FIRST_OTHER, ADMINS },
+    { 83, "changePin", h_change_pin, TXN_WRITE, FIRST_OTHER, ADMINS },
+    { 84, "setPin", h_set_pin, TXN_WRITE, FIRST_OTHER, ADMINS },
+    { 90, "updateFirmware", h_update_firmware, TXN_READ, FIRST_OTHER, ADMINS },
+    { 100, "signHashedData", h_sign_hashed_data, TXN_BY_KEY, FIRST_OTHER, USERS },
+    { 101, "asymmetricKeyDecrypt", h_asymmetric_key_decrypt, TXN_BY_KEY, FIRST_OTHER, USERS },
+    { 102, "keyAgreement", h_key_agreement, TXN_BY_KEY, FIRST_OTHER, USERS },
+    { 103, "performHmac", h_perform_hmac, TXN_BY_KEY, FIRST_OTHER, USERS },
+    { 104, "symmetricKeyEncrypt", h_symmetric_key_encrypt, TXN_BY_KEY, FIRST_OTHER, USERS },
     /* Project extensions (ids >= 200). skipImport names its session but must not end it on
      * failure: a refused package leaves the request pending for a corrected one (the device
      * withdraws it itself after SKIP_MAX_FAILED_UNWRAPS verified packages that do not unwrap). */
-    { 200, "skipRequest", h_skip_request, TXN_WRITE, FIRST_OTHER },
-    { 201, "skipImport", h_skip_import, TXN_WRITE, FIRST_OTHER },
+    { 200, "skipRequest", h_skip_request, TXN_WRITE, FIRST_OTHER, ADMINS },
+    { 201, "skipImport", h_skip_import, TXN_WRITE, FIRST_OTHER, ADMINS },
 };
 
 static const method *find_method(uint8_t id)
@@ -78,6 +86,13 @@ static const method *find_method(uint8_t id)
         if (METHODS[i].id == id)
             return &METHODS[i];
     return NULL;
+}
+
+int sks_method_open_to_users(uint8_t id)
+{
+    const method *m = find_method(id);
+
+    return m != NULL && m->who == USERS;
 }
 
 static uint32_t first_uint(const uint8_t *args, size_t n)

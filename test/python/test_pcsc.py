@@ -662,9 +662,11 @@ def test_round_trip_figure(rig_ok):
 
 # ---- management methods need --allow-management ----
 
-# Every method that is not the User API or a read-only query (docs/wire-format.md).
+# Every method that is not the User API or a read-only query about keys (docs/wire-format.md;
+# the same set sksd keeps for administrators: sks_method_open_to_users).
 MANAGEMENT_METHODS = {
-    2: "createProvisioningSession", 3: "closeProvisioningSession", 5: "abortProvisioningSession",
+    2: "createProvisioningSession", 3: "closeProvisioningSession", 4: "enumerateProvisioningSessions",
+    5: "abortProvisioningSession",
     7: "updateKeyManagementKey", 8: "createPukPolicy", 9: "createPinPolicy", 10: "createKeyEntry",
     11: "getKeyHandle", 12: "setCertificatePath", 13: "importSymmetricKey", 14: "importPrivateKey",
     15: "addExtension", 50: "postDeleteKey", 51: "postUnlockKey", 52: "postUpdateKey",

@@ -179,15 +179,6 @@ static int connect_vpcd(const config *cfg)
     return fd;
 }
 
-/* The methods any PC/SC client may call: the User API (100-199) and the read-only queries
- * (getDeviceInfo, enumerateProvisioningSessions, enumerateKeys, getKeyAttributes,
- * getKeyProtectionInfo, getExtension). The same set sksd opens to users who are not
- * administrators; everything else provisions, deletes, exports or changes keys or PINs. */
-static int method_is_user_api(uint8_t id)
-{
-    return (id >= 100 && id < 200) || id == 1 || id == 4 || id == 70 || id == 71 || id == 72 || id == 73;
-}
-
 static void refuse_management(uint8_t id, sks_buf *reply)
 {
     char msg[160];
@@ -204,7 +195,7 @@ static void dispatch_to_device(void *ctx, const uint8_t *req, size_t n, sks_buf 
 {
     const card_target *target = ctx;
 
-    if (n > 0 && !target->allow_management && !method_is_user_api(req[0]))
+    if (n > 0 && !target->allow_management && !sks_method_open_to_users(req[0]))
         refuse_management(req[0], reply);
     else
         sks_device_dispatch(target->dev, req, n, reply);

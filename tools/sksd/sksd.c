@@ -143,15 +143,6 @@ static int peer_admin(const config *c, const client *cl)
     return peer_in(cl, c->admin_uid, c->n_admin_uid, c->admin_gid, c->n_admin_gid);
 }
 
-/* Methods anyone allowed may call: the User API and read-only queries about keys (which
- * the device answers only for keys the caller may see). Provisioning (sessions included:
- * enumerateProvisioningSessions describes the issuers), key management and the project
- * extensions from 200 on (skipRequest, skipImport) are for administrators only. */
-static int method_is_open(uint8_t id)
-{
-    return (id >= 100 && id < 200) || id == 1 || id == 70 || id == 71 || id == 72 || id == 73;
-}
-
 static void refuse(sks_buf *reply, uint8_t status, const char *what)
 {
     size_t n = strlen(what);
@@ -276,7 +267,7 @@ static void *serve_client(void *arg)
     while (!stopping && (r = sks_frame_read_bounded(cl->fd, &req, &lim)) == SKS_FRAME_OK) {
         if (dev == NULL && (dev = open_for(cl)) == NULL)
             break;
-        if (req.len > 0 && !cl->admin && !method_is_open(req.data[0])) {
+        if (req.len > 0 && !cl->admin && !sks_method_open_to_users(req.data[0])) {
             char msg[160];
             snprintf(msg, sizeof(msg), "sksd: method %u is restricted to administrators (uid %u is not one)",
                      req.data[0], (unsigned)cl->peer.uid);
