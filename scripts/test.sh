@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # The whole suite against build-asan. The provider and engine are loaded by the system's
 # openssl and nginx, which are not instrumented: the tests find them on PATH, and there they
 # find wrappers (scripts/sanitize-exec.c) that preload the sanitizer runtime (only there: a global LD_PRELOAD hangs
-# procps and curl in their first setlocale()). Leak checking is off in those hosts (their own
+# ps and curl in their first setlocale()). Leak checking is off in those hosts (their own
 # leaks are noise). Reports go to files, not stderr, so that a test expecting a command to
 # fail cannot mistake a sanitizer abort for that failure: any report fails the run.
 sanitizer_wrappers() {
@@ -38,9 +38,9 @@ run_sanitized() {
   echo "== CTest (ASan + UBSan)"
   (cd "$build" && ctest --output-on-failure) || status=1
   echo "== pytest (ASan + UBSan)"
-  # curl 7.88 hangs in setlocale() with the runtime preloaded (glibc's locale lock is already
-  # broken before its main), and cannot load the instrumented engine without it: the tests
-  # that drive curl are left out.
+  # curl 7.88 hangs in setlocale() with the runtime preloaded (with it, libp11-kit's start-up,
+  # pulled in through gnutls, leaves glibc's locale lock broken before curl's main), and cannot
+  # load the instrumented engine without it: the tests that drive curl are left out.
   SKS_BUILD_DIR="$PWD/$build" /usr/bin/python3 -m pytest -q test/python -k "not curl \
     and not test_request_without_client_certificate_is_refused \
     and not test_client_certificate_from_another_ca_is_refused and not test_proxy_client_key_in_store \
