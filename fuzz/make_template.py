@@ -18,6 +18,10 @@ The sequence is fixed, so handles are the same in every template (the seeds rely
 With --seeds, one valid request per User API, PIN/PUK, export, delete and SKIP method is
 written there (a file per request: method id byte + arguments, as the fuzz target takes it),
 and each is checked against a copy of the template: those meant to succeed must.
+
+DIR/seeds/ always receives the requests that can only be valid for this template, whose keys
+are new each time: a skipImport package for its pending request (so the fuzzer starts inside
+the import, past the ECDH, the unwrapping and the certificate checks) and an RSA decryption.
 """
 
 import argparse
@@ -35,6 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding  # noqa: E402
 
 import sksissuer as s  # noqa: E402
+import skipissuer as si  # noqa: E402
 from sksissuer import arr, blob, boolean, listof, string, uint, ushort  # noqa: E402
 
 PUK = "12345678"
@@ -105,9 +110,8 @@ def run(args, **kw):
 
 
 def build_template(sks, out):
-    os.makedirs(out, exist_ok=True)
-    for name in os.listdir(out):
-        os.unlink(os.path.join(out, name))
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
     db = os.path.join(out, "store.db")
     run([sks, "--store", db, "init"])
     device = s.Device(sks, db)
@@ -124,10 +128,32 @@ def build_template(sks, out):
         device.close()
     if len(pending) != 1:
         sys.exit(f"make_template: expected one pending SKIP session, found {pending}")
+    with open(os.path.join(out, "skip-request.pem"), "rb") as f:
+        request = si.parse_request(f.read())
     for name in os.listdir(out):  # the fuzz target copies store.db and its key only
         if name not in ("store.db", "store.db.key"):
             os.unlink(os.path.join(out, name))
-    return keys, pending[0]
+    return keys, pending[0], request
+
+
+def valid_skip_import(session, request):
+    """skipImport of a package issued for the template's own request (P-256 and Ed25519)."""
+    pkg = si.Package.issue(request, si.Ca("sks fuzz SKIP CA"), ["secp256r1", "ed25519"], 256)
+    containers = b"".join(arr(k.container_spki) + arr(k.epki()) + listof([k.cert] + pkg.ca.chain(), arr)
+                          for k in pkg.keys)
+    return (bytes([201]) + uint(session) + arr(pkg.ephemeral.spki()) + ushort(256) + arr(pkg.factory_cert)
+            + ushort(len(pkg.keys)) + containers)
+
+
+def template_seeds(keys, session, request):
+    """(name, request, must_succeed) valid for this template only."""
+    rsa_ = keys["rsa"]
+    rsa_pub = x509.load_der_x509_certificate(rsa_.ee_certificate).public_key()
+    ciphertext = rsa_pub.encrypt(b"fuzz", padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None))
+    return [
+        ("skipImport-valid", valid_skip_import(session, request), True),
+        ("decrypt-rsa-oaep-valid", user_call(101, rsa_, s.ASYM_RSA_OAEP_SHA256, ciphertext, PIN_SIGNATURE), True),
+    ]
 
 
 def user_call(method_id, key, algorithm, data, auth=b"", parameters=b"", data_is_blob=False, mode=None):
@@ -223,7 +249,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--seeds")
     a = ap.parse_args()
-    keys, session = build_template(a.sks, a.out)
+    keys, session, request = build_template(a.sks, a.out)
+    check_and_write(a.sks, a.out, template_seeds(keys, session, request), os.path.join(a.out, "seeds"))
     if a.seeds:
         check_and_write(a.sks, a.out, seeds(keys, session), a.seeds)
 
