@@ -1,0 +1,143 @@
+/*
+ * libFuzzer target for the dispatcher on a provisioned store: every input is one request in
+ * the SKS byte stream, dispatched to a device whose store holds keys of every type, PIN and
+ * PUK policies, exportable and non-exportable keys and a pending SKIP request (built by
+ * fuzz/make_template.py into $SKS_FUZZ_TEMPLATE). So the User API, PIN/PUK, export, delete
+ * and skipImport handlers are reached with handles that exist, not only the decoders.
+ *
+ * The working store is a copy of the template, copied again after every input that changed
+ * it (a deleted key, a counted wrong PIN, a terminated session...) and every RESET_EVERY
+ * inputs, so keys and PINs are never used up and an input found here replays the same way.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../device/internal.h"
+
+#define RESET_EVERY 4096
+
+static sks_device *dev;
+static const char *template_dir;
+static char work_dir[] = "/tmp/sks-fuzz-provisioned-XXXXXX";
+static int changes_after_open;
+static unsigned inputs_since_reset;
+
+static void die(const char *what, const char *detail)
+{
+    fprintf(stderr, "fuzz_wire_provisioned: %s: %s\n", what, detail);
+    abort();
+}
+
+static void copy_file(const char *name)
+{
+    char from[4200], to[4200], buf[65536];
+    ssize_t n;
+    int in, out;
+
+    snprintf(from, sizeof(from), "%s/%s", template_dir, name);
+    snprintf(to, sizeof(to), "%s/%s", work_dir, name);
+    if ((in = open(from, O_RDONLY | O_CLOEXEC)) < 0)
+        die(from, strerror(errno));
+    if ((out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
+        die(to, strerror(errno));
+    while ((n = read(in, buf, sizeof(buf))) > 0)
+        if (write(out, buf, (size_t)n) != n)
+            die(to, strerror(errno));
+    if (n < 0)
+        die(from, strerror(errno));
+    close(in);
+    close(out);
+}
+
+/* The store's files in the working directory (SQLite's -wal/-shm and the change counter
+ * beside the database and key). */
+static void remove_work_files(void)
+{
+    static const char *const SUFFIXES[] = { "", "-wal", "-shm", ".gen", ".key" };
+    char path[4200];
+    size_t i;
+
+    for (i = 0; i < sizeof(SUFFIXES) / sizeof(SUFFIXES[0]); i++) {
+        snprintf(path, sizeof(path), "%s/store.db%s", work_dir, SUFFIXES[i]);
+        unlink(path);
+    }
+}
+
+static void reset_store(void)
+{
+    char path[4200], err[512];
+    sks_store_location loc = { path, NULL };
+
+    if (dev != NULL)
+        sks_device_close(dev);
+    remove_work_files();
+    copy_file("store.db");
+    copy_file("store.db.key");
+    snprintf(path, sizeof(path), "%s/store.db", work_dir);
+    if ((dev = sks_device_open(&loc, err, sizeof(err))) == NULL)
+        die("opening the copy of the template", err);
+    changes_after_open = sqlite3_total_changes(dev->db);
+    inputs_since_reset = 0;
+}
+
+static void cleanup(void)
+{
+    if (dev != NULL)
+        sks_device_close(dev);
+    dev = NULL;
+    remove_work_files();
+    rmdir(work_dir);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    template_dir = getenv("SKS_FUZZ_TEMPLATE");
+    if (template_dir == NULL || *template_dir == '\0') {
+        fprintf(stderr, "fuzz_wire_provisioned: set SKS_FUZZ_TEMPLATE to a directory made by "
+                        "fuzz/make_template.py (scripts/fuzz.sh does)\n");
+        exit(2);
+    }
+    if (mkdtemp(work_dir) == NULL)
+        die("mkdtemp", strerror(errno));
+    atexit(cleanup);
+    reset_store();
+    return 0;
+}
+
+/* The reply must always be well formed: a status byte, and after an error one string. */
+static void check_reply(const sks_buf *reply)
+{
+    sks_reader r;
+
+    if (reply->failed || reply->len == 0)
+        abort();
+    if (reply->data[0] != 0) {
+        sks_reader_init(&r, reply->data + 1, reply->len - 1);
+        sks_get_string(&r, "message");
+        sks_reader_expect_end(&r);
+        if (!sks_reader_ok(&r))
+            abort();
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    sks_buf reply;
+
+    sks_buf_init(&reply);
+    sks_device_dispatch(dev, data, size, &reply);
+    check_reply(&reply);
+    sks_buf_free(&reply);
+    /* total_changes counts rows written, even by a transaction later rolled back: an
+     * over-estimate, which only costs a copy. */
+    if (sqlite3_total_changes(dev->db) != changes_after_open || ++inputs_since_reset >= RESET_EVERY)
+        reset_store();
+    return 0;
+}
