@@ -6,6 +6,7 @@ and its master key stay readable by root only; the workers reach keys through th
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -430,3 +431,37 @@ def test_sigterm_stops_cleanly_and_keeps_committed_changes(env):
     env["daemon"] = Daemon(env["store"], os.path.dirname(daemon.socket)).start()
     out = run([SKS, "--device", device, "list", "--json"], env=provider_env(device)).stdout
     assert b'"name": "committed"' in out
+
+
+def test_socket_appears_complete_and_no_path_is_chmodded(env, tmp_path):
+    """sksd (root) sets the socket's mode and group without chmod/chown on a path (a symlink
+    swapped in after bind() would have given another user any file), and the socket shows up
+    at its path only when it has its final mode and group and listens: the first connection
+    to see it is served."""
+    sockdir = tmp_path / "run"
+    sockdir.mkdir()
+    os.chmod(tmp_path, 0o755)
+    trace = tmp_path / "strace.out"
+    sock = sockdir / "sksd.sock"
+    proc = subprocess.Popen(["strace", "-f", "-qq", "-o", str(trace), "-e",
+                             "trace=chmod,fchmodat,chown,fchownat,lchown,rename,renameat,renameat2,bind",
+                             SKSD, "--store", env["store"], "--socket", str(sock), "--mode", "0660",
+                             "--group", "nogroup", "--allow-gid", "nogroup"], stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            time.sleep(0.01)
+        st = os.stat(sock)
+        assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == 65534, oct(st.st_mode)
+        reply = frame_call(str(sock), b"\x01")   # the very first look finds it listening
+        assert reply[0] == 0, reply
+    finally:
+        # SIGTERM to sksd itself (strace's child): strace then exits with it.
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            for pid in f.read().split():
+                os.kill(int(pid), signal.SIGTERM)
+        proc.wait(10)
+    calls = trace.read_text()
+    assert not re.search(r"\b(chmod|fchmodat|chown|fchownat|lchown)\(", calls), calls
+    assert re.search(r'rename\w*\(.*sksd\.sock\.new.*sksd\.sock"', calls), calls

@@ -306,13 +306,22 @@ static void on_signal(int sig)
     stopping = 1;
 }
 
+/*
+ * The socket appears at its path only once it is complete: bound under a temporary name with
+ * its mode (through the umask) and group (through the effective gid) already right, listening,
+ * and then renamed into place. So no client ever finds a socket that refuses it or has the
+ * wrong mode, and sksd (root) never calls chmod or chown on a path: in a directory that
+ * others can write, a symlink swapped in after bind() would have given them any file.
+ */
 static int listen_socket(const config *c)
 {
     struct sockaddr_un sa;
-    int fd;
+    char tmp[sizeof(sa.sun_path)];
+    gid_t egid = getegid();
     mode_t old;
+    int fd, ok;
 
-    if (strlen(c->socket_path) >= sizeof(sa.sun_path)) {
+    if (snprintf(tmp, sizeof(tmp), "%s.new", c->socket_path) >= (int)sizeof(tmp)) {
         daemon_log("socket path too long: %s", c->socket_path);
         return -1;
     }
@@ -321,19 +330,16 @@ static int listen_socket(const config *c)
         return -1;
     memset(&sa, 0, sizeof(sa));
     sa.sun_family = AF_UNIX;
-    memcpy(sa.sun_path, c->socket_path, strlen(c->socket_path));
-    unlink(c->socket_path);
-    old = umask(0177); /* never briefly world-accessible */
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        umask(old);
-        daemon_log("cannot bind %s: %s", c->socket_path, strerror(errno));
-        close(fd);
-        return -1;
-    }
+    memcpy(sa.sun_path, tmp, strlen(tmp));
+    unlink(tmp); /* a stale one, or whatever was planted there: unlink never follows a link */
+    old = umask(~c->mode & 0777);
+    ok = (!c->has_group || setegid(c->group) == 0) && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    if (c->has_group && setegid(egid) != 0)
+        ok = 0;
     umask(old);
-    if ((c->has_group && chown(c->socket_path, (uid_t)-1, c->group) != 0) || chmod(c->socket_path, c->mode) != 0
-        || listen(fd, 64) != 0) {
+    if (!ok || listen(fd, 64) != 0 || rename(tmp, c->socket_path) != 0) {
         daemon_log("cannot set up %s: %s", c->socket_path, strerror(errno));
+        unlink(tmp);
         close(fd);
         return -1;
     }
