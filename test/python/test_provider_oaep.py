@@ -167,6 +167,10 @@ def test_cms_oaep_decrypted_in_store(store, md, mgf1, label):
                      "-in", store.dir / "content", "-outform", "DER", "-out", env)
     printed = pt.plain_openssl("cms", "-cmsout", "-print", "-in", env, "-inform", "DER").stdout
     assert b"rsaesOaep" in printed, printed
+    if md != "sha1":
+        assert md.encode() in printed, printed
+    if label is not None:
+        assert b"pSpecified" in printed and label[-8:].upper().encode() in printed.upper(), printed
     res = store.openssl("cms", "-decrypt", "-in", env, "-inform", "DER", "-inkey", key.uri(),
                         "-recip", key.cert, "-binary")
     assert res.stdout == CONTENT
