@@ -183,10 +183,15 @@ static const char *oaep_spec_uri(const rsa_ctx *c)
  */
 static const char *decrypt_uri(rsa_ctx *c, sks_buf *params)
 {
-    const char *spec, *generic = SKS_ALG_URI("rsa.oaep");
+    const char *spec, *generic = SKS_ALG_URI("rsa.oaep"), *pkcs1 = SKS_ALG_URI("rsa.es.pkcs1_5");
 
-    if (c->pad == RSA_PKCS1_PADDING)
-        return SKS_ALG_URI("rsa.es.pkcs1_5");
+    if (c->pad == RSA_PKCS1_PADDING) {
+        if (sks_key_endorses(c->key, pkcs1))
+            return pkcs1;
+        sks_raise(c->ctx, SKS_R_NOT_ENDORSED, "sks key \"%s\" is not endorsed for %s", c->key->name ? c->key->name : "?",
+                  pkcs1);
+        return NULL;
+    }
     if (!oaep_digest_supported(oaep_md(c)) || !oaep_digest_supported(mgf1_md(c))) {
         sks_raise(c->ctx, SKS_R_UNSUPPORTED,
                   "sks keys decrypt PKCS#1 v1.5, or OAEP with SHA-1, SHA-224, SHA-256, SHA-384 or SHA-512"
@@ -225,11 +230,6 @@ static int rsa_decrypt(void *vctx, unsigned char *out, size_t *outlen, size_t ou
     sks_buf_init(&plain);
     if ((uri = decrypt_uri(c, &params)) == NULL)
         goto done;
-    if (c->pad == RSA_PKCS1_PADDING && !sks_key_endorses(c->key, uri)) {
-        sks_raise(c->ctx, SKS_R_NOT_ENDORSED, "sks key \"%s\" is not endorsed for %s", c->key->name ? c->key->name : "?",
-                  uri);
-        goto done;
-    }
     if (sks_op_decrypt(c->key, uri, params.data, params.len, in, inlen, &plain) == SKS_P_OK && plain.len <= outsize) {
         memcpy(out, plain.data, plain.len);
         *outlen = plain.len;

@@ -1,8 +1,7 @@
 /*
  * Every algorithm URI the device knows: the specification's, plus the project's additions
  * under the same prefix (brainpool P320r1/P384r1/P512r1, Ed25519, RSA-PSS, OAEP with
- * parameters); see
- * docs/algorithms.md.
+ * parameters); see docs/algorithms.md.
  */
 #ifndef SKS_ALGORITHMS_H
 #define SKS_ALGORITHMS_H
