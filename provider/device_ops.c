@@ -65,13 +65,14 @@ sks_pstatus sks_op_sign(sks_key *k, const char *alg_uri, const uint8_t *params, 
     return rc;
 }
 
-sks_pstatus sks_op_decrypt(sks_key *k, const char *alg_uri, const uint8_t *in, size_t n, sks_buf *out)
+sks_pstatus sks_op_decrypt(sks_key *k, const char *alg_uri, const uint8_t *params, size_t params_len,
+                           const uint8_t *in, size_t n, sks_buf *out)
 {
     sks_buf req;
     sks_pstatus rc;
 
     sks_buf_init(&req);
-    user_api_prefix(&req, 101, k, alg_uri, NULL, 0);
+    user_api_prefix(&req, 101, k, alg_uri, params, params_len);
     sks_buf_array(&req, in, n);
     rc = user_api_call(k, "asymmetricKeyDecrypt", &req, out);
     sks_buf_free(&req);

@@ -127,7 +127,8 @@ extern const OSSL_DISPATCH sks_store_functions[];
 /* Device operations used by the operation implementations (provider/device_ops.c). */
 sks_pstatus sks_op_sign(sks_key *k, const char *alg_uri, const uint8_t *params, size_t params_len,
                         const uint8_t *data, size_t n, sks_buf *sig);
-sks_pstatus sks_op_decrypt(sks_key *k, const char *alg_uri, const uint8_t *in, size_t n, sks_buf *out);
+sks_pstatus sks_op_decrypt(sks_key *k, const char *alg_uri, const uint8_t *params, size_t params_len,
+                           const uint8_t *in, size_t n, sks_buf *out);
 sks_pstatus sks_op_agree(sks_key *k, const uint8_t *peer_spki, size_t n, sks_buf *z);
 
 #endif
