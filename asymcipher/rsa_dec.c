@@ -124,8 +124,6 @@ static int rsa_decrypt(void *vctx, unsigned char *out, size_t *outlen, size_t ou
 {
     rsa_ctx *c = vctx;
     const char *uri;
-    sks_buf plain;
-    int ok = 0;
 
     if (c->key == NULL)
         return 0;
@@ -143,14 +141,7 @@ static int rsa_decrypt(void *vctx, unsigned char *out, size_t *outlen, size_t ou
                   uri);
         return 0;
     }
-    sks_buf_init(&plain);
-    if (sks_op_decrypt(c->key, uri, in, inlen, &plain) == SKS_P_OK && plain.len <= outsize) {
-        memcpy(out, plain.data, plain.len);
-        *outlen = plain.len;
-        ok = 1;
-    }
-    sks_buf_free(&plain);
-    return ok;
+    return sks_op_decrypt(c->key, uri, NULL, 0, in, inlen, out, outsize, outlen) == SKS_P_OK;
 }
 
 static int md_param(rsa_ctx *c, const OSSL_PARAM *p, char *dst, size_t n)
