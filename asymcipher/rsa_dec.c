@@ -206,10 +206,7 @@ static const char *decrypt_uri(rsa_ctx *c, sks_buf *params)
                   c->key->name ? c->key->name : "?", spec != NULL ? spec : "", spec != NULL ? " or " : "", generic);
         return NULL;
     }
-    sks_buf_string(params, oaep_md(c));
-    sks_buf_string(params, mgf1_md(c));
-    sks_buf_array(params, c->label, c->label_len);
-    return params->failed ? NULL : generic;
+    return sks_client_oaep_parameters(oaep_md(c), mgf1_md(c), c->label, c->label_len, params) ? generic : NULL;
 }
 
 static int rsa_decrypt(void *vctx, unsigned char *out, size_t *outlen, size_t outsize, const unsigned char *in,
@@ -217,7 +214,7 @@ static int rsa_decrypt(void *vctx, unsigned char *out, size_t *outlen, size_t ou
 {
     rsa_ctx *c = vctx;
     const char *uri;
-    sks_buf plain, params;
+    sks_buf params;
     int ok = 0;
 
     if (c->key == NULL)
@@ -226,17 +223,9 @@ static int rsa_decrypt(void *vctx, unsigned char *out, size_t *outlen, size_t ou
         *outlen = (size_t)EVP_PKEY_get_size(c->key->pub);
         return 1;
     }
-    sks_buf_init(&params);
-    sks_buf_init(&plain);
-    if ((uri = decrypt_uri(c, &params)) == NULL)
-        goto done;
-    if (sks_op_decrypt(c->key, uri, params.data, params.len, in, inlen, &plain) == SKS_P_OK && plain.len <= outsize) {
-        memcpy(out, plain.data, plain.len);
-        *outlen = plain.len;
-        ok = 1;
-    }
-done:
-    sks_buf_free(&plain);
+    sks_buf_init(&params); /* filled only for the project's rsa.oaep */
+    if ((uri = decrypt_uri(c, &params)) != NULL)
+        ok = sks_op_decrypt(c->key, uri, params.data, params.len, in, inlen, out, outsize, outlen) == SKS_P_OK;
     sks_buf_free(&params);
     return ok;
 }
