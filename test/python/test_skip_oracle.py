@@ -215,6 +215,7 @@ def test_factory_key_cannot_unwrap_the_imported_package(tmp_path, pki, curve):
         assert isinstance(res, s.SksError), \
             f"keyAgreement with the factory key succeeded; the AES key recovered: {_recovers_package(res, pkg)}"
         assert res.status == s.ERROR_ALGORITHM and "not endorsed" in res.message, res
+        expect_error(d.asymmetric_key_decrypt, factory, s.ASYM_RSA_PKCS1, bytes(32), codes=(s.ERROR_ALGORITHM,))
         assert d.get_key_attributes(factory).endorsed_algorithms == FACTORY_ALGORITHMS
         if curve == "secp256r1":
             data = bytes(range(32))
