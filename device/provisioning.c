@@ -1989,8 +1989,8 @@ static sks_status apply_post_ops(sks_device *dev, sks_call *call, uint32_t sessi
      * back from elsewhere) outside the device would otherwise cancel or add one unnoticed. */
     if (rc == SKS_OK && (present.count != queued.count || CRYPTO_memcmp(present.chain, queued.chain, 32) != 0))
         rc = sks_fail(call, SKS_ERROR_STORAGE,
-                      "integrity error: provisioning session #%u queued %u post operations, the store holds %u"
-                      " that do not match them (changed outside the device)",
+                      "integrity error: provisioning session #%u queued %u post operation(s), but the %u in the"
+                      " store are not those (deleted, added or changed outside the device)",
                       session, queued.count, present.count);
     for (i = 0; i < n_ops && rc == SKS_OK; i++) {
         switch (ops[i].kind) {
