@@ -15,6 +15,7 @@ key in the store.
 import os
 import re
 import shutil
+import time
 
 import pytest
 
@@ -141,9 +142,16 @@ def curl(store, nginx, path="/", *args, check=True):
     return body, res.stderr.decode(errors="replace"), code
 
 
-def log_lines(nginx, name):
+def log_lines(nginx, name, expect=(), timeout=10):
+    """The access log's lines, once every line in `expect` is there: nginx writes a request's
+    log line after the response went out, so curl may be done before it is written."""
     p = nginx["dir"] / name
-    return p.read_text().splitlines() if p.exists() else []
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = p.read_text().splitlines() if p.exists() else []
+        if all(e in lines for e in expect) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
 
 
 def engine_key(key):
@@ -167,7 +175,8 @@ def test_curl_key_in_store_cert_from_file(store, nginx, client, tls):
     assert f"client dn: {key.subject_rfc2253}\n" in body, body
     assert "verify: SUCCESS" in body
     assert f"protocol: TLSv{tls}" in body
-    assert f"SUCCESS|{key.subject_rfc2253}|TLSv{tls}|{path}" in log_lines(nginx, "front.log")
+    line = f"SUCCESS|{key.subject_rfc2253}|TLSv{tls}|{path}"
+    assert line in log_lines(nginx, "front.log", [line])
     # ... and curl's view of nginx, whose key is in the store too.
     check_server_seen_by_curl(verbose)
 
@@ -180,7 +189,8 @@ def test_curl_key_and_cert_from_engine(store, nginx):
                                "--cert", key.uri().replace(":", "\\:", 1))
     assert code == "200", body + verbose
     assert f"client dn: {key.subject_rfc2253}\n" in body, body
-    assert f"SUCCESS|{key.subject_rfc2253}|TLSv1.3|/eng" in log_lines(nginx, "front.log")
+    line = f"SUCCESS|{key.subject_rfc2253}|TLSv1.3|/eng"
+    assert line in log_lines(nginx, "front.log", [line])
     check_server_seen_by_curl(verbose)
 
 
@@ -207,8 +217,10 @@ def test_proxy_client_key_in_store(store, nginx):
     body, verbose, code = curl(store, nginx, "/proxy", *engine_key(client), "--cert", client.cert)
     assert code == "200", body + verbose
     assert body == f"upstream saw: {proxy.subject_rfc2253}\n", body
-    assert f"SUCCESS|{proxy.subject_rfc2253}|TLSv1.3|/" in log_lines(nginx, "upstream.log")
-    assert f"SUCCESS|{client.subject_rfc2253}|TLSv1.3|/proxy" in log_lines(nginx, "front.log")
+    up_line = f"SUCCESS|{proxy.subject_rfc2253}|TLSv1.3|/"
+    front_line = f"SUCCESS|{client.subject_rfc2253}|TLSv1.3|/proxy"
+    assert up_line in log_lines(nginx, "upstream.log", [up_line])
+    assert front_line in log_lines(nginx, "front.log", [front_line])
 
 
 def test_many_requests_over_fresh_connections(store, nginx):
@@ -223,9 +235,10 @@ def test_many_requests_over_fresh_connections(store, nginx):
                   f"localhost:{port}:127.0.0.1", *engine_key(key), "--cert", key.cert, "--no-keepalive",
                   *[a for u in urls for a in ("-o", "/dev/null", "-w", "%{http_code}\n", u)]], env=store.env())
     assert res.stdout.decode().split() == ["200"] * len(urls), res.stdout
-    lines = log_lines(nginx, "front.log")
-    for i in range(6):
-        assert f"SUCCESS|{key.subject_rfc2253}|TLSv1.3|/many/{i}" in lines
+    want = [f"SUCCESS|{key.subject_rfc2253}|TLSv1.3|/many/{i}" for i in range(6)]
+    lines = log_lines(nginx, "front.log", want)
+    for line in want:
+        assert line in lines
 
 
 # ---------------------------------------------------------------------------------------------
