@@ -490,3 +490,4 @@ def test_owner_row_does_not_follow_a_reused_handle():
             d.stop()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
