@@ -44,6 +44,8 @@ const char *sks_client_status_name(int status)
         return "malformed reply";
     case SKS_CLIENT_ERROR_ARGUMENT:
         return "invalid argument";
+    case SKS_CLIENT_ERROR_SPACE:
+        return "output buffer too small";
     default:
         break;
     }
@@ -191,14 +193,36 @@ typedef struct {
     sks_buf reply;
     sks_reader r; /* over the reply, after the status byte */
     sks_client_error *err;
+    sks_client_buffers *borrowed; /* req and reply are on loan from it (NULL: our own) */
 } call_ctx;
 
 static void call_begin(call_ctx *c, uint8_t id, const char *method, sks_client_error *err)
 {
     c->method = method;
     c->err = err;
+    c->borrowed = NULL;
     sks_buf_init(&c->req);
     sks_buf_init(&c->reply);
+    sks_reader_init(&c->r, NULL, 0);
+    sks_buf_byte(&c->req, id);
+    if (err != NULL) {
+        err->status = SKS_OK;
+        err->message[0] = '\0';
+    }
+}
+
+/* call_begin over a connection's reusable buffers: their storage is taken for this call
+ * and handed back, wiped, by call_end. */
+static void call_begin_reusing(call_ctx *c, sks_client_buffers *b, uint8_t id, const char *method,
+                               sks_client_error *err)
+{
+    c->method = method;
+    c->err = err;
+    c->borrowed = b;
+    c->req = b->req;
+    c->reply = b->reply;
+    sks_buf_reset(&c->req);
+    sks_buf_reset(&c->reply);
     sks_reader_init(&c->r, NULL, 0);
     sks_buf_byte(&c->req, id);
     if (err != NULL) {
@@ -261,8 +285,16 @@ static int call_end(call_ctx *c, int ok)
             ok = 0;
         }
     }
-    sks_buf_free(&c->req);
-    sks_buf_free(&c->reply);
+    if (c->borrowed != NULL) {
+        /* wiped, storage kept for the next call */
+        sks_buf_reset(&c->req);
+        sks_buf_reset(&c->reply);
+        c->borrowed->req = c->req;
+        c->borrowed->reply = c->reply;
+    } else {
+        sks_buf_free(&c->req);
+        sks_buf_free(&c->reply);
+    }
     return ok;
 }
 
@@ -994,6 +1026,97 @@ int sks_client_symmetric_key_encrypt(sks_transport *t, const sks_user_args *a, i
                                      sks_buf *result, sks_client_error *err)
 {
     return user_op(t, &SYM_ENCRYPT, a, mode, data, result, err);
+}
+
+/* ------------------------------------------------------------------ User API, allocation-free */
+
+void sks_client_buffers_init(sks_client_buffers *b)
+{
+    sks_buf_init(&b->req);
+    sks_buf_init(&b->reply);
+}
+
+void sks_client_buffers_free(sks_client_buffers *b)
+{
+    if (b == NULL)
+        return;
+    sks_buf_free(&b->req);
+    sks_buf_free(&b->reply);
+}
+
+/* user_op over reusable buffers, the result copied into the caller's out[size]. */
+static int user_op_to(sks_transport *t, sks_client_buffers *b, const user_method *m, const sks_user_args *a,
+                      sks_span data, uint8_t *out, size_t size, size_t *out_len, sks_client_error *err)
+{
+    call_ctx c;
+    sks_span s;
+    int ok;
+
+    *out_len = 0;
+    call_begin_reusing(&c, b, m->id, m->name, err);
+    put_user_args(&c.req, a, m->has_mode, 0);
+    if (m->blob_data)
+        sks_buf_blob(&c.req, data.p, data.n);
+    else
+        sks_buf_array(&c.req, data.p, data.n);
+    ok = call_run(&c, t);
+    if (ok) {
+        s = m->blob_result ? sks_get_blob(&c.r, "result") : sks_get_array(&c.r, "result");
+        sks_reader_expect_end(&c.r);
+        if (sks_reader_ok(&c.r) && s.n > size) {
+            set_error(err, SKS_CLIENT_ERROR_SPACE, "%s: the result (%zu bytes) does not fit the %zu bytes given",
+                      m->name, s.n, size);
+            ok = 0;
+        } else if (sks_reader_ok(&c.r)) {
+            memcpy(out, s.p, s.n);
+            *out_len = s.n;
+        }
+    }
+    return call_end(&c, ok);
+}
+
+int sks_client_sign_hashed_data_to(sks_transport *t, sks_client_buffers *b, const sks_user_args *a, sks_span data,
+                                   uint8_t *out, size_t size, size_t *out_len, sks_client_error *err)
+{
+    return user_op_to(t, b, &SIGN, a, data, out, size, out_len, err);
+}
+
+int sks_client_asymmetric_key_decrypt_to(sks_transport *t, sks_client_buffers *b, const sks_user_args *a,
+                                         sks_span data, uint8_t *out, size_t size, size_t *out_len,
+                                         sks_client_error *err)
+{
+    return user_op_to(t, b, &DECRYPT, a, data, out, size, out_len, err);
+}
+
+int sks_client_key_agreement_to(sks_transport *t, sks_client_buffers *b, const sks_user_args *a, sks_span public_key,
+                                uint8_t *out, size_t size, size_t *out_len, sks_client_error *err)
+{
+    return user_op_to(t, b, &AGREE, a, public_key, out, size, out_len, err);
+}
+
+size_t sks_client_pss_parameters(uint16_t salt_length, const char *mgf1_digest, uint8_t *out, size_t size)
+{
+    size_t n = strlen(mgf1_digest);
+
+    if (n > 0xFFFF || size < 4 + n)
+        return 0;
+    out[0] = (uint8_t)(salt_length >> 8);
+    out[1] = (uint8_t)salt_length;
+    out[2] = (uint8_t)(n >> 8);
+    out[3] = (uint8_t)n;
+    memcpy(out + 4, mgf1_digest, n);
+    return 4 + n;
+}
+
+int sks_client_oaep_parameters(const char *oaep_digest, const char *mgf1_digest, const uint8_t *label,
+                               size_t label_len, sks_buf *out)
+{
+    if (strlen(oaep_digest) > 0xFFFF || strlen(mgf1_digest) > 0xFFFF || label_len > 0xFFFF)
+        return 0;
+    sks_buf_string(out, oaep_digest);
+    sks_buf_string(out, mgf1_digest);
+    sks_buf_array(out, label, label_len);
+    return !out->failed;
 }
 
 /* ------------------------------------------------------------------ SKIP */

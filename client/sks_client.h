@@ -28,6 +28,7 @@
 #define SKS_CLIENT_ERROR_TRANSPORT (-1) /* the device could not be reached */
 #define SKS_CLIENT_ERROR_REPLY (-2)     /* the reply does not decode as the method's outputs */
 #define SKS_CLIENT_ERROR_ARGUMENT (-3)  /* an input does not fit the wire format */
+#define SKS_CLIENT_ERROR_SPACE (-4)     /* the result does not fit the caller's output buffer */
 
 typedef struct sks_client_error {
     int status; /* sks_status from the device, or SKS_CLIENT_ERROR_* */
@@ -374,6 +375,41 @@ int sks_client_perform_hmac(sks_transport *t, const sks_user_args *a, sks_span d
 /* mode: 1 encrypt, 0 decrypt. */
 int sks_client_symmetric_key_encrypt(sks_transport *t, const sks_user_args *a, int mode, sks_span data,
                                      sks_buf *result, sks_client_error *err);
+
+/* The User API calls an application makes on every operation, without allocating: the
+ * request is built in, and the reply read from, buffers kept with the connection and reused
+ * from call to call (wiped after each: they carry the PIN and the result), and the result is
+ * copied into the caller's out[size], *out_len receiving its length. A result longer than
+ * size fails with SKS_CLIENT_ERROR_SPACE. One sks_client_buffers serves one call at a time:
+ * the caller serialises calls as it does for the transport. */
+typedef struct {
+    sks_buf req;
+    sks_buf reply;
+} sks_client_buffers;
+
+void sks_client_buffers_init(sks_client_buffers *b);
+/* Wipes and frees the storage. */
+void sks_client_buffers_free(sks_client_buffers *b);
+
+int sks_client_sign_hashed_data_to(sks_transport *t, sks_client_buffers *b, const sks_user_args *a, sks_span data,
+                                   uint8_t *out, size_t size, size_t *out_len, sks_client_error *err);
+int sks_client_asymmetric_key_decrypt_to(sks_transport *t, sks_client_buffers *b, const sks_user_args *a,
+                                         sks_span data, uint8_t *out, size_t size, size_t *out_len,
+                                         sks_client_error *err);
+/* public_key: the peer's SPKI DER. */
+int sks_client_key_agreement_to(sks_transport *t, sks_client_buffers *b, const sks_user_args *a, sks_span public_key,
+                                uint8_t *out, size_t size, size_t *out_len, sks_client_error *err);
+
+/* signHashedData's `parameters` for RSA-PSS with other than the algorithm's defaults
+ * (docs/algorithms.md): ushort saltLength || string mgf1Digest ("SHA256", ...), into
+ * out[size]; returns the length, 0 if it does not fit. */
+size_t sks_client_pss_parameters(uint16_t salt_length, const char *mgf1_digest, uint8_t *out, size_t size);
+
+/* asymmetricKeyDecrypt's `parameters` for the project's rsa.oaep (docs/algorithms.md):
+ * string oaepDigest || string mgf1Digest ("SHA256", ...) || byte[] label, appended to out;
+ * 0 if out failed (memory) or a field is too long. */
+int sks_client_oaep_parameters(const char *oaep_digest, const char *mgf1_digest, const uint8_t *label,
+                               size_t label_len, sks_buf *out);
 
 /* ------------------------------------------------------------------ SKIP (docs/skip.md) */
 

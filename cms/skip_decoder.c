@@ -60,43 +60,6 @@ static int have_token(void)
     return CRYPTO_THREAD_run_once(&token_once, make_token) && token_ok;
 }
 
-/* ------------------------------------------------------------------ the device */
-
-/* An sks_transport over the provider's own device connection, so the shared import code
- * (cms/skip_import.c) and the typed client serve the provider too. */
-typedef struct {
-    sks_transport base;
-    sks_provctx *ctx;
-} provider_transport;
-
-static int provider_call(sks_transport *t, const uint8_t *req, size_t n, sks_buf *reply, char *err, size_t errlen)
-{
-    provider_transport *pt = (provider_transport *)t;
-    sks_buf request = { (uint8_t *)req, n, n, 0 };
-    sks_reader out;
-    int status;
-
-    /* Device errors come back to the client code, which reports them; only an unreachable
-     * device is a transport failure (and its error stays raised). */
-    ERR_set_mark();
-    (void)sks_device_call(pt->ctx, "SKIP import", &request, reply, &out, &status);
-    if (status < 0) {
-        ERR_clear_last_mark();
-        snprintf(err, errlen, "the sks device cannot be reached");
-        return 0;
-    }
-    ERR_pop_to_mark();
-    return 1;
-}
-
-static void provider_transport_init(provider_transport *pt, sks_provctx *ctx)
-{
-    memset(pt, 0, sizeof(*pt));
-    pt->base.call = provider_call;
-    pt->base.close = NULL; /* never closed: it borrows the provider's connection */
-    pt->ctx = ctx;
-}
-
 /* ------------------------------------------------------------------ shared */
 
 static void *dec_newctx(void *provctx)
@@ -191,7 +154,7 @@ static int import_package(sks_provctx *ctx, const sks_buf *der, skip_package **p
 {
     char trust[4096], err[2400] = "";
     X509_STORE *anchors = NULL;
-    provider_transport pt;
+    sks_transport *t;
     int ok = 0;
 
     if (!sks_provider_skip_trust(ctx, trust, sizeof(trust))) {
@@ -199,14 +162,22 @@ static int import_package(sks_provctx *ctx, const sks_buf *der, skip_package **p
                   " sks provider's configuration)");
         return 0;
     }
-    provider_transport_init(&pt, ctx);
-    if ((anchors = skip_anchors_load(trust, err, sizeof(err))) != NULL
-        && skip_package_parse(der->data, der->len, pkg, err, sizeof(err))
-        && skip_package_verify(*pkg, anchors, err, sizeof(err)) && skip_import(&pt.base, *pkg, res, err, sizeof(err)))
-        ok = 1;
-    else
+    if ((anchors = skip_anchors_load(trust, err, sizeof(err))) == NULL
+        || !skip_package_parse(der->data, der->len, pkg, err, sizeof(err))
+        || !skip_package_verify(*pkg, anchors, err, sizeof(err))) {
         sks_raise(ctx, SKS_R_DEVICE, "SKIP package refused: %s", err);
+        X509_STORE_free(anchors);
+        return 0;
+    }
     X509_STORE_free(anchors);
+    /* The import's calls (find the pending request, skipImport) through the typed client on
+     * the provider's connection, held for the whole import. */
+    if ((t = sks_conn_acquire(ctx)) == NULL)
+        return 0;
+    ok = skip_import(t, *pkg, res, err, sizeof(err));
+    sks_conn_release(ctx);
+    if (!ok)
+        sks_raise(ctx, SKS_R_DEVICE, "SKIP package refused: %s", err);
     return ok;
 }
 
@@ -282,18 +253,21 @@ static sks_key_kind kind_of(EVP_PKEY *pub)
  * list. */
 static sks_key *load_key(sks_provctx *ctx, uint32_t handle)
 {
-    provider_transport pt;
+    sks_transport *t;
     sks_key_attributes a;
     sks_client_error e;
     const unsigned char *q;
     X509 *ee = NULL;
     EVP_PKEY *pub = NULL;
     unsigned char *spki = NULL;
-    int len = 0;
+    int len = 0, ok;
     sks_key *k = NULL;
 
-    provider_transport_init(&pt, ctx);
-    if (!sks_client_get_key_attributes(&pt.base, handle, &a, &e)) {
+    if ((t = sks_conn_acquire(ctx)) == NULL)
+        return NULL;
+    ok = sks_client_get_key_attributes(t, handle, &a, &e);
+    sks_conn_release(ctx);
+    if (!ok) {
         sks_raise(ctx, SKS_R_DEVICE, "SKIP key #%u: %s", handle, e.message);
         return NULL;
     }

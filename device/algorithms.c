@@ -50,6 +50,8 @@ static const sks_algorithm ALGORITHMS[] = {
     { .uri = P "rsa.es.pkcs1_5", .cls = ALG_DECRYPT, .key = KEYTYPE_RSA, .pad = RSA_PKCS1_PADDING },
     { .uri = P "rsa.oaep.sha1", .cls = ALG_DECRYPT, .key = KEYTYPE_RSA, .pad = RSA_PKCS1_OAEP_PADDING, .md = "SHA1" },
     { .uri = P "rsa.oaep.sha256", .cls = ALG_DECRYPT, .key = KEYTYPE_RSA, .pad = RSA_PKCS1_OAEP_PADDING, .md = "SHA256" },
+    /* Project addition: OAEP digest, MGF1 digest and label in "parameters" (docs/algorithms.md) */
+    { .uri = P "rsa.oaep", .cls = ALG_DECRYPT, .key = KEYTYPE_RSA, .pad = RSA_PKCS1_OAEP_PADDING, .oaep_params = 1 },
 
     /* Key agreement */
     { .uri = P "ecdh.raw", .cls = ALG_AGREE, .key = KEYTYPE_EC },

@@ -1,7 +1,7 @@
 /*
  * Every algorithm URI the device knows: the specification's, plus the project's additions
- * under the same prefix (brainpool P320r1/P384r1/P512r1, Ed25519, RSA-PSS); see
- * docs/algorithms.md.
+ * under the same prefix (brainpool P320r1/P384r1/P512r1, Ed25519, RSA-PSS, OAEP with
+ * parameters); see docs/algorithms.md.
  */
 #ifndef SKS_ALGORITHMS_H
 #define SKS_ALGORITHMS_H
@@ -40,6 +40,7 @@ typedef struct {
     size_t hash_len;     /* signHashedData: required data length, 0 = no fixed length */
     int pss;             /* ALG_SIGN: RSA-PSS, salt = hash length */
     int pad;             /* ALG_DECRYPT: RSA padding (RSA_PKCS1_PADDING/OAEP) */
+    int oaep_params;     /* ALG_DECRYPT: OAEP digest, MGF1 digest and label come in "parameters" */
     sym_mode sym;        /* ALG_SYM_ENCRYPT */
     size_t sym_key_len;  /* ALG_SYM_ENCRYPT: required AES key length, 0 = 16/24/32 */
 } sks_algorithm;

@@ -4,6 +4,7 @@
  */
 #include "internal.h"
 
+#include <limits.h>
 #include <string.h>
 
 #include <openssl/core_names.h>
@@ -961,28 +962,54 @@ done:
     return ok;
 }
 
-int rsa_decrypt(EVP_PKEY *key, int padding, const EVP_MD *oaep_md, const uint8_t *in, size_t n, sks_buf *out)
+/* Hands OpenSSL its own copy of the label (EVP_PKEY_CTX_set0_rsa_oaep_label takes it over);
+ * an empty label is OAEP's default and needs no call. */
+static int set_oaep_label(EVP_PKEY_CTX *c, const uint8_t *label, size_t n)
+{
+    void *copy;
+
+    if (n == 0)
+        return 1;
+    if (n > INT_MAX || (copy = OPENSSL_memdup(label, n)) == NULL)
+        return 0;
+    if (EVP_PKEY_CTX_set0_rsa_oaep_label(c, copy, (int)n) != 1) {
+        OPENSSL_free(copy);
+        return 0;
+    }
+    return 1;
+}
+
+static int rsa_decrypt_oaep(EVP_PKEY *key, const oaep_params *oaep, const uint8_t *in, size_t n, sks_buf *out)
 {
     EVP_PKEY_CTX *c = NULL;
     uint8_t buf[1024];
     size_t len = sizeof(buf);
+    int ok;
+
+    if (oaep == NULL || oaep->md == NULL || oaep->mgf1 == NULL)
+        return 0;
+    c = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+    ok = c != NULL && (size_t)EVP_PKEY_get_size(key) <= sizeof(buf) && EVP_PKEY_decrypt_init(c) == 1
+         && EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_OAEP_PADDING) == 1
+         && EVP_PKEY_CTX_set_rsa_oaep_md(c, oaep->md) == 1 && EVP_PKEY_CTX_set_rsa_mgf1_md(c, oaep->mgf1) == 1
+         && set_oaep_label(c, oaep->label, oaep->label_len) && EVP_PKEY_decrypt(c, buf, &len, in, n) == 1;
+    if (ok) {
+        sks_buf_put(out, buf, len);
+        ok = !out->failed;
+    }
+    OPENSSL_cleanse(buf, sizeof(buf));
+    EVP_PKEY_CTX_free(c);
+    return ok;
+}
+
+int rsa_decrypt(EVP_PKEY *key, int padding, const oaep_params *oaep, const uint8_t *in, size_t n, sks_buf *out)
+{
     int ok = 0;
 
     if (padding == RSA_PKCS1_PADDING)
         ok = rsa_decrypt_pkcs1_implicit(key, in, n, out);
-    else if (padding == RSA_PKCS1_OAEP_PADDING && oaep_md != NULL) {
-        c = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
-        ok = c != NULL && (size_t)EVP_PKEY_get_size(key) <= sizeof(buf) && EVP_PKEY_decrypt_init(c) == 1
-             && EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_OAEP_PADDING) == 1
-             && EVP_PKEY_CTX_set_rsa_oaep_md(c, oaep_md) == 1 && EVP_PKEY_CTX_set_rsa_mgf1_md(c, oaep_md) == 1
-             && EVP_PKEY_decrypt(c, buf, &len, in, n) == 1;
-        if (ok) {
-            sks_buf_put(out, buf, len);
-            ok = !out->failed;
-        }
-        OPENSSL_cleanse(buf, sizeof(buf));
-        EVP_PKEY_CTX_free(c);
-    }
+    else if (padding == RSA_PKCS1_OAEP_PADDING)
+        ok = rsa_decrypt_oaep(key, oaep, in, n, out);
     /* Whatever failed (length, range, OAEP decoding) leaves one answer and nothing in the
      * error queue that could tell the cases apart. */
     if (!ok)

@@ -186,14 +186,23 @@ int ecdh_z_reuse(key_contexts *keep, EVP_PKEY *priv, EVP_PKEY *peer, int validat
 /* An ECDH peer's SubjectPublicKeyInfo, which must be an EC key on priv's curve (else NULL).
  * *validated = 1 when its point has been fully validated on the way in. */
 EVP_PKEY *ecdh_peer_parse(EVP_PKEY *priv, const uint8_t *p, size_t n, int *validated);
+/* The OAEP parameters of one decryption: the digest, the MGF1 digest and the label
+ * (label may be empty; it points into the request). */
+typedef struct {
+    const EVP_MD *md;
+    const EVP_MD *mgf1;
+    const uint8_t *label;
+    size_t label_len;
+} oaep_params;
+
+/* RSA decryption, RSA_PKCS1_PADDING (with implicit rejection: a wrong padding gives a
+ * synthetic message, never an error; oaep is ignored) or RSA_PKCS1_OAEP_PADDING with *oaep.
+ * Every failure is the same 0 with an empty error queue. */
+int rsa_decrypt(EVP_PKEY *key, int padding, const oaep_params *oaep, const uint8_t *in, size_t n, sks_buf *out);
 /* Signature in the SKS encoding: ECDSA as r||s, RSA PKCS#1 v1.5, Ed25519 raw.
  * `md` is the digest the data was hashed with (NULL: data signed as is, for ecdsa.none,
  * rsa.pkcs1.none and Ed25519); `pss` selects RSA-PSS with the given salt length (-1: the
  * hash length) and MGF1 digest (NULL: md). */
-/* RSA decryption, RSA_PKCS1_PADDING (with implicit rejection: a wrong padding gives a
- * synthetic message, never an error) or RSA_PKCS1_OAEP_PADDING with oaep_md for OAEP and MGF1.
- * Every failure is the same 0 with an empty error queue. */
-int rsa_decrypt(EVP_PKEY *key, int padding, const EVP_MD *oaep_md, const uint8_t *in, size_t n, sks_buf *out);
 int sign_hash(EVP_PKEY *key, const EVP_MD *md, int pss, int saltlen, const EVP_MD *mgf1, const uint8_t *data,
               size_t n, sks_buf *sig);
 /* sign_hash for a key that signs again and again: the contexts an ECDSA or Ed25519 signature

@@ -1491,10 +1491,99 @@ static sks_status check_post_conflicts(sks_device *dev, sks_call *call, uint32_t
     return rc;
 }
 
+/*
+ * What a session queued, kept in its (row-MACed) sessions row: how many post operations and a
+ * running hash of them. A post_ops row has a MAC of its own, but a deleted row leaves nothing
+ * behind, so without this, deleting the row of a queued postDeleteKey or postUnlockKey from the
+ * file would cancel it silently. closeProvisioningSession applies the rows only if they are
+ * exactly these (docs/storage.md).
+ */
+typedef struct {
+    uint32_t count;
+    uint8_t chain[32]; /* all zero before the first operation */
+} post_ops_queued;
+
+#define POST_OPS_QUEUED_LEN (4 + 32)
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    int i;
+
+    for (i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+/* chain = SHA-256("sks-post-ops-v1" || chain || u64 seq, session, kind, new_key, target) */
+static int post_ops_chain_extend(post_ops_queued *q, int64_t seq, uint32_t session, int kind, uint32_t new_key,
+                                 uint32_t target)
+{
+    static const char LABEL[] = "sks-post-ops-v1";
+    uint8_t in[sizeof(LABEL) - 1 + 32 + 5 * 8], *p = in;
+
+    memcpy(p, LABEL, sizeof(LABEL) - 1);
+    p += sizeof(LABEL) - 1;
+    memcpy(p, q->chain, 32);
+    p += 32;
+    put_u64(p, (uint64_t)seq);
+    put_u64(p + 8, session);
+    put_u64(p + 16, (uint64_t)kind);
+    put_u64(p + 24, new_key);
+    put_u64(p + 32, target);
+    q->count++;
+    return sha256(in, sizeof(in), q->chain);
+}
+
+/* The session's record of its queued operations (its row was checked against its MAC when the
+ * session was opened). */
+static sks_status post_ops_queued_load(sks_device *dev, sks_call *call, uint32_t session, post_ops_queued *q)
+{
+    sqlite3_stmt *st = store_prepare(dev, call, "SELECT post_ops_queued FROM sessions WHERE handle = ?");
+    const uint8_t *v;
+    sks_status rc = SKS_OK;
+    int n;
+
+    memset(q, 0, sizeof(*q));
+    if (st == NULL)
+        return SKS_ERROR_STORAGE;
+    sqlite3_bind_int64(st, 1, session);
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        rc = sks_fail(call, SKS_ERROR_STORAGE, "storage error: provisioning session #%u is unreadable", session);
+    } else if ((n = sqlite3_column_bytes(st, 0)) == POST_OPS_QUEUED_LEN) {
+        v = sqlite3_column_blob(st, 0);
+        q->count = (uint32_t)v[0] << 24 | (uint32_t)v[1] << 16 | (uint32_t)v[2] << 8 | v[3];
+        memcpy(q->chain, v + 4, 32);
+    } else if (n != 0) {
+        rc = sks_fail(call, SKS_ERROR_STORAGE, "integrity error: the post operations of provisioning session #%u"
+                      " are recorded in an unknown form", session);
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static sks_status post_ops_queued_save(sks_device *dev, sks_call *call, uint32_t session, const post_ops_queued *q)
+{
+    sqlite3_stmt *st = store_prepare(dev, call, "UPDATE sessions SET post_ops_queued = ? WHERE handle = ?");
+    uint8_t v[POST_OPS_QUEUED_LEN];
+
+    if (st == NULL)
+        return SKS_ERROR_STORAGE;
+    v[0] = (uint8_t)(q->count >> 24);
+    v[1] = (uint8_t)(q->count >> 16);
+    v[2] = (uint8_t)(q->count >> 8);
+    v[3] = (uint8_t)q->count;
+    memcpy(v + 4, q->chain, 32);
+    sqlite3_bind_blob(st, 1, v, sizeof(v), SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, session);
+    return store_step_done(dev, call, st) ? SKS_OK : SKS_ERROR_STORAGE;
+}
+
+/* Queues one operation and records it in the session row, in the caller's transaction. */
 static sks_status queue_post_op(sks_device *dev, sks_call *call, uint32_t session, int kind, uint32_t new_key,
                                 uint32_t target)
 {
     sqlite3_stmt *st = store_prepare(dev, call, "INSERT INTO post_ops (session, kind, new_key, target) VALUES (?, ?, ?, ?)");
+    post_ops_queued q;
+    sks_status rc;
 
     if (st == NULL)
         return SKS_ERROR_STORAGE;
@@ -1502,7 +1591,13 @@ static sks_status queue_post_op(sks_device *dev, sks_call *call, uint32_t sessio
     sqlite3_bind_int(st, 2, kind);
     sqlite3_bind_int64(st, 3, new_key);
     sqlite3_bind_int64(st, 4, target);
-    return store_step_done(dev, call, st) ? SKS_OK : SKS_ERROR_STORAGE;
+    if (!store_step_done(dev, call, st))
+        return SKS_ERROR_STORAGE;
+    if ((rc = post_ops_queued_load(dev, call, session, &q)) != SKS_OK)
+        return rc;
+    if (!post_ops_chain_extend(&q, sqlite3_last_insert_rowid(dev->db), session, kind, new_key, target))
+        return sks_fail(call, SKS_ERROR_INTERNAL, "SHA-256 failed");
+    return post_ops_queued_save(dev, call, session, &q);
 }
 
 /* postDeleteKey and postUnlockKey: (provisioningHandle, target, authorization, mac). */
@@ -1851,15 +1946,26 @@ static sks_status apply_post_ops(sks_device *dev, sks_call *call, uint32_t sessi
         uint32_t new_key, target;
     } ops[256];
     size_t n_ops = 0;
-    sks_status rc = SKS_OK;
+    post_ops_queued queued, present;
+    sks_status rc;
 
+    memset(&present, 0, sizeof(present));
     if (st == NULL)
         return SKS_ERROR_STORAGE;
+    if ((rc = post_ops_queued_load(dev, call, session, &queued)) != SKS_OK) {
+        sqlite3_finalize(st);
+        return rc;
+    }
     sqlite3_bind_int64(st, 1, session);
     while (sqlite3_step(st) == SQLITE_ROW) {
         uint32_t owner = (uint32_t)sqlite3_column_int64(st, 3);
         if ((rc = row_verify(dev, call, "post_ops", sqlite3_column_int64(st, 4))) != SKS_OK)
             break;
+        if (!post_ops_chain_extend(&present, sqlite3_column_int64(st, 4), session, sqlite3_column_int(st, 0),
+                                   (uint32_t)sqlite3_column_int64(st, 1), (uint32_t)sqlite3_column_int64(st, 2))) {
+            rc = sks_fail(call, SKS_ERROR_INTERNAL, "SHA-256 failed");
+            break;
+        }
         if (sqlite3_column_type(st, 3) == SQLITE_NULL) {
             rc = sks_fail(call, SKS_ERROR_NO_KEY,
                           "closeProvisioningSession: target key #%u of a post operation no longer exists",
@@ -1880,6 +1986,13 @@ static sks_status apply_post_ops(sks_device *dev, sks_call *call, uint32_t sessi
             owners[n_owners++] = owner;
     }
     sqlite3_finalize(st);
+    /* Exactly the operations the session queued, before any is applied: a row deleted (or put
+     * back from elsewhere) outside the device would otherwise cancel or add one unnoticed. */
+    if (rc == SKS_OK && (present.count != queued.count || CRYPTO_memcmp(present.chain, queued.chain, 32) != 0))
+        rc = sks_fail(call, SKS_ERROR_STORAGE,
+                      "integrity error: provisioning session #%u queued %u post operation(s), but the %u in the"
+                      " store are not those (deleted, added or changed outside the device)",
+                      session, queued.count, present.count);
     for (i = 0; i < n_ops && rc == SKS_OK; i++) {
         switch (ops[i].kind) {
         case POST_DELETE:

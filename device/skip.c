@@ -149,21 +149,55 @@ done:
     return rc;
 }
 
+/*
+ * The factory key's endorsed algorithms: ECDSA signatures only (sorted, as createKeyEntry
+ * requires of a list). The factory key identifies the device to the issuer, which needs it to
+ * sign, never to agree a key: ECDH between it and a package's (public) ephemeral key gives
+ * that package's AES key, and with it every imported private key in clear (docs/skip.md).
+ * skipImport derives that key inside the device, without the User API, so it is not limited.
+ */
+static const char *const FACTORY_ALGORITHMS[] = {
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256",
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha384",
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha512",
+    SKS_ALG_PREFIX "ecdsa.none",
+};
+
+/* An endorsed list in its stored form (the wire encoding: ushort count, then each URI as an
+ * array): the factory's, or empty (= any algorithm the key material allows) for device keys. */
+static void encode_endorsed(int factory, sks_buf *out)
+{
+    size_t i, n = factory ? sizeof(FACTORY_ALGORITHMS) / sizeof(FACTORY_ALGORITHMS[0]) : 0;
+
+    sks_buf_ushort(out, (uint16_t)n);
+    for (i = 0; i < n; i++)
+        sks_buf_array(out, FACTORY_ALGORITHMS[i], strlen(FACTORY_ALGORITHMS[i]));
+}
+
 /* One key entry of a SKIP session: no PIN, never exportable, universal. A factory key has no
- * certificate path yet (path and ee_hash NULL); device keys come with theirs. */
+ * certificate path yet (path and ee_hash NULL) and is endorsed for signatures only; device
+ * keys come with their paths and may do what their key material allows. */
 static sks_status insert_skip_key(sks_device *dev, sks_call *call, uint32_t session, const char *id,
                                   const char *name, const char *alg_uri, const sks_buf *spki, const sks_buf *sealed,
                                   const sks_buf *path, const uint8_t *ee_hash, int key_backup, uint32_t *handle)
 {
+    sks_buf endorsed;
     sqlite3_stmt *st = store_prepare(
         dev, call,
         "INSERT INTO keys (session, id, pin_policy, pin, device_pin, pin_caching, biometric,"
         " export_protection, delete_protection, app_usage, friendly_name, key_algorithm,"
         " key_parameters, endorsed, public_key, private_key, certificates, ee_sha256, key_backup, mac)"
-        " VALUES (?1, ?2, 0, 0, 0, 0, 0, ?3, 0, ?4, ?5, ?6, x'', x'0000', ?7, ?8, ?9, ?10, ?11, x'')");
+        " VALUES (?1, ?2, 0, 0, 0, 0, 0, ?3, 0, ?4, ?5, ?6, x'', ?12, ?7, ?8, ?9, ?10, ?11, x'')");
+    int ok;
 
     if (st == NULL)
         return SKS_ERROR_STORAGE;
+    sks_buf_init(&endorsed);
+    encode_endorsed(strcmp(id, FACTORY_ID) == 0, &endorsed);
+    if (endorsed.failed) {
+        sqlite3_finalize(st);
+        return sks_fail(call, SKS_ERROR_INTERNAL, "out of memory");
+    }
     sqlite3_bind_int64(st, 1, session);
     sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 3, PROTECT_NEVER);
@@ -180,14 +214,17 @@ static sks_status insert_skip_key(sks_device *dev, sks_call *call, uint32_t sess
         sqlite3_bind_null(st, 10);
     }
     sqlite3_bind_int(st, 11, key_backup);
-    if (!store_step_done(dev, call, st))
+    sqlite3_bind_blob(st, 12, endorsed.data, (int)endorsed.len, SQLITE_STATIC);
+    ok = store_step_done(dev, call, st);
+    sks_buf_free(&endorsed);
+    if (!ok)
         return SKS_ERROR_STORAGE;
     if (handle != NULL)
         *handle = (uint32_t)sqlite3_last_insert_rowid(dev->db);
     return SKS_OK;
 }
 
-/* The factory key entry: not exportable, no PIN, any algorithm its key type allows. It stays
+/* The factory key entry: not exportable, no PIN, ECDSA signatures only. It stays
  * invisible to the User API until skipImport closes the session. */
 static sks_status insert_factory_key(sks_device *dev, sks_call *call, uint32_t session, const char *alg_uri,
                                      EVP_PKEY *key, const sks_buf *spki)

@@ -26,8 +26,8 @@
 #define SEAL_TAG 16
 
 /* The schema version in meta "format". sks-2: sealed columns bound to their row, and row MACs
- * (docs/storage.md). Older stores are refused. */
-#define STORE_FORMAT "sks-2"
+ * (docs/storage.md). sks-3: sessions.post_ops_queued. Older stores are refused. */
+#define STORE_FORMAT "sks-3"
 
 /* Who may use a key of a shared device (device/owner.c). Stores made before it was part of
  * the schema get it when opened (schema_upgrade). */
@@ -53,6 +53,8 @@ static const char SCHEMA[] =
     " client_session_id TEXT NOT NULL, server_session_id TEXT NOT NULL, issuer_uri TEXT NOT NULL,"
     " kmk BLOB NOT NULL, client_time INTEGER NOT NULL, lifetime INTEGER NOT NULL,"
     " key_limit INTEGER NOT NULL, mac_counter INTEGER NOT NULL,"
+    /* the post operations queued in post_ops: empty, or u32 count || SHA-256 chain (provisioning.c) */
+    " post_ops_queued BLOB NOT NULL DEFAULT x'',"
     /* device clock at creation: open sessions older than their lifetime are removed */
     " created INTEGER NOT NULL DEFAULT (strftime('%s','now')));"
     "CREATE TABLE IF NOT EXISTS puk_policies ("

@@ -218,6 +218,46 @@ static sks_status prepare(sks_device *dev, sks_call *call, const char *method, a
     return rc;
 }
 
+/* The digest a parameters string names: one of the SHA family the project supports for
+ * OAEP and MGF1 (docs/algorithms.md), spelled exactly so; NULL for anything else. */
+static const EVP_MD *oaep_digest_named(sks_span name)
+{
+    static const char *const NAMES[] = { "SHA1", "SHA224", "SHA256", "SHA384", "SHA512" };
+    size_t i;
+
+    for (i = 0; i < sizeof(NAMES) / sizeof(NAMES[0]); i++)
+        if (sks_span_eq_str(name, NAMES[i]))
+            return EVP_get_digestbyname(NAMES[i]);
+    return NULL;
+}
+
+/* rsa.oaep parameters (a project extension, docs/algorithms.md): string oaepDigest, string
+ * mgf1Digest, byte[] label, nothing after. 1 if well formed; *out (if given) then points
+ * into p. */
+static int oaep_parameters(sks_span p, oaep_params *out)
+{
+    sks_reader r;
+    sks_span md, mgf1, label;
+    oaep_params o;
+
+    sks_reader_init(&r, p.p, p.n);
+    md = sks_get_string(&r, "oaepDigest");
+    mgf1 = sks_get_string(&r, "mgf1Digest");
+    label = sks_get_array(&r, "label");
+    sks_reader_expect_end(&r);
+    if (!sks_reader_ok(&r))
+        return 0;
+    o.md = oaep_digest_named(md);
+    o.mgf1 = oaep_digest_named(mgf1);
+    o.label = label.p;
+    o.label_len = label.n;
+    if (o.md == NULL || o.mgf1 == NULL)
+        return 0;
+    if (out != NULL)
+        *out = o;
+    return 1;
+}
+
 /* The algorithm is of the method's class, endorsed for the key, fits its kind (symmetric or
  * not), and gets parameters only where it takes them. */
 static sks_status check_algorithm(sks_call *call, const char *method, alg_class cls, const user_args *a,
@@ -234,8 +274,13 @@ static sks_status check_algorithm(sks_call *call, const char *method, alg_class 
     if (symmetric_method != (k->symmetric_length > 0))
         return sks_fail(call, SKS_ERROR_ALGORITHM, "%s: key #%u is %s key", method, a->handle,
                         k->symmetric_length > 0 ? "a symmetric" : "an asymmetric");
-    if (!(cls == ALG_SYM_ENCRYPT && (*alg)->sym == SYM_CBC_PARAM_IV) && !(*alg)->pss && a->parameters.n != 0)
+    if (!(cls == ALG_SYM_ENCRYPT && (*alg)->sym == SYM_CBC_PARAM_IV) && !(*alg)->pss && !(*alg)->oaep_params
+        && a->parameters.n != 0)
         return sks_fail(call, SKS_ERROR_OPTION, "%s: \"parameters\" must be empty for this algorithm", method);
+    /* Checked here, before the PIN: a malformed request costs no PIN try. */
+    if ((*alg)->oaep_params && !oaep_parameters(a->parameters, NULL))
+        return sks_fail(call, SKS_ERROR_OPTION, "%s: rsa.oaep \"parameters\" must be string oaepDigest, string"
+                        " mgf1Digest (each SHA1, SHA224, SHA256, SHA384 or SHA512) and byte[] label", method);
     return SKS_OK;
 }
 
@@ -337,6 +382,7 @@ SKS_HANDLER(h_asymmetric_key_decrypt)
     key_entry k;
     const sks_algorithm *alg = NULL;
     EVP_PKEY *pkey = NULL;
+    oaep_params oaep = { NULL, NULL, NULL, 0 };
     sks_buf plain;
     sks_status rc;
 
@@ -348,9 +394,13 @@ SKS_HANDLER(h_asymmetric_key_decrypt)
     sks_buf_init(&plain);
     if ((rc = prepare(dev, call, "asymmetricKeyDecrypt", ALG_DECRYPT, &a, &k, &alg, &pkey, NULL, NULL)) != SKS_OK)
         goto done;
+    if (alg->oaep_params) {
+        (void)oaep_parameters(a.parameters, &oaep); /* checked well formed before the PIN */
+    } else if (alg->md != NULL) {
+        oaep.md = oaep.mgf1 = EVP_get_digestbyname(alg->md);
+    }
     /* One answer for every failure (crypto.c: rsa_decrypt): no padding oracle. */
-    if (!rsa_decrypt(pkey, alg->pad, alg->md != NULL ? EVP_get_digestbyname(alg->md) : NULL, data.p, data.n,
-                     &plain)) {
+    if (!rsa_decrypt(pkey, alg->pad, &oaep, data.p, data.n, &plain)) {
         rc = sks_fail(call, SKS_ERROR_CRYPTO, "asymmetricKeyDecrypt: decryption with key #%u failed", a.handle);
         goto done;
     }

@@ -100,7 +100,7 @@ static int ecdh_set_peer(void *vctx, void *vpeer)
     return 1;
 }
 
-static int x963_kdf(ecdh_ctx *c, const sks_buf *z, unsigned char *out, size_t outlen)
+static int x963_kdf(ecdh_ctx *c, const uint8_t *z, size_t zlen, unsigned char *out, size_t outlen)
 {
     EVP_KDF *kdf = EVP_KDF_fetch(c->ctx->libctx, "X963KDF", "provider=default");
     EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
@@ -108,7 +108,7 @@ static int x963_kdf(ecdh_ctx *c, const sks_buf *z, unsigned char *out, size_t ou
     int ok;
 
     *p++ = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, c->kdf_md, 0);
-    *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, z->data, z->len);
+    *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)z, zlen);
     if (c->ukm != NULL)
         *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, c->ukm, c->ukm_len);
     *p = OSSL_PARAM_construct_end();
@@ -139,13 +139,15 @@ static int peer_spki(const sks_key *peer, uint8_t *out, size_t size, size_t *len
            && sks_ec_spki(group, point, plen, out, size, len);
 }
 
+/* The largest shared secret: an x coordinate on P-521. */
+#define Z_MAX 66
+
 static int ecdh_derive(void *vctx, unsigned char *secret, size_t *secretlen, size_t outlen)
 {
     ecdh_ctx *c = vctx;
-    unsigned char *spki = NULL, buf[256];
-    size_t spki_len = 0;
+    unsigned char *spki = NULL, buf[256], z[Z_MAX];
+    size_t spki_len = 0, zlen = 0;
     int der_len, ok = 0;
-    sks_buf z;
 
     if (c->key == NULL || c->peer == NULL)
         return 0;
@@ -158,24 +160,16 @@ static int ecdh_derive(void *vctx, unsigned char *secret, size_t *secretlen, siz
             return 0;
         spki_len = (size_t)der_len;
     }
-    sks_buf_init(&z);
-    if (sks_op_agree(c->key, spki != NULL ? spki : buf, spki_len, &z) != SKS_P_OK)
-        goto done;
-    if (c->kdf_x963) {
-        if (outlen < c->kdf_outlen)
-            goto done;
-        ok = x963_kdf(c, &z, secret, c->kdf_outlen);
+    if (!c->kdf_x963) {
+        /* the shared secret straight into the caller's buffer */
+        ok = sks_op_agree(c->key, spki != NULL ? spki : buf, spki_len, secret, outlen, secretlen) == SKS_P_OK;
+    } else if (outlen >= c->kdf_outlen
+               && sks_op_agree(c->key, spki != NULL ? spki : buf, spki_len, z, sizeof(z), &zlen) == SKS_P_OK) {
+        ok = x963_kdf(c, z, zlen, secret, c->kdf_outlen);
         *secretlen = c->kdf_outlen;
-    } else {
-        if (outlen < z.len)
-            goto done;
-        memcpy(secret, z.data, z.len);
-        *secretlen = z.len;
-        ok = 1;
     }
-done:
+    OPENSSL_cleanse(z, sizeof(z));
     OPENSSL_free(spki);
-    sks_buf_free(&z);
     return ok;
 }
 

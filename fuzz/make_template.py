@@ -119,8 +119,12 @@ def build_template(sks, out):
         keys = provision(device)
     finally:
         device.close()
+    # The device keeps the anchors of a request and opens only packages that verify to them.
+    ca = si.Ca("sks fuzz SKIP CA")
+    with open(os.path.join(out, "skip-anchor.pem"), "wb") as f:
+        f.write(ca.pem)
     run([sks, "--store", db, "skip", "request", "--curve", "P-256", "--subject", "CN=sks fuzz",
-         "--out", os.path.join(out, "skip-request.pem")])
+         "--trust", os.path.join(out, "skip-anchor.pem"), "--out", os.path.join(out, "skip-request.pem")])
     device = s.Device(sks, db)
     try:
         pending = [x.provisioning_handle for x in device.list_sessions(True)]
@@ -133,25 +137,23 @@ def build_template(sks, out):
     for name in os.listdir(out):  # the fuzz target copies store.db and its key only
         if name not in ("store.db", "store.db.key"):
             os.unlink(os.path.join(out, name))
-    return keys, pending[0], request
+    return keys, pending[0], request, ca
 
 
-def valid_skip_import(session, request):
-    """skipImport of a package issued for the template's own request (P-256 and Ed25519)."""
-    pkg = si.Package.issue(request, si.Ca("sks fuzz SKIP CA"), ["secp256r1", "ed25519"], 256)
-    containers = b"".join(arr(k.container_spki) + arr(k.epki()) + listof([k.cert] + pkg.ca.chain(), arr)
-                          for k in pkg.keys)
-    return (bytes([201]) + uint(session) + arr(pkg.ephemeral.spki()) + ushort(256) + arr(pkg.factory_cert)
-            + ushort(len(pkg.keys)) + containers)
+def valid_skip_import(session, request, ca):
+    """skipImport (handle, whole package) of a package issued for the template's own request
+    by the CA its anchors name (P-256 and Ed25519)."""
+    pkg = si.Package.issue(request, ca, ["secp256r1", "ed25519"], 256)
+    return bytes([201]) + uint(session) + blob(pkg.der())
 
 
-def template_seeds(keys, session, request):
+def template_seeds(keys, session, request, ca):
     """(name, request, must_succeed) valid for this template only."""
     rsa_ = keys["rsa"]
     rsa_pub = x509.load_der_x509_certificate(rsa_.ee_certificate).public_key()
     ciphertext = rsa_pub.encrypt(b"fuzz", padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None))
     return [
-        ("skipImport-valid", valid_skip_import(session, request), True),
+        ("skipImport-valid", valid_skip_import(session, request, ca), True),
         ("decrypt-rsa-oaep-valid", user_call(101, rsa_, s.ASYM_RSA_OAEP_SHA256, ciphertext, PIN_SIGNATURE), True),
     ]
 
@@ -164,19 +166,14 @@ def user_call(method_id, key, algorithm, data, auth=b"", parameters=b"", data_is
     return bytes([method_id]) + body + (blob(data) if data_is_blob else arr(data))
 
 
-def skip_import_frame(session):
-    """A well-formed skipImport: one P-256 container, certificates from a throw-away CA. It is
-    refused (the factory certificate does not certify the factory key) but passes decoding."""
-    ca = s.CertificateAuthority("sks fuzz SKIP CA")
-    ephemeral = ec.derive_private_key(7, ec.SECP256R1()).public_key()
-    key = ec.derive_private_key(11, ec.SECP256R1())
-    container = (arr(s.spki(key.public_key())) + arr(b"\x30\x03\x02\x01\x00" + bytes(48))
-                 + listof([ca.issue(s.spki(key.public_key()), "fuzz key")], arr))
-    return (bytes([201]) + uint(session) + arr(s.spki(ephemeral)) + ushort(256)
-            + arr(ca.issue(s.spki(ephemeral), "factory")) + ushort(1) + container)
+def skip_import_frame(session, request):
+    """A well-formed skipImport: a whole package for the template's request, from a CA its
+    anchors do not name. It is refused by the chain check, before any decryption."""
+    pkg = si.Package.issue(request, si.Ca("sks fuzz foreign CA"), ["secp256r1"], 256)
+    return bytes([201]) + uint(session) + blob(pkg.der())
 
 
-def seeds(keys, session):
+def seeds(keys, session, request):
     """(name, request, must_succeed)."""
     h256, h384 = hashlib.sha256(b"fuzz").digest(), hashlib.sha384(b"fuzz").digest()
     p384, bp256, rsa_, p521 = keys["p384"], keys["bp256"], keys["rsa"], keys["p521"]
@@ -218,7 +215,7 @@ def seeds(keys, session):
         ("changePin-unique", bytes([83]) + uint(sym.handle) + arr(PIN_UNIQUE.encode()) + arr(b"1470"), True),
         ("setPin", bytes([84]) + uint(bp256.handle) + arr(PUK.encode()) + arr(b"2580"), True),
         ("enumerateProvisioningSessions", bytes([4]) + uint(0) + boolean(True), True),
-        ("skipImport", skip_import_frame(session), False),
+        ("skipImport", skip_import_frame(session, request), False),
     ]
     return out
 
@@ -249,10 +246,10 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--seeds")
     a = ap.parse_args()
-    keys, session, request = build_template(a.sks, a.out)
-    check_and_write(a.sks, a.out, template_seeds(keys, session, request), os.path.join(a.out, "seeds"))
+    keys, session, request, ca = build_template(a.sks, a.out)
+    check_and_write(a.sks, a.out, template_seeds(keys, session, request, ca), os.path.join(a.out, "seeds"))
     if a.seeds:
-        check_and_write(a.sks, a.out, seeds(keys, session), a.seeds)
+        check_and_write(a.sks, a.out, seeds(keys, session, request), a.seeds)
 
 
 if __name__ == "__main__":

@@ -140,38 +140,39 @@ static sks_pstatus ensure_transport(sks_provctx *ctx)
     return SKS_P_OK;
 }
 
-sks_pstatus sks_device_call(sks_provctx *ctx, const char *method, const sks_buf *req, sks_buf *reply,
-                            sks_reader *out, int *status)
+sks_transport *sks_conn_acquire(sks_provctx *ctx)
 {
-    char err[512] = "";
-    sks_pstatus rc = SKS_P_FAIL;
-    uint8_t st;
-
-    *status = -1;
-    if (req->failed) {
-        sks_raise(ctx, SKS_R_INTERNAL, "%s: out of memory", method);
-        return SKS_P_FAIL;
-    }
     pthread_mutex_lock(&ctx->lock);
-    if (ensure_transport(ctx) == SKS_P_OK) {
-        if (!ctx->transport->call(ctx->transport, req->data, req->len, reply, err, sizeof(err)))
-            sks_raise(ctx, SKS_R_UNREACHABLE, "%s: %s", method, err);
-        else
-            rc = SKS_P_OK;
+    if (ensure_transport(ctx) != SKS_P_OK) {
+        pthread_mutex_unlock(&ctx->lock);
+        return NULL;
     }
+    return ctx->transport;
+}
+
+void sks_conn_release(sks_provctx *ctx)
+{
     pthread_mutex_unlock(&ctx->lock);
-    if (rc != SKS_P_OK)
-        return rc;
-    sks_reader_init(out, reply->data, reply->len);
-    st = sks_get_byte(out, "status");
-    *status = st;
-    if (st != 0) {
-        sks_span m = sks_get_string(out, "message");
-        int reason = st == 0x01 ? SKS_R_PIN : st == 0x08 ? SKS_R_NOT_ENDORSED : SKS_R_DEVICE;
-        sks_raise(ctx, reason, "%s: %.*s", method, (int)m.n, m.p ? (const char *)m.p : "");
-        return SKS_P_FAIL;
+}
+
+void sks_raise_client(sks_provctx *ctx, const char *method, const sks_client_error *e)
+{
+    switch (e->status) {
+    case SKS_CLIENT_ERROR_TRANSPORT:
+        sks_raise(ctx, SKS_R_UNREACHABLE, "%s", e->message);
+        break;
+    case SKS_CLIENT_ERROR_REPLY:
+    case SKS_CLIENT_ERROR_ARGUMENT:
+    case SKS_CLIENT_ERROR_SPACE:
+        sks_raise(ctx, SKS_R_DEVICE, "%s", e->message); /* the client's message names the method */
+        break;
+    default:
+        sks_raise(ctx, e->status == SKS_ERROR_AUTHORIZATION ? SKS_R_PIN
+                       : e->status == SKS_ERROR_ALGORITHM  ? SKS_R_NOT_ENDORSED
+                                                           : SKS_R_DEVICE,
+                  "%s: %s", method, e->message);
+        break;
     }
-    return SKS_P_OK;
 }
 
 EVP_MD *sks_md_fetch(sks_provctx *ctx, const char *name)
@@ -260,6 +261,7 @@ static void sks_teardown(void *provctx)
         return;
     if (ctx->transport != NULL && ctx->transport_pid == getpid())
         ctx->transport->close(ctx->transport);
+    sks_client_buffers_free(&ctx->bufs);
     for (size_t i = 0; i < sizeof(ctx->md) / sizeof(ctx->md[0]); i++)
         EVP_MD_free(ctx->md[i]);
     OSSL_LIB_CTX_free(ctx->libctx);

@@ -14,6 +14,7 @@
 #include <openssl/core_dispatch.h>
 #include <openssl/evp.h>
 
+#include "../client/sks_client.h"
 #include "../transport/transport.h"
 
 /* The status type used inside the provider; converted to 1/0 at every OpenSSL boundary. */
@@ -43,6 +44,7 @@ typedef struct sks_provctx {
     char *pin;               /* PIN from the configuration, if any */
     pthread_mutex_t lock;    /* serialises device calls on the shared transport */
     sks_transport *transport;
+    sks_client_buffers bufs; /* reused by every operation's User API call (under lock) */
     pid_t transport_pid;     /* a forked child reopens its own connection */
     /* Which handle a friendly name was last found at, so that loading a key by name (curl
      * does it on every connection) costs one lookup instead of a scan of the store. Only a
@@ -68,12 +70,20 @@ EVP_MD *sks_md_fetch(sks_provctx *ctx, const char *name);
 void sks_raise(sks_provctx *ctx, int reason, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /*
- * Calls the device: req is one request in the SKS byte stream; on success reply holds the
- * outputs after the status byte (the reader is positioned after it). On a device error,
- * the message is raised with the method name and *status receives the device status.
+ * The device connection, for calls of the typed client (client/sks_client.h), the only code
+ * that knows a method's bytes. sks_conn_acquire locks the provider's connection, opening it
+ * first (again in a forked child), and returns its transport; NULL, with the error raised, if
+ * the device cannot be opened. Every acquire is paired with one sks_conn_release; no other
+ * acquire in between (the lock is not recursive). While it is held, ctx->bufs may be passed
+ * to the client's allocation-free calls.
  */
-sks_pstatus sks_device_call(sks_provctx *ctx, const char *method, const sks_buf *req, sks_buf *reply,
-                            sks_reader *out, int *status);
+sks_transport *sks_conn_acquire(sks_provctx *ctx);
+void sks_conn_release(sks_provctx *ctx);
+
+/* Raises a failed client call: wrong PIN and not-endorsed get their own reasons, an
+ * unreachable device SKS_R_UNREACHABLE, the rest SKS_R_DEVICE; device messages are prefixed
+ * with `method`. */
+void sks_raise_client(sks_provctx *ctx, const char *method, const sks_client_error *e);
 
 /* The kinds of key the provider handles. */
 typedef enum { SKS_KIND_EC, SKS_KIND_RSA, SKS_KIND_RSA_PSS, SKS_KIND_ED25519 } sks_key_kind;
@@ -124,10 +134,15 @@ extern const OSSL_DISPATCH sks_store_functions[];
 #define SKS_ALG_URI(frag) "https://webpki.github.io/sks/algorithm#" frag
 #define SKS_XMLDSIG_MORE(frag) "http://www.w3.org/2001/04/xmldsig-more#" frag
 
-/* Device operations used by the operation implementations (provider/device_ops.c). */
+/* The User API calls of the operation implementations (provider/device_ops.c), with the key's
+ * handle and PIN, through the client's allocation-free calls: the result goes into out[size],
+ * its length into *out_len; a result that does not fit is an error. `params` is the method's
+ * parameters byte string (empty: NULL, 0). */
 sks_pstatus sks_op_sign(sks_key *k, const char *alg_uri, const uint8_t *params, size_t params_len,
-                        const uint8_t *data, size_t n, sks_buf *sig);
-sks_pstatus sks_op_decrypt(sks_key *k, const char *alg_uri, const uint8_t *in, size_t n, sks_buf *out);
-sks_pstatus sks_op_agree(sks_key *k, const uint8_t *peer_spki, size_t n, sks_buf *z);
+                        const uint8_t *data, size_t n, uint8_t *out, size_t size, size_t *out_len);
+sks_pstatus sks_op_decrypt(sks_key *k, const char *alg_uri, const uint8_t *params, size_t params_len,
+                           const uint8_t *in, size_t n, uint8_t *out, size_t size, size_t *out_len);
+sks_pstatus sks_op_agree(sks_key *k, const uint8_t *peer_spki, size_t n, uint8_t *out, size_t size,
+                         size_t *out_len);
 
 #endif

@@ -145,12 +145,15 @@ log "running the benchmark (about 2-3 minutes)"
 OPENSSL_MODULES=$BUILD "$BENCH" --dir "$W" --sks "$SKS" "${PCSC[@]}" "${PKCS11[@]}" "${NA[@]}" \
   --markdown "$W/results.md" "$@"
 
+# hand-written comparisons below the "bench:kept" marker survive a new run
+KEPT=$(sed -n '/^<!-- bench:kept -->$/,$p' "$ROOT/bench/RESULTS.md" 2>/dev/null || true)
 {
   echo "# sks benchmark results"
   echo
   echo "Written by \`./scripts/bench.sh\` (bench/sks_bench.c); the README's Benchmarks section explains the variants."
   echo
   cat "$W/results.md"
+  if [ -n "$KEPT" ]; then echo; echo "$KEPT"; fi
 } >"$ROOT/bench/RESULTS.md"
 log "written to bench/RESULTS.md"
 if [ -n "${BENCH_README:-}" ]; then

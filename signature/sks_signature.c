@@ -325,29 +325,28 @@ static int ecdsa_raw_to_der(const uint8_t *raw, size_t n, unsigned char *sig, si
     return 1;
 }
 
-/* DigestInfo DER for rsa.pkcs1.none when the digest has no specific SKS URI. */
-static int digest_info(const char *mdname, const uint8_t *h, size_t hlen, sks_buf *out)
+/* DigestInfo DER for rsa.pkcs1.none when the digest has no specific SKS URI, into
+ * out[size]; its length, 0 on failure. */
+static size_t digest_info(const char *mdname, const uint8_t *h, size_t hlen, uint8_t *out, size_t size)
 {
     X509_SIG *sig = X509_SIG_new();
     X509_ALGOR *alg;
     ASN1_OCTET_STRING *digest;
-    unsigned char *der = NULL;
-    int nid = OBJ_sn2nid(mdname), len, ok = 0;
+    unsigned char *p = out;
+    int nid = OBJ_sn2nid(mdname), len;
+    size_t done = 0;
 
     if (sig == NULL || nid == NID_undef)
-        goto done;
+        goto end;
     X509_SIG_getm(sig, &alg, &digest);
     if (!X509_ALGOR_set0(alg, OBJ_nid2obj(nid), V_ASN1_NULL, NULL) || !ASN1_OCTET_STRING_set(digest, h, (int)hlen))
-        goto done;
-    len = i2d_X509_SIG(sig, &der);
-    if (len > 0) {
-        sks_buf_put(out, der, (size_t)len);
-        ok = !out->failed;
-    }
-done:
-    OPENSSL_free(der);
+        goto end;
+    len = i2d_X509_SIG(sig, NULL);
+    if (len > 0 && (size_t)len <= size && i2d_X509_SIG(sig, &p) == len)
+        done = (size_t)len;
+end:
     X509_SIG_free(sig);
-    return ok;
+    return done;
 }
 
 /* Salt length as the device must use it, resolving OpenSSL's special values. */
@@ -362,22 +361,23 @@ static int actual_saltlen(const sigctx *c, size_t hlen)
     return emlen - (int)hlen - 2; /* AUTO or MAX when signing: the maximum */
 }
 
+/* The largest ECDSA signature the device returns raw (r || s on P-521). */
+#define RAW_ECDSA_MAX 132
+
 static int sign_hash(sigctx *c, unsigned char *sig, size_t *siglen, size_t sigsize, const unsigned char *tbs,
                      size_t tbslen)
 {
     const char *md = c->mdname[0] ? c->mdname : NULL;
     const char *uri = NULL;
-    sks_buf data, out, params;
+    const uint8_t *data = tbs;
+    uint8_t info[128], params[64], raw[RAW_ECDSA_MAX];
+    size_t data_len = tbslen, params_len = 0, raw_len = 0;
     int ok = 0;
 
-    sks_buf_init(&data);
-    sks_buf_init(&out);
-    sks_buf_init(&params);
     if (md != NULL && hash_len_of(md) != tbslen) {
         sks_raise(c->ctx, SKS_R_UNSUPPORTED, "input is %zu bytes, not a %s hash", tbslen, md);
-        goto done;
+        return 0;
     }
-    sks_buf_put(&data, tbs, tbslen);
     if (c->kind == SKS_KIND_EC) {
         const char *specific = md == NULL ? NULL
                                : strcmp(md, "SHA256") == 0 ? SKS_XMLDSIG_MORE("ecdsa-sha256")
@@ -395,18 +395,19 @@ static int sign_hash(sigctx *c, unsigned char *sig, size_t *siglen, size_t sigsi
                                           : NULL;
         if (uri == NULL) {
             sks_raise(c->ctx, SKS_R_UNSUPPORTED, "RSA-PSS with sks keys needs SHA-256, SHA-384 or SHA-512");
-            goto done;
+            return 0;
         }
         uri = choose_uri(c, uri, NULL);
         salt = actual_saltlen(c, tbslen);
-        if (salt < 0) {
+        if (salt < 0 || salt > 0xFFFF) {
             sks_raise(c->ctx, SKS_R_UNSUPPORTED, "RSA-PSS salt length does not fit the key");
-            goto done;
+            return 0;
         }
-        /* Non-default PSS parameters travel as ushort saltLength || string mgf1Digest. */
-        if ((size_t)salt != tbslen || strcmp(mgf1, md) != 0) {
-            sks_buf_ushort(&params, (uint16_t)salt);
-            sks_buf_string(&params, mgf1);
+        /* Non-default PSS parameters go along as signHashedData's parameters. */
+        if (((size_t)salt != tbslen || strcmp(mgf1, md) != 0)
+            && (params_len = sks_client_pss_parameters((uint16_t)salt, mgf1, params, sizeof(params))) == 0) {
+            sks_raise(c->ctx, SKS_R_UNSUPPORTED, "RSA-PSS MGF1 digest name too long: %s", mgf1);
+            return 0;
         }
     } else {
         const char *specific = md == NULL ? NULL
@@ -416,29 +417,23 @@ static int sign_hash(sigctx *c, unsigned char *sig, size_t *siglen, size_t sigsi
                                                             : NULL;
         uri = choose_uri(c, specific, SKS_ALG_URI("rsa.pkcs1.none"));
         if (uri != NULL && md != NULL && strstr(uri, "rsa.pkcs1.none") != NULL) {
-            sks_buf_reset(&data);
-            if (!digest_info(md, tbs, tbslen, &data))
-                goto done;
+            if ((data_len = digest_info(md, tbs, tbslen, info, sizeof(info))) == 0)
+                return 0;
+            data = info;
         }
     }
     if (uri == NULL)
-        goto done;
-    if (sks_op_sign(c->key, uri, params.data, params.len, data.data, data.len, &out) != SKS_P_OK)
-        goto done;
+        return 0;
     if (c->kind == SKS_KIND_EC) {
-        ok = ecdsa_raw_to_der(out.data, out.len, sig, siglen, sigsize);
-    } else if (out.len <= sigsize) {
-        memcpy(sig, out.data, out.len);
-        *siglen = out.len;
-        ok = 1;
+        /* raw r || s from the device, DER for OpenSSL */
+        if (sks_op_sign(c->key, uri, params, params_len, data, data_len, raw, sizeof(raw), &raw_len) != SKS_P_OK)
+            return 0;
+        ok = ecdsa_raw_to_der(raw, raw_len, sig, siglen, sigsize);
+        if (!ok)
+            sks_raise(c->ctx, SKS_R_INTERNAL, "signature does not fit the output buffer");
+        return ok;
     }
-    if (!ok)
-        sks_raise(c->ctx, SKS_R_INTERNAL, "signature does not fit the output buffer");
-done:
-    sks_buf_free(&data);
-    sks_buf_free(&out);
-    sks_buf_free(&params);
-    return ok;
+    return sks_op_sign(c->key, uri, params, params_len, data, data_len, sig, sigsize, siglen) == SKS_P_OK;
 }
 
 static int sig_sign(void *vctx, unsigned char *sig, size_t *siglen, size_t sigsize, const unsigned char *tbs,
@@ -452,20 +447,9 @@ static int sig_sign(void *vctx, unsigned char *sig, size_t *siglen, size_t sigsi
         *siglen = (size_t)EVP_PKEY_get_size(c->key->pub);
         return 1;
     }
-    if (c->kind == SKS_KIND_ED25519) {
-        sks_buf out;
-        int ok;
-        sks_buf_init(&out);
-        ok = choose_uri(c, SKS_ALG_URI("ed25519"), NULL) != NULL
-             && sks_op_sign(c->key, SKS_ALG_URI("ed25519"), NULL, 0, tbs, tbslen, &out) == SKS_P_OK
-             && out.len <= sigsize;
-        if (ok) {
-            memcpy(sig, out.data, out.len);
-            *siglen = out.len;
-        }
-        sks_buf_free(&out);
-        return ok;
-    }
+    if (c->kind == SKS_KIND_ED25519)
+        return choose_uri(c, SKS_ALG_URI("ed25519"), NULL) != NULL
+               && sks_op_sign(c->key, SKS_ALG_URI("ed25519"), NULL, 0, tbs, tbslen, sig, sigsize, siglen) == SKS_P_OK;
     return sign_hash(c, sig, siglen, sigsize, tbs, tbslen);
 }
 

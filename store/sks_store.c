@@ -27,9 +27,6 @@ static OSSL_FUNC_store_close_fn store_close;
 static OSSL_FUNC_store_set_ctx_params_fn store_set_ctx_params;
 static OSSL_FUNC_store_settable_ctx_params_fn store_settable_ctx_params;
 
-#define PROT_PIN_PROTECTED 0x01
-#define PROT_PIN_BLOCKED 0x04
-
 /* One object to hand out. */
 typedef struct {
     int type; /* OSSL_OBJECT_PKEY or OSSL_OBJECT_CERT */
@@ -90,18 +87,38 @@ static const OSSL_PARAM *store_settable_ctx_params(void *provctx)
     return params;
 }
 
-static int simple_call(sks_provctx *ctx, const char *method, uint8_t id, uint32_t handle, sks_buf *reply, sks_reader *r)
+/* getKeyAttributes of one key; 0 with the error raised. */
+static int key_attributes(sks_provctx *ctx, uint32_t handle, sks_key_attributes *a)
 {
-    sks_buf req;
-    int status;
-    sks_pstatus rc;
+    sks_client_error e;
+    sks_transport *t = sks_conn_acquire(ctx);
+    int ok;
 
-    sks_buf_init(&req);
-    sks_buf_byte(&req, id);
-    sks_buf_uint(&req, handle);
-    rc = sks_device_call(ctx, method, &req, reply, r, &status);
-    sks_buf_free(&req);
-    return rc == SKS_P_OK;
+    memset(a, 0, sizeof(*a));
+    if (t == NULL)
+        return 0;
+    ok = sks_client_get_key_attributes(t, handle, a, &e);
+    sks_conn_release(ctx);
+    if (!ok)
+        sks_raise_client(ctx, "getKeyAttributes", &e);
+    return ok;
+}
+
+/* enumerateKeys: the key after `after` into *next (0 at the end); 0 with the error raised. */
+static int next_key(sks_provctx *ctx, uint32_t after, uint32_t *next)
+{
+    sks_client_error e;
+    sks_transport *t = sks_conn_acquire(ctx);
+    int ok;
+
+    *next = 0;
+    if (t == NULL)
+        return 0;
+    ok = sks_client_enumerate_keys(t, after, next, NULL, &e);
+    sks_conn_release(ctx);
+    if (!ok)
+        sks_raise_client(ctx, "enumerateKeys", &e);
+    return ok;
 }
 
 static int add_object(store_ctx *s, int type, int is_private, uint32_t handle, const uint8_t *der, size_t n)
@@ -141,13 +158,30 @@ static int wants(const store_ctx *s, sks_uri_type t)
 
 static void name_hint_put(sks_provctx *ctx, const char *name, uint32_t handle);
 
+/* Takes the endorsed algorithms out of the attributes, as a NULL-terminated array (NULL when
+ * there are none); 0 if out of memory. */
+static int take_endorsed(sks_key_attributes *a, char ***out)
+{
+    size_t i;
+
+    *out = NULL;
+    if (a->endorsed_algorithms.count == 0)
+        return 1;
+    if ((*out = OPENSSL_zalloc((a->endorsed_algorithms.count + 1) * sizeof(char *))) == NULL)
+        return 0;
+    for (i = 0; i < a->endorsed_algorithms.count; i++) {
+        (*out)[i] = a->endorsed_algorithms.items[i];
+        a->endorsed_algorithms.items[i] = NULL;
+    }
+    return 1;
+}
+
 /* Reads getKeyAttributes and queues the key's objects if it matches the URI. */
 static int consider_key(store_ctx *s, uint32_t handle)
 {
-    sks_buf reply;
-    sks_reader r;
-    uint16_t sym, ncert, i, nend;
-    sks_span certs[32], name;
+    sks_key_attributes a;
+    const sks_bytes *certs;
+    size_t i, ncert;
     uint8_t fp[32];
     int ok = 1;
     X509 *ee = NULL;
@@ -155,35 +189,23 @@ static int consider_key(store_ctx *s, uint32_t handle)
     unsigned char *spki = NULL;
     int spki_len;
 
-    sks_buf_init(&reply);
-    if (!simple_call(s->ctx, "getKeyAttributes", 71, handle, &reply, &r)) {
-        sks_buf_free(&reply);
+    if (!key_attributes(s->ctx, handle, &a))
         return 0;
-    }
-    sym = sks_get_ushort(&r, "symmetricKeyLength");
-    ncert = sks_get_ushort(&r, "certificates");
-    for (i = 0; i < ncert && sks_reader_ok(&r); i++) {
-        sks_span c = sks_get_array(&r, "certificate");
-        if (i < 32)
-            certs[i] = c;
-    }
-    if (ncert > 32)
-        ncert = 32;
-    sks_get_byte(&r, "appUsage");
-    name = sks_get_string(&r, "friendlyName");
-    nend = sks_get_ushort(&r, "endorsed");
-    if (!sks_reader_ok(&r) || sym > 0 || ncert == 0)
+    certs = a.certificates.items;
+    ncert = a.certificates.count;
+    if (a.symmetric_key_length > 0 || ncert == 0)
         goto done; /* symmetric keys and uncertified entries are not OpenSSL objects */
     if (s->uri.has_handle && s->uri.handle != handle)
         goto done;
-    if (s->uri.name != NULL && !sks_span_eq_str(name, s->uri.name))
+    if (s->uri.name != NULL && strcmp(a.friendly_name != NULL ? a.friendly_name : "", s->uri.name) != 0)
         goto done;
     if (s->uri.has_sha256) {
-        if (EVP_Digest(certs[0].p, certs[0].n, fp, NULL, EVP_sha256(), NULL) != 1 || memcmp(fp, s->uri.sha256, 32) != 0)
+        if (EVP_Digest(certs[0].data, certs[0].len, fp, NULL, EVP_sha256(), NULL) != 1
+            || memcmp(fp, s->uri.sha256, 32) != 0)
             goto done;
     }
-    q = certs[0].p;
-    ee = d2i_X509(NULL, &q, (long)certs[0].n);
+    q = certs[0].data;
+    ee = d2i_X509(NULL, &q, (long)certs[0].len);
     if (ee == NULL || (spki_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(ee), &spki)) <= 0)
         goto done;
     if (wants(s, SKS_URI_PRIVATE) || wants(s, SKS_URI_PUBLIC)) {
@@ -196,23 +218,22 @@ static int consider_key(store_ctx *s, uint32_t handle)
         ki = &s->keys[s->nkeys++];
         memset(ki, 0, sizeof(*ki));
         ki->handle = handle;
-        ki->name = sks_span_strdup(name);
+        ki->name = a.friendly_name;
+        a.friendly_name = NULL;
         sks_buf_init(&ki->spki);
         sks_buf_put(&ki->spki, spki, (size_t)spki_len);
-        if (nend > 0 && (ki->endorsed = OPENSSL_zalloc((nend + 1) * sizeof(char *))) != NULL)
-            for (i = 0; i < nend && sks_reader_ok(&r); i++)
-                ki->endorsed[i] = sks_span_strdup(sks_get_uri(&r, "endorsed"));
+        ok = take_endorsed(&a, &ki->endorsed) && !ki->spki.failed;
     }
-    if (wants(s, SKS_URI_PRIVATE))
+    if (ok && wants(s, SKS_URI_PRIVATE))
         ok = add_object(s, OSSL_OBJECT_PKEY, 1, handle, NULL, 0);
     if (ok && wants(s, SKS_URI_PUBLIC))
         ok = add_object(s, OSSL_OBJECT_PKEY, 0, handle, spki, (size_t)spki_len);
     for (i = 0; ok && i < ncert && wants(s, SKS_URI_CERT); i++)
-        ok = add_object(s, OSSL_OBJECT_CERT, 0, handle, certs[i].p, certs[i].n);
+        ok = add_object(s, OSSL_OBJECT_CERT, 0, handle, certs[i].data, certs[i].len);
 done:
     OPENSSL_free(spki);
     X509_free(ee);
-    sks_buf_free(&reply);
+    sks_key_attributes_free(&a);
     return ok;
 }
 
@@ -318,19 +339,12 @@ static int list_objects(store_ctx *s)
     if (!s->uri.has_handle && try_name_hint(s))
         return 1;
     for (;;) {
-        sks_buf reply;
-        sks_reader r;
         if (s->uri.has_handle && handle == 0) {
             /* A handle selects one key: no scan. */
             return consider_key(s, s->uri.handle);
         }
-        sks_buf_init(&reply);
-        if (!simple_call(s->ctx, "enumerateKeys", 70, handle, &reply, &r)) {
-            sks_buf_free(&reply);
+        if (!next_key(s->ctx, handle, &handle))
             return 0;
-        }
-        handle = sks_get_uint(&r, "keyHandle");
-        sks_buf_free(&reply);
         if (handle == 0)
             break;
         if (!consider_key(s, handle))
@@ -358,19 +372,21 @@ static struct key_info *find_key_info(store_ctx *s, uint32_t handle)
 /* getKeyProtectionInfo: is the key PIN protected, and is it locked? */
 static int protection_of(store_ctx *s, uint32_t handle, int *pin_protected, int *locked)
 {
-    sks_buf reply;
-    sks_reader r;
-    uint8_t status;
+    sks_key_protection_info info;
+    sks_client_error e;
+    sks_transport *t = sks_conn_acquire(s->ctx);
+    int ok;
 
-    sks_buf_init(&reply);
-    if (!simple_call(s->ctx, "getKeyProtectionInfo", 72, handle, &reply, &r)) {
-        sks_buf_free(&reply);
+    if (t == NULL)
+        return 0;
+    ok = sks_client_get_key_protection_info(t, handle, &info, &e);
+    sks_conn_release(s->ctx);
+    if (!ok) {
+        sks_raise_client(s->ctx, "getKeyProtectionInfo", &e);
         return 0;
     }
-    status = sks_get_byte(&r, "protectionStatus");
-    sks_buf_free(&reply);
-    *pin_protected = (status & PROT_PIN_PROTECTED) != 0;
-    *locked = (status & PROT_PIN_BLOCKED) != 0;
+    *pin_protected = (info.protection_status & SKS_PROTSTAT_PIN_PROTECTED) != 0;
+    *locked = (info.protection_status & SKS_PROTSTAT_PIN_BLOCKED) != 0;
     return 1;
 }
 

@@ -33,8 +33,8 @@ typedef struct unix_transport {
 } unix_transport;
 
 /* Every open transport, so that a forked child can let go of their connections. The lock
- * is held across fork (prepare/parent/child), and while a connection is made, so a child
- * never inherits a socket that its list does not show. */
+ * is held across fork (prepare/parent/child), and whenever a descriptor is made or closed,
+ * so a child never inherits a socket that its list does not show. */
 static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
 static unix_transport *open_list;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
@@ -67,37 +67,41 @@ static void register_atfork(void)
     pthread_atfork(before_fork, parent_after_fork, child_after_fork);
 }
 
+/* Closed under the lock: a fork between close() and forgetting the number would make the
+ * child close whatever descriptor reused it, and one after forgetting but before close()
+ * would leave the child a connection its list does not show. */
+static void drop_connection(unix_transport *u)
+{
+    pthread_mutex_lock(&open_lock);
+    if (u->fd >= 0)
+        close(u->fd);
+    u->fd = -1;
+    pthread_mutex_unlock(&open_lock);
+}
+
+/* The descriptor is made and published in u->fd under the lock, so a fork at any moment
+ * finds it in the list; connect() itself runs without the lock, so a slow sksd never holds
+ * up fork() in the application's other threads. */
 static int connect_socket(unix_transport *u, char *err, size_t errlen)
 {
     struct sockaddr_un sa;
-    int fd, ok;
+    int fd;
 
     pthread_mutex_lock(&open_lock);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    fd = u->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    pthread_mutex_unlock(&open_lock);
     if (fd < 0) {
-        pthread_mutex_unlock(&open_lock);
         snprintf(err, errlen, "socket: %s", strerror(errno));
         return 0;
     }
     memset(&sa, 0, sizeof(sa));
     sa.sun_family = AF_UNIX;
     memcpy(sa.sun_path, u->path, strlen(u->path));
-    ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-    if (ok)
-        u->fd = fd;
-    else
-        snprintf(err, errlen, "cannot connect to sksd at %s: %s", u->path, strerror(errno));
-    pthread_mutex_unlock(&open_lock);
-    if (!ok)
-        close(fd);
-    return ok;
-}
-
-static void drop_connection(unix_transport *u)
-{
-    if (u->fd >= 0)
-        close(u->fd);
-    u->fd = -1;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+        return 1;
+    snprintf(err, errlen, "cannot connect to sksd at %s: %s", u->path, strerror(errno));
+    drop_connection(u);
+    return 0;
 }
 
 /* After a failed send: sksd may have answered and closed before the request went out
@@ -148,13 +152,16 @@ static void unix_close(sks_transport *t)
     unix_transport *u = (unix_transport *)t;
     unix_transport **p;
 
+    /* Leaves the list and closes in one step, for the same reason as drop_connection. */
     pthread_mutex_lock(&open_lock);
     for (p = &open_list; *p != NULL && *p != u; p = &(*p)->next)
         ;
     if (*p == u)
         *p = u->next;
+    if (u->fd >= 0)
+        close(u->fd);
+    u->fd = -1;
     pthread_mutex_unlock(&open_lock);
-    drop_connection(u);
     OPENSSL_free(u);
 }
 

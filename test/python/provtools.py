@@ -442,7 +442,8 @@ COUNT_MARK = "SKS_COUNTS"
 def gdb_counter(tmp):
     """A command prefix that runs a program under gdb and, when it exits, prints
     "SKS_COUNTS ops=N calls=M": N private-key operations the provider sent to the device
-    (sks_op_sign/decrypt/agree), M device calls of any kind (sks_device_call)."""
+    (sks_op_sign/decrypt/agree), M times it took the device connection for calls of any kind
+    (sks_conn_acquire: every client call the provider makes goes through it)."""
     script = Path(tmp) / "count-device-ops.gdb"
     script.write_text("""set pagination off
 set confirm off
@@ -467,7 +468,7 @@ silent
 set $ops = $ops + 1
 continue
 end
-break sks_device_call
+break sks_conn_acquire
 commands
 silent
 set $calls = $calls + 1

@@ -93,6 +93,8 @@ HMAC_SHA512 = XMLDSIG_MORE + "hmac-sha512"
 ASYM_RSA_PKCS1 = SKS + "rsa.es.pkcs1_5"
 ASYM_RSA_OAEP_SHA1 = SKS + "rsa.oaep.sha1"
 ASYM_RSA_OAEP_SHA256 = SKS + "rsa.oaep.sha256"
+# project addition: OAEP digest, MGF1 digest and label in "parameters" (oaep_parameters)
+ASYM_RSA_OAEP = SKS + "rsa.oaep"
 
 KA_ECDH_RAW = SKS + "ecdh.raw"
 
@@ -872,6 +874,23 @@ def rsa_encrypt(spki_der, algorithm, plaintext):
         return key.encrypt(plaintext, padding.PKCS1v15())
     h = {ASYM_RSA_OAEP_SHA1: hashes.SHA1, ASYM_RSA_OAEP_SHA256: hashes.SHA256}[algorithm]
     return key.encrypt(plaintext, padding.OAEP(mgf=padding.MGF1(h()), algorithm=h(), label=None))
+
+
+OAEP_HASHES = {"SHA1": hashes.SHA1, "SHA224": hashes.SHA224, "SHA256": hashes.SHA256,
+               "SHA384": hashes.SHA384, "SHA512": hashes.SHA512}
+
+
+def oaep_parameters(oaep_digest, mgf1_digest, label=b""):
+    """asymmetricKeyDecrypt "parameters" of rsa.oaep: string oaepDigest, string mgf1Digest,
+    byte[] label (docs/algorithms.md)."""
+    return string(oaep_digest) + string(mgf1_digest) + arr(label)
+
+
+def rsa_encrypt_oaep(spki_der, oaep_digest, mgf1_digest, label, plaintext):
+    """OAEP with any digest, MGF1 digest and label (None or b"": no label), by `cryptography`."""
+    key = load_public_key(spki_der).key
+    return key.encrypt(plaintext, padding.OAEP(mgf=padding.MGF1(OAEP_HASHES[mgf1_digest]()),
+                                               algorithm=OAEP_HASHES[oaep_digest](), label=label or None))
 
 
 def ecdh_peer(device_spki):

@@ -214,6 +214,93 @@ def test_rsa_decrypt(new_issuer, device, alg):
     expect_error(device.asymmetric_key_decrypt, key.handle, alg, b"\x01" * 300)
 
 
+@pytest.mark.parametrize("oaep_digest,mgf1_digest,label", [
+    ("SHA256", "SHA1", b""),                    # Java's OAEPWithSHA-256AndMGF1Padding
+    ("SHA256", "SHA1", b"a label for this key"),
+    ("SHA1", "SHA512", b"\x00\x01\x02"),
+    ("SHA224", "SHA384", b"l"),
+    ("SHA512", "SHA224", b""),
+    ("SHA384", "SHA384", b"x" * 300),
+])
+def test_rsa_oaep_with_parameters(new_issuer, device, oaep_digest, mgf1_digest, label):
+    """rsa.oaep: the OAEP digest, the MGF1 digest and the label travel in "parameters"; the
+    ciphertext is made by `cryptography`."""
+    iss = new_issuer()
+    key = iss.provision_key(s.KEY_RSA2048)
+    iss.close()
+    params = s.oaep_parameters(oaep_digest, mgf1_digest, label)
+    for secret in (b"k", os.urandom(32)):
+        ct = s.rsa_encrypt_oaep(key.public_key, oaep_digest, mgf1_digest, label, secret)
+        assert device.asymmetric_key_decrypt(key.handle, s.ASYM_RSA_OAEP, ct, parameters=params) == secret
+
+
+def test_rsa_oaep_label_and_mgf1_mismatch_are_the_uniform_failure(new_issuer, device):
+    """A wrong label, a mismatched MGF1 digest, a mismatched OAEP digest and a tampered
+    ciphertext all give one status and one message (no oracle telling them apart)."""
+    iss = new_issuer()
+    key = iss.provision_key(s.KEY_RSA2048)
+    iss.close()
+    label = b"the right label"
+    ct = s.rsa_encrypt_oaep(key.public_key, "SHA256", "SHA1", label, b"attack at dawn")
+    right = s.oaep_parameters("SHA256", "SHA1", label)
+    assert device.asymmetric_key_decrypt(key.handle, s.ASYM_RSA_OAEP, ct, parameters=right) == b"attack at dawn"
+    tampered = bytearray(ct)
+    tampered[100] ^= 0x80
+    attempts = {
+        "wrong label": (ct, s.oaep_parameters("SHA256", "SHA1", b"the wrong label")),
+        "no label": (ct, s.oaep_parameters("SHA256", "SHA1")),
+        "mismatched MGF1": (ct, s.oaep_parameters("SHA256", "SHA256", label)),
+        "mismatched OAEP digest": (ct, s.oaep_parameters("SHA384", "SHA1", label)),
+        "tampered ciphertext": (bytes(tampered), right),
+        "short ciphertext": (ct[:-1], right),
+    }
+    answers = set()
+    for what, (data, params) in attempts.items():
+        e = expect_error(device.asymmetric_key_decrypt, key.handle, s.ASYM_RSA_OAEP, data,
+                         parameters=params, codes=(s.ERROR_CRYPTO,))
+        answers.add((e.status, e.message))
+    assert answers == {(s.ERROR_CRYPTO, f"asymmetricKeyDecrypt: decryption with key #{key.handle} failed")}, answers
+
+
+@pytest.mark.parametrize("params", [
+    b"",                                                       # parameters are required
+    s.oaep_parameters("SHA256", "SHA1")[:-1],                  # truncated
+    s.oaep_parameters("SHA256", "SHA1") + b"\x00",             # trailing byte
+    s.oaep_parameters("sha256", "SHA1"),                       # names are exact
+    s.oaep_parameters("SHA256", "MD5"),
+    s.oaep_parameters("SHA3-256", "SHA256"),
+], ids=["empty", "truncated", "trailing", "lowercase", "md5-mgf1", "sha3"])
+def test_rsa_oaep_malformed_parameters_refused(new_issuer, device, params):
+    iss = new_issuer()
+    key = iss.provision_key(s.KEY_RSA1024)
+    iss.close()
+    ct = s.rsa_encrypt_oaep(key.public_key, "SHA256", "SHA1", b"", b"x")
+    expect_error(device.asymmetric_key_decrypt, key.handle, s.ASYM_RSA_OAEP, ct, parameters=params,
+                 codes=(s.ERROR_OPTION,))
+    # the specification's OAEP URIs take no parameters
+    expect_error(device.asymmetric_key_decrypt, key.handle, s.ASYM_RSA_OAEP_SHA256, ct,
+                 parameters=s.oaep_parameters("SHA256", "SHA256"), codes=(s.ERROR_OPTION,))
+
+
+def test_rsa_oaep_endorsement_is_by_uri(new_issuer, device):
+    """A key endorsed for rsa.oaep.sha256 does not do rsa.oaep (not even with the same
+    digests): the endorsement names one scheme. A key endorsed for rsa.oaep does every OAEP
+    variant through it, but not the specification's URIs."""
+    iss = new_issuer()
+    spec = iss.provision_key(s.KEY_RSA1024, endorsed_algorithms=[s.ASYM_RSA_OAEP_SHA256])
+    generic = iss.provision_key(s.KEY_RSA1024, endorsed_algorithms=[s.ASYM_RSA_OAEP])
+    iss.close()
+    same = s.oaep_parameters("SHA256", "SHA256")
+    ct = s.rsa_encrypt_oaep(spec.public_key, "SHA256", "SHA256", b"", b"spec")
+    assert device.asymmetric_key_decrypt(spec.handle, s.ASYM_RSA_OAEP_SHA256, ct) == b"spec"
+    expect_error(device.asymmetric_key_decrypt, spec.handle, s.ASYM_RSA_OAEP, ct, parameters=same,
+                 codes=(s.ERROR_ALGORITHM,))
+    ct = s.rsa_encrypt_oaep(generic.public_key, "SHA256", "SHA256", b"", b"generic")
+    assert device.asymmetric_key_decrypt(generic.handle, s.ASYM_RSA_OAEP, ct, parameters=same) == b"generic"
+    expect_error(device.asymmetric_key_decrypt, generic.handle, s.ASYM_RSA_OAEP_SHA256, ct,
+                 codes=(s.ERROR_ALGORITHM,))
+
+
 @pytest.mark.parametrize("key_algorithm", [s.KEY_EC_P256, s.KEY_EC_P384, s.KEY_EC_P521,
                                            s.KEY_BP256])
 def test_ecdh_raw(new_issuer, device, key_algorithm):

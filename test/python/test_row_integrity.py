@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 import sksissuer as s
-from skshelpers import expect_error, sha256
+from skshelpers import expect_error, find_session, sha256
 
 DIGEST = sha256(b"row integrity")
 
@@ -256,11 +256,17 @@ def test_unchanged_store_still_works(new_issuer, device, store, fresh):
     dev.export_key(key.handle, b"2580")
 
 
-def test_old_schema_refused(store, sks_binary):
-    edit(store, ("UPDATE meta SET value = CAST('sks-1' AS BLOB) WHERE name = 'format'",))
+@pytest.mark.parametrize("old", ["sks-1", "sks-2"])
+def test_old_schema_refused(store, sks_binary, old):
+    """sks-2 had no record of the queued post operations in the session row: such a store is
+    refused as a whole (made here by dropping the column, as an sks-2 store lacks it)."""
+    statements = [("UPDATE meta SET value = CAST(? AS BLOB) WHERE name = 'format'", old)]
+    if old == "sks-2":
+        statements.insert(0, ("ALTER TABLE sessions DROP COLUMN post_ops_queued",))
+    edit(store, *statements)
     res = subprocess.run([sks_binary, "--store", str(store), "list"], capture_output=True, timeout=60)
     assert res.returncode != 0
-    assert b"sks-1" in res.stderr and b"sks-2" in res.stderr, res.stderr
+    assert old.encode() in res.stderr and b"sks-3" in res.stderr, res.stderr
 
 
 def test_post_operation_retargeted(new_issuer, device, store, ec_kmk):
@@ -412,3 +418,79 @@ def test_store_with_the_old_skip_trigger_is_brought_up_to_date(new_issuer, devic
     finally:
         db.close()
     assert "skip_requests_gone" not in entries and "key_owners" in entries
+
+
+def queue_delete(new_issuer, ec_kmk):
+    """A closed session's PIN-protected key, and a new session that queued postDeleteKey on it
+    (and owns a key of its own, so that it has something to close for)."""
+    from test_provisioning_post import provision_target
+    _, old = provision_target(new_issuer, ec_kmk)
+    iss = new_issuer()
+    iss.provision_key()
+    iss.post_delete_key(old, kmk=ec_kmk)
+    return iss, old
+
+
+def test_queued_post_delete_dropped(new_issuer, device, store, ec_kmk):
+    """Review F3: the issuer revokes a key with postDeleteKey; an outsider deletes the queued
+    row from the file (no master key needed: deleting leaves no MAC to check). The close must
+    fail with an integrity error instead of telling the issuer the key is gone while it still
+    signs; the target is untouched."""
+    iss, old = queue_delete(new_issuer, ec_kmk)
+    assert column(store, "SELECT count(*) FROM post_ops") == 1
+    edit(store, ("DELETE FROM post_ops",))
+    integrity_error(iss.close)
+    assert old.handle in device.list_keys(), "the failed close must change nothing of the target"
+    assert find_session(device, iss.handle) == (None, None), "a failed close terminates its session"
+    assert device.get_key_attributes(old.handle).certificate_path == old.certificate_path
+
+
+def test_queued_post_unlock_dropped(new_issuer, device, store, ec_kmk):
+    """The same for postUnlockKey: dropping its row must not let the close succeed."""
+    mine = new_issuer(kmk=ec_kmk)
+    own = mine.provision_key(pin_policy=mine.create_pin_policy(retry_limit=1), pin="2580")
+    mine.close()
+    lock(device, own, 1)
+    iss = new_issuer()
+    iss.provision_key()
+    iss.post_unlock_key(own, kmk=ec_kmk)
+    edit(store, ("DELETE FROM post_ops",))
+    integrity_error(iss.close)
+    assert device.get_key_protection_info(own.handle).protection_status & s.PROTSTAT_PIN_BLOCKED
+
+
+def test_one_of_several_queued_post_operations_dropped(new_issuer, device, store, ec_kmk):
+    """Two operations queued, the postDeleteKey's row deleted, the postUnlockKey's kept: the
+    rows present are not what was queued, so neither is applied."""
+    from test_provisioning_post import provision_target
+    _, doomed = provision_target(new_issuer, ec_kmk)
+    mine = new_issuer(kmk=ec_kmk)
+    own = mine.provision_key(pin_policy=mine.create_pin_policy(retry_limit=1), pin="2580")
+    mine.close()
+    lock(device, own, 1)
+    iss = new_issuer()
+    iss.provision_key()
+    iss.post_delete_key(doomed, kmk=ec_kmk)
+    iss.post_unlock_key(own, kmk=ec_kmk)
+    edit(store, ("DELETE FROM post_ops WHERE target = ?", doomed.handle))
+    integrity_error(iss.close)
+    assert doomed.handle in device.list_keys()
+    assert device.get_key_protection_info(own.handle).protection_status & s.PROTSTAT_PIN_BLOCKED
+
+
+def test_queued_post_operations_and_their_record_dropped(new_issuer, device, store, ec_kmk):
+    """Deleting the rows and clearing the session's record of them: the session row no longer
+    matches its MAC."""
+    iss, old = queue_delete(new_issuer, ec_kmk)
+    edit(store, ("DELETE FROM post_ops",),
+         ("UPDATE sessions SET post_ops_queued = x'' WHERE handle = ?", iss.handle))
+    integrity_error(iss.close)
+    assert old.handle in device.list_keys()
+
+
+def test_queued_post_delete_intact_still_applies(new_issuer, device, store, ec_kmk):
+    """The control: untouched, the queued postDeleteKey removes the key at close."""
+    iss, old = queue_delete(new_issuer, ec_kmk)
+    iss.close()
+    assert old.handle not in device.list_keys()
+    assert column(store, "SELECT count(*) FROM post_ops") == 0

@@ -7,6 +7,11 @@ Now the device verifies the whole package against the anchors stored with the re
 before it decrypts anything, answers every unwrap failure alike, and withdraws the request
 at the third verified package that does not unwrap (SKIP_MAX_FAILED_UNWRAPS). Packages
 refused by the signature check never reach a decryption and are not counted.
+
+The factory key itself was the other way in (review F2): it had no PIN and any algorithm, so
+after the import keyAgreement(factory, ecdh.raw, the package's ephemeral public key) gave Z,
+whose rightmost bytes are the package's AES key, and the package (not secret) then opened in
+clear. The factory key is now endorsed for ECDSA signatures only (docs/skip.md).
 """
 
 import os
@@ -16,6 +21,7 @@ import pytest
 import sksissuer as s
 import skipissuer as si
 import skiptools as st
+from skshelpers import expect_error
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +174,80 @@ def test_request_state_edited_in_the_file_is_refused(tmp_path, pki, column):
     res = store.skip_import_on_wire(handle, si.Package.issue(req, pki[1], ["secp256r1"], 256).der())
     assert isinstance(res, tuple) and res[0] == s.ERROR_STORAGE and "integrity error" in res[1], res
     assert [k[2] for k in store.keys_in_store()] == ["factory"], "a key was imported"
+
+
+FACTORY_ALGORITHMS = [s.SIG_ECDSA_SHA256, s.SIG_ECDSA_SHA384, s.SIG_ECDSA_SHA512, s.SIG_ECDSA_NONE]
+
+
+def _recovers_package(z, pkg):
+    """The review's attack, finished: does Z give the AES key that opens the first container?"""
+    aes = si.aes_key_from_z(z, len(pkg.aes_key) * 8)
+    k = pkg.keys[0]
+    try:
+        return aes == pkg.aes_key or si.aes_cbc_pad(aes, k.iv, k.ciphertext, encrypt=False) == k.pkcs8
+    except ValueError:
+        return False
+
+
+def _ecdh_with_factory(device, factory, pkg):
+    """keyAgreement(factory key, ecdh.raw, the package's ephemeral public key): Z, or the error."""
+    try:
+        return device.key_agreement(factory, s.KA_ECDH_RAW, pkg.ephemeral.spki())
+    except s.SksError as e:
+        return e
+
+
+@pytest.mark.parametrize("curve", ["secp256r1", "brainpoolP320r1"])
+def test_factory_key_cannot_unwrap_the_imported_package(tmp_path, pki, curve):
+    """After the import, the attacker (any User API client: the factory key has no PIN) holds
+    the package, which is public. ECDH between the factory key and the package's ephemeral key
+    is refused as an algorithm the key is not endorsed for, before anything is computed; the
+    factory key still signs, which is what it is for (it identifies the device to the issuer)."""
+    store = st.SkipStore(tmp_path)
+    req = store.request(curve, pki[2])
+    pkg = si.Package.issue(req, pki[1], ["secp256r1", "ed25519"], 256)
+    store.import_package(store.write("package.der", pkg.der()), pki[2])
+    factory = store.handle_of(pkg.factory_cert)
+    assert factory is not None and store.handle_of(pkg.keys[0].cert) is not None
+    d = store.device()
+    try:
+        res = _ecdh_with_factory(d, factory, pkg)
+        assert isinstance(res, s.SksError), \
+            f"keyAgreement with the factory key succeeded; the AES key recovered: {_recovers_package(res, pkg)}"
+        assert res.status == s.ERROR_ALGORITHM and "not endorsed" in res.message, res
+        expect_error(d.asymmetric_key_decrypt, factory, s.ASYM_RSA_PKCS1, bytes(32), codes=(s.ERROR_ALGORITHM,))
+        assert d.get_key_attributes(factory).endorsed_algorithms == FACTORY_ALGORITHMS
+        if curve == "secp256r1":
+            data = bytes(range(32))
+            for alg in (s.SIG_ECDSA_SHA256, s.SIG_ECDSA_NONE):
+                s.verify_signature(req.spki, alg, data, d.sign_hashed_data(factory, alg, data))
+    finally:
+        d.close()
+    # ... and through OpenSSL: the factory key signs via the provider, verified by its certificate.
+    if curve == "secp256r1":
+        store.sign_and_verify(factory, pkg.factory_cert, "secp256r1")
+
+
+def test_factory_key_unusable_while_the_request_is_pending(tmp_path, pki):
+    """Before the import the factory key belongs to the open SKIP session: the User API does not
+    reach it at all, so the package a request is waiting for cannot be opened with it either."""
+    import sqlite3
+    store = st.SkipStore(tmp_path)
+    req = store.request("secp256r1", pki[2])
+    pkg = si.Package.issue(req, pki[1], ["secp256r1"], 256)
+    con = sqlite3.connect(f"file:{store.db}?mode=ro", uri=True)
+    try:
+        (factory,) = con.execute("SELECT handle FROM keys WHERE id = 'factory'").fetchone()
+    finally:
+        con.close()
+    d = store.device()
+    try:
+        res = _ecdh_with_factory(d, factory, pkg)
+        assert isinstance(res, s.SksError), \
+            f"keyAgreement with a pending factory key succeeded; AES key recovered: {_recovers_package(res, pkg)}"
+        assert res.status == s.ERROR_NO_KEY and "still being provisioned" in res.message, res
+        res = expect_error(d.sign_hashed_data, factory, s.SIG_ECDSA_SHA256, bytes(32), codes=(s.ERROR_NO_KEY,))
+    finally:
+        d.close()
+    assert store.open_skip_sessions(), "the request must still be pending"
+    store.import_package(store.write("package.der", pkg.der()), pki[2])
