@@ -63,7 +63,7 @@ typedef struct {
     row_ref *dirty;
     size_t dirty_n, dirty_cap;
     int dirty_overflow; /* out of memory while recording: the commit is refused */
-    char error[256];    /* why the last commit was refused */
+    char error[640];    /* why the last commit or begin was refused */
 } row_integrity;
 
 struct sks_device {
@@ -78,7 +78,8 @@ struct sks_device {
     uint8_t *device_cert; /* DER */
     size_t device_cert_len;
     sks_test_hooks hooks;
-    sks_caller caller; /* owner.c: who calls, when has_caller */
+    int schema_version; /* PRAGMA schema_version when the schema was last verified */
+    sks_caller caller;  /* owner.c: who calls, when has_caller */
     int has_caller;
 };
 
@@ -154,6 +155,11 @@ void user_cache_clear(sks_device *dev);
 sks_status owner_check_call(sks_device *dev, uint8_t method, const uint8_t *args, size_t n, sks_call *call);
 /* 1 if the caller may see the key (always, without a caller). */
 int owner_may_see(sks_device *dev, uint32_t handle);
+/* At commit, for a key row the transaction inserted, changed or deleted: records the new key's
+ * owner (the caller of a shared device), drops a deleted key's owner, re-MACs the owner of a
+ * key whose public key changed. `committed` reads the last committed state. 0 on an SQLite
+ * or crypto failure. */
+int owner_follow_key(sks_device *dev, sqlite3 *committed, int64_t handle);
 
 /* ---- crypto.c ---- */
 

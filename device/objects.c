@@ -129,6 +129,7 @@ sks_status session_delete_all(sks_device *dev, sks_call *call, uint32_t handle)
         "DELETE FROM pin_policies WHERE session = ?1",
         "DELETE FROM puk_policies WHERE session = ?1",
         "DELETE FROM post_ops WHERE session = ?1",
+        "DELETE FROM skip_requests WHERE session = ?1",
         "DELETE FROM sessions WHERE handle = ?1",
     };
     size_t i;
@@ -391,6 +392,7 @@ sks_status key_delete(sks_device *dev, sks_call *call, uint32_t handle)
         "DELETE FROM puk_policies WHERE handle NOT IN (SELECT puk FROM pin_policies)"
         " AND session IN (SELECT handle FROM sessions WHERE open = 0)",
         "DELETE FROM sessions WHERE open = 0 AND handle NOT IN (SELECT session FROM keys)",
+        "DELETE FROM skip_requests WHERE session NOT IN (SELECT handle FROM sessions)",
     };
     size_t i;
 

@@ -189,7 +189,7 @@ static sks_status commit_tries(sks_device *dev, sks_call *call, unsigned delay)
     if (delay > 0)
         sleep(delay);
     if (!store_begin(dev, 1))
-        return sks_fail(call, SKS_ERROR_STORAGE, "the store is busy or unavailable: %s", sqlite3_errmsg(dev->db));
+        return sks_fail(call, SKS_ERROR_STORAGE, "%s", store_error(dev));
     return SKS_OK;
 }
 

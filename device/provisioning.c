@@ -1920,6 +1920,7 @@ static sks_status adopt_session(sks_device *dev, sks_call *call, uint32_t from, 
         "UPDATE keys SET session = ?2 WHERE session = ?1",
         "UPDATE pin_policies SET session = ?2 WHERE session = ?1",
         "UPDATE puk_policies SET session = ?2 WHERE session = ?1",
+        "DELETE FROM skip_requests WHERE session = ?1 AND ?2 != ?1",
         "DELETE FROM sessions WHERE handle = ?1 AND ?2 != ?1",
     };
     size_t i;
@@ -2079,6 +2080,9 @@ SKS_HANDLER(h_close_provisioning_session)
     if (!store_run(dev, call, "UPDATE sessions SET open = 0 WHERE handle = ?1", handle, 0)
         || !store_run(dev, call,
                       "DELETE FROM sessions WHERE handle = ?1 AND NOT EXISTS (SELECT 1 FROM keys WHERE session = ?1)",
+                      handle, 0)
+        || !store_run(dev, call,
+                      "DELETE FROM skip_requests WHERE session = ?1 AND NOT EXISTS (SELECT 1 FROM sessions WHERE handle = ?1)",
                       handle, 0)) {
         rc = SKS_ERROR_STORAGE;
         goto done;

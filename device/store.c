@@ -29,6 +29,21 @@
  * (docs/storage.md). sks-3: sessions.post_ops_queued. Older stores are refused. */
 #define STORE_FORMAT "sks-3"
 
+/* Who may use a key of a shared device (device/owner.c). Stores made before it was part of
+ * the schema get it when opened (schema_upgrade). */
+#define KEY_OWNERS_TABLE                                                                                               \
+    "CREATE TABLE IF NOT EXISTS key_owners (handle INTEGER PRIMARY KEY, uid INTEGER NOT NULL,"                         \
+    " gid INTEGER NOT NULL, mac BLOB NOT NULL);"
+
+/* The trigger older sks versions kept in the store (SQLite's text of it): dropped when such a
+ * store is opened; the device now deletes a session's SKIP request itself. */
+#define OLD_SKIP_TRIGGER_SQL                                                                                           \
+    "CREATE TRIGGER skip_requests_gone AFTER DELETE ON sessions"                                                       \
+    " BEGIN DELETE FROM skip_requests WHERE session = OLD.handle; END"
+
+/* The whole schema: a store whose schema is anything else is refused (schema_verify). No
+ * triggers or views: the schema is part of a file others may be able to write, so nothing
+ * in it may run on the device's behalf (docs/storage.md). */
 static const char SCHEMA[] =
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);"
     /* Provisioning sessions. open = 1 until closeProvisioningSession succeeds. */
@@ -77,8 +92,7 @@ static const char SCHEMA[] =
      * byte[]) and how many verified packages failed to unwrap. Gone with their session. */
     "CREATE TABLE IF NOT EXISTS skip_requests ("
     " session INTEGER PRIMARY KEY, anchors BLOB NOT NULL, failed_unwraps INTEGER NOT NULL DEFAULT 0);"
-    "CREATE TRIGGER IF NOT EXISTS skip_requests_gone AFTER DELETE ON sessions"
-    " BEGIN DELETE FROM skip_requests WHERE session = OLD.handle; END;"
+    KEY_OWNERS_TABLE
     /* One HMAC per row of the protected tables (ROW_TABLES below, docs/storage.md). */
     "CREATE TABLE IF NOT EXISTS row_macs ("
     " tbl TEXT NOT NULL, id INTEGER NOT NULL, mac BLOB NOT NULL, PRIMARY KEY (tbl, id)) WITHOUT ROWID;";
@@ -194,6 +208,27 @@ static int read_master_key(const char *path, uint8_t key[32], char *err, size_t 
     return 1;
 }
 
+/*
+ * Nothing stored in the file runs on the device's behalf: no triggers (a trigger runs inside
+ * the device's transaction, and the row MACs would then bless what it wrote), no views, no
+ * functions or virtual tables named by the schema, and no writable_schema or other ways of
+ * corrupting the file through SQL. Set on every connection before it reads the schema.
+ */
+static int db_harden(sqlite3 *db)
+{
+    static const int OFF[] = { SQLITE_DBCONFIG_TRUSTED_SCHEMA, SQLITE_DBCONFIG_ENABLE_TRIGGER,
+                               SQLITE_DBCONFIG_ENABLE_VIEW };
+    size_t i;
+    int now = 0;
+
+    if (sqlite3_db_config(db, SQLITE_DBCONFIG_DEFENSIVE, 1, &now) != SQLITE_OK || now != 1)
+        return 0;
+    for (i = 0; i < sizeof(OFF) / sizeof(OFF[0]); i++)
+        if (sqlite3_db_config(db, OFF[i], 0, &now) != SQLITE_OK || now != 0)
+            return 0;
+    return 1;
+}
+
 static int db_open(const char *path, int create, sqlite3 **out, char *err, size_t errlen)
 {
     sqlite3 *db = NULL;
@@ -204,6 +239,11 @@ static int db_open(const char *path, int create, sqlite3 **out, char *err, size_
 
     if (sqlite3_open_v2(path, &db, flags, NULL) != SQLITE_OK) {
         set_err(err, errlen, "cannot open store %s: %s", path, db ? sqlite3_errmsg(db) : "out of memory");
+        sqlite3_close(db);
+        return 0;
+    }
+    if (!db_harden(db)) {
+        set_err(err, errlen, "cannot configure store %s: %s", path, sqlite3_errmsg(db));
         sqlite3_close(db);
         return 0;
     }
@@ -258,6 +298,164 @@ static int unseal(const sks_device *dev, const char *label, const uint8_t *in, s
 static int rows_open(sks_device *dev, const char *db_path, char *err, size_t errlen);
 static void rows_close(sks_device *dev);
 static int format_check(sks_device *dev, const char *db_path, char *err, size_t errlen);
+
+/* ---- the schema: exactly this sks's own ---- */
+
+static int schema_version(sqlite3 *db, int *out)
+{
+    sqlite3_stmt *st = NULL;
+    int ok;
+
+    if (sqlite3_prepare_v2(db, "PRAGMA schema_version", -1, &st, NULL) != SQLITE_OK)
+        return 0;
+    ok = sqlite3_step(st) == SQLITE_ROW;
+    if (ok)
+        *out = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return ok;
+}
+
+static int schema_has(sqlite3 *db, const char *type, const char *name, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    int found;
+
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE type = ?1 AND name = ?2 AND (?3 IS NULL OR sql = ?3)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_text(st, 1, type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+    if (sql != NULL)
+        sqlite3_bind_text(st, 3, sql, -1, SQLITE_STATIC);
+    found = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    return found;
+}
+
+/* Brings a store made by an earlier sks of the same format to today's schema: drops the
+ * trigger it had (only the exact one sks made) and adds key_owners. Nothing else changes. */
+static int schema_upgrade(sqlite3 *db, const char *path, char *err, size_t errlen)
+{
+    int old_trigger = schema_has(db, "trigger", "skip_requests_gone", OLD_SKIP_TRIGGER_SQL);
+    int owners = schema_has(db, "table", "key_owners", NULL);
+    char *msg = NULL;
+
+    if (old_trigger < 0 || owners < 0) {
+        set_err(err, errlen, "cannot read the schema of store %s: %s", path, sqlite3_errmsg(db));
+        return 0;
+    }
+    if (!old_trigger && owners)
+        return 1;
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK
+        || (old_trigger && schema_has(db, "trigger", "skip_requests_gone", OLD_SKIP_TRIGGER_SQL) == 1
+            && sqlite3_exec(db, "DROP TRIGGER skip_requests_gone", NULL, NULL, &msg) != SQLITE_OK)
+        || sqlite3_exec(db, KEY_OWNERS_TABLE, NULL, NULL, &msg) != SQLITE_OK
+        || sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
+        set_err(err, errlen, "cannot bring the schema of store %s up to date: %s", path,
+                msg != NULL ? msg : sqlite3_errmsg(db));
+        sqlite3_free(msg);
+        if (!sqlite3_get_autocommit(db))
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return 0;
+    }
+    return 1;
+}
+
+#define SCHEMA_LIST "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name, tbl_name, sql"
+
+static const char *col_text(sqlite3_stmt *st, int i)
+{
+    const char *t = (const char *)sqlite3_column_text(st, i);
+
+    return t != NULL ? t : "";
+}
+
+/* 1 if the current rows of a and b (type, name, tbl_name, sql) are the same entry. */
+static int schema_entry_same(sqlite3_stmt *a, sqlite3_stmt *b)
+{
+    int i;
+
+    for (i = 0; i < 4; i++)
+        if (sqlite3_column_type(a, i) != sqlite3_column_type(b, i) || strcmp(col_text(a, i), col_text(b, i)) != 0)
+            return 0;
+    return 1;
+}
+
+/* Orders two schema entries as SCHEMA_LIST does (by type, then name; NULLs first). */
+static int schema_entry_cmp(sqlite3_stmt *a, sqlite3_stmt *b)
+{
+    int i, c;
+
+    for (i = 0; i < 2; i++)
+        if ((c = strcmp(col_text(a, i), col_text(b, i))) != 0)
+            return c;
+    return 0;
+}
+
+/*
+ * Compares the store's schema, every entry of sqlite_master (SQLite's own included), with the
+ * one SCHEMA makes in a new in-memory database. An extra trigger, view or index, a table
+ * with another definition (an added column, a changed DEFAULT written through writable_schema)
+ * or a missing one is refused, the message naming it.
+ */
+static int schema_verify(sqlite3 *db, char *why, size_t whylen)
+{
+    sqlite3 *ref = NULL;
+    sqlite3_stmt *have = NULL, *want = NULL;
+    int rh, rw, ok = 0;
+
+    if (sqlite3_open_v2(":memory:", &ref, SQLITE_OPEN_READWRITE | SQLITE_OPEN_MEMORY, NULL) != SQLITE_OK
+        || !db_harden(ref) || sqlite3_exec(ref, SCHEMA, NULL, NULL, NULL) != SQLITE_OK
+        || sqlite3_prepare_v2(ref, SCHEMA_LIST, -1, &want, NULL) != SQLITE_OK) {
+        set_err(why, whylen, "cannot build the reference schema: %s", ref ? sqlite3_errmsg(ref) : "out of memory");
+        goto done;
+    }
+    if (sqlite3_prepare_v2(db, SCHEMA_LIST, -1, &have, NULL) != SQLITE_OK) {
+        set_err(why, whylen, "cannot read the schema: %s", sqlite3_errmsg(db));
+        goto done;
+    }
+    rh = sqlite3_step(have);
+    rw = sqlite3_step(want);
+    while (rh == SQLITE_ROW && rw == SQLITE_ROW && schema_entry_same(have, want)) {
+        rh = sqlite3_step(have);
+        rw = sqlite3_step(want);
+    }
+    if (rh == SQLITE_DONE && rw == SQLITE_DONE) {
+        ok = 1;
+    } else if (rh == SQLITE_ROW && rw == SQLITE_ROW && schema_entry_cmp(have, want) == 0) {
+        set_err(why, whylen, "%s %s is not as this sks defines it: %.300s", col_text(have, 0), col_text(have, 1),
+                col_text(have, 3));
+    } else if (rh == SQLITE_ROW && (rw != SQLITE_ROW || schema_entry_cmp(have, want) < 0)) {
+        set_err(why, whylen, "unexpected %s %s on %s: %.300s", col_text(have, 0), col_text(have, 1),
+                col_text(have, 2), col_text(have, 3));
+    } else if (rw == SQLITE_ROW) {
+        set_err(why, whylen, "%s %s is missing", col_text(want, 0), col_text(want, 1));
+    } else {
+        set_err(why, whylen, "cannot read the schema: %s", sqlite3_errmsg(db));
+    }
+done:
+    sqlite3_finalize(have);
+    sqlite3_finalize(want);
+    sqlite3_close(ref);
+    return ok;
+}
+
+/* At open: the schema must be this sks's own (docs/storage.md); its version is remembered so
+ * store_begin notices a change made while the device is open. */
+static int schema_check(sks_device *dev, const char *path, char *err, size_t errlen)
+{
+    char why[400];
+
+    if (!schema_version(dev->db, &dev->schema_version)) {
+        set_err(err, errlen, "cannot read the schema of store %s: %s", path, sqlite3_errmsg(dev->db));
+        return 0;
+    }
+    if (!schema_verify(dev->db, why, sizeof(why))) {
+        set_err(err, errlen, "integrity error: store %s has a schema this sks did not make (%s): refused", path, why);
+        return 0;
+    }
+    return 1;
+}
 
 static X509 *self_signed_device_cert(EVP_PKEY *key)
 {
@@ -430,7 +628,8 @@ sks_device *sks_device_open(const sks_store_location *loc, char *err, size_t err
         goto fail;
     }
     gen_open(dev); /* after a first read: SQLite maps the WAL index then */
-    if (!format_check(dev, loc->db_path, err, errlen) || !rows_open(dev, loc->db_path, err, errlen))
+    if (!format_check(dev, loc->db_path, err, errlen) || !schema_upgrade(dev->db, loc->db_path, err, errlen)
+        || !schema_check(dev, loc->db_path, err, errlen) || !rows_open(dev, loc->db_path, err, errlen))
         goto fail;
     dev->device_cert = OPENSSL_memdup(der.data, der.len);
     dev->device_cert_len = der.len;
@@ -478,10 +677,44 @@ static void dirty_clear(sks_device *dev)
     dev->rows.dirty_overflow = 0;
 }
 
+/* The schema in this transaction's snapshot is still the one checked, or checked again. */
+static int schema_unchanged(sks_device *dev)
+{
+    char why[400];
+    int version;
+
+    if (!schema_version(dev->db, &version)) {
+        snprintf(dev->rows.error, sizeof(dev->rows.error), "the store is busy or unavailable: %s",
+                 sqlite3_errmsg(dev->db));
+        return 0;
+    }
+    if (version == dev->schema_version)
+        return 1;
+    if (!schema_verify(dev->db, why, sizeof(why))) {
+        snprintf(dev->rows.error, sizeof(dev->rows.error),
+                 "integrity error: the store's schema was changed outside the device (%s)", why);
+        return 0;
+    }
+    dev->schema_version = version;
+    return 1;
+}
+
 int store_begin(sks_device *dev, int write)
 {
     dirty_clear(dev);
-    return sqlite3_exec(dev->db, write ? "BEGIN IMMEDIATE" : "BEGIN", NULL, NULL, NULL) == SQLITE_OK;
+    dev->rows.error[0] = '\0';
+    if (sqlite3_exec(dev->db, write ? "BEGIN IMMEDIATE" : "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(dev->rows.error, sizeof(dev->rows.error), "the store is busy or unavailable: %s",
+                 sqlite3_errmsg(dev->db));
+        return 0;
+    }
+    /* One PRAGMA (SQLite reads it from the file header): the schema is compared again only
+     * when it changed. This read also fixes the transaction's snapshot. */
+    if (!schema_unchanged(dev)) {
+        sqlite3_exec(dev->db, "ROLLBACK", NULL, NULL, NULL);
+        return 0;
+    }
+    return 1;
 }
 
 static int rows_seal_changes(sks_device *dev);
@@ -904,7 +1137,11 @@ static int rows_seal_changes(sks_device *dev)
         uint8_t now[32];
         int kept = 0;
 
-        if (!row_mac(dev, dev->db, r->table, r->id, now, &kept)) {
+        if (strcmp(ROW_TABLES[r->table], "keys") == 0 && !owner_follow_key(dev, committed, r->id)) {
+            snprintf(dev->rows.error, sizeof(dev->rows.error), "cannot record a key's owner: %s",
+                     sqlite3_errmsg(dev->db));
+            ok = 0;
+        } else if (!row_mac(dev, dev->db, r->table, r->id, now, &kept)) {
             snprintf(dev->rows.error, sizeof(dev->rows.error), "cannot read a changed row: %s",
                      sqlite3_errmsg(dev->db));
             ok = 0;
@@ -967,6 +1204,10 @@ static int rows_open(sks_device *dev, const char *db_path, char *err, size_t err
         != SQLITE_OK) {
         set_err(err, errlen, "cannot open store %s: %s", db_path,
                 dev->rows.committed ? sqlite3_errmsg(dev->rows.committed) : "out of memory");
+        return 0;
+    }
+    if (!db_harden(dev->rows.committed)) {
+        set_err(err, errlen, "cannot configure store %s: %s", db_path, sqlite3_errmsg(dev->rows.committed));
         return 0;
     }
     sqlite3_busy_timeout(dev->rows.committed, 30000);

@@ -226,8 +226,8 @@ void sks_device_dispatch(sks_device *dev, const uint8_t *req, size_t reqlen, sks
         return;
     write = needs_write_lock(dev, m, req + 1, reqlen - 1);
     if (!store_begin(dev, write)) {
-        char msg[300];
-        snprintf(msg, sizeof(msg), "%s: the store is busy or unavailable: %s", m->name, sqlite3_errmsg(dev->db));
+        char msg[700];
+        snprintf(msg, sizeof(msg), "%s: %s", m->name, store_error(dev));
         write_error(reply, SKS_ERROR_STORAGE, msg);
         return;
     }

@@ -305,6 +305,121 @@ def test_session_key_management_key_edit(new_issuer, device, store, fresh, ec_km
     assert device.get_key_protection_info(key.handle).protection_status & s.PROTSTAT_PIN_BLOCKED
 
 
+# ---- the schema is part of the file: nothing in it may run for the device (docs/storage.md) ----
+
+def refused_at_open(store, sks_binary, *names):
+    """A new process refuses the store, naming what is not the device's own schema."""
+    res = subprocess.run([sks_binary, "--store", str(store), "list"], capture_output=True, timeout=60)
+    assert res.returncode != 0, res.stdout
+    assert b"integrity error" in res.stderr and b"schema" in res.stderr, res.stderr
+    for name in names:
+        assert name.encode() in res.stderr, res.stderr
+
+
+STRIP_PROTECTION = """CREATE TRIGGER evil AFTER UPDATE ON {table} BEGIN
+    UPDATE keys SET pin_policy = 0, pin = 0, export_protection = 0 WHERE handle = {handle};
+    UPDATE pins SET error_count = 0; END;"""
+
+
+def edit_script(store, sql):
+    db = sqlite3.connect(str(store), timeout=30)
+    try:
+        db.executescript(sql)
+        db.commit()
+    finally:
+        db.close()
+
+
+def still_protected(fresh, key):
+    """The key still asks for its PIN: signing and exporting without it fail."""
+    dev = fresh()
+    expect_error(sign, dev, key, codes=(s.ERROR_AUTHORIZATION,))
+    with pytest.raises(s.SksError):
+        dev.export_key(key.handle, b"")
+
+
+def test_planted_trigger_refused_at_open(new_issuer, device, store, fresh, sks_binary, tmp_path):
+    """A trigger added with the sqlite3 shell would run inside the device's own transaction
+    (the first PIN try updates meta "tries") and get its changes MACed: the PIN and export
+    protection of a key stripped, its error count reset. The store is refused instead."""
+    iss = new_issuer()
+    policy = iss.create_pin_policy(retry_limit=3)
+    key = iss.provision_key(pin_policy=policy, pin="1234", export_protection=s.PROTECTION_NOT_ALLOWED)
+    iss.close()
+    edit_script(store, STRIP_PROTECTION.format(table="meta", handle=key.handle))
+    refused_at_open(store, sks_binary, "trigger evil")
+    dev = s.Device(sks_binary, store, stderr_path=tmp_path / "planted.stderr")
+    try:
+        with pytest.raises((s.SksError, s.DeviceDied, OSError)):
+            sign(dev, key, b"0000")  # one wrong PIN try by anyone would fire the trigger
+    finally:
+        dev.close()
+    edit_script(store, "DROP TRIGGER evil;")
+    still_protected(fresh, key)
+
+
+def test_trigger_planted_while_the_device_is_open(new_issuer, device, store, fresh):
+    """A device process already open (sks serve --stdio) notices the schema change at its
+    next transaction and refuses the call; the trigger never fires."""
+    iss = new_issuer()
+    policy = iss.create_pin_policy(retry_limit=3)
+    key = iss.provision_key(pin_policy=policy, pin="1234", export_protection=s.PROTECTION_NOT_ALLOWED)
+    iss.close()
+    sign(device, key, b"1234")
+    edit_script(store, STRIP_PROTECTION.format(table="pins", handle=key.handle))
+    integrity_error(sign, device, key, b"0000")
+    integrity_error(sign, device, key, b"1234")
+    edit_script(store, "DROP TRIGGER evil;")
+    still_protected(fresh, key)
+    sign(device, key, b"1234")  # the original schema is back: the open device goes on
+
+
+@pytest.mark.parametrize("name,sql", [
+    ("view keys_view", "CREATE VIEW keys_view AS SELECT * FROM keys;"),
+    ("index evil_idx", "CREATE INDEX evil_idx ON keys(abs(pin));"),
+    ("table keys", "ALTER TABLE keys ADD COLUMN extra INTEGER NOT NULL DEFAULT 0;"),
+    ("table evil_table", "CREATE TABLE evil_table (x);"),
+    # error_count's DEFAULT rewritten in place: an INSERT that names no count would start at -100
+    ("table pins", "PRAGMA writable_schema = 1; UPDATE sqlite_master SET sql = replace(sql,"
+                   " 'error_count INTEGER NOT NULL DEFAULT 0', 'error_count INTEGER NOT NULL DEFAULT -100')"
+                   " WHERE name = 'pins'; PRAGMA writable_schema = 0;"),
+    ("index keys_ee", "DROP INDEX keys_ee;"),
+])
+def test_schema_edit_refused(new_issuer, device, store, sks_binary, name, sql):
+    iss = new_issuer()
+    iss.provision_key()
+    iss.close()
+    edit_script(store, sql)
+    refused_at_open(store, sks_binary, name)
+
+
+def test_schema_edit_refused_by_an_open_device(new_issuer, device, store):
+    iss = new_issuer()
+    policy = iss.create_pin_policy(retry_limit=3)
+    key = iss.provision_key(pin_policy=policy, pin="1234")
+    iss.close()
+    sign(device, key, b"1234")
+    edit_script(store, "CREATE INDEX evil_idx ON pins(abs(error_count));")  # row MACs alone would not see it
+    integrity_error(sign, device, key, b"1234")
+
+
+def test_store_with_the_old_skip_trigger_is_brought_up_to_date(new_issuer, device, store, fresh):
+    """Stores made before this check had sks's own trigger skip_requests_gone and no key_owners
+    table: opening drops exactly that trigger and adds the table."""
+    iss = new_issuer()
+    key = iss.provision_key()
+    iss.close()
+    edit_script(store, "DROP TABLE key_owners; CREATE TRIGGER IF NOT EXISTS skip_requests_gone AFTER DELETE ON"
+                       " sessions BEGIN DELETE FROM skip_requests WHERE session = OLD.handle; END;")
+    sign(fresh(), key)
+    db = sqlite3.connect(str(store), timeout=30)
+    try:
+        entries = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    finally:
+        db.close()
+    assert "skip_requests_gone" not in entries and "key_owners" in entries
+
+
 def queue_delete(new_issuer, ec_kmk):
     """A closed session's PIN-protected key, and a new session that queued postDeleteKey on it
     (and owns a key of its own, so that it has something to close for)."""

@@ -11,6 +11,7 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -398,3 +399,95 @@ def test_key_given_to_a_group_serves_its_members_only(store):
     finally:
         d.stop()
         run([SKSD, "--store", store["db"], "--key-owner", "victim=0"])
+
+
+# One connection, calls before and after a pause: sends the frames of argv[2], printing each
+# reply at once, waits for the file argv[4] to appear, then sends the frames of argv[3].
+CALLS_WITH_PAUSE = CALLS.replace(
+    "for f in frames:",
+    "import os, time\n"
+    "for i, f in enumerate(frames + json.loads(sys.argv[3])):\n"
+    "    while i == len(frames) and not os.path.exists(sys.argv[4]): time.sleep(0.05)").replace(
+    "out.append(None if r is None else [r[0], r.hex()])",
+    "print(json.dumps(None if r is None else [r[0], r.hex()])); sys.stdout.flush()").replace(
+    "print(json.dumps(out))", "")
+
+
+def test_trigger_planted_in_the_store_cannot_forge_an_owner(store):
+    """Someone who can write the store file (not the master key) plants a trigger that calls
+    sksd's owner MAC to give UID_A carol's key, and fires on another user's PIN try. sksd's
+    open connection notices the changed schema at its next call and refuses it; a new
+    connection cannot open the store; UID_A still cannot use carol's key."""
+    h = store["handles"]
+    digest = b"\x11" * 32
+    go = os.path.join(store["base"], "trigger-go")
+    d = start_daemon(store, "trigger", ["--allow-uid", str(UID_A), "--allow-uid", str(UID_B)])
+    db = sqlite3.connect(store["db"], timeout=30)
+    alg = s.string("http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256")
+    with_pin = [bytes([100]) + s.uint(h["bob"]) + alg + s.arr(b"") + s.boolean(False) + s.arr(pin) + s.arr(digest)
+                for pin in (b"1234", b"0000")]
+    client = subprocess.Popen(as_uid(UID_B) + [sys.executable, "-c", CALLS_WITH_PAUSE, d.socket,
+                                               json.dumps([with_pin[0].hex()]), json.dumps([with_pin[1].hex()]), go],
+                              stdout=subprocess.PIPE)
+    try:
+        (r,) = calls_as(UID_A, d.socket, [sign_request(h["carol"], digest)])
+        assert r[0] == s.ERROR_NO_KEY
+        assert json.loads(client.stdout.readline())[0] == 0  # B's connection is open, the store read
+        db.executescript(f"""CREATE TRIGGER evil AFTER UPDATE ON pins BEGIN
+            INSERT OR REPLACE INTO key_owners (handle, uid, gid, mac) VALUES
+            ({h['carol']}, {UID_A}, 4294967295, sks_owner_mac({h['carol']}, {UID_A}, 4294967295)); END;""")
+        open(go, "w").close()
+        out, _ = client.communicate(timeout=30)
+        r = json.loads(out)
+        assert r[0] == s.ERROR_STORAGE and b"integrity error" in bytes.fromhex(r[1]), r
+        (r,) = calls_as(UID_A, d.socket, [sign_request(h["carol"], digest)])
+        assert r is None or r[0] == s.ERROR_NO_KEY, r  # a new connection: refused at open
+        assert "trigger evil" in d.log_text()
+    finally:
+        if client.poll() is None:
+            client.kill()
+        db.executescript("DROP TRIGGER IF EXISTS evil;")
+        db.close()
+        d.stop()
+
+
+def test_owner_row_does_not_follow_a_reused_handle():
+    """key_owners rows go with their key, and an owner row is bound to its key (public key),
+    so a row saved before the key was deleted and put back after a new key got the same handle
+    (sqlite_sequence lowered in the file) gives nobody the new key."""
+    base = tempfile.mkdtemp(prefix="sks-owner-reuse-")
+    os.chmod(base, 0o755)
+    try:
+        private = os.path.join(base, "private")
+        os.mkdir(private, 0o700)
+        db = os.path.join(private, "store.db")
+        run([SKS, "--store", db, "init"])
+        run([SKS, "--store", db, "generate", "--name", "old", "--algorithm", "P-256", "--subject", "/CN=old"])
+        run([SKSD, "--store", db, "--key-owner", f"old={UID_A}"])
+        con = sqlite3.connect(db, timeout=30)
+        saved = con.execute("SELECT o.handle, o.uid, o.gid, o.mac FROM key_owners o JOIN keys k"
+                            " ON k.handle = o.handle WHERE k.friendly_name = 'old'").fetchone()
+        assert saved is not None and saved[1] == UID_A
+        con.close()
+        run([SKS, "--store", db, "delete", "--name", "old"])
+        con = sqlite3.connect(db, timeout=30)
+        assert con.execute("SELECT count(*) FROM key_owners WHERE handle = ?", (saved[0],)).fetchone()[0] == 0, \
+            "the deleted key's owner row was left behind"
+        con.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'keys'", (saved[0] - 1,))
+        con.commit()
+        con.close()
+        run([SKS, "--store", db, "generate", "--name", "new", "--algorithm", "P-256", "--subject", "/CN=new"])
+        con = sqlite3.connect(db, timeout=30)
+        assert con.execute("SELECT handle FROM keys WHERE friendly_name = 'new'").fetchone()[0] == saved[0]
+        con.execute("INSERT OR REPLACE INTO key_owners (handle, uid, gid, mac) VALUES (?, ?, ?, ?)", saved)
+        con.commit()
+        con.close()
+        d = start_daemon({"base": base, "db": db}, "reuse", ["--allow-uid", str(UID_A)])
+        try:
+            (r,) = calls_as(UID_A, d.socket, [sign_request(saved[0], b"\x22" * 32)])
+            assert r[0] == s.ERROR_NO_KEY, f"UID_A signed with the new key: {r}"
+        finally:
+            d.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
