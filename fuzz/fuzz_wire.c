@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "../device/sks_device.h"
+#include "wire_reply.h"
 
 static sks_device *dev;
 
@@ -28,21 +29,6 @@ static void open_device(void)
     }
 }
 
-static void check_reply(const sks_buf *reply)
-{
-    sks_reader r;
-
-    if (reply->failed || reply->len == 0)
-        abort();
-    if (reply->data[0] != 0) {
-        sks_reader_init(&r, reply->data + 1, reply->len - 1);
-        sks_get_string(&r, "message");
-        sks_reader_expect_end(&r);
-        if (!sks_reader_ok(&r))
-            abort();
-    }
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     sks_buf reply;
@@ -51,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         open_device();
     sks_buf_init(&reply);
     sks_device_dispatch(dev, data, size, &reply);
-    check_reply(&reply);
+    fuzz_check_reply(&reply);
     sks_buf_free(&reply);
     return 0;
 }

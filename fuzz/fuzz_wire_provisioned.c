@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "../device/internal.h"
+#include "wire_reply.h"
 
 #define RESET_EVERY 4096
 
@@ -111,29 +112,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-/* The reply must always be well formed: a status byte, and after an error one string. */
-static void check_reply(const sks_buf *reply)
-{
-    sks_reader r;
-
-    if (reply->failed || reply->len == 0)
-        abort();
-    if (reply->data[0] != 0) {
-        sks_reader_init(&r, reply->data + 1, reply->len - 1);
-        sks_get_string(&r, "message");
-        sks_reader_expect_end(&r);
-        if (!sks_reader_ok(&r))
-            abort();
-    }
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     sks_buf reply;
 
     sks_buf_init(&reply);
     sks_device_dispatch(dev, data, size, &reply);
-    check_reply(&reply);
+    fuzz_check_reply(&reply);
     sks_buf_free(&reply);
     /* total_changes counts rows written, even by a transaction later rolled back: an
      * over-estimate, which only costs a copy. */
