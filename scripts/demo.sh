@@ -61,10 +61,18 @@ openssl pkeyutl "${P[@]}" -sign -inkey "sks:name=signer?pin-source=file:$work/si
 "$SKS" cert --name signer | openssl x509 -pubkey -noout > "$work/ed.pub"
 openssl pkeyutl -verify -pubin -inkey "$work/ed.pub" -rawin -in "$work/msg" -sigfile "$work/ed.sig"
 
-step "nginx: TLS with its key in the store (through the sks engine), client certificates required"
-# The workers drop to nobody; the embedded store must be theirs to open (sksd avoids this).
-chown -R nobody:nogroup "$work/store"
-mkdir -p "$work/nginx/tmp"
+step "sksd: the store stays root's; nginx's workers (nobody) reach their key through the daemon"
+# The key web is given to nobody; the other keys stay root's and nobody cannot even list them.
+mkdir -p "$work/run" "$work/nginx/tmp"
+chmod 755 "$work/run"
+"$B/tools/sksd/sksd" --store "$SKS_STORE" --socket "$work/run/sksd.sock" --mode 0660 --group nogroup \
+  --allow-gid nogroup --key-owner web=nobody 2> "$work/sksd.log" &
+sksd_pid=$!
+trap 'kill $sksd_pid 2>/dev/null || true' EXIT
+for _ in $(seq 50); do [ -S "$work/run/sksd.sock" ] && break; sleep 0.1; done
+setpriv --reuid=nobody --regid=nogroup --clear-groups env SKS_DEVICE="unix:$work/run/sksd.sock" "$SKS" list
+
+step "nginx: TLS with its key in the store (through the sks engine and sksd), client certificates required"
 port=$((20000 + RANDOM % 20000))
 cat > "$work/engine.cnf" <<CNF
 openssl_conf = openssl_init
@@ -83,7 +91,7 @@ user nobody nogroup;
 worker_processes 1;
 error_log $work/nginx/error.log;
 pid $work/nginx/nginx.pid;
-env SKS_STORE;
+env SKS_DEVICE;
 env OPENSSL_MODULES;
 events { worker_connections 16; }
 http {
@@ -101,9 +109,9 @@ http {
   }
 }
 CONF
-OPENSSL_CONF="$work/engine.cnf" nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" &
+SKS_DEVICE="unix:$work/run/sksd.sock" OPENSSL_CONF="$work/engine.cnf" nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" &
 nginx_pid=$!
-trap 'kill $nginx_pid 2>/dev/null || true' EXIT
+trap 'kill $nginx_pid $sksd_pid 2>/dev/null || true' EXIT
 for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 
 step "curl authenticates with a client key it never sees (sks engine)"
@@ -117,5 +125,6 @@ OPENSSL_CONF="$work/engine.cnf" curl -sS --cacert "$work/ca.pem" --resolve "loca
 step "without a client certificate nginx refuses"
 curl -sS --cacert "$work/ca.pem" --resolve "localhost:$port:127.0.0.1" "https://localhost:$port/" | grep -om1 "No required SSL certificate was sent"
 kill $nginx_pid; wait $nginx_pid 2>/dev/null || true
+kill $sksd_pid; wait $sksd_pid 2>/dev/null || true
 trap - EXIT
 step "done; everything is in $work"
