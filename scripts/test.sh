@@ -32,6 +32,9 @@ run_sanitized() {
   rm -rf "$logs"; mkdir -p "$logs"
   sanitizer_wrappers "$PWD/$build/sanitizer-bin"
   export PATH="$PWD/$build/sanitizer-bin:$PATH"
+  # Tests that load the provider into a host of their own (python ctypes) preload this.
+  export SKS_SANITIZER_RUNTIME
+  SKS_SANITIZER_RUNTIME=$(gcc -print-file-name=libasan.so)
   export ASAN_OPTIONS="detect_leaks=0:log_path=$logs/asan"
   export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$logs/ubsan"
   local status=0
