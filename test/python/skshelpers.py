@@ -1,6 +1,7 @@
 """Assertion helpers shared by the provisioning tests."""
 
 import hashlib
+import subprocess
 
 import sksissuer as s
 
@@ -86,3 +87,18 @@ def sign_and_verify(device, key, algorithm=None, pin=None, data=None, spki=None)
 
 def protection(device, key):
     return device.get_key_protection_info(key.handle)
+
+
+def run_ok(*args, env=None, timeout=120):
+    """Runs a program that must succeed; its stdout as text."""
+    res = subprocess.run([str(a) for a in args], capture_output=True, timeout=timeout, env=env)
+    assert res.returncode == 0, res.stderr.decode(errors="replace")
+    return res.stdout.decode()
+
+
+def handle_of(sks_binary, store, name):
+    """The handle of the key called `name`, from `sks list`."""
+    for line in run_ok(sks_binary, "--store", store, "list").splitlines():
+        if line.startswith("key ") and line.endswith(": " + name):
+            return int(line[4:].split(":")[0])
+    raise AssertionError(f"no key {name}")

@@ -5,14 +5,14 @@ OAEP failures are one and the same error. The ciphertexts are made with the raw 
 operation, so every kind of malformed padding is tried."""
 
 import os
-import subprocess
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 import sksissuer as s
+from skshelpers import handle_of, run_ok as run
 
 # The 2048-bit test key and vectors of draft-irtf-cfrg-rsa-guidance, appendix B.1.
 DRAFT_KEY = b"""-----BEGIN PRIVATE KEY-----
@@ -67,17 +67,6 @@ DRAFT_VECTORS = [  # (title, ciphertext, expected plaintext)
 ]
 
 
-def run(*args):
-    res = subprocess.run([str(a) for a in args], capture_output=True, timeout=120)
-    assert res.returncode == 0, res.stderr.decode(errors="replace")
-    return res.stdout.decode()
-
-
-def handle_of(sks_binary, store, name):
-    for line in run(sks_binary, "--store", store, "list").splitlines():
-        if line.startswith("key ") and line.endswith(": " + name):
-            return int(line[4:].split(":")[0])
-    raise AssertionError(f"no key {name}")
 
 
 @pytest.fixture

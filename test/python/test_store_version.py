@@ -16,6 +16,7 @@ import uuid
 import pytest
 
 import sksissuer as s
+from skshelpers import handle_of, run_ok as run
 
 ECDSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256"
 ERROR_NO_KEY = 0x07
@@ -23,17 +24,6 @@ ERROR_NO_KEY = 0x07
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
-def run(*args, env=None):
-    res = subprocess.run([str(a) for a in args], capture_output=True, timeout=60, env=env)
-    assert res.returncode == 0, res.stderr.decode(errors="replace")
-    return res.stdout.decode()
-
-
-def handle_of(sks_binary, store, name):
-    for line in run(sks_binary, "--store", store, "list").splitlines():
-        if line.startswith("key ") and line.endswith(": " + name):
-            return int(line[4:].split(":")[0])
-    raise AssertionError(f"no key {name}")
 
 
 def sign(device, handle):
