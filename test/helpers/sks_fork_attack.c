@@ -29,20 +29,7 @@
 #include <openssl/provider.h>
 #include <openssl/store.h>
 
-static EVP_PKEY *load_key(const char *uri)
-{
-    OSSL_STORE_CTX *s = OSSL_STORE_open(uri, NULL, NULL, NULL, NULL);
-    EVP_PKEY *key = NULL;
-
-    while (s != NULL && key == NULL && !OSSL_STORE_eof(s)) {
-        OSSL_STORE_INFO *i = OSSL_STORE_load(s);
-        if (i != NULL && OSSL_STORE_INFO_get_type(i) == OSSL_STORE_INFO_PKEY)
-            key = OSSL_STORE_INFO_get1_PKEY(i);
-        OSSL_STORE_INFO_free(i);
-    }
-    OSSL_STORE_close(s);
-    return key;
-}
+#include "store_key.h"
 
 static int sign(EVP_PKEY *key, const char *msg)
 {
