@@ -445,12 +445,18 @@ def test_queued_post_delete_dropped(new_issuer, device, store, ec_kmk):
     assert device.get_key_attributes(old.handle).certificate_path == old.certificate_path
 
 
-def test_queued_post_unlock_dropped(new_issuer, device, store, ec_kmk):
-    """The same for postUnlockKey: dropping its row must not let the close succeed."""
-    mine = new_issuer(kmk=ec_kmk)
+def locked_key(new_issuer, device, kmk):
+    """A key of a session under kmk whose PIN (retry limit 1) is locked: a postUnlockKey target."""
+    mine = new_issuer(kmk=kmk)
     own = mine.provision_key(pin_policy=mine.create_pin_policy(retry_limit=1), pin="2580")
     mine.close()
     lock(device, own, 1)
+    return own
+
+
+def test_queued_post_unlock_dropped(new_issuer, device, store, ec_kmk):
+    """The same for postUnlockKey: dropping its row must not let the close succeed."""
+    own = locked_key(new_issuer, device, ec_kmk)
     iss = new_issuer()
     iss.provision_key()
     iss.post_unlock_key(own, kmk=ec_kmk)
@@ -464,10 +470,7 @@ def test_one_of_several_queued_post_operations_dropped(new_issuer, device, store
     rows present are not what was queued, so neither is applied."""
     from test_provisioning_post import provision_target
     _, doomed = provision_target(new_issuer, ec_kmk)
-    mine = new_issuer(kmk=ec_kmk)
-    own = mine.provision_key(pin_policy=mine.create_pin_policy(retry_limit=1), pin="2580")
-    mine.close()
-    lock(device, own, 1)
+    own = locked_key(new_issuer, device, ec_kmk)
     iss = new_issuer()
     iss.provision_key()
     iss.post_delete_key(doomed, kmk=ec_kmk)
