@@ -29,7 +29,8 @@ PIN = "648219"
 SO_PIN = "3537363231383830"
 PROV = ["-provider", "default", "-provider", "sks"]
 # label, CKA_ID, pkcs11-tool key type
-KEYS = [("ec256", "01", "EC:prime256v1"), ("ec384", "02", "EC:secp384r1"), ("rsa2048", "03", "rsa:2048")]
+KEYS = [("ec256", "01", "EC:prime256v1"), ("ec384", "02", "EC:secp384r1"), ("rsa2048", "03", "rsa:2048"),
+        ("ec521", "04", "EC:secp521r1"), ("bp256", "05", "EC:brainpoolP256r1"), ("rsa4096", "06", "rsa:4096")]
 SIGN = 0x68
 VERIFY = 0x20
 ENUMERATE = 0x58
@@ -128,6 +129,9 @@ def tries_left(hsm):
 SIGN_CASES = {
     "ecdsa-p256": ("ec256", [], 0x70),
     "ecdsa-p384": ("ec384", [], 0x70),
+    "ecdsa-p521": ("ec521", [], 0x70),
+    "ecdsa-brainpool256": ("bp256", [], 0x70),
+    "rsa4096-pkcs1": ("rsa4096", [], 0x20),
     "rsa-pkcs1": ("rsa2048", [], 0x20),
     "rsa-pss-card": ("rsa2048", ["-pkeyopt", "rsa_padding_mode:pss", "-pkeyopt", "rsa_pss_saltlen:digest"], 0x40),
     "rsa-pss-host": ("rsa2048", ["-pkeyopt", "rsa_padding_mode:pss", "-pkeyopt", "rsa_pss_saltlen:20"], 0x20),
@@ -189,6 +193,39 @@ def verify_ecdsa(hsm, label, message, hexsig):
     with open(hsm["rig"].path(label + ".crt"), "rb") as f:
         pub = x509.load_pem_x509_certificate(f.read()).public_key()
     pub.verify(bytes.fromhex(hexsig), message.encode(), ec.ECDSA(hashes.SHA256()))
+
+
+def test_certificate_stored_apart_is_found_by_its_id(hsm):
+    """OpenSC stores a certificate whose CKA_ID no key has as CAnn with a CD entry C8nn; once a
+    key takes that CKA_ID (pkcs11-tool --set-id), the driver finds the certificate by its CD
+    entry, checks it holds the key's public key (from the key's CV request), and the store
+    offers the key. A certificate for another key under the same CKA_ID is not taken."""
+    rig, env = hsm["rig"], hsm["rig"].env
+    p11(env, "--keypairgen", "--key-type", "EC:prime256v1", "--id", "0a", "--label", "apart")
+    pub = serialization.load_der_public_key(
+        run(["pkcs11-tool", "--module", P11_MODULE, "--read-object", "--type", "pubkey", "--id", "0a"], env).stdout)
+    for label, key in (("apart", pub), ("stranger", ec.generate_private_key(ec.SECP256R1()).public_key())):
+        cert = certify(hsm["ca_key"], key, label)
+        with open(rig.path(label + ".crt"), "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(rig.path(label + ".crt.der"), "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.DER))
+    p11(env, "--write-object", rig.path("apart.crt.der"), "--type", "cert", "--id", "0b", "--label", "apart")
+    p11(env, "--set-id", "0b", "--id", "0a", "--type", "privkey")
+    p11(env, "--keypairgen", "--key-type", "EC:prime256v1", "--id", "0c", "--label", "mismatch")
+    p11(env, "--write-object", rig.path("stranger.crt.der"), "--type", "cert", "--id", "0d", "--label", "stranger")
+    p11(env, "--set-id", "0d", "--id", "0c", "--type", "privkey")
+    card_files = [line for line in hsm["card"].apdu_lines() if line.startswith("D7 ")]
+    assert any("p1=CA" in line for line in card_files), "OpenSC did not store the certificate apart"
+    dgst, sig = rig.path("dgst.apart"), rig.path("sig.apart")
+    with open(dgst, "wb") as f:
+        f.write(os.urandom(32))
+    openssl_card(hsm, "pkeyutl", "-sign", "-inkey", uri("apart"), "-in", dgst, "-out", sig)
+    res = openssl_plain(hsm, "pkeyutl", "-verify", "-certin", "-inkey", rig.path("apart.crt"), "-in", dgst,
+                        "-sigfile", sig)
+    assert b"Signature Verified Successfully" in res.stdout
+    res = openssl_card(hsm, "pkeyutl", "-sign", "-inkey", uri("mismatch"), "-in", dgst, "-out", sig, check=False)
+    assert res.returncode != 0 and b"no key in the sks store matches" in res.stderr, res.stderr
 
 
 def test_one_sign_apdu_per_signature_after_the_first_verification(hsm):
@@ -272,7 +309,8 @@ def test_pkcs1_decrypt_has_no_padding_oracle(hsm):
     assert outs[0] == outs[1] and len(outs[0]) <= 256 - 11
 
 
-@pytest.mark.parametrize("label,curve", [("ec256", ec.SECP256R1()), ("ec384", ec.SECP384R1())])
+@pytest.mark.parametrize("label,curve", [("ec256", ec.SECP256R1()), ("ec384", ec.SECP384R1()),
+                                         ("ec521", ec.SECP521R1()), ("bp256", ec.BrainpoolP256R1())])
 def test_ecdh_equals_openssl(hsm, label, curve):
     rig = hsm["rig"]
     peer = ec.generate_private_key(curve)
@@ -289,7 +327,7 @@ def test_ecdh_equals_openssl(hsm, label, curve):
                   "-out", z_plain)
     with open(z_card, "rb") as a, open(z_plain, "rb") as b:
         za, zb = a.read(), b.read()
-    assert za == zb and len(za) == curve.key_size // 8
+    assert za == zb and len(za) == (curve.key_size + 7) // 8
 
 
 # ---- the PIN ----
