@@ -55,6 +55,7 @@ typedef struct {
     uint8_t *cert;           /* X.509 DER from CEkid (or a CAnn with the same iD), or NULL */
     size_t cert_len;
     EVP_PKEY *pub;           /* the certificate's public key, or NULL */
+    size_t field_bytes;      /* EC: the curve's field size in bytes, from pub (0: unknown) */
     /* The public key in the CV request from key generation (CEkid starting 67), if that is
      * what CEkid holds: the EC point (04||X||Y) or the RSA modulus. */
     uint8_t request_key[SCHSM_MAX_RSA_BYTES + 1];

@@ -231,9 +231,7 @@ static size_t ec_field_bytes_of(EVP_PKEY *pub)
 
 size_t schsm_key_field_bytes(const schsm_key *k)
 {
-    if (k->pub != NULL && EVP_PKEY_get_base_id(k->pub) == EVP_PKEY_EC)
-        return ec_field_bytes_of(k->pub);
-    return (k->bits + 7) / 8;
+    return k->field_bytes != 0 ? k->field_bytes : (k->bits + 7) / 8;
 }
 
 size_t schsm_key_bytes(const schsm_key *k)
@@ -295,6 +293,8 @@ static int take_certificate(schsm_key *k, const uint8_t *der, size_t n)
     k->cert_len = n;
     k->pub = pub;
     k->type = type;
+    /* computed once: every signature and key agreement needs it */
+    k->field_bytes = type == SCHSM_KEY_EC ? ec_field_bytes_of(pub) : 0;
     return 1;
 }
 
