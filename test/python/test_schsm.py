@@ -9,6 +9,7 @@ import datetime
 import os
 import re
 import select
+import struct
 import subprocess
 import sys
 
@@ -20,10 +21,12 @@ from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pcscrig import PcscRig  # noqa: E402
+import sksissuer as wire  # noqa: E402
 
 BUILD = os.environ.get("SKS_BUILD_DIR", "/work/main/build")
 SKS = os.path.join(BUILD, "tools", "sks", "sks")
 SIGN_LOOP = os.path.join(BUILD, "test", "helpers", "sks_sign_loop")
+PIPE = os.path.join(BUILD, "test", "helpers", "sks_transport_pipe")
 P11_MODULE = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
 PIN = "648219"
 SO_PIN = "3537363231383830"
@@ -344,6 +347,62 @@ def test_wrong_pin_names_tries_left_and_costs_one(hsm):
     openssl_card(hsm, "pkeyutl", "-sign", "-inkey", uri("ec256"), "-in", hsm["rig"].path("dgst.ecdsa-p256"),
                  "-out", hsm["rig"].path("right.sig"))
     assert tries_left(hsm) == before
+
+
+class Pipe:
+    """sks_transport_pipe pcsc:: one connection (one card session) for raw wire requests."""
+
+    def __init__(self, hsm):
+        self.proc = subprocess.Popen([PIPE, "pcsc:"], env=hsm["env"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+
+    def call(self, request):
+        self.proc.stdin.write(struct.pack(">I", len(request)) + request)
+        self.proc.stdin.flush()
+        n = struct.unpack(">I", self.proc.stdout.read(4))[0]
+        return self.proc.stdout.read(n)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+def handle_of(hsm, label):
+    out = run([SKS, "--device", "pcsc:", "list"], hsm["env"]).stdout.decode()
+    m = re.search(rf"^key (\d+): {label}$", out, re.M)
+    assert m, out
+    return int(m.group(1))
+
+
+def sign_request(handle, pin):
+    return (bytes([100]) + wire.uint(handle) + wire.string("http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256")
+            + wire.arr(b"") + wire.boolean(False) + wire.arr(pin.encode()) + wire.arr(os.urandom(32)))
+
+
+def test_another_pin_in_the_same_session_goes_to_the_card(hsm):
+    """In one card session, after the right PIN was verified, a request with another PIN is not
+    let through on the strength of the first: it goes to the card, fails, and costs one try; the
+    right PIN afterwards is verified again (one VERIFY) and signs."""
+    card, handle = hsm["card"], handle_of(hsm, "ec256")
+    pipe = Pipe(hsm)
+    try:
+        assert pipe.call(sign_request(handle, PIN))[0] == 0
+        before = tries_left(hsm)
+        mark = len(card.apdu_lines())
+        reply = pipe.call(sign_request(handle, "000000"))
+        assert reply[0] == 1 and f"{before - 1} tries left".encode() in reply, reply
+        sent = new_lines(card, mark)
+        assert sum(line.startswith("20 ") and "lc=6" in line for line in sent) == 1, sent
+        assert not any(line.startswith("68 ") for line in sent), sent
+        assert tries_left(hsm) == before - 1
+        mark = len(card.apdu_lines())
+        assert pipe.call(sign_request(handle, PIN))[0] == 0
+        sent = new_lines(card, mark)
+        assert sum(line.startswith("20 ") and "lc=6" in line for line in sent) == 1, sent
+        assert sum(line.startswith("68 ") for line in sent) == 1, sent
+        assert tries_left(hsm) == before
+    finally:
+        pipe.close()
 
 
 def test_blocked_pin_refused_without_a_try_then_unlocked_with_the_so_pin(hsm):
