@@ -86,10 +86,9 @@ int schsm_prkd_decode(const uint8_t *p, size_t n, schsm_key *k)
     memcpy(k->id, t.v, t.len);
     k->id_len = t.len;
     /* optional CommonPrivateKeyAttributes [0], then the type attributes [1] */
-    while (schsm_tlv_next(&q, qend, &sub) && sub.tag != 0xA1)
-        ;
     k->bits = 0;
-    if (sub.tag == 0xA1 && schsm_tlv_next(&sub.v, sub.v + sub.len, &inner) && inner.tag == 0x30) {
+    if (schsm_tlv_find(q, qend, 0xA1, &sub) && schsm_tlv_next(&sub.v, sub.v + sub.len, &inner)
+        && inner.tag == 0x30) {
         /* SEQUENCE { path/value, size INTEGER, ... }: the first INTEGER is the size */
         if (schsm_tlv_find(inner.v, inner.v + inner.len, 0x02, &t) && !small_uint(&t, &k->bits))
             k->bits = 0;

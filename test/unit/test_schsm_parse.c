@@ -108,6 +108,26 @@ static void test_prkd_with_access_flags(void)
     truncations_refused(b, n, parse_prkd);
 }
 
+static void test_prkd_malformed_type_attributes(void)
+{
+    /* a broken [1] (its own length beyond the entry, or its SEQUENCE beyond it): the key keeps
+     * its name and iD, its size is unknown */
+    static const char *const BROKEN[] = {
+        "A02A300F0C06 65636B657931 030206C0 040101 300B 040101 0303073080 020101 A10B 3008 30020400 02020100",
+        "A02A300F0C06 65636B657931 030206C0 040101 300B 040101 0303073080 020101 A10A 3009 30020400 02020100",
+    };
+    uint8_t b[128];
+    size_t i, n;
+    schsm_key k;
+
+    for (i = 0; i < 2; i++) {
+        memset(&k, 0, sizeof(k));
+        n = unhex(BROKEN[i], b, sizeof(b));
+        CHECK(schsm_prkd_decode(b, n, &k));
+        CHECK(strcmp(k.label, "eckey1") == 0 && k.id_len == 1 && k.bits == 0);
+    }
+}
+
 static void test_prkd_rsa(void)
 {
     uint8_t b[128];
@@ -201,6 +221,7 @@ int main(void)
 {
     test_prkd_ec_from_opensc();
     test_prkd_with_access_flags();
+    test_prkd_malformed_type_attributes();
     test_prkd_rsa();
     test_prkd_label_not_utf8();
     test_cd_from_opensc();
