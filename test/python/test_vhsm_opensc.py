@@ -308,3 +308,56 @@ def test_apdu_round_trip_figure(card):
     per = ((t2 - t1) - (t1 - t0)) / n
     print(f"\nsks-vhsm: one APDU round trip through pcscd/vpcd ~ {per * 1000:.2f} ms")
     assert card.cards[0].count(0x84) >= n
+
+
+# ---- DKEK shares, wrap and unwrap between two cards (issue 11) ----
+
+def dkek_info(rig, slot):
+    text = out(hsm_tool(rig, slot=slot))
+    m = re.search(r"DKEK key check value : ([0-9A-F]+)", text, re.I)
+    return text, (m.group(1).upper() if m else None)
+
+
+def test_dkek_backup_and_restore_into_a_second_card(rig):
+    """(Slow: each share encryption or import derives its key with 10^7 MD5 rounds.)
+    sc-hsm-tool makes a DKEK share, both cards import it and show the same KCV; a key wrapped
+    on card A (slot 0's own state, a new file) is unwrapped into card B and signs there; openssl
+    verifies B's signature with A's public key."""
+    a_state = rig.path("dkek-a.json")
+    home = rig.cards[0].state
+    rig.reinsert(0, state=a_state)
+    try:
+        share, pw = rig.path("dkek.share"), "test-share-pw"
+        for slot in (0, 1):
+            hsm_tool(rig, "--initialize", "--so-pin", SO_PIN, "--pin", PIN, "--dkek-shares", "1", slot=slot)
+            text, kcv = dkek_info(rig, slot)
+            assert "DKEK import pending, 1 share(s) still missing" in text, text
+        hsm_tool(rig, "--create-dkek-share", share, "--password", pw)
+        assert len(read(share)) == 64 and read(share).startswith(b"Salted__")
+        for slot in (0, 1):
+            hsm_tool(rig, "--import-dkek-share", share, "--password", pw, slot=slot)
+        kcvs = [dkek_info(rig, slot)[1] for slot in (0, 1)]
+        assert kcvs[0] is not None and kcvs[0] == kcvs[1] and kcvs[0] != "0" * 16, kcvs
+
+        p11(rig, "--keypairgen", "--key-type", "EC:prime256v1", "--id", "31", "--label", "migrant", slot=0)
+        wrapped = rig.path("migrant.wrapped")
+        hsm_tool(rig, "--wrap-key", wrapped, "--key-reference", "1", "--pin", PIN, slot=0)
+        hsm_tool(rig, "--unwrap-key", wrapped, "--key-reference", "5", "--pin", PIN, slot=1)
+        listing = out(p11(rig, "--list-objects", "--type", "privkey", slot=1))
+        assert "migrant" in listing, listing
+
+        msg = write(rig, "migrant.msg", os.urandom(50))
+        sig = rig.path("migrant.sig")
+        p11(rig, "--sign", "--id", "31", "-m", "ECDSA-SHA256", "--signature-format", "openssl", "-i", msg,
+            "-o", sig, slot=1)
+        der = rig.path("migrant.pub.der")
+        p11(rig, "--read-object", "--type", "pubkey", "--id", "31", "-o", der, login=False, slot=0)
+        res = openssl(rig, "dgst", "-sha256", "-verify", der, "-keyform", "DER", "-signature", sig, msg)
+        assert b"Verified OK" in res.stdout
+        # A card with another DKEK (0 shares: a random one) refuses the blob.
+        hsm_tool(rig, "--initialize", "--so-pin", SO_PIN, "--pin", PIN, "--dkek-shares", "0", slot=1)
+        res = hsm_tool(rig, "--unwrap-key", wrapped, "--key-reference", "5", "--pin", PIN, slot=1, check=False)
+        assert "Wrapped key does not match DKEK" in out(res), out(res)
+        assert "migrant" not in out(p11(rig, "--list-objects", "--type", "privkey", slot=1))
+    finally:
+        rig.reinsert(0, state=home)
