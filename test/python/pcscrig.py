@@ -227,3 +227,49 @@ class PcscRig:
                 raise AssertionError(f"slot {slot}: card {'not ' if present else ''}present after {WAIT} s: "
                                      f"{res.stdout.decode(errors='replace')}{res.stderr.decode(errors='replace')}")
             time.sleep(0.1)
+
+
+class PcscClient:
+    """Raw APDUs to the card in one reader of the rig's pcscd, through libpcsclite (ctypes)."""
+
+    def __init__(self, rig, slot):
+        import ctypes
+        import ctypes.util
+        self.ct = ctypes
+        os.environ["PCSCLITE_CSOCK_NAME"] = rig.env["PCSCLITE_CSOCK_NAME"]  # read by SCardEstablishContext
+        self.lib = ctypes.CDLL(ctypes.util.find_library("pcsclite") or "libpcsclite.so.1")
+        self.ctx = ctypes.c_long()
+        self._check(self.lib.SCardEstablishContext(2, None, None, ctypes.byref(self.ctx)), "SCardEstablishContext")
+        self.handle = ctypes.c_long()
+        proto = ctypes.c_ulong()
+        reader = READERS[slot].encode()
+        self._check(self.lib.SCardConnect(self.ctx, ctypes.c_char_p(reader), 2, 3, ctypes.byref(self.handle),
+                                          ctypes.byref(proto)), "SCardConnect")
+        self.pci = (ctypes.c_ulong * 2)(proto.value, 16)
+
+    @staticmethod
+    def _check(rv, what):
+        if rv != 0:
+            raise AssertionError(f"{what} failed: 0x{rv & 0xFFFFFFFF:08X}")
+
+    def transmit(self, apdu):
+        """Sends one command APDU (bytes or hex); returns (data, sw)."""
+        ct = self.ct
+        if isinstance(apdu, str):
+            apdu = bytes.fromhex(apdu.replace(" ", ""))
+        buf = ct.create_string_buffer(65538)
+        n = ct.c_ulong(len(buf))
+        self._check(self.lib.SCardTransmit(self.handle, ct.byref(self.pci), apdu, ct.c_ulong(len(apdu)), None, buf,
+                                           ct.byref(n)), "SCardTransmit")
+        resp = buf.raw[:n.value]
+        return resp[:-2], int.from_bytes(resp[-2:], "big")
+
+    def close(self):
+        self.lib.SCardDisconnect(self.handle, 0)
+        self.lib.SCardReleaseContext(self.ctx)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

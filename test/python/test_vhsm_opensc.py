@@ -361,3 +361,104 @@ def test_dkek_backup_and_restore_into_a_second_card(rig):
         assert "migrant" not in out(p11(rig, "--list-objects", "--type", "privkey", slot=1))
     finally:
         rig.reinsert(0, state=home)
+
+
+# ---- attestation: device certificate chain and the key generation response ----
+
+def tlvs(data):
+    """[(tag, value, encoding)] of BER-TLV data (tags of one or two bytes)."""
+    items, i = [], 0
+    while i < len(data):
+        start, tag = i, data[i]
+        i += 1
+        if tag & 0x1F == 0x1F:
+            tag = (tag << 8) | data[i]
+            i += 1
+        n = data[i]
+        i += 1
+        if n & 0x80:
+            k = n & 0x7F
+            n = int.from_bytes(data[i:i + k], "big")
+            i += k
+        items.append((tag, data[i:i + n], data[start:i + n]))
+        i += n
+    return items
+
+
+def cv_parts(cert):
+    """(body TLV, signature r||s, public point, CHR, CAR) of a 7F21 CV certificate."""
+    (tag, value, _), = tlvs(cert)
+    assert tag == 0x7F21
+    parts = {t: (v, enc) for t, v, enc in tlvs(value)}
+    body = dict((t, v) for t, v, _ in tlvs(parts[0x7F4E][0]))
+    key = dict((t, v) for t, v, _ in tlvs(body[0x7F49]))
+    return parts[0x7F4E][1], parts[0x5F37][0], key[0x86], body[0x5F20].decode(), body[0x42].decode()
+
+
+def openssl_verifies(rig, name, pub_pem, data, rs):
+    n = len(rs) // 2
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+    sig = write(rig, name + ".sig", encode_dss_signature(int.from_bytes(rs[:n], "big"), int.from_bytes(rs[n:], "big")))
+    res = openssl(rig, "dgst", "-sha256", "-verify", pub_pem, "-signature", sig, write(rig, name + ".data", data),
+                  check=False)
+    return res.returncode == 0 and b"Verified OK" in res.stdout
+
+
+def pem_of_point(rig, name, curve, point):
+    pub = ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+    return write(rig, name + ".pem", pub.public_bytes(serialization.Encoding.PEM,
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def read_ef(client, fid):
+    data, sw = client.transmit(bytes([0x00, 0xB1, fid >> 8, fid & 0xFF, 0x00, 0x00, 0x04, 0x54, 0x02, 0x00, 0x00,
+                                      0x00, 0x00]))
+    assert sw in (0x9000, 0x6282), hex(sw)
+    return data
+
+
+def test_device_chain_and_key_attestation_verify(card):
+    from pcscrig import PcscClient
+    root_file = card.path("root.cvc")
+    card.cards[0].export_root(root_file)
+    with PcscClient(card, 0) as c:
+        assert c.transmit("00A4040C0BE82B0601040181C31F0201")[1] == 0x9000
+        devaut = read_ef(c, 0x2F02)
+        request = read_ef(c, 0xCE01)                       # written by OpenSC at --keypairgen
+    bp = ec.BrainpoolP256R1()
+    root_body, root_sig, root_point, root_chr, root_car = cv_parts(read(root_file))
+    assert root_chr == root_car
+    root_pem = pem_of_point(card, "root", bp, root_point)
+    first = tlvs(devaut)
+    assert len(first) == 2
+    dev_body, dev_sig, dev_point, dev_chr, dev_car = cv_parts(first[0][2])
+    dica_body, dica_sig, dica_point, dica_chr, dica_car = cv_parts(first[1][2])
+    assert dica_car == root_chr and dev_car == dica_chr
+    assert openssl_verifies(card, "root-self", root_pem, root_body, root_sig)
+    assert openssl_verifies(card, "dica", root_pem, dica_body, dica_sig)
+    dica_pem = pem_of_point(card, "dica", bp, dica_point)
+    assert openssl_verifies(card, "device", dica_pem, dev_body, dev_sig)
+    assert not openssl_verifies(card, "device-bad", dica_pem, dev_body[:-1] + bytes([dev_body[-1] ^ 1]), dev_sig)
+    # The key generation response: 67 {7F21 {7F4E, 5F37 inner}, 42 device CHR, 5F37 outer}.
+    (tag, value, _), = tlvs(request)
+    assert tag == 0x67
+    items = tlvs(value)
+    assert [t for t, _, _ in items] == [0x7F21, 0x42, 0x5F37]
+    assert items[1][1].decode() == dev_chr
+    dev_pem = pem_of_point(card, "devkey", bp, dev_point)
+    assert openssl_verifies(card, "outer", dev_pem, items[0][2] + items[1][2], items[2][1])
+    assert not openssl_verifies(card, "outer-bad", dev_pem, items[0][2] + items[1][2] + b"\x00", items[2][1])
+    body, inner, point, _, _ = cv_parts(items[0][2])
+    assert openssl_verifies(card, "inner", public_key_pem(card, "01"), body, inner)
+
+
+@pytest.mark.parametrize("hash_len", [20, 32, 48, 64, 17])
+def test_ecdsa_on_host_hash_of_any_length(card, hash_len):
+    """CKM_ECDSA (algorithm 70) on a P-256 key with inputs shorter and longer than the order:
+    openssl truncates the same way (FIPS 186-4)."""
+    digest = write(card, f"h{hash_len}", os.urandom(hash_len))
+    sig = card.path(f"h{hash_len}.sig")
+    p11(card, "--sign", "--id", "01", "-m", "ECDSA", "--signature-format", "openssl", "-i", digest, "-o", sig)
+    res = openssl(card, "pkeyutl", "-verify", "-pubin", "-inkey", public_key_pem(card, "01"), "-in", digest,
+                  "-sigfile", sig)
+    assert b"Signature Verified Successfully" in res.stdout
