@@ -462,3 +462,117 @@ def test_ecdsa_on_host_hash_of_any_length(card, hash_len):
     res = openssl(card, "pkeyutl", "-verify", "-pubin", "-inkey", public_key_pem(card, "01"), "-in", digest,
                   "-sigfile", sig)
     assert b"Signature Verified Successfully" in res.stdout
+
+
+# ---- XKEK key domains between two cards (raw APDUs; OpenSC has no XKEK commands) ----
+
+def enc(tag, value):
+    tb = tag.to_bytes(2, "big") if tag > 0xFF else bytes([tag])
+    n = len(value)
+    ln = bytes([n]) if n < 0x80 else (bytes([0x81, n]) if n < 0x100 else bytes([0x82, n >> 8, n & 0xFF]))
+    return tb + ln + value
+
+
+def apdu(cla, ins, p1, p2, data=b"", le=True):
+    """An extended-length APDU (Le 0000 when le)."""
+    out = bytes([cla, ins, p1, p2])
+    if data:
+        out += b"\x00" + len(data).to_bytes(2, "big") + data
+        return out + (b"\x00\x00" if le else b"")
+    return out + (b"\x00\x00\x00" if le else b"")
+
+
+P256_PARAMS = {  # the 81..85, 87 domain parameters of a GENERATE ASYMMETRIC KEY PAIR for P-256
+    0x81: "ffffffff00000001000000000000000000000000ffffffffffffffffffffffff",
+    0x82: "ffffffff00000001000000000000000000000000fffffffffffffffffffffffc",
+    0x83: "5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604b",
+    0x84: "046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c2964fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5",
+    0x85: "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551",
+    0x87: "01",
+}
+BP256_PRIME = "a9fb57dba1eea9bc3e660a909d838d726e3bf623d52620282013481d1f6e5377"
+
+
+def gakp_p256(extra):
+    pk = enc(0x06, bytes.fromhex("04007F00070202020203")) + b"".join(
+        enc(t, bytes.fromhex(v)) for t, v in P256_PARAMS.items())
+    return enc(0x5F29, b"\x00") + enc(0x42, b"UTCA00001") + enc(0x7F49, pk) + enc(0x5F20, b"UTTEST0000001") + extra
+
+
+def rs(key, data):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+    n = (key.curve.key_size + 7) // 8
+    return r.to_bytes(n, "big") + s.to_bytes(n, "big")
+
+
+def group_signer_request(key):
+    """The group signer's CV request (67 ...) as the KDM carries it, self-signed inside."""
+    point = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    pk = enc(0x06, bytes.fromhex("04007F00070202020203")) + enc(0x81, bytes.fromhex(BP256_PRIME)) + enc(0x86, point)
+    body = enc(0x7F4E, enc(0x5F29, b"\x00") + enc(0x42, b"UTGRPSIG00001") + enc(0x7F49, pk)
+               + enc(0x5F20, b"UTGRPSIG00001"))
+    cert = enc(0x7F21, body + enc(0x5F37, rs(key, body)))
+    car = enc(0x42, b"UTGRPSIG00001")
+    return enc(0x67, cert + car + enc(0x5F37, rs(key, cert + car)))
+
+
+def kdm_for(signer, devaut, signed_x=None):
+    dev, dica = tlvs(devaut)
+    x = cv_parts(dev[2])[2][1:33] if signed_x is None else signed_x
+    return enc(0x30, enc(0x06, bytes.fromhex("2B0601040181C31F040201")) + enc(0x61, dica[2]) + enc(0x62, dev[2])
+               + enc(0x63, group_signer_request(signer)) + enc(0x54, rs(signer, b"\x54" + x)))
+
+
+def test_xkek_domain_agreement_and_key_migration(rig):
+    from pcscrig import PcscClient
+    signer = ec.generate_private_key(ec.BrainpoolP256R1())
+    signer_x = signer.public_key().public_numbers().x.to_bytes(32, "big")
+    init = (enc(0x80, b"\x00\x01") + enc(0x81, PIN.encode()) + enc(0x82, bytes.fromhex(SO_PIN)) + enc(0x91, b"\x03")
+            + enc(0x97, b"\x02"))
+    clients = [PcscClient(rig, 0), PcscClient(rig, 1)]
+    a_state, home = rig.path("xkek-a.json"), rig.cards[0].state
+    try:
+        clients[0].close()
+        rig.reinsert(0, state=a_state)
+        clients[0] = PcscClient(rig, 0)
+        requests, kcvs = [], []
+        for c in clients:
+            assert c.transmit("00A4040C0BE82B0601040181C31F0201")[1] == 0x9000
+            assert c.transmit(apdu(0x80, 0x50, 0, 0, init, le=False))[1] == 0x9000
+            assert c.transmit(bytes([0, 0x20, 0, 0x81, len(PIN)]) + PIN.encode())[1] == 0x9000
+            devaut = read_ef(c, 0x2F02)
+            # A KDM signed for another device is refused; the right one creates domain 1.
+            assert c.transmit(apdu(0x80, 0x52, 0x02, 0x01, kdm_for(signer, devaut, bytes(32))))[1] == 0x6A80
+            status, sw = c.transmit(apdu(0x80, 0x52, 0x02, 0x01, kdm_for(signer, devaut)))
+            assert sw == 0x9000 and status[0] == 0xFF and status[10:] == signer_x, status.hex()
+            req, sw = c.transmit(apdu(0x00, 0x46, 0x01, 0x00, gakp_p256(enc(0x91, b"\x84") + enc(0x92, b"\x01"))))
+            assert sw == 0x9000 and signer_x in req
+            requests.append(req)
+        for c, peer in zip(clients, reversed(requests)):
+            assert c.transmit(apdu(0x80, 0x62, 0x01, 0x84, peer))[1] == 0x9000
+            status, sw = c.transmit(apdu(0x80, 0x52, 0x00, 0x01))
+            assert sw == 0x9000
+            kcvs.append(status[2:10])
+        assert kcvs[0] == kcvs[1] and kcvs[0] != bytes(8)
+        # A key of domain 1 (ECDSA and wrap allowed) goes from card A to card B.
+        req, sw = clients[0].transmit(apdu(0x00, 0x46, 0x02, 0x00, gakp_p256(enc(0x91, b"\x70\x92") + enc(0x92, b"\x01"))))
+        assert sw == 0x9000
+        blob, sw = clients[0].transmit(apdu(0x80, 0x72, 0x02, 0x92))
+        assert sw == 0x9000 and blob[:8] == kcvs[0]
+        assert clients[1].transmit(apdu(0x80, 0x74, 0x07, 0x93, blob, le=False))[1] == 0x9000
+        digest = os.urandom(32)
+        sig, sw = clients[1].transmit(apdu(0x80, 0x68, 0x07, 0x70, digest))
+        assert sw == 0x9000
+        # The algorithm list came along: ECDH is not allowed for the migrated key.
+        assert clients[1].transmit(apdu(0x80, 0x62, 0x07, 0x80, b"\x04" + bytes(64)))[1] == 0x6985
+        point = cv_parts(tlvs(tlvs(req)[0][1])[0][2])[2]
+        pub = pem_of_point(rig, "migrated", ec.SECP256R1(), point)
+        res = openssl(rig, "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-in", write(rig, "xk.dgst", digest),
+                      "-sigfile", write(rig, "xk.sig", sig))
+        assert b"Signature Verified Successfully" in res.stdout
+    finally:
+        for c in clients:
+            c.close()
+        rig.reinsert(0, state=home)
