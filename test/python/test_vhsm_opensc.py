@@ -224,18 +224,19 @@ def test_ecdh_matches_openssl(card):
 
 
 def test_certificate_write_dump_and_delete(card):
+    p11(card, "--keypairgen", "--key-type", "EC:prime256v1", "--id", "0b", "--label", "certkey")
     key, crt, der = card.path("self.key"), card.path("self.pem"), card.path("self.der")
     openssl(card, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
             "-subj", "/CN=vhsm test", "-days", "2", "-out", crt)
     openssl(card, "x509", "-in", crt, "-outform", "DER", "-out", der)
-    p11(card, "--write-object", der, "--type", "cert", "--id", "01", "--label", "p256 cert")
+    p11(card, "--write-object", der, "--type", "cert", "--id", "0b", "--label", "certkey")
     dump = out(run(card, "pkcs15-tool", "--dump"))
-    assert "Private EC Key [p384]" in dump and "Private RSA Key [rsa2048]" in dump, dump
-    assert re.search(r"X.509 Certificate \[[^\n]*\]\n(.*\n)*?\tPath +: ce01", dump), dump
+    assert "Private EC Key [p256]" in dump and "Private RSA Key [rsa2048]" in dump, dump
+    assert re.search(r"X.509 Certificate \[certkey\]\n(.*\n)*?\tID +: 0b", dump), dump
     got = card.path("back.der")
-    p11(card, "--read-object", "--type", "cert", "--id", "01", "-o", got, login=False)
+    p11(card, "--read-object", "--type", "cert", "--id", "0b", "-o", got, login=False)
     assert read(got) == read(der)
-    p11(card, "--delete-object", "--type", "cert", "--id", "01")
+    p11(card, "--delete-object", "--type", "cert", "--id", "0b")
     assert "X.509 Certificate" not in out(run(card, "pkcs15-tool", "--dump"))
 
 
@@ -576,3 +577,37 @@ def test_xkek_domain_agreement_and_key_migration(rig):
         for c in clients:
             c.close()
         rig.reinsert(0, state=home)
+
+
+def test_key_use_counter_algorithm_list_and_session_rules(rig):
+    """What OpenSC never asks for, with raw APDUs: key use counter (tag 90), algorithm list
+    (tag 91), exact-length raw RSA, the class byte, and a reset forgetting the PIN."""
+    from pcscrig import PcscClient
+    slot = 1
+    hsm_tool(rig, "--initialize", "--so-pin", SO_PIN, "--pin", PIN, slot=slot)
+    with PcscClient(rig, slot) as c:
+        assert c.transmit("00A4040C0BE82B0601040181C31F0201")[1] == 0x9000
+        assert c.transmit(bytes([0, 0x20, 0, 0x81, len(PIN)]) + PIN.encode())[1] == 0x9000
+        # Two uses, ECDSA on a host hash (70) only.
+        req, sw = c.transmit(apdu(0x00, 0x46, 0x01, 0x00, gakp_p256(enc(0x90, b"\x00\x00\x00\x02") + enc(0x91, b"\x70"))))
+        assert sw == 0x9000
+        assert c.transmit(apdu(0x80, 0x68, 0x01, 0x73, b"message"))[1] == 0x6985       # not in the list
+        assert c.transmit(apdu(0x80, 0x68, 0x01, 0x70, os.urandom(32)))[1] == 0x9000
+        assert c.transmit(apdu(0x80, 0x68, 0x01, 0x70, os.urandom(32)))[1] == 0x9000
+        assert c.transmit(apdu(0x80, 0x68, 0x01, 0x70, os.urandom(32)))[1] == 0x6A84   # used up
+        assert c.transmit(apdu(0x80, 0x68, 0x09, 0x70, os.urandom(32)))[1] == 0x6A82   # no such key
+        # RSA raw wants exactly the modulus length.
+        rsa_req = (enc(0x5F29, b"\x00") + enc(0x42, b"UTCA00001")
+                   + enc(0x7F49, enc(0x06, bytes.fromhex("04007F00070202020102")) + enc(0x82, b"\x01\x00\x01")
+                         + enc(0x02, b"\x04\x00")) + enc(0x5F20, b"UTTEST0000002"))
+        assert c.transmit(apdu(0x00, 0x46, 0x02, 0x00, rsa_req))[1] == 0x9000
+        assert c.transmit(apdu(0x80, 0x68, 0x02, 0x20, b"\x00\x01" + b"\xFF" * 100))[1] == 0x6A80
+        sig, sw = c.transmit(apdu(0x80, 0x68, 0x02, 0x20, b"\x00" + os.urandom(127)))
+        assert sw == 0x9000 and len(sig) == 128
+        assert c.transmit(apdu(0x00, 0x68, 0x02, 0x20, b"\x00" + os.urandom(127)))[1] == 0x6E00  # wrong CLA
+        # A reset forgets the PIN (and the selection).
+        c.reset()
+        assert c.transmit("00200081")[1] == 0x6D00                                       # not selected
+        assert c.transmit("00A4040C0BE82B0601040181C31F0201")[1] == 0x9000
+        assert c.transmit("00200081")[1] == 0x63C3
+        assert c.transmit(apdu(0x80, 0x68, 0x02, 0x20, b"\x00" + os.urandom(127)))[1] == 0x6982
