@@ -611,3 +611,92 @@ def test_key_use_counter_algorithm_list_and_session_rules(rig):
         assert c.transmit("00A4040C0BE82B0601040181C31F0201")[1] == 0x9000
         assert c.transmit("00200081")[1] == 0x63C3
         assert c.transmit(apdu(0x80, 0x68, 0x02, 0x20, b"\x00" + os.urandom(127)))[1] == 0x6982
+
+
+# ---- the wrapped-key blob, decoded and built by the host independently of the card ----
+
+def host_kek_keys(kek):
+    import hashlib
+    return hashlib.sha256(kek).digest()[:8], hashlib.sha256(kek + b"\0\0\0\1").digest(), \
+        hashlib.sha256(kek + b"\0\0\0\2").digest()
+
+
+def host_cmac(key, data):
+    from cryptography.hazmat.primitives import cmac
+    from cryptography.hazmat.primitives.ciphers import algorithms
+    c = cmac.CMAC(algorithms.AES(key))
+    c.update(data)
+    return c.finalize()
+
+
+def host_aes_cbc(key, data, decrypt):
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    c = Cipher(algorithms.AES(key), modes.CBC(bytes(16)))
+    op = c.decryptor() if decrypt else c.encryptor()
+    return op.update(data) + op.finalize()
+
+
+def lv_fields(data, count, offset=0):
+    out = []
+    for _ in range(count):
+        n = int.from_bytes(data[offset:offset + 2], "big")
+        out.append(data[offset + 2:offset + 2 + n])
+        offset += 2 + n
+    return out, offset
+
+
+def test_wrapped_key_blob_format_both_ways(rig):
+    """The host knows the DKEK (it imports its own share with MANAGE KEY DOMAIN): it decodes the
+    card's blob (KCV, CMAC, AES-256-CBC, EC components) and builds a blob of a key made by
+    openssl, which the card unwraps and signs with; openssl verifies with its own key."""
+    from pcscrig import PcscClient
+    slot = 1
+    hsm_tool(rig, "--initialize", "--so-pin", SO_PIN, "--pin", PIN, "--dkek-shares", "1", slot=slot)
+    share = os.urandom(32)
+    kcv, kenc, kmac = host_kek_keys(share)                  # one share: the DKEK is the share
+    with PcscClient(rig, slot) as c:
+        assert c.transmit("00A4040C0BE82B0601040181C31F0201")[1] == 0x9000
+        status, sw = c.transmit(bytes([0x80, 0x52, 0, 0, 32]) + share + b"\x00")
+        assert sw == 0x9000 and status[:2] == b"\x01\x00" and status[2:10] == kcv
+        assert c.transmit(bytes([0, 0x20, 0, 0x81, len(PIN)]) + PIN.encode())[1] == 0x9000
+        req, sw = c.transmit(apdu(0x00, 0x46, 0x01, 0x00, gakp_p256(b"")))
+        assert sw == 0x9000
+        blob, sw = c.transmit(apdu(0x80, 0x72, 0x01, 0x92))
+        assert sw == 0x9000
+        # Decode: KCV, type, OID, algorithms, access conditions, key OID, cryptogram, CMAC.
+        assert blob[:8] == kcv and blob[8] == 12
+        (oid, _, _, _), off = lv_fields(blob, 4, 9)
+        assert oid == bytes.fromhex("04007F00070202020203")
+        assert host_cmac(kmac, blob[:-16]) == blob[-16:]
+        plain = host_aes_cbc(kenc, blob[off:-16], decrypt=True)
+        assert int.from_bytes(plain[8:10], "big") == 256
+        (a, b, p, n, g, d, q), _ = lv_fields(plain, 7, 10)
+        assert int.from_bytes(p, "big") == int(P256_PARAMS[0x81], 16) and g == bytes.fromhex(P256_PARAMS[0x84])
+        card_point = cv_parts(tlvs(tlvs(req)[0][1])[0][2])[2]
+        assert q == card_point
+        assert ec.derive_private_key(int.from_bytes(d, "big"), ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint) == card_point
+        # Build: a P-256 key made by openssl, allowed ECDSA (70) only.
+        pem = rig.path("imported.pem")
+        openssl(rig, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", pem)
+        with open(pem, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), None)
+        point = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        comps = [a, b, p, n, g, key.private_numbers().private_value.to_bytes(32, "big"), point]
+        body = os.urandom(8) + (256).to_bytes(2, "big") + b"".join(len(x).to_bytes(2, "big") + x for x in comps)
+        body += b"\x80" + bytes((16 - (len(body) + 1) % 16) % 16)
+        head = kcv + b"\x0c" + b"".join(len(x).to_bytes(2, "big") + x for x in (oid, b"\x70", b"", b""))
+        made = head + host_aes_cbc(kenc, body, decrypt=False)
+        made += host_cmac(kmac, made)
+        bad = made[:-1] + bytes([made[-1] ^ 1])
+        assert c.transmit(apdu(0x80, 0x74, 0x04, 0x93, bad, le=False))[1] == 0x6A80       # CMAC checked
+        assert c.transmit(apdu(0x80, 0x74, 0x04, 0x93, made, le=False))[1] == 0x9000
+        digest = os.urandom(32)
+        sig, sw = c.transmit(apdu(0x80, 0x68, 0x04, 0x70, digest))
+        assert sw == 0x9000
+        assert c.transmit(apdu(0x80, 0x68, 0x04, 0x73, b"hashed on card"))[1] == 0x6985  # only 70
+    pub = rig.path("imported.pub")
+    openssl(rig, "pkey", "-in", pem, "-pubout", "-out", pub)
+    res = openssl(rig, "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-in", write(rig, "imp.dgst", digest),
+                  "-sigfile", write(rig, "imp.sig", sig))
+    assert b"Signature Verified Successfully" in res.stdout
