@@ -226,10 +226,16 @@ def test_ecdh_matches_openssl(card):
 def test_certificate_write_dump_and_delete(card):
     p11(card, "--keypairgen", "--key-type", "EC:prime256v1", "--id", "0b", "--label", "certkey")
     key, crt, der = card.path("self.key"), card.path("self.pem"), card.path("self.der")
+    # Many names: a certificate over 1215 bytes, which OpenSC writes in several UPDATE BINARY.
+    san = "subjectAltName=" + ",".join(f"DNS:host{i}.vhsm.example.org" for i in range(60))
     openssl(card, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
-            "-subj", "/CN=vhsm test", "-days", "2", "-out", crt)
+            "-subj", "/CN=vhsm test", "-addext", san, "-days", "2", "-out", crt)
     openssl(card, "x509", "-in", crt, "-outform", "DER", "-out", der)
+    assert len(read(der)) > 1300
+    mark = len(card.cards[0].apdu_lines())
     p11(card, "--write-object", der, "--type", "cert", "--id", "0b", "--label", "certkey")
+    writes = [line for line in card.cards[0].apdu_lines()[mark:] if line.startswith("D7 ")]
+    assert any("data=5402" in w and "data=54020000" not in w for w in writes), writes
     dump = out(run(card, "pkcs15-tool", "--dump"))
     assert "Private EC Key [p256]" in dump and "Private RSA Key [rsa2048]" in dump, dump
     assert re.search(r"X.509 Certificate \[certkey\]\n(.*\n)*?\tID +: 0b", dump), dump
@@ -700,3 +706,43 @@ def test_wrapped_key_blob_format_both_ways(rig):
     res = openssl(rig, "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-in", write(rig, "imp.dgst", digest),
                   "-sigfile", write(rig, "imp.sig", sig))
     assert b"Signature Verified Successfully" in res.stdout
+
+
+MORE_KEYS = {
+    "brainpoolP256r1": ("EC:brainpoolP256r1", ec.BrainpoolP256R1(), "ECDSA-SHA256", ["-sha256"]),
+    "brainpoolP384r1": ("EC:brainpoolP384r1", ec.BrainpoolP384R1(), "ECDSA-SHA256", ["-sha256"]),
+    "brainpoolP512r1": ("EC:brainpoolP512r1", ec.BrainpoolP512R1(), "ECDSA-SHA256", ["-sha256"]),
+    "secp521r1": ("EC:secp521r1", ec.SECP521R1(), "ECDSA-SHA256", ["-sha256"]),
+    "rsa3072": ("rsa:3072", None, "SHA256-RSA-PKCS", ["-sha256"]),
+    "rsa4096": ("rsa:4096", None, "SHA256-RSA-PKCS", ["-sha256"]),
+}
+
+
+@pytest.mark.parametrize("name", list(MORE_KEYS))
+def test_other_curves_and_sizes_sign(card, name):
+    ktype, curve, mech, dgst = MORE_KEYS[name]
+    kid = "%02x" % (0x40 + list(MORE_KEYS).index(name))
+    p11(card, "--keypairgen", "--key-type", ktype, "--id", kid, "--label", name)
+    msg = write(card, f"more.{name}", os.urandom(80))
+    sig = card.path(f"more.{name}.sig")
+    fmt = ["--signature-format", "openssl"] if curve else []
+    p11(card, "--sign", "--id", kid, "-m", mech, "-i", msg, "-o", sig, *fmt)
+    if curve:
+        listing = out(p11(card, "--list-objects", "--type", "pubkey", login=False))
+        block = next(b for b in listing.split("Public Key Object") if re.search(rf"ID:\s+{kid}\n", b))
+        point = bytes.fromhex(re.search(r"EC_POINT:\s+([0-9a-f]+)", block).group(1))
+        point = point[2:] if point[1] < 0x80 else point[3:]          # DER OCTET STRING around the point
+        pub = pem_of_point(card, f"more.{name}", curve, point)
+    else:
+        der = card.path(f"more.{name}.der")
+        p11(card, "--read-object", "--type", "pubkey", "--id", kid, "-o", der, login=False)
+        pub = card.path(f"more.{name}.pem")
+        openssl(card, "pkey", "-pubin", "-inform", "DER", "-in", der, "-out", pub)
+    res = openssl(card, "dgst", *dgst, "-verify", pub, "-signature", sig, msg)
+    assert b"Verified OK" in res.stdout
+
+
+def test_unsupported_curve_refused(card):
+    res = p11(card, "--keypairgen", "--key-type", "EC:brainpoolP320r1", "--id", "4f", "--label", "bp320", check=False)
+    assert res.returncode != 0
+    assert "bp320" not in out(p11(card, "--list-objects", "--type", "privkey"))
