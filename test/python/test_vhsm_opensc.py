@@ -295,7 +295,9 @@ def test_pulled_card_keeps_its_keys_and_forgets_the_pin(rig):
     slot = 1
     hsm_tool(rig, "--initialize", "--so-pin", SO_PIN, "--pin", PIN, slot=slot)
     p11(rig, "--keypairgen", "--key-type", "EC:prime256v1", "--id", "21", "--label", "survivor", slot=slot)
+    p11(rig, "--list-objects", slot=slot, pin="000000", check=False)     # one wrong PIN, stored
     rig.reinsert(slot)
+    assert "User PIN tries left  : 2" in out(hsm_tool(rig, slot=slot))
     assert "survivor" in out(p11(rig, "--list-objects", "--type", "privkey", slot=slot))
     # Without a VERIFY after the re-insert the card refuses to sign.
     res = run(rig, "opensc-tool", "-r", str(slot), "-s", "00A4040C0BE82B0601040181C31F0201",
@@ -611,6 +613,11 @@ def test_key_use_counter_algorithm_list_and_session_rules(rig):
         sig, sw = c.transmit(apdu(0x80, 0x68, 0x02, 0x20, b"\x00" + os.urandom(127)))
         assert sw == 0x9000 and len(sig) == 128
         assert c.transmit(apdu(0x00, 0x68, 0x02, 0x20, b"\x00" + os.urandom(127)))[1] == 0x6E00  # wrong CLA
+        # More response than Le: 61xx and GET RESPONSE (keys CC00, CC01, CC02: 6 bytes).
+        first, sw = c.transmit("8058000002")
+        assert first == bytes.fromhex("CC00") and sw == 0x6104, (first.hex(), hex(sw))
+        rest, sw = c.transmit("00C0000004")
+        assert rest == bytes.fromhex("CC01CC02") and sw == 0x9000
         # A reset forgets the PIN (and the selection).
         c.reset()
         assert c.transmit("00200081")[1] == 0x6D00                                       # not selected
