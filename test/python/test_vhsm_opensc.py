@@ -790,3 +790,17 @@ def test_random_apdus_always_get_a_status_word():
         else:
             raw += body
         send(raw)
+
+
+def test_pkcs11_init_token_with_label(rig):
+    """C_InitToken: INITIALIZE with the user PIN = first 6 bytes of the binary SO-PIN (OpenSC's
+    rule: 3537363231383830 gives "576218"), then VERIFY and EF.TokenInfo 2F03 with the label."""
+    slot = 1
+    hsm_tool(rig, "--initialize", "--so-pin", SO_PIN, "--pin", PIN, slot=slot)
+    res = p11(rig, "--init-token", "--so-pin", SO_PIN, "--label", "vhsm label", slot=slot, login=False)
+    assert "Token successfully initialized" in out(res), out(res)
+    assert "token label        : vhsm label" in out(p11(rig, "-L", login=False))
+    p11(rig, "--list-objects", slot=slot, pin="576218")
+    res = p11(rig, "--init-token", "--so-pin", "0102030405060708", "--label", "stolen", slot=slot, login=False,
+              check=False)
+    assert res.returncode != 0 and "vhsm label" in out(p11(rig, "-L", login=False))
