@@ -317,6 +317,17 @@ def test_apdu_round_trip_figure(card):
     per = ((t2 - t1) - (t1 - t0)) / n
     print(f"\nsks-vhsm: one APDU round trip through pcscd/vpcd ~ {per * 1000:.2f} ms")
     assert card.cards[0].count(0x84) >= n
+    from pcscrig import PcscClient
+    with PcscClient(card, 0) as c:
+        assert c.transmit("00A4040C0BE82B0601040181C31F0201")[1] == 0x9000
+        assert c.transmit(bytes([0, 0x20, 0, 0x81, len(PIN)]) + PIN.encode())[1] == 0x9000
+        for name, kid, algo, data in (("ECDSA P-256", 1, 0x70, os.urandom(32)),
+                                      ("RSA-2048 PKCS#1", 3, 0x20, b"\x00\x01" + b"\xFF" * 202 + b"\x00"
+                                       + bytes.fromhex("3031300d060960864801650304020105000420") + os.urandom(32))):
+            t0 = time.perf_counter()
+            for _ in range(100):
+                assert c.transmit(apdu(0x80, 0x68, kid, algo, data))[1] == 0x9000
+            print(f"sks-vhsm: {name} SIGN APDU through pcscd/vpcd: {(time.perf_counter() - t0) * 10:.2f} ms each")
 
 
 # ---- DKEK shares, wrap and unwrap between two cards (issue 11) ----
