@@ -719,10 +719,19 @@ def test_wrapped_key_blob_format_both_ways(rig):
         sig, sw = c.transmit(apdu(0x80, 0x68, 0x04, 0x70, digest))
         assert sw == 0x9000
         assert c.transmit(apdu(0x80, 0x68, 0x04, 0x73, b"hashed on card"))[1] == 0x6985  # only 70
+        # New style (OpenSC >= 0.24): the blob staged in EF 2F10, UNWRAP without data.
+        stage = b"\x54\x02\x00\x00\x53\x82" + len(made).to_bytes(2, "big") + made
+        assert c.transmit(apdu(0x00, 0xD7, 0x2F, 0x10, stage, le=False))[1] == 0x9000
+        assert c.transmit(bytes([0x80, 0x74, 0x05, 0x93]))[1] == 0x9000
+        sig5, sw = c.transmit(apdu(0x80, 0x68, 0x05, 0x70, digest))
+        assert sw == 0x9000
     pub = rig.path("imported.pub")
     openssl(rig, "pkey", "-in", pem, "-pubout", "-out", pub)
     res = openssl(rig, "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-in", write(rig, "imp.dgst", digest),
                   "-sigfile", write(rig, "imp.sig", sig))
+    assert b"Signature Verified Successfully" in res.stdout
+    res = openssl(rig, "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-in", rig.path("imp.dgst"),
+                  "-sigfile", write(rig, "imp5.sig", sig5))
     assert b"Signature Verified Successfully" in res.stdout
 
 
