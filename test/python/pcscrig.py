@@ -155,6 +155,7 @@ class PcscRig:
     """pcscd + vpcd on a free port pair in a temporary directory."""
 
     def __init__(self, base=None):
+        self.own_base = base is None          # a directory of our own is removed at stop()
         self.base = base or tempfile.mkdtemp(prefix="sks-pcscrig-")
         self.port = free_port_pair()
         self.pcscd = Pcscd(self.base, self.port)
@@ -186,6 +187,8 @@ class PcscRig:
             if c.running():
                 c.pull(signal.SIGTERM)
         self.pcscd.stop()
+        if self.own_base:
+            shutil.rmtree(self.base, ignore_errors=True)
 
     def path(self, name):
         return os.path.join(self.base, name)
