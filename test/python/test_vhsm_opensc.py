@@ -224,18 +224,25 @@ def test_ecdh_matches_openssl(card):
 
 
 def test_certificate_write_dump_and_delete(card):
+    p11(card, "--keypairgen", "--key-type", "EC:prime256v1", "--id", "0b", "--label", "certkey")
     key, crt, der = card.path("self.key"), card.path("self.pem"), card.path("self.der")
+    # Many names: a certificate over 1215 bytes, which OpenSC writes in several UPDATE BINARY.
+    san = "subjectAltName=" + ",".join(f"DNS:host{i}.vhsm.example.org" for i in range(60))
     openssl(card, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
-            "-subj", "/CN=vhsm test", "-days", "2", "-out", crt)
+            "-subj", "/CN=vhsm test", "-addext", san, "-days", "2", "-out", crt)
     openssl(card, "x509", "-in", crt, "-outform", "DER", "-out", der)
-    p11(card, "--write-object", der, "--type", "cert", "--id", "01", "--label", "p256 cert")
+    assert len(read(der)) > 1300
+    mark = len(card.cards[0].apdu_lines())
+    p11(card, "--write-object", der, "--type", "cert", "--id", "0b", "--label", "certkey")
+    writes = [line for line in card.cards[0].apdu_lines()[mark:] if line.startswith("D7 ")]
+    assert any("data=5402" in w and "data=54020000" not in w for w in writes), writes
     dump = out(run(card, "pkcs15-tool", "--dump"))
-    assert "Private EC Key [p384]" in dump and "Private RSA Key [rsa2048]" in dump, dump
-    assert re.search(r"X.509 Certificate \[[^\n]*\]\n(.*\n)*?\tPath +: ce01", dump), dump
+    assert "Private EC Key [p256]" in dump and "Private RSA Key [rsa2048]" in dump, dump
+    assert re.search(r"X.509 Certificate \[certkey\]\n(.*\n)*?\tID +: 0b", dump), dump
     got = card.path("back.der")
-    p11(card, "--read-object", "--type", "cert", "--id", "01", "-o", got, login=False)
+    p11(card, "--read-object", "--type", "cert", "--id", "0b", "-o", got, login=False)
     assert read(got) == read(der)
-    p11(card, "--delete-object", "--type", "cert", "--id", "01")
+    p11(card, "--delete-object", "--type", "cert", "--id", "0b")
     assert "X.509 Certificate" not in out(run(card, "pkcs15-tool", "--dump"))
 
 
@@ -288,7 +295,9 @@ def test_pulled_card_keeps_its_keys_and_forgets_the_pin(rig):
     slot = 1
     hsm_tool(rig, "--initialize", "--so-pin", SO_PIN, "--pin", PIN, slot=slot)
     p11(rig, "--keypairgen", "--key-type", "EC:prime256v1", "--id", "21", "--label", "survivor", slot=slot)
+    p11(rig, "--list-objects", slot=slot, pin="000000", check=False)     # one wrong PIN, stored
     rig.reinsert(slot)
+    assert "User PIN tries left  : 2" in out(hsm_tool(rig, slot=slot))
     assert "survivor" in out(p11(rig, "--list-objects", "--type", "privkey", slot=slot))
     # Without a VERIFY after the re-insert the card refuses to sign.
     res = run(rig, "opensc-tool", "-r", str(slot), "-s", "00A4040C0BE82B0601040181C31F0201",
@@ -308,6 +317,17 @@ def test_apdu_round_trip_figure(card):
     per = ((t2 - t1) - (t1 - t0)) / n
     print(f"\nsks-vhsm: one APDU round trip through pcscd/vpcd ~ {per * 1000:.2f} ms")
     assert card.cards[0].count(0x84) >= n
+    from pcscrig import PcscClient
+    with PcscClient(card, 0) as c:
+        assert c.transmit("00A4040C0BE82B0601040181C31F0201")[1] == 0x9000
+        assert c.transmit(bytes([0, 0x20, 0, 0x81, len(PIN)]) + PIN.encode())[1] == 0x9000
+        for name, kid, algo, data in (("ECDSA P-256", 1, 0x70, os.urandom(32)),
+                                      ("RSA-2048 PKCS#1", 3, 0x20, b"\x00\x01" + b"\xFF" * 202 + b"\x00"
+                                       + bytes.fromhex("3031300d060960864801650304020105000420") + os.urandom(32))):
+            t0 = time.perf_counter()
+            for _ in range(100):
+                assert c.transmit(apdu(0x80, 0x68, kid, algo, data))[1] == 0x9000
+            print(f"sks-vhsm: {name} SIGN APDU through pcscd/vpcd: {(time.perf_counter() - t0) * 10:.2f} ms each")
 
 
 # ---- DKEK shares, wrap and unwrap between two cards (issue 11) ----
@@ -576,3 +596,231 @@ def test_xkek_domain_agreement_and_key_migration(rig):
         for c in clients:
             c.close()
         rig.reinsert(0, state=home)
+
+
+def test_key_use_counter_algorithm_list_and_session_rules(rig):
+    """What OpenSC never asks for, with raw APDUs: key use counter (tag 90), algorithm list
+    (tag 91), exact-length raw RSA, the class byte, and a reset forgetting the PIN."""
+    from pcscrig import PcscClient
+    slot = 1
+    hsm_tool(rig, "--initialize", "--so-pin", SO_PIN, "--pin", PIN, slot=slot)
+    with PcscClient(rig, slot) as c:
+        assert c.transmit("00A4040C0BE82B0601040181C31F0201")[1] == 0x9000
+        assert c.transmit(bytes([0, 0x20, 0, 0x81, len(PIN)]) + PIN.encode())[1] == 0x9000
+        # Two uses, ECDSA on a host hash (70) only.
+        req, sw = c.transmit(apdu(0x00, 0x46, 0x01, 0x00, gakp_p256(enc(0x90, b"\x00\x00\x00\x02") + enc(0x91, b"\x70"))))
+        assert sw == 0x9000
+        assert c.transmit(apdu(0x80, 0x68, 0x01, 0x73, b"message"))[1] == 0x6985       # not in the list
+        assert c.transmit(apdu(0x80, 0x68, 0x01, 0x70, os.urandom(32)))[1] == 0x9000
+        assert c.transmit(apdu(0x80, 0x68, 0x01, 0x70, os.urandom(32)))[1] == 0x9000
+        assert c.transmit(apdu(0x80, 0x68, 0x01, 0x70, os.urandom(32)))[1] == 0x6A84   # used up
+        assert c.transmit(apdu(0x80, 0x68, 0x09, 0x70, os.urandom(32)))[1] == 0x6A82   # no such key
+        # RSA raw wants exactly the modulus length.
+        rsa_req = (enc(0x5F29, b"\x00") + enc(0x42, b"UTCA00001")
+                   + enc(0x7F49, enc(0x06, bytes.fromhex("04007F00070202020102")) + enc(0x82, b"\x01\x00\x01")
+                         + enc(0x02, b"\x04\x00")) + enc(0x5F20, b"UTTEST0000002"))
+        assert c.transmit(apdu(0x00, 0x46, 0x02, 0x00, rsa_req))[1] == 0x9000
+        assert c.transmit(apdu(0x80, 0x68, 0x02, 0x20, b"\x00\x01" + b"\xFF" * 100))[1] == 0x6A80
+        sig, sw = c.transmit(apdu(0x80, 0x68, 0x02, 0x20, b"\x00" + os.urandom(127)))
+        assert sw == 0x9000 and len(sig) == 128
+        assert c.transmit(apdu(0x00, 0x68, 0x02, 0x20, b"\x00" + os.urandom(127)))[1] == 0x6E00  # wrong CLA
+        # More response than Le: 61xx and GET RESPONSE (keys CC00, CC01, CC02: 6 bytes).
+        first, sw = c.transmit("8058000002")
+        assert first == bytes.fromhex("CC00") and sw == 0x6104, (first.hex(), hex(sw))
+        rest, sw = c.transmit("00C0000004")
+        assert rest == bytes.fromhex("CC01CC02") and sw == 0x9000
+        # A reset forgets the PIN (and the selection).
+        c.reset()
+        assert c.transmit("00200081")[1] == 0x6D00                                       # not selected
+        assert c.transmit("00A4040C0BE82B0601040181C31F0201")[1] == 0x9000
+        assert c.transmit("00200081")[1] == 0x63C3
+        assert c.transmit(apdu(0x80, 0x68, 0x02, 0x20, b"\x00" + os.urandom(127)))[1] == 0x6982
+
+
+# ---- the wrapped-key blob, decoded and built by the host independently of the card ----
+
+def host_kek_keys(kek):
+    import hashlib
+    return hashlib.sha256(kek).digest()[:8], hashlib.sha256(kek + b"\0\0\0\1").digest(), \
+        hashlib.sha256(kek + b"\0\0\0\2").digest()
+
+
+def host_cmac(key, data):
+    from cryptography.hazmat.primitives import cmac
+    from cryptography.hazmat.primitives.ciphers import algorithms
+    c = cmac.CMAC(algorithms.AES(key))
+    c.update(data)
+    return c.finalize()
+
+
+def host_aes_cbc(key, data, decrypt):
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    c = Cipher(algorithms.AES(key), modes.CBC(bytes(16)))
+    op = c.decryptor() if decrypt else c.encryptor()
+    return op.update(data) + op.finalize()
+
+
+def lv_fields(data, count, offset=0):
+    out = []
+    for _ in range(count):
+        n = int.from_bytes(data[offset:offset + 2], "big")
+        out.append(data[offset + 2:offset + 2 + n])
+        offset += 2 + n
+    return out, offset
+
+
+def test_wrapped_key_blob_format_both_ways(rig):
+    """The host knows the DKEK (it imports its own share with MANAGE KEY DOMAIN): it decodes the
+    card's blob (KCV, CMAC, AES-256-CBC, EC components) and builds a blob of a key made by
+    openssl, which the card unwraps and signs with; openssl verifies with its own key."""
+    from pcscrig import PcscClient
+    slot = 1
+    hsm_tool(rig, "--initialize", "--so-pin", SO_PIN, "--pin", PIN, "--dkek-shares", "1", slot=slot)
+    share = os.urandom(32)
+    kcv, kenc, kmac = host_kek_keys(share)                  # one share: the DKEK is the share
+    with PcscClient(rig, slot) as c:
+        assert c.transmit("00A4040C0BE82B0601040181C31F0201")[1] == 0x9000
+        status, sw = c.transmit(bytes([0x80, 0x52, 0, 0, 32]) + share + b"\x00")
+        assert sw == 0x9000 and status[:2] == b"\x01\x00" and status[2:10] == kcv
+        assert c.transmit(bytes([0, 0x20, 0, 0x81, len(PIN)]) + PIN.encode())[1] == 0x9000
+        req, sw = c.transmit(apdu(0x00, 0x46, 0x01, 0x00, gakp_p256(b"")))
+        assert sw == 0x9000
+        blob, sw = c.transmit(apdu(0x80, 0x72, 0x01, 0x92))
+        assert sw == 0x9000
+        # Decode: KCV, type, OID, algorithms, access conditions, key OID, cryptogram, CMAC.
+        assert blob[:8] == kcv and blob[8] == 12
+        (oid, _, _, _), off = lv_fields(blob, 4, 9)
+        assert oid == bytes.fromhex("04007F00070202020203")
+        assert host_cmac(kmac, blob[:-16]) == blob[-16:]
+        plain = host_aes_cbc(kenc, blob[off:-16], decrypt=True)
+        assert int.from_bytes(plain[8:10], "big") == 256
+        (a, b, p, n, g, d, q), _ = lv_fields(plain, 7, 10)
+        assert int.from_bytes(p, "big") == int(P256_PARAMS[0x81], 16) and g == bytes.fromhex(P256_PARAMS[0x84])
+        card_point = cv_parts(tlvs(tlvs(req)[0][1])[0][2])[2]
+        assert q == card_point
+        assert ec.derive_private_key(int.from_bytes(d, "big"), ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint) == card_point
+        # Build: a P-256 key made by openssl, allowed ECDSA (70) only.
+        pem = rig.path("imported.pem")
+        openssl(rig, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", pem)
+        with open(pem, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), None)
+        point = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        comps = [a, b, p, n, g, key.private_numbers().private_value.to_bytes(32, "big"), point]
+        body = os.urandom(8) + (256).to_bytes(2, "big") + b"".join(len(x).to_bytes(2, "big") + x for x in comps)
+        body += b"\x80" + bytes((16 - (len(body) + 1) % 16) % 16)
+        head = kcv + b"\x0c" + b"".join(len(x).to_bytes(2, "big") + x for x in (oid, b"\x70", b"", b""))
+        made = head + host_aes_cbc(kenc, body, decrypt=False)
+        made += host_cmac(kmac, made)
+        bad = made[:-1] + bytes([made[-1] ^ 1])
+        assert c.transmit(apdu(0x80, 0x74, 0x04, 0x93, bad, le=False))[1] == 0x6A80       # CMAC checked
+        assert c.transmit(apdu(0x80, 0x74, 0x04, 0x93, made, le=False))[1] == 0x9000
+        digest = os.urandom(32)
+        sig, sw = c.transmit(apdu(0x80, 0x68, 0x04, 0x70, digest))
+        assert sw == 0x9000
+        assert c.transmit(apdu(0x80, 0x68, 0x04, 0x73, b"hashed on card"))[1] == 0x6985  # only 70
+        # New style (OpenSC >= 0.24): the blob staged in EF 2F10, UNWRAP without data.
+        stage = b"\x54\x02\x00\x00\x53\x82" + len(made).to_bytes(2, "big") + made
+        assert c.transmit(apdu(0x00, 0xD7, 0x2F, 0x10, stage, le=False))[1] == 0x9000
+        assert c.transmit(bytes([0x80, 0x74, 0x05, 0x93]))[1] == 0x9000
+        sig5, sw = c.transmit(apdu(0x80, 0x68, 0x05, 0x70, digest))
+        assert sw == 0x9000
+    pub = rig.path("imported.pub")
+    openssl(rig, "pkey", "-in", pem, "-pubout", "-out", pub)
+    res = openssl(rig, "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-in", write(rig, "imp.dgst", digest),
+                  "-sigfile", write(rig, "imp.sig", sig))
+    assert b"Signature Verified Successfully" in res.stdout
+    res = openssl(rig, "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-in", rig.path("imp.dgst"),
+                  "-sigfile", write(rig, "imp5.sig", sig5))
+    assert b"Signature Verified Successfully" in res.stdout
+
+
+MORE_KEYS = {
+    "brainpoolP256r1": ("EC:brainpoolP256r1", ec.BrainpoolP256R1(), "ECDSA-SHA256", ["-sha256"]),
+    "brainpoolP384r1": ("EC:brainpoolP384r1", ec.BrainpoolP384R1(), "ECDSA-SHA256", ["-sha256"]),
+    "brainpoolP512r1": ("EC:brainpoolP512r1", ec.BrainpoolP512R1(), "ECDSA-SHA256", ["-sha256"]),
+    "secp521r1": ("EC:secp521r1", ec.SECP521R1(), "ECDSA-SHA256", ["-sha256"]),
+    "rsa3072": ("rsa:3072", None, "SHA256-RSA-PKCS", ["-sha256"]),
+    "rsa4096": ("rsa:4096", None, "SHA256-RSA-PKCS", ["-sha256"]),
+}
+
+
+@pytest.mark.parametrize("name", list(MORE_KEYS))
+def test_other_curves_and_sizes_sign(card, name):
+    ktype, curve, mech, dgst = MORE_KEYS[name]
+    kid = "%02x" % (0x40 + list(MORE_KEYS).index(name))
+    p11(card, "--keypairgen", "--key-type", ktype, "--id", kid, "--label", name)
+    msg = write(card, f"more.{name}", os.urandom(80))
+    sig = card.path(f"more.{name}.sig")
+    fmt = ["--signature-format", "openssl"] if curve else []
+    p11(card, "--sign", "--id", kid, "-m", mech, "-i", msg, "-o", sig, *fmt)
+    if curve:
+        listing = out(p11(card, "--list-objects", "--type", "pubkey", login=False))
+        block = next(b for b in listing.split("Public Key Object") if re.search(rf"ID:\s+{kid}\n", b))
+        point = bytes.fromhex(re.search(r"EC_POINT:\s+([0-9a-f]+)", block).group(1))
+        point = point[2:] if point[1] < 0x80 else point[3:]          # DER OCTET STRING around the point
+        pub = pem_of_point(card, f"more.{name}", curve, point)
+    else:
+        der = card.path(f"more.{name}.der")
+        p11(card, "--read-object", "--type", "pubkey", "--id", kid, "-o", der, login=False)
+        pub = card.path(f"more.{name}.pem")
+        openssl(card, "pkey", "-pubin", "-inform", "DER", "-in", der, "-out", pub)
+    res = openssl(card, "dgst", *dgst, "-verify", pub, "-signature", sig, msg)
+    assert b"Verified OK" in res.stdout
+
+
+def test_unsupported_curve_refused(card):
+    res = p11(card, "--keypairgen", "--key-type", "EC:brainpoolP320r1", "--id", "4f", "--label", "bp320", check=False)
+    assert res.returncode != 0
+    assert "bp320" not in out(p11(card, "--list-objects", "--type", "privkey"))
+
+
+def test_random_apdus_always_get_a_status_word():
+    """The card in-process (no pcscd): thousands of random and half-formed APDUs to a selected,
+    initialised card each get a response ending in a status word, never an internal error."""
+    import importlib.util
+    import random
+    from importlib.machinery import SourceFileLoader
+    from pcscrig import VHSM
+    loader = SourceFileLoader("sks_vhsm_under_test", VHSM)
+    mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(mod)
+    card = mod.Card(mod.State(None))
+    rnd = random.Random(1234)
+
+    def send(raw):
+        resp = card.command(raw)
+        assert len(resp) >= 2 and resp[-2:] != b"\x6F\x00", (raw.hex(), resp.hex())
+        return resp
+
+    assert send(bytes.fromhex("00A4040C0BE82B0601040181C31F0201"))[-2:] == b"\x90\x00"
+    init = (enc(0x80, b"\x00\x01") + enc(0x81, PIN.encode()) + enc(0x82, bytes.fromhex(SO_PIN)) + enc(0x92, b"\x00"))
+    assert send(bytes([0x80, 0x50, 0, 0, len(init)]) + init)[-2:] == b"\x90\x00"
+    assert send(bytes([0, 0x20, 0, 0x81, len(PIN)]) + PIN.encode())[-2:] == b"\x90\x00"
+    assert send(apdu(0x00, 0x46, 0x01, 0x00, gakp_p256(b"")))[-2:] == b"\x90\x00"
+    ins_list = [0x20, 0x24, 0x2C, 0x46, 0x50, 0x52, 0x58, 0x62, 0x68, 0x72, 0x74, 0x84, 0xA4, 0xB1, 0xC0, 0xD7, 0xE4]
+    for _ in range(5000):
+        body = bytes(rnd.getrandbits(8) for _ in range(rnd.randint(0, 48)))
+        ins = rnd.choice(ins_list)
+        raw = bytes([rnd.choice([0x00, 0x80]), ins, rnd.choice([0, 1, 2, 0x81, 0xCE, 0xC4]), rnd.choice([0, 0x81, 0x70, 0x20, 0x92, 0x93])])
+        if ins in (0x20, 0x24, 0x2C, 0x50):      # keep the PINs: only the structure is under test here
+            continue
+        if rnd.random() < 0.5 and body:
+            raw += bytes([len(body)]) + body      # well-formed Lc with random TLV-ish data
+        else:
+            raw += body
+        send(raw)
+
+
+def test_pkcs11_init_token_with_label(rig):
+    """C_InitToken: INITIALIZE with the user PIN = first 6 bytes of the binary SO-PIN (OpenSC's
+    rule: 3537363231383830 gives "576218"), then VERIFY and EF.TokenInfo 2F03 with the label."""
+    slot = 1
+    hsm_tool(rig, "--initialize", "--so-pin", SO_PIN, "--pin", PIN, slot=slot)
+    res = p11(rig, "--init-token", "--so-pin", SO_PIN, "--label", "vhsm label", slot=slot, login=False)
+    assert "Token successfully initialized" in out(res), out(res)
+    assert "token label        : vhsm label" in out(p11(rig, "-L", login=False))
+    p11(rig, "--list-objects", slot=slot, pin="576218")
+    res = p11(rig, "--init-token", "--so-pin", "0102030405060708", "--label", "stolen", slot=slot, login=False,
+              check=False)
+    assert res.returncode != 0 and "vhsm label" in out(p11(rig, "-L", login=False))
