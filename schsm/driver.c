@@ -153,8 +153,10 @@ static int so_pin_status(schsm_ctx *c, int *tries, int *blocked)
         return rc;
     if (SW_IS_TRIES_LEFT(sw))
         *tries = (int)(sw & 0x0F);
-    else if (sw == SW_PIN_BLOCKED)
-        *blocked = 1, *tries = 0;
+    else if (sw == SW_PIN_BLOCKED) {
+        *blocked = 1;
+        *tries = 0;
+    }
     return SKS_OK;
 }
 
@@ -169,6 +171,7 @@ static int get_key_protection_info(schsm_ctx *c, sks_reader *in, sks_buf *out)
     sks_reader_expect_end(in);
     if (!sks_reader_ok(in))
         return reader_error(c, "getKeyProtectionInfo", in);
+    /* the key must exist; its protection is the card's one PIN */
     if ((rc = key_named(c, "getKeyProtectionInfo", handle, &k)) != SKS_OK
         || (rc = schsm_pin_status(c, &tries, &blocked, &verified)) != SKS_OK)
         return rc;
@@ -201,7 +204,6 @@ static int get_key_protection_info(schsm_ctx *c, sks_reader *in, sks_buf *out)
     sks_buf_byte(out, PROTECT_NEVER);   /* no export through SKS */
     sks_buf_byte(out, PROTECT_PIN);
     sks_buf_byte(out, 0);
-    (void)k;
     return SKS_OK;
 }
 
