@@ -24,6 +24,7 @@
 #define PROT_PIN_BLOCKED 0x04
 #define PROT_PUK_BLOCKED 0x08
 #define SO_PIN_TRIES 15
+#define DEFAULT_PIN_TRIES 3 /* the user PIN's retry limit unless set otherwise at initialisation */
 #define RRC_OPTION 0x0001 /* INITIALIZE option: the SO-PIN may reset the user PIN's counter */
 
 typedef int (*handler)(schsm_ctx *c, sks_reader *in, sks_buf *out);
@@ -178,8 +179,9 @@ static int get_key_protection_info(schsm_ctx *c, sks_reader *in, sks_buf *out)
     rrc = c->card->have_version && c->card->fw_major >= 2 && (c->card->options & RRC_OPTION);
     if (rrc && (rc = so_pin_status(c, &so_tries, &so_blocked)) != SKS_OK)
         return rc;
-    /* The card reports tries left, not its limit: the limit is the most it reported. */
-    limit = c->card->max_tries_seen > 0 ? c->card->max_tries_seen : 3;
+    /* The card reports tries left, not its limit: the limit is the most it reported, at least
+     * the card's default; limit - errors is then always the tries left. */
+    limit = c->card->max_tries_seen > DEFAULT_PIN_TRIES ? c->card->max_tries_seen : DEFAULT_PIN_TRIES;
     errors = blocked ? limit : tries >= 0 && (unsigned)tries < limit ? limit - (unsigned)tries : 0;
     if (blocked)
         status |= PROT_PIN_BLOCKED;

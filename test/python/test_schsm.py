@@ -343,6 +343,8 @@ def test_wrong_pin_names_tries_left_and_costs_one(hsm):
     err = res.stderr.decode()
     assert f"wrong PIN for the SmartCard-HSM in Virtual PCD 00 00: {before - 1} tries left" in err, err
     assert tries_left(hsm) == before - 1
+    listing = run([SKS, "--device", "pcsc:", "list"], hsm["env"]).stdout.decode()
+    assert f"protected, {3 - (before - 1)} of 3 wrong attempts" in listing, listing
     # the right PIN afterwards works and the card resets its counter
     openssl_card(hsm, "pkeyutl", "-sign", "-inkey", uri("ec256"), "-in", hsm["rig"].path("dgst.ecdsa-p256"),
                  "-out", hsm["rig"].path("right.sig"))
