@@ -60,14 +60,26 @@ typedef struct {
 typedef struct {
     sqlite3 *committed; /* read-only connection: the last committed state */
     uint8_t mac_key[32];
+    EVP_MAC_CTX *mac_keyed; /* HMAC-SHA256 keyed with mac_key, copied for each row (store.c) */
     row_ref *dirty;
     size_t dirty_n, dirty_cap;
     int dirty_overflow; /* out of memory while recording: the commit is refused */
     char error[640];    /* why the last commit or begin was refused */
 } row_integrity;
 
+/* Prepared statements kept between calls (store_cached): preparing the handful of queries a
+ * key load runs cost SQLite's parser more than everything else in it (bench/). */
+#define SKS_STMT_CACHE 16
+typedef struct {
+    char *sql;
+    sqlite3_stmt *st;
+    int busy; /* handed out and not yet released */
+} stmt_cache_entry;
+
 struct sks_device {
     sqlite3 *db;
+    stmt_cache_entry stmts[SKS_STMT_CACHE];
+    unsigned stmts_next;
     const volatile uint32_t *wal_index; /* SQLite's WAL-index header, NULL if unavailable */
     row_integrity rows;
     user_cache_entry user_cache[SKS_USER_CACHE];
@@ -109,6 +121,12 @@ void store_rollback(sks_device *dev);
 const char *store_error(sks_device *dev);
 /* Prepared statement helper: returns NULL and sets the call's error on failure. */
 sqlite3_stmt *store_prepare(sks_device *dev, sks_call *call, const char *sql);
+/* The same for a query run on every key load or use: the statement is prepared once and kept
+ * (schema changes re-prepare it, as SQLite does for any statement). Give it back with
+ * store_release, on every path, instead of sqlite3_finalize. call may be NULL. */
+sqlite3_stmt *store_cached(sks_device *dev, sks_call *call, const char *sql);
+void store_release(sks_device *dev, sqlite3_stmt *st);
+void store_cached_clear(sks_device *dev);
 /* Runs a statement without results; binds are done by the caller. SQLITE_DONE -> 1. */
 int store_step_done(sks_device *dev, sks_call *call, sqlite3_stmt *st);
 /* Runs one statement whose parameters are ?1 (a) and, if present, ?2 (b). */

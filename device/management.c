@@ -89,7 +89,7 @@ SKS_HANDLER(h_get_key_attributes)
         return rc;
     }
     sks_buf_init(&types);
-    st = store_prepare(dev, call, "SELECT type FROM extensions WHERE key = ? ORDER BY rowid");
+    st = store_cached(dev, call, "SELECT type FROM extensions WHERE key = ? ORDER BY rowid");
     if (st == NULL) {
         rc = SKS_ERROR_STORAGE;
         goto done;
@@ -99,7 +99,7 @@ SKS_HANDLER(h_get_key_attributes)
         sks_buf_string(&types, (const char *)sqlite3_column_text(st, 0));
         ntypes++;
     }
-    sqlite3_finalize(st);
+    store_release(dev, st);
     sks_buf_ushort(out, (uint16_t)k.symmetric_length);
     if (k.has_certificates)
         sks_buf_put(out, k.certificates.data, k.certificates.len);
