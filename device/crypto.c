@@ -283,6 +283,16 @@ static int spki_split(const uint8_t *p, size_t n, int *curve, const uint8_t **ke
     return 0;
 }
 
+int ec_spki_point(const uint8_t *p, size_t n, const char **curve, const uint8_t **point, size_t *point_len)
+{
+    int c;
+
+    if (!spki_split(p, n, &c, point, point_len) || c < 0)
+        return 0;
+    *curve = SPKI_CURVES[c].group;
+    return 1;
+}
+
 static EVP_PKEY *spki_parse_plain(const uint8_t *p, size_t n)
 {
     const uint8_t *key;
@@ -672,6 +682,7 @@ void key_contexts_free(key_contexts *kc)
     EVP_PKEY_CTX_free(kc->ecdsa);
     EVP_MD_CTX_free(kc->ed25519);
     EVP_PKEY_CTX_free(kc->ecdh);
+    ecdh_direct_free(kc);
     kc->ecdsa = NULL;
     kc->ed25519 = NULL;
     kc->ecdh = NULL;

@@ -31,6 +31,8 @@ typedef struct {
     EVP_PKEY_CTX *ecdsa;   /* initialised for signing */
     EVP_MD_CTX *ed25519;   /* initialised for DigestSign */
     EVP_PKEY_CTX *ecdh;    /* initialised for derive; the peer is set per call */
+    struct ec_key_st *ec;  /* the key as an EC_KEY, for ecdh_z_direct (ecdh_direct.c) */
+    int ec_unusable;       /* it cannot be had: ECDH takes the EVP route */
 } key_contexts;
 
 /* A committed state of the store, as SQLite's WAL index names it (generation.c). */
@@ -204,6 +206,15 @@ int ecdh_z_reuse(key_contexts *keep, EVP_PKEY *priv, EVP_PKEY *peer, int validat
 /* An ECDH peer's SubjectPublicKeyInfo, which must be an EC key on priv's curve (else NULL).
  * *validated = 1 when its point has been fully validated on the way in. */
 EVP_PKEY *ecdh_peer_parse(EVP_PKEY *priv, const uint8_t *p, size_t n, int *validated);
+/* The point of a plain named-curve EC SubjectPublicKeyInfo (uncompressed, at the curve's
+ * length) and the curve's OpenSSL short name; 0 if it is not one. */
+int ec_spki_point(const uint8_t *p, size_t n, const char **curve, const uint8_t **point, size_t *point_len);
+/* ECDH on a kept key: Z into z for the peer's SubjectPublicKeyInfo, with OpenSSL's EC_KEY
+ * functions (ecdh_direct.c). 1 done, 0 the computation failed, -1 not done (a peer that is not
+ * a valid point on the key's curve, a key that has no EC_KEY form): the caller takes the EVP
+ * route, which reports for itself. */
+int ecdh_z_direct(key_contexts *keep, EVP_PKEY *priv, const uint8_t *spki, size_t n, sks_buf *z);
+void ecdh_direct_free(key_contexts *keep);
 /* The OAEP parameters of one decryption: the digest, the MGF1 digest and the label
  * (label may be empty; it points into the request). */
 typedef struct {
