@@ -53,9 +53,9 @@ SKS_HANDLER(h_enumerate_keys)
     sks_reader_expect_end(in);
     if ((rc = reader_status(call, "enumerateKeys", in)) != SKS_OK)
         return rc;
-    st = store_prepare(dev, call,
-                       "SELECT k.handle, k.session FROM keys k JOIN sessions s ON s.handle = k.session"
-                       " WHERE k.handle > ? AND s.open = 0 ORDER BY k.handle");
+    st = store_cached(dev, call,
+                      "SELECT k.handle, k.session FROM keys k JOIN sessions s ON s.handle = k.session"
+                      " WHERE k.handle > ? AND s.open = 0 ORDER BY k.handle");
     if (st == NULL)
         return SKS_ERROR_STORAGE;
     sqlite3_bind_int64(st, 1, after);
@@ -68,7 +68,7 @@ SKS_HANDLER(h_enumerate_keys)
     } else {
         sks_buf_uint(out, 0);
     }
-    sqlite3_finalize(st);
+    store_release(dev, st);
     return SKS_OK;
 }
 
