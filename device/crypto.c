@@ -768,8 +768,10 @@ int sign_hash_reuse(key_contexts *keep, EVP_PKEY *key, const EVP_MD *md, int pss
     } else {
         goto done;
     }
-    if (EVP_PKEY_sign(c, buf, &len, data, n) != 1)
+    if (EVP_PKEY_sign(c, buf, &len, data, n) != 1) {
+        len = sizeof(buf);
         goto done;
+    }
     if (type == EVP_PKEY_EC)
         ok = ecdsa_der_to_raw(key, buf, len, sig);
     else {
@@ -777,7 +779,7 @@ int sign_hash_reuse(key_contexts *keep, EVP_PKEY *key, const EVP_MD *md, int pss
         ok = !sig->failed;
     }
 done:
-    OPENSSL_cleanse(buf, sizeof(buf));
+    OPENSSL_cleanse(buf, len <= sizeof(buf) ? len : sizeof(buf)); /* what was written, not all 1 KiB each time */
     if (keep == NULL || c != keep->ecdsa)
         EVP_PKEY_CTX_free(c);
     return ok;

@@ -360,8 +360,10 @@ SKS_HANDLER(h_sign_hashed_data)
                       " saltLength followed by an optional MGF1 digest name (SHA1, SHA256, SHA384, SHA512)");
         goto done;
     }
-    /* a cached key keeps its signing contexts between calls */
-    if (!sign_hash_reuse(hit != NULL ? &hit->ctx : NULL, pkey, alg->md ? EVP_get_digestbyname(alg->md) : NULL,
+    /* a cached key keeps its signing contexts between calls; only RSA needs the digest named
+     * (ECDSA and Ed25519 sign what they are given), and looking it up costs on every call */
+    if (!sign_hash_reuse(hit != NULL ? &hit->ctx : NULL, pkey,
+                         alg->md != NULL && alg->key == KEYTYPE_RSA ? EVP_get_digestbyname(alg->md) : NULL,
                          alg->pss, saltlen, mgf1, data.p, data.n, &sig)) {
         rc = sks_fail(call, SKS_ERROR_CRYPTO, "signHashedData: signing with key #%u failed (data too long for the key?)",
                       a.handle);
