@@ -52,6 +52,9 @@
  *   --no-tls  --no-skip  --skip-trials N (5)  --markdown FILE  --modules DIR  --sks PATH
  *   --profile X:OP          only run OP on variant X for --seconds seconds, no table: for
  *                           perf record / valgrind --tool=callgrind (README, Benchmarks)
+ *   --count N               with --profile: 50 warm-up operations (key caches filled), then
+ *                           exactly N in one run_batch call; `valgrind --tool=callgrind
+ *                           --toggle-collect=run_batch` then counts N operations' instructions
  * Operations (--only): p256-sign p384-sign rsa-pkcs1-sign rsa-pss-sign ed25519-sign
  * p256-ecdh rsa-oaep-decrypt key-load key-load-sha256 tls skip. key-load loads the P-256 private
  * key again as each variant found it: PEM_read_bio_PrivateKey_ex, OSSL_STORE open + load + close
@@ -314,6 +317,7 @@ static struct {
     const char *dir, *pcsc, *pkcs11, *pkcs11_token, *pkcs11_pin, *pkcs11_engine, *modules, *tool, *markdown;
     char na[NVARIANTS][REASON];
     int rounds, skip_trials, no_tls, no_skip, want_variant[NVARIANTS];
+    long count; /* --count: --profile runs exactly this many operations, after a warm-up */
     int want_op[NOPS], want_tls, want_skip;
     double seconds;
 } cfg;
@@ -329,7 +333,9 @@ static void usage(void)
     fputs("usage: sks_bench --dir DIR [--pcsc READER] [--pkcs11 MODULE] [--pkcs11-token LABEL] [--pkcs11-pin PIN]\n"
           "                 [--na X:REASON] [--rounds N] [--seconds S] [--only OP[,OP]] [--variants abcde]\n"
           "                 [--no-tls] [--no-skip] [--skip-trials N] [--markdown FILE] [--modules DIR] [--sks PATH]\n"
-          "       sks_bench --dir DIR [...] --profile X:OP [--seconds S]   (one variant, one operation: profilers)\n"
+          "       sks_bench --dir DIR [...] --profile X:OP [--seconds S | --count N]   (one variant, one operation:\n"
+          "                 profilers; --count: N operations in one run_batch after 50 outside it, for\n"
+          "                 valgrind --tool=callgrind --toggle-collect=run_batch)\n"
           "operations: p256-sign p384-sign rsa-pkcs1-sign rsa-pss-sign ed25519-sign p256-ecdh rsa-oaep-decrypt\n"
           "            key-load key-load-sha256 tls skip\n",
           stderr);
@@ -386,6 +392,8 @@ static void parse_args(int argc, char **argv)
             only = v;
         else if (strcmp(a, "--profile") == 0)
             cfg.profile = v;
+        else if (strcmp(a, "--count") == 0)
+            cfg.count = atol(v);
         else if (strcmp(a, "--variants") == 0)
             variants = v;
         else if (strcmp(a, "--na") == 0) {
@@ -858,6 +866,21 @@ static int profile_one(void)
         usage();
     if (!V[vi].available || V[vi].key[OPS[op].key] == NULL)
         die("variant %c is not available: %s", cfg.profile[0], V[vi].why);
+    if (cfg.count > 0) {
+        unsigned char out[1024];
+        for (n = 0; n < 50; n++) { /* outside run_batch: not counted by --toggle-collect=run_batch */
+            size_t len = sizeof(out);
+            if (!run_op(op, &V[vi], V[vi].key[OPS[op].key], out, &len))
+                die("%s fails", OPS[op].id);
+        }
+        t0 = now();
+        if (run_batch(op, &V[vi], cfg.count, why) < 0)
+            die("%s", why);
+        t = now() - t0;
+        printf("%s, variant %c: %ld operations in %.2f s, %.0f/s\n", OPS[op].id, cfg.profile[0], cfg.count, t,
+               (double)cfg.count / t);
+        return 0;
+    }
     c0 = cpu_now();
     t0 = now();
     do {
