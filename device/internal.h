@@ -71,7 +71,7 @@ typedef struct {
 
 /* Prepared statements kept between calls (store_cached): preparing the handful of queries a
  * key load runs cost SQLite's parser more than everything else in it (bench/). */
-#define SKS_STMT_CACHE 16
+#define SKS_STMT_CACHE 32
 typedef struct {
     char *sql;
     sqlite3_stmt *st;

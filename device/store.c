@@ -679,12 +679,47 @@ static void dirty_clear(sks_device *dev)
 }
 
 /* The schema in this transaction's snapshot is still the one checked, or checked again. */
+/* A statement without result rows (BEGIN, COMMIT, ROLLBACK) through the kept statements:
+ * sqlite3_exec parses it anew on every transaction. On failure SQLite's message goes to err. */
+static int exec_kept(sks_device *dev, const char *sql, char *err, size_t errlen)
+{
+    sqlite3_stmt *st = store_cached(dev, NULL, sql);
+    int rc;
+
+    if (st == NULL) {
+        if (err != NULL)
+            snprintf(err, errlen, "%s", sqlite3_errmsg(dev->db));
+        return 0;
+    }
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE && err != NULL)
+        snprintf(err, errlen, "%s", sqlite3_errmsg(dev->db));
+    store_release(dev, st);
+    return rc == SQLITE_DONE;
+}
+
+/* PRAGMA schema_version of the main connection, with a kept statement (it reads the file
+ * header when stepped, so a kept one sees every change). */
+static int schema_version_kept(sks_device *dev, int *out)
+{
+    sqlite3_stmt *st = store_cached(dev, NULL, "PRAGMA schema_version");
+    int ok;
+
+    if (st == NULL)
+        return 0;
+    ok = sqlite3_step(st) == SQLITE_ROW;
+    if (ok)
+        *out = sqlite3_column_int(st, 0);
+    store_release(dev, st);
+    return ok;
+}
+
 static int schema_unchanged(sks_device *dev)
 {
     char why[400];
     int version;
 
-    if (!schema_version(dev->db, &version)) {
+    if (!schema_version_kept(dev, &version)) {
         snprintf(dev->rows.error, sizeof(dev->rows.error), "the store is busy or unavailable: %s",
                  sqlite3_errmsg(dev->db));
         return 0;
@@ -702,17 +737,18 @@ static int schema_unchanged(sks_device *dev)
 
 int store_begin(sks_device *dev, int write)
 {
+    char err[400];
+
     dirty_clear(dev);
     dev->rows.error[0] = '\0';
-    if (sqlite3_exec(dev->db, write ? "BEGIN IMMEDIATE" : "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
-        snprintf(dev->rows.error, sizeof(dev->rows.error), "the store is busy or unavailable: %s",
-                 sqlite3_errmsg(dev->db));
+    if (!exec_kept(dev, write ? "BEGIN IMMEDIATE" : "BEGIN", err, sizeof(err))) {
+        snprintf(dev->rows.error, sizeof(dev->rows.error), "the store is busy or unavailable: %s", err);
         return 0;
     }
     /* One PRAGMA (SQLite reads it from the file header): the schema is compared again only
      * when it changed. This read also fixes the transaction's snapshot. */
     if (!schema_unchanged(dev)) {
-        sqlite3_exec(dev->db, "ROLLBACK", NULL, NULL, NULL);
+        exec_kept(dev, "ROLLBACK", NULL, 0);
         return 0;
     }
     return 1;
@@ -725,10 +761,8 @@ int store_commit(sks_device *dev)
     dev->rows.error[0] = '\0';
     if (!rows_seal_changes(dev))
         return 0;
-    if (sqlite3_exec(dev->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-        snprintf(dev->rows.error, sizeof(dev->rows.error), "%s", sqlite3_errmsg(dev->db));
+    if (!exec_kept(dev, "COMMIT", dev->rows.error, sizeof(dev->rows.error)))
         return 0;
-    }
     dirty_clear(dev);
     return 1;
 }
@@ -737,7 +771,7 @@ void store_rollback(sks_device *dev)
 {
     dirty_clear(dev);
     if (!sqlite3_get_autocommit(dev->db))
-        sqlite3_exec(dev->db, "ROLLBACK", NULL, NULL, NULL);
+        exec_kept(dev, "ROLLBACK", NULL, 0);
 }
 
 const char *store_error(sks_device *dev)
