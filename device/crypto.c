@@ -283,6 +283,16 @@ static int spki_split(const uint8_t *p, size_t n, int *curve, const uint8_t **ke
     return 0;
 }
 
+int ec_spki_point(const uint8_t *p, size_t n, const char **curve, const uint8_t **point, size_t *point_len)
+{
+    int c;
+
+    if (!spki_split(p, n, &c, point, point_len) || c < 0)
+        return 0;
+    *curve = SPKI_CURVES[c].group;
+    return 1;
+}
+
 static EVP_PKEY *spki_parse_plain(const uint8_t *p, size_t n)
 {
     const uint8_t *key;
@@ -672,6 +682,7 @@ void key_contexts_free(key_contexts *kc)
     EVP_PKEY_CTX_free(kc->ecdsa);
     EVP_MD_CTX_free(kc->ed25519);
     EVP_PKEY_CTX_free(kc->ecdh);
+    ecdh_direct_free(kc);
     kc->ecdsa = NULL;
     kc->ed25519 = NULL;
     kc->ecdh = NULL;
@@ -757,8 +768,10 @@ int sign_hash_reuse(key_contexts *keep, EVP_PKEY *key, const EVP_MD *md, int pss
     } else {
         goto done;
     }
-    if (EVP_PKEY_sign(c, buf, &len, data, n) != 1)
+    if (EVP_PKEY_sign(c, buf, &len, data, n) != 1) {
+        len = sizeof(buf);
         goto done;
+    }
     if (type == EVP_PKEY_EC)
         ok = ecdsa_der_to_raw(key, buf, len, sig);
     else {
@@ -766,7 +779,7 @@ int sign_hash_reuse(key_contexts *keep, EVP_PKEY *key, const EVP_MD *md, int pss
         ok = !sig->failed;
     }
 done:
-    OPENSSL_cleanse(buf, sizeof(buf));
+    OPENSSL_cleanse(buf, len <= sizeof(buf) ? len : sizeof(buf)); /* what was written, not all 1 KiB each time */
     if (keep == NULL || c != keep->ecdsa)
         EVP_PKEY_CTX_free(c);
     return ok;

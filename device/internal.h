@@ -31,6 +31,8 @@ typedef struct {
     EVP_PKEY_CTX *ecdsa;   /* initialised for signing */
     EVP_MD_CTX *ed25519;   /* initialised for DigestSign */
     EVP_PKEY_CTX *ecdh;    /* initialised for derive; the peer is set per call */
+    struct ec_key_st *ec;  /* the key as an EC_KEY, for ecdh_z_direct (ecdh_direct.c) */
+    int ec_unusable;       /* it cannot be had: ECDH takes the EVP route */
 } key_contexts;
 
 /* A committed state of the store, as SQLite's WAL index names it (generation.c). */
@@ -60,14 +62,26 @@ typedef struct {
 typedef struct {
     sqlite3 *committed; /* read-only connection: the last committed state */
     uint8_t mac_key[32];
+    EVP_MAC_CTX *mac_keyed; /* HMAC-SHA256 keyed with mac_key, copied for each row (store.c) */
     row_ref *dirty;
     size_t dirty_n, dirty_cap;
     int dirty_overflow; /* out of memory while recording: the commit is refused */
     char error[640];    /* why the last commit or begin was refused */
 } row_integrity;
 
+/* Prepared statements kept between calls (store_cached): preparing the handful of queries a
+ * key load runs cost SQLite's parser more than everything else in it (bench/). */
+#define SKS_STMT_CACHE 32
+typedef struct {
+    char *sql;
+    sqlite3_stmt *st;
+    int busy; /* handed out and not yet released */
+} stmt_cache_entry;
+
 struct sks_device {
     sqlite3 *db;
+    stmt_cache_entry stmts[SKS_STMT_CACHE];
+    unsigned stmts_next;
     const volatile uint32_t *wal_index; /* SQLite's WAL-index header, NULL if unavailable */
     row_integrity rows;
     user_cache_entry user_cache[SKS_USER_CACHE];
@@ -109,6 +123,12 @@ void store_rollback(sks_device *dev);
 const char *store_error(sks_device *dev);
 /* Prepared statement helper: returns NULL and sets the call's error on failure. */
 sqlite3_stmt *store_prepare(sks_device *dev, sks_call *call, const char *sql);
+/* The same for a query run on every key load or use: the statement is prepared once and kept
+ * (schema changes re-prepare it, as SQLite does for any statement). Give it back with
+ * store_release, on every path, instead of sqlite3_finalize. call may be NULL. */
+sqlite3_stmt *store_cached(sks_device *dev, sks_call *call, const char *sql);
+void store_release(sks_device *dev, sqlite3_stmt *st);
+void store_cached_clear(sks_device *dev);
 /* Runs a statement without results; binds are done by the caller. SQLITE_DONE -> 1. */
 int store_step_done(sks_device *dev, sks_call *call, sqlite3_stmt *st);
 /* Runs one statement whose parameters are ?1 (a) and, if present, ?2 (b). */
@@ -186,6 +206,15 @@ int ecdh_z_reuse(key_contexts *keep, EVP_PKEY *priv, EVP_PKEY *peer, int validat
 /* An ECDH peer's SubjectPublicKeyInfo, which must be an EC key on priv's curve (else NULL).
  * *validated = 1 when its point has been fully validated on the way in. */
 EVP_PKEY *ecdh_peer_parse(EVP_PKEY *priv, const uint8_t *p, size_t n, int *validated);
+/* The point of a plain named-curve EC SubjectPublicKeyInfo (uncompressed, at the curve's
+ * length) and the curve's OpenSSL short name; 0 if it is not one. */
+int ec_spki_point(const uint8_t *p, size_t n, const char **curve, const uint8_t **point, size_t *point_len);
+/* ECDH on a kept key: Z into z for the peer's SubjectPublicKeyInfo, with OpenSSL's EC_KEY
+ * functions (ecdh_direct.c). 1 done, 0 the computation failed, -1 not done (a peer that is not
+ * a valid point on the key's curve, a key that has no EC_KEY form): the caller takes the EVP
+ * route, which reports for itself. */
+int ecdh_z_direct(key_contexts *keep, EVP_PKEY *priv, const uint8_t *spki, size_t n, sks_buf *z);
+void ecdh_direct_free(key_contexts *keep);
 /* The OAEP parameters of one decryption: the digest, the MGF1 digest and the label
  * (label may be empty; it points into the request). */
 typedef struct {

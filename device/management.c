@@ -53,9 +53,9 @@ SKS_HANDLER(h_enumerate_keys)
     sks_reader_expect_end(in);
     if ((rc = reader_status(call, "enumerateKeys", in)) != SKS_OK)
         return rc;
-    st = store_prepare(dev, call,
-                       "SELECT k.handle, k.session FROM keys k JOIN sessions s ON s.handle = k.session"
-                       " WHERE k.handle > ? AND s.open = 0 ORDER BY k.handle");
+    st = store_cached(dev, call,
+                      "SELECT k.handle, k.session FROM keys k JOIN sessions s ON s.handle = k.session"
+                      " WHERE k.handle > ? AND s.open = 0 ORDER BY k.handle");
     if (st == NULL)
         return SKS_ERROR_STORAGE;
     sqlite3_bind_int64(st, 1, after);
@@ -68,7 +68,7 @@ SKS_HANDLER(h_enumerate_keys)
     } else {
         sks_buf_uint(out, 0);
     }
-    sqlite3_finalize(st);
+    store_release(dev, st);
     return SKS_OK;
 }
 
@@ -89,7 +89,7 @@ SKS_HANDLER(h_get_key_attributes)
         return rc;
     }
     sks_buf_init(&types);
-    st = store_prepare(dev, call, "SELECT type FROM extensions WHERE key = ? ORDER BY rowid");
+    st = store_cached(dev, call, "SELECT type FROM extensions WHERE key = ? ORDER BY rowid");
     if (st == NULL) {
         rc = SKS_ERROR_STORAGE;
         goto done;
@@ -99,7 +99,7 @@ SKS_HANDLER(h_get_key_attributes)
         sks_buf_string(&types, (const char *)sqlite3_column_text(st, 0));
         ntypes++;
     }
-    sqlite3_finalize(st);
+    store_release(dev, st);
     sks_buf_ushort(out, (uint16_t)k.symmetric_length);
     if (k.has_certificates)
         sks_buf_put(out, k.certificates.data, k.certificates.len);

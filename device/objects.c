@@ -146,7 +146,7 @@ sks_status key_load(sks_device *dev, sks_call *call, uint32_t handle, key_entry 
     int step;
 
     memset(k, 0, sizeof(*k));
-    st = store_prepare(dev, call,
+    st = store_cached(dev, call,
                        "SELECT session, id, pin_policy, pin, device_pin, pin_caching, biometric,"
                        " export_protection, delete_protection, app_usage, friendly_name, key_algorithm,"
                        " key_parameters, endorsed, public_key, private_key IS NOT NULL, symmetric_length,"
@@ -156,7 +156,7 @@ sks_status key_load(sks_device *dev, sks_call *call, uint32_t handle, key_entry 
     sqlite3_bind_int64(st, 1, handle);
     step = sqlite3_step(st);
     if (step != SQLITE_ROW) {
-        sqlite3_finalize(st);
+        store_release(dev, st);
         if (step != SQLITE_DONE)
             return sks_fail(call, SKS_ERROR_STORAGE, "storage error: %s", sqlite3_errmsg(dev->db));
         return sks_fail(call, SKS_ERROR_NO_KEY, "key #%u does not exist", handle);
@@ -183,7 +183,7 @@ sks_status key_load(sks_device *dev, sks_call *call, uint32_t handle, key_entry 
     col_blob(st, 17, &k->certificates);
     k->key_backup = (uint8_t)sqlite3_column_int(st, 18);
     col_blob(st, 19, &k->mac);
-    sqlite3_finalize(st);
+    store_release(dev, st);
     if (row_verify(dev, call, "keys", handle) != SKS_OK)
         return SKS_ERROR_STORAGE;
     if (k->id == NULL || k->friendly_name == NULL || k->key_algorithm == NULL || k->key_parameters.failed
@@ -203,13 +203,13 @@ sks_status key_load_usable(sks_device *dev, sks_call *call, uint32_t handle, key
     /* The session's open flag decides whether the key is usable: its row must be intact. */
     if ((rc = row_verify(dev, call, "sessions", k->session)) != SKS_OK)
         return rc;
-    st = store_prepare(dev, call, "SELECT open FROM sessions WHERE handle = ?");
+    st = store_cached(dev, call, "SELECT open FROM sessions WHERE handle = ?");
     if (st == NULL)
         return SKS_ERROR_STORAGE;
     sqlite3_bind_int64(st, 1, k->session);
     if (sqlite3_step(st) == SQLITE_ROW)
         open = sqlite3_column_int(st, 0);
-    sqlite3_finalize(st);
+    store_release(dev, st);
     if (open)
         return sks_fail(call, SKS_ERROR_NO_KEY, "key #%u is still being provisioned (its session is open)", handle);
     return SKS_OK;

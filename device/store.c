@@ -657,6 +657,7 @@ void sks_device_close(sks_device *dev)
     user_cache_clear(dev);
     rows_close(dev);
     gen_close(dev);
+    store_cached_clear(dev); /* before the connection: SQLite keeps it open while statements live */
     sqlite3_close(dev->db);
     EVP_PKEY_free(dev->device_key);
     OPENSSL_free(dev->device_cert);
@@ -678,12 +679,47 @@ static void dirty_clear(sks_device *dev)
 }
 
 /* The schema in this transaction's snapshot is still the one checked, or checked again. */
+/* A statement without result rows (BEGIN, COMMIT, ROLLBACK) through the kept statements:
+ * sqlite3_exec parses it anew on every transaction. On failure SQLite's message goes to err. */
+static int exec_kept(sks_device *dev, const char *sql, char *err, size_t errlen)
+{
+    sqlite3_stmt *st = store_cached(dev, NULL, sql);
+    int rc;
+
+    if (st == NULL) {
+        if (err != NULL)
+            snprintf(err, errlen, "%s", sqlite3_errmsg(dev->db));
+        return 0;
+    }
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE && err != NULL)
+        snprintf(err, errlen, "%s", sqlite3_errmsg(dev->db));
+    store_release(dev, st);
+    return rc == SQLITE_DONE;
+}
+
+/* PRAGMA schema_version of the main connection, with a kept statement (it reads the file
+ * header when stepped, so a kept one sees every change). */
+static int schema_version_kept(sks_device *dev, int *out)
+{
+    sqlite3_stmt *st = store_cached(dev, NULL, "PRAGMA schema_version");
+    int ok;
+
+    if (st == NULL)
+        return 0;
+    ok = sqlite3_step(st) == SQLITE_ROW;
+    if (ok)
+        *out = sqlite3_column_int(st, 0);
+    store_release(dev, st);
+    return ok;
+}
+
 static int schema_unchanged(sks_device *dev)
 {
     char why[400];
     int version;
 
-    if (!schema_version(dev->db, &version)) {
+    if (!schema_version_kept(dev, &version)) {
         snprintf(dev->rows.error, sizeof(dev->rows.error), "the store is busy or unavailable: %s",
                  sqlite3_errmsg(dev->db));
         return 0;
@@ -701,17 +737,18 @@ static int schema_unchanged(sks_device *dev)
 
 int store_begin(sks_device *dev, int write)
 {
+    char err[400];
+
     dirty_clear(dev);
     dev->rows.error[0] = '\0';
-    if (sqlite3_exec(dev->db, write ? "BEGIN IMMEDIATE" : "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
-        snprintf(dev->rows.error, sizeof(dev->rows.error), "the store is busy or unavailable: %s",
-                 sqlite3_errmsg(dev->db));
+    if (!exec_kept(dev, write ? "BEGIN IMMEDIATE" : "BEGIN", err, sizeof(err))) {
+        snprintf(dev->rows.error, sizeof(dev->rows.error), "the store is busy or unavailable: %s", err);
         return 0;
     }
     /* One PRAGMA (SQLite reads it from the file header): the schema is compared again only
      * when it changed. This read also fixes the transaction's snapshot. */
     if (!schema_unchanged(dev)) {
-        sqlite3_exec(dev->db, "ROLLBACK", NULL, NULL, NULL);
+        exec_kept(dev, "ROLLBACK", NULL, 0);
         return 0;
     }
     return 1;
@@ -724,10 +761,8 @@ int store_commit(sks_device *dev)
     dev->rows.error[0] = '\0';
     if (!rows_seal_changes(dev))
         return 0;
-    if (sqlite3_exec(dev->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-        snprintf(dev->rows.error, sizeof(dev->rows.error), "%s", sqlite3_errmsg(dev->db));
+    if (!exec_kept(dev, "COMMIT", dev->rows.error, sizeof(dev->rows.error)))
         return 0;
-    }
     dirty_clear(dev);
     return 1;
 }
@@ -736,7 +771,7 @@ void store_rollback(sks_device *dev)
 {
     dirty_clear(dev);
     if (!sqlite3_get_autocommit(dev->db))
-        sqlite3_exec(dev->db, "ROLLBACK", NULL, NULL, NULL);
+        exec_kept(dev, "ROLLBACK", NULL, 0);
 }
 
 const char *store_error(sks_device *dev)
@@ -753,6 +788,78 @@ sqlite3_stmt *store_prepare(sks_device *dev, sks_call *call, const char *sql)
         return NULL;
     }
     return st;
+}
+
+sqlite3_stmt *store_cached(sks_device *dev, sks_call *call, const char *sql)
+{
+    stmt_cache_entry *e = NULL;
+    sqlite3_stmt *st = NULL;
+    size_t i;
+
+    for (i = 0; i < SKS_STMT_CACHE; i++)
+        if (dev->stmts[i].sql != NULL && strcmp(dev->stmts[i].sql, sql) == 0) {
+            if (dev->stmts[i].busy)
+                break; /* in use further up the stack: a statement of its own below */
+            dev->stmts[i].busy = 1;
+            return dev->stmts[i].st;
+        }
+    if (i == SKS_STMT_CACHE) {
+        /* a free slot, else the next one not in use */
+        for (i = 0; i < SKS_STMT_CACHE && dev->stmts[i].sql != NULL; i++)
+            ;
+        for (size_t tries = 0; i == SKS_STMT_CACHE && tries < SKS_STMT_CACHE; tries++) {
+            size_t j = dev->stmts_next++ % SKS_STMT_CACHE;
+            if (!dev->stmts[j].busy)
+                i = j;
+        }
+        if (i < SKS_STMT_CACHE)
+            e = &dev->stmts[i];
+    }
+    if (sqlite3_prepare_v3(dev->db, sql, -1, e != NULL ? SQLITE_PREPARE_PERSISTENT : 0, &st, NULL) != SQLITE_OK) {
+        sqlite3_finalize(st);
+        if (call != NULL)
+            sks_fail(call, SKS_ERROR_STORAGE, "storage error: %s", sqlite3_errmsg(dev->db));
+        return NULL;
+    }
+    if (e != NULL) {
+        char *copy = OPENSSL_strdup(sql);
+        if (copy == NULL)
+            return st; /* not kept: store_release finalizes it */
+        OPENSSL_free(e->sql);
+        sqlite3_finalize(e->st);
+        e->sql = copy;
+        e->st = st;
+        e->busy = 1;
+    }
+    return st;
+}
+
+void store_release(sks_device *dev, sqlite3_stmt *st)
+{
+    size_t i;
+
+    if (st == NULL)
+        return;
+    for (i = 0; i < SKS_STMT_CACHE; i++)
+        if (dev->stmts[i].st == st) {
+            /* reset ends its read; bound values (handles, never secrets) are cleared too */
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+            dev->stmts[i].busy = 0;
+            return;
+        }
+    sqlite3_finalize(st);
+}
+
+void store_cached_clear(sks_device *dev)
+{
+    size_t i;
+
+    for (i = 0; i < SKS_STMT_CACHE; i++) {
+        sqlite3_finalize(dev->stmts[i].st);
+        OPENSSL_free(dev->stmts[i].sql);
+        memset(&dev->stmts[i], 0, sizeof(dev->stmts[i]));
+    }
 }
 
 int store_step_done(sks_device *dev, sks_call *call, sqlite3_stmt *st)
@@ -937,19 +1044,25 @@ static void mac_bytes(EVP_MAC_CTX *m, const void *p, size_t n)
         EVP_MAC_update(m, p, n);
 }
 
-static EVP_MAC_CTX *row_mac_start(const sks_device *dev)
+/* A fresh HMAC-SHA256 context under the row MAC key: a copy of one keyed once per device
+ * (fetching HMAC and keying it on every row cost a fifth of a key load, bench/). */
+static EVP_MAC_CTX *row_mac_start(sks_device *dev)
 {
-    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    EVP_MAC_CTX *m = mac != NULL ? EVP_MAC_CTX_new(mac) : NULL;
     OSSL_PARAM params[] = { OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
                             OSSL_PARAM_construct_end() };
 
-    EVP_MAC_free(mac);
-    if (m != NULL && EVP_MAC_init(m, dev->rows.mac_key, sizeof(dev->rows.mac_key), params) != 1) {
-        EVP_MAC_CTX_free(m);
-        m = NULL;
+    if (dev->rows.mac_keyed == NULL) {
+        EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+        EVP_MAC_CTX *m = mac != NULL ? EVP_MAC_CTX_new(mac) : NULL;
+
+        EVP_MAC_free(mac);
+        if (m == NULL || EVP_MAC_init(m, dev->rows.mac_key, sizeof(dev->rows.mac_key), params) != 1) {
+            EVP_MAC_CTX_free(m);
+            return NULL;
+        }
+        dev->rows.mac_keyed = m;
     }
-    return m;
+    return EVP_MAC_CTX_dup(dev->rows.mac_keyed);
 }
 
 /*
@@ -957,7 +1070,7 @@ static EVP_MAC_CTX *row_mac_start(const sks_device *dev)
  * the handle, then every column of the row as (name, type, value). *exists = 0 if there is no
  * such row. Returns 0 on an SQLite or crypto failure.
  */
-static int row_mac(const sks_device *dev, sqlite3 *db, int table, int64_t id, uint8_t out[32], int *exists)
+static int row_mac(sks_device *dev, sqlite3 *db, int table, int64_t id, uint8_t out[32], int *exists)
 {
     char sql[96];
     sqlite3_stmt *st = NULL;
@@ -966,7 +1079,11 @@ static int row_mac(const sks_device *dev, sqlite3 *db, int table, int64_t id, ui
     size_t outlen = 0;
 
     snprintf(sql, sizeof(sql), "SELECT * FROM %s WHERE rowid = ?", ROW_TABLES[table]);
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+    if (db == dev->db)
+        st = store_cached(dev, NULL, sql);
+    else if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        st = NULL;
+    if (st == NULL)
         return 0;
     sqlite3_bind_int64(st, 1, id);
     step = sqlite3_step(st);
@@ -1001,17 +1118,25 @@ static int row_mac(const sks_device *dev, sqlite3 *db, int table, int64_t id, ui
     ok = EVP_MAC_final(m, out, &outlen, 32) == 1 && outlen == 32;
 done:
     EVP_MAC_CTX_free(m);
-    sqlite3_finalize(st);
+    if (db == dev->db)
+        store_release(dev, st);
+    else
+        sqlite3_finalize(st);
     return ok;
 }
 
 /* The stored MAC of a row in `db`; 0 if there is none. */
-static int row_mac_stored(sqlite3 *db, int table, int64_t id, uint8_t out[32])
+static int row_mac_stored(sks_device *dev, sqlite3 *db, int table, int64_t id, uint8_t out[32])
 {
+    static const char SQL[] = "SELECT mac FROM row_macs WHERE tbl = ? AND id = ?";
     sqlite3_stmt *st = NULL;
     int ok = 0;
 
-    if (sqlite3_prepare_v2(db, "SELECT mac FROM row_macs WHERE tbl = ? AND id = ?", -1, &st, NULL) != SQLITE_OK)
+    if (db == dev->db)
+        st = store_cached(dev, NULL, SQL);
+    else if (sqlite3_prepare_v2(db, SQL, -1, &st, NULL) != SQLITE_OK)
+        st = NULL;
+    if (st == NULL)
         return 0;
     sqlite3_bind_text(st, 1, ROW_TABLES[table], -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, id);
@@ -1019,12 +1144,15 @@ static int row_mac_stored(sqlite3 *db, int table, int64_t id, uint8_t out[32])
         memcpy(out, sqlite3_column_blob(st, 0), 32);
         ok = 1;
     }
-    sqlite3_finalize(st);
+    if (db == dev->db)
+        store_release(dev, st);
+    else
+        sqlite3_finalize(st);
     return ok;
 }
 
 /* 1: the row is absent or matches its MAC; 0: it does not (or cannot be read). */
-static int row_intact(const sks_device *dev, sqlite3 *db, int table, int64_t id, int *exists)
+static int row_intact(sks_device *dev, sqlite3 *db, int table, int64_t id, int *exists)
 {
     uint8_t have[32], want[32];
 
@@ -1032,7 +1160,7 @@ static int row_intact(const sks_device *dev, sqlite3 *db, int table, int64_t id,
         return 0;
     if (!*exists)
         return 1;
-    return row_mac_stored(db, table, id, want) && CRYPTO_memcmp(have, want, 32) == 0;
+    return row_mac_stored(dev, db, table, id, want) && CRYPTO_memcmp(have, want, 32) == 0;
 }
 
 static int row_is_dirty(const sks_device *dev, int table, int64_t id)
@@ -1220,6 +1348,7 @@ static void rows_close(sks_device *dev)
     if (dev->db != NULL)
         sqlite3_update_hook(dev->db, NULL, NULL);
     sqlite3_close(dev->rows.committed);
+    EVP_MAC_CTX_free(dev->rows.mac_keyed); /* wipes the keyed state */
     OPENSSL_free(dev->rows.dirty);
     OPENSSL_cleanse(dev->rows.mac_key, sizeof(dev->rows.mac_key));
     memset(&dev->rows, 0, sizeof(dev->rows));

@@ -360,8 +360,10 @@ SKS_HANDLER(h_sign_hashed_data)
                       " saltLength followed by an optional MGF1 digest name (SHA1, SHA256, SHA384, SHA512)");
         goto done;
     }
-    /* a cached key keeps its signing contexts between calls */
-    if (!sign_hash_reuse(hit != NULL ? &hit->ctx : NULL, pkey, alg->md ? EVP_get_digestbyname(alg->md) : NULL,
+    /* a cached key keeps its signing contexts between calls; only RSA needs the digest named
+     * (ECDSA and Ed25519 sign what they are given), and looking it up costs on every call */
+    if (!sign_hash_reuse(hit != NULL ? &hit->ctx : NULL, pkey,
+                         alg->md != NULL && alg->key == KEYTYPE_RSA ? EVP_get_digestbyname(alg->md) : NULL,
                          alg->pss, saltlen, mgf1, data.p, data.n, &sig)) {
         rc = sks_fail(call, SKS_ERROR_CRYPTO, "signHashedData: signing with key #%u failed (data too long for the key?)",
                       a.handle);
@@ -420,7 +422,7 @@ SKS_HANDLER(h_key_agreement)
     const sks_algorithm *alg = NULL;
     EVP_PKEY *pkey = NULL, *peer = NULL;
     user_cache_entry *hit = NULL;
-    int validated = 0;
+    int validated = 0, direct;
     sks_buf z;
     sks_status rc;
 
@@ -432,6 +434,13 @@ SKS_HANDLER(h_key_agreement)
     sks_buf_init(&z);
     if ((rc = prepare(dev, call, "keyAgreement", ALG_AGREE, &a, &k, &alg, &pkey, NULL, &hit)) != SKS_OK)
         goto done;
+    if (hit != NULL && (direct = ecdh_z_direct(&hit->ctx, pkey, peer_der.p, peer_der.n, &z)) >= 0) {
+        if (direct == 0)
+            rc = sks_fail(call, SKS_ERROR_CRYPTO, "keyAgreement: ECDH failed");
+        else
+            sks_buf_array(out, z.data, z.len);
+        goto done;
+    }
     if ((peer = ecdh_peer_parse(pkey, peer_der.p, peer_der.n, &validated)) == NULL) {
         rc = sks_fail(call, SKS_ERROR_OPTION, "keyAgreement: \"publicKey\" must be an EC public key on the curve of key #%u",
                       a.handle);

@@ -25,6 +25,7 @@
 #include <openssl/err.h>
 #include <openssl/params.h>
 #include <openssl/provider.h>
+#include <openssl/x509.h>
 
 static OSSL_FUNC_core_get_params_fn *core_get_params;
 static OSSL_FUNC_core_new_error_fn *core_new_error;
@@ -108,12 +109,49 @@ void sks_raise(sks_provctx *ctx, int reason, const char *fmt, ...)
     va_end(ap);
 }
 
+/*
+ * Which process a connection belongs to, without a system call per operation: getpid() is
+ * one (glibc stopped caching it), and on a virtual machine with speculative-execution
+ * mitigations it costs about 1 us, a twentieth of a P-256 signature (bench/RESULTS.md). A
+ * pthread_atfork child handler, registered once, bumps fork_epoch in every forked child
+ * before fork() returns; a connection opened in an earlier epoch is the parent's. The socket
+ * and PC/SC transports already rely on such handlers to let go of the parent's descriptors,
+ * so this adds no new assumption. If the handler cannot be registered, getpid() decides.
+ */
+static unsigned long fork_epoch;
+static int fork_epoch_ok;
+static pthread_once_t fork_epoch_once = PTHREAD_ONCE_INIT;
+
+static void fork_epoch_child(void)
+{
+    __atomic_add_fetch(&fork_epoch, 1, __ATOMIC_SEQ_CST);
+}
+
+static void fork_epoch_register(void)
+{
+    fork_epoch_ok = pthread_atfork(NULL, NULL, fork_epoch_child) == 0;
+}
+
+static void owner_mark(sks_provctx *ctx)
+{
+    ctx->transport_pid = getpid();
+    ctx->transport_epoch = __atomic_load_n(&fork_epoch, __ATOMIC_SEQ_CST);
+}
+
+/* 1 if ctx->transport was opened by this process (not inherited across fork). */
+static int owner_is_us(const sks_provctx *ctx)
+{
+    if (fork_epoch_ok)
+        return ctx->transport_epoch == __atomic_load_n(&fork_epoch, __ATOMIC_SEQ_CST);
+    return ctx->transport_pid == getpid();
+}
+
 /* Opens (or after fork, reopens) the device connection. Called with ctx->lock held. */
 static sks_pstatus ensure_transport(sks_provctx *ctx)
 {
     char err[512] = "", spec[4200];
 
-    if (ctx->transport != NULL && ctx->transport_pid == getpid())
+    if (ctx->transport != NULL && owner_is_us(ctx))
         return SKS_P_OK;
     /* A forked child must not share the parent's connection: it opens its own, so that sksd
      * sees the child's credentials. The socket and PC/SC transports have already let go of
@@ -136,7 +174,7 @@ static sks_pstatus ensure_transport(sks_provctx *ctx)
         sks_raise(ctx, SKS_R_UNREACHABLE, "cannot open the sks device %s: %s", spec, err);
         return SKS_P_FAIL;
     }
-    ctx->transport_pid = getpid();
+    owner_mark(ctx);
     return SKS_P_OK;
 }
 
@@ -193,6 +231,44 @@ EVP_MD *sks_md_fetch(sks_provctx *ctx, const char *name)
         md = ctx->md[i];
     pthread_mutex_unlock(&ctx->md_lock);
     return md;
+}
+
+EVP_PKEY *sks_public_key(sks_provctx *ctx, const uint8_t *spki, size_t len)
+{
+    const unsigned char *q = spki;
+    EVP_PKEY *pkey = NULL;
+    size_t i, n = sizeof(ctx->pubs) / sizeof(ctx->pubs[0]);
+    uint8_t *copy;
+
+    if (len == 0 || len > INT32_MAX)
+        return NULL;
+    pthread_mutex_lock(&ctx->pubs_lock);
+    for (i = 0; i < n && pkey == NULL; i++)
+        if (ctx->pubs[i].pkey != NULL && ctx->pubs[i].len == len && memcmp(ctx->pubs[i].spki, spki, len) == 0
+            && EVP_PKEY_up_ref(ctx->pubs[i].pkey))
+            pkey = ctx->pubs[i].pkey;
+    pthread_mutex_unlock(&ctx->pubs_lock);
+    if (pkey != NULL)
+        return pkey;
+    /* the whole input must be the key: trailing bytes would make two encodings one entry */
+    pkey = d2i_PUBKEY_ex(NULL, &q, (long)len, ctx->libctx, "provider=default");
+    if (pkey == NULL || q != spki + len) {
+        EVP_PKEY_free(pkey);
+        return NULL;
+    }
+    if ((copy = OPENSSL_memdup(spki, len)) == NULL || !EVP_PKEY_up_ref(pkey)) {
+        OPENSSL_free(copy);
+        return pkey; /* not remembered, still correct */
+    }
+    pthread_mutex_lock(&ctx->pubs_lock);
+    i = ctx->pubs_next++ % n;
+    OPENSSL_free(ctx->pubs[i].spki);
+    EVP_PKEY_free(ctx->pubs[i].pkey);
+    ctx->pubs[i].spki = copy;
+    ctx->pubs[i].len = len;
+    ctx->pubs[i].pkey = pkey;
+    pthread_mutex_unlock(&ctx->pubs_lock);
+    return pkey;
 }
 
 static const OSSL_PARAM *sks_gettable_params(void *provctx)
@@ -259,11 +335,16 @@ static void sks_teardown(void *provctx)
 
     if (ctx == NULL)
         return;
-    if (ctx->transport != NULL && ctx->transport_pid == getpid())
+    if (ctx->transport != NULL && owner_is_us(ctx))
         ctx->transport->close(ctx->transport);
     sks_client_buffers_free(&ctx->bufs);
     for (size_t i = 0; i < sizeof(ctx->md) / sizeof(ctx->md[0]); i++)
         EVP_MD_free(ctx->md[i]);
+    for (size_t i = 0; i < sizeof(ctx->pubs) / sizeof(ctx->pubs[0]); i++) { /* before their library context */
+        OPENSSL_free(ctx->pubs[i].spki);
+        EVP_PKEY_free(ctx->pubs[i].pkey);
+    }
+    pthread_mutex_destroy(&ctx->pubs_lock);
     OSSL_LIB_CTX_free(ctx->libctx);
     OPENSSL_free(ctx->device);
     OPENSSL_free(ctx->store_path);
@@ -353,9 +434,11 @@ int OSSL_provider_init(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, 
     if (ctx == NULL)
         return 0;
     ctx->core = handle;
+    pthread_once(&fork_epoch_once, fork_epoch_register); /* before any connection is opened */
     pthread_mutex_init(&ctx->lock, NULL);
     pthread_mutex_init(&ctx->names_lock, NULL);
     pthread_mutex_init(&ctx->md_lock, NULL);
+    pthread_mutex_init(&ctx->pubs_lock, NULL);
     /* Public-key work (cached public halves, verification, hashing) runs in a child
      * library context that sees the application's providers, "default" among them. */
     ctx->libctx = OSSL_LIB_CTX_new_child(handle, orig);

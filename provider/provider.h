@@ -45,7 +45,8 @@ typedef struct sks_provctx {
     pthread_mutex_t lock;    /* serialises device calls on the shared transport */
     sks_transport *transport;
     sks_client_buffers bufs; /* reused by every operation's User API call (under lock) */
-    pid_t transport_pid;     /* a forked child reopens its own connection */
+    pid_t transport_pid;     /* a forked child reopens its own connection: */
+    unsigned long transport_epoch; /* the fork epoch it was opened in (provider.c) */
     /* Which handle a friendly name was last found at, so that loading a key by name (curl
      * does it on every connection) costs one lookup instead of a scan of the store. Only a
      * hint: the key's attributes are read again and the name compared. */
@@ -59,7 +60,22 @@ typedef struct sks_provctx {
      * about 3% of a P-256 signature (bench/). Indexed as sks_md_fetch's table. */
     pthread_mutex_t md_lock;
     EVP_MD *md[5];
+    /* Public halves of keys loaded through the store, by their exact SubjectPublicKeyInfo:
+     * d2i_PUBKEY sets up OpenSSL 3.0's decoder chain, about 40% of a key load (bench/). The
+     * same bytes always decode to the same key, so a hit is exact; the EVP_PKEY is shared
+     * read-only (up-ref), as sks keys already share it when duplicated. */
+    pthread_mutex_t pubs_lock;
+    struct {
+        uint8_t *spki;
+        size_t len;
+        EVP_PKEY *pkey;
+    } pubs[16];
+    unsigned pubs_next;
 } sks_provctx;
+
+/* The public key of a DER SubjectPublicKeyInfo, decoded in the provider's library context
+ * (or found decoded before); the caller owns a reference. NULL if it does not decode. */
+EVP_PKEY *sks_public_key(sks_provctx *ctx, const uint8_t *spki, size_t len);
 
 /* SHA1, SHA224, SHA256, SHA384 or SHA512 (canonical names) from the default provider, fetched
  * once per provider context; the caller owns a reference (EVP_MD_free). Other names are

@@ -247,8 +247,13 @@ static int canonical_md(sks_provctx *ctx, const char *name, char *out, size_t n)
     int ok = 0;
 
     for (i = 0; i < sizeof(KNOWN) / sizeof(KNOWN[0]); i++)
-        if (OPENSSL_strcasecmp(name, KNOWN[i].alias) == 0)
-            return snprintf(out, n, "%s", KNOWN[i].name) > 0;
+        if (OPENSSL_strcasecmp(name, KNOWN[i].alias) == 0) {
+            size_t len = strlen(KNOWN[i].name); /* a copy, not snprintf: this runs on every signature */
+            if (len >= n)
+                return 0;
+            memcpy(out, KNOWN[i].name, len + 1);
+            return 1;
+        }
     md = EVP_MD_fetch(ctx->libctx, name, "provider=default");
 
     if (md == NULL)

@@ -12,6 +12,7 @@
 
 #include <string.h>
 
+#include <openssl/asn1t.h>
 #include <openssl/core_names.h>
 #include <openssl/core_object.h>
 #include <openssl/crypto.h>
@@ -176,6 +177,52 @@ static int take_endorsed(sks_key_attributes *a, char ***out)
     return 1;
 }
 
+/* The element `index` of a DER SEQUENCE, as parsed by OpenSSL's generic ASN1_ANY (bounded,
+ * any tag): its whole encoding is copied into *out; 0 if there is none. */
+static int sequence_item(const uint8_t *der, size_t n, int index, int *type, sks_buf *out)
+{
+    const unsigned char *q = der;
+    ASN1_SEQUENCE_ANY *seq;
+    const ASN1_TYPE *t;
+    int ok = 0;
+
+    if (n == 0 || n > INT32_MAX)
+        return 0;
+    seq = d2i_ASN1_SEQUENCE_ANY(NULL, &q, (long)n);
+    if (seq != NULL && q == der + n && index < sk_ASN1_TYPE_num(seq)) {
+        t = sk_ASN1_TYPE_value(seq, index);
+        *type = t->type;
+        /* SEQUENCE and non-universal (V_ASN1_OTHER) elements keep their whole encoding */
+        if (t->type == V_ASN1_SEQUENCE || t->type == V_ASN1_OTHER) {
+            sks_buf_put(out, t->value.asn1_string->data, (size_t)t->value.asn1_string->length);
+            ok = !out->failed;
+        } else {
+            ok = 1;
+        }
+    }
+    sk_ASN1_TYPE_pop_free(seq, ASN1_TYPE_free);
+    return ok;
+}
+
+/* The SubjectPublicKeyInfo of a DER certificate (RFC 5280 4.1: the sixth field of
+ * tbsCertificate after the optional [0] version), taken out without d2i_X509: in OpenSSL 3.0
+ * that decodes the public key through a decoder chain, a third of a whole key load, only for
+ * us to encode it again. The key itself is decoded once, when it is loaded (make_key). */
+static int certificate_spki(const uint8_t *der, size_t n, sks_buf *spki)
+{
+    sks_buf tbs, first;
+    int type = 0, ok;
+
+    sks_buf_init(&tbs);
+    sks_buf_init(&first);
+    ok = sequence_item(der, n, 0, &type, &tbs) && type == V_ASN1_SEQUENCE
+         && sequence_item(tbs.data, tbs.len, 0, &type, &first)
+         && sequence_item(tbs.data, tbs.len, type == V_ASN1_OTHER ? 6 : 5, &type, spki) && type == V_ASN1_SEQUENCE;
+    sks_buf_free(&tbs);
+    sks_buf_free(&first);
+    return ok;
+}
+
 /* Reads getKeyAttributes and queues the key's objects if it matches the URI. */
 static int consider_key(store_ctx *s, uint32_t handle)
 {
@@ -184,11 +231,9 @@ static int consider_key(store_ctx *s, uint32_t handle)
     size_t i, ncert;
     uint8_t fp[32];
     int ok = 1;
-    X509 *ee = NULL;
-    const unsigned char *q;
-    unsigned char *spki = NULL;
-    int spki_len;
+    sks_buf spki;
 
+    sks_buf_init(&spki);
     if (!key_attributes(s->ctx, handle, &a))
         return 0;
     certs = a.certificates.items;
@@ -204,9 +249,7 @@ static int consider_key(store_ctx *s, uint32_t handle)
             || memcmp(fp, s->uri.sha256, 32) != 0)
             goto done;
     }
-    q = certs[0].data;
-    ee = d2i_X509(NULL, &q, (long)certs[0].len);
-    if (ee == NULL || (spki_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(ee), &spki)) <= 0)
+    if (!certificate_spki(certs[0].data, certs[0].len, &spki))
         goto done;
     if (wants(s, SKS_URI_PRIVATE) || wants(s, SKS_URI_PUBLIC)) {
         struct key_info *ki = OPENSSL_realloc(s->keys, (s->nkeys + 1) * sizeof(*ki));
@@ -221,18 +264,17 @@ static int consider_key(store_ctx *s, uint32_t handle)
         ki->name = a.friendly_name;
         a.friendly_name = NULL;
         sks_buf_init(&ki->spki);
-        sks_buf_put(&ki->spki, spki, (size_t)spki_len);
+        sks_buf_put(&ki->spki, spki.data, spki.len);
         ok = take_endorsed(&a, &ki->endorsed) && !ki->spki.failed;
     }
     if (ok && wants(s, SKS_URI_PRIVATE))
         ok = add_object(s, OSSL_OBJECT_PKEY, 1, handle, NULL, 0);
     if (ok && wants(s, SKS_URI_PUBLIC))
-        ok = add_object(s, OSSL_OBJECT_PKEY, 0, handle, spki, (size_t)spki_len);
+        ok = add_object(s, OSSL_OBJECT_PKEY, 0, handle, spki.data, spki.len);
     for (i = 0; ok && i < ncert && wants(s, SKS_URI_CERT); i++)
         ok = add_object(s, OSSL_OBJECT_CERT, 0, handle, certs[i].data, certs[i].len);
 done:
-    OPENSSL_free(spki);
-    X509_free(ee);
+    sks_buf_free(&spki);
     sks_key_attributes_free(&a);
     return ok;
 }
@@ -413,8 +455,7 @@ static char *ask_pin(const char *name, OSSL_PASSPHRASE_CALLBACK *pw_cb, void *pw
 /* Builds the provider key object for a private key, with its PIN. */
 static sks_key *make_key(store_ctx *s, struct key_info *ki, OSSL_PASSPHRASE_CALLBACK *pw_cb, void *pw_cbarg)
 {
-    const unsigned char *q = ki->spki.data;
-    EVP_PKEY *pub = d2i_PUBKEY_ex(NULL, &q, (long)ki->spki.len, s->ctx->libctx, "provider=default");
+    EVP_PKEY *pub = sks_public_key(s->ctx, ki->spki.data, ki->spki.len);
     int pin_protected = 0, locked = 0;
     sks_key_kind kind;
     sks_key *k;

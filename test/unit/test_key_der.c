@@ -156,7 +156,7 @@ int main(void)
     for (i = 0; i < sizeof(CURVES) / sizeof(CURVES[0]); i++) {
         for (j = 0; j < 10; j++) {
             EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", CURVES[i]);
-            key_contexts kc = { NULL, NULL, NULL };
+            key_contexts kc = { 0 };
             CHECK(k != NULL, "%s: keygen", CURVES[i]);
             if (k == NULL)
                 continue;
@@ -172,7 +172,7 @@ int main(void)
     }
     {
         EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
-        key_contexts kc = { NULL, NULL, NULL };
+        key_contexts kc = { 0 };
         check_key("Ed25519", k);
         check_signatures("Ed25519", k, &kc, 50);
         key_contexts_free(&kc);
