@@ -2,6 +2,7 @@
  * The SmartCard-HSM driver: one SKS wire request in, the card's APDUs, one reply out.
  */
 #include "schsm.h"
+#include "manage.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -37,6 +38,11 @@ int schsm_card_call(schsm_card *c, schsm_io *io, const uint8_t *req, size_t n, s
 {
     char msg[80];
 
+    if (n > 0 && schsm_manage_handles(req[0])) { /* hsm* key management: schsm/manage.c */
+        int answered = schsm_manage_call(io, req, n, reply, err, errlen);
+        schsm_card_forget(c);
+        return answered;
+    }
     (void)c;
     (void)io;
     (void)err;
