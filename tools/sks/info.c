@@ -14,12 +14,22 @@ int cmd_info(cli_store *store, int argc, char **argv)
     size_t i;
 
     if (argc > 1 && strcmp(argv[1], "--help") == 0) {
-        printf("usage: sks info\n  Shows the device's vendor, API level, certificate and algorithms.\n");
+        printf("usage: sks info\n  Shows the device's vendor, API level, certificate and algorithms; on a\n"
+               "  SmartCard-HSM its kind, firmware, user PIN state and tries left (as sks hsm status).\n");
         return 0;
     }
     t = cli_open(store, "info");
     if (t == NULL)
         return 1;
+    if (cli_maybe_hsm(store)) {
+        sks_hsm_status st;
+        if (cli_hsm_status(t, &st)) {
+            printf("device:      %s\n", store->device);
+            cli_hsm_print_status(&st);
+            t->close(t);
+            return 0;
+        }
+    }
     if (!sks_client_get_device_info(t, &d, &e)) {
         cli_error("info: %s", e.message);
         t->close(t);
