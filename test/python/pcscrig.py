@@ -1,0 +1,212 @@
+"""A private pcscd with the vpcd reader driver, and virtual cards in its slots, for tests.
+
+pcscd runs in the foreground on a socket we bind and hand over by socket activation
+(LISTEN_FDS); clients find it through PCSCLITE_CSOCK_NAME (see `env`). Its reader configuration
+is a directory of ours with vpcd on a free port pair, so a system pcscd is left alone. vpcd
+offers two slots: "Virtual PCD 00 00" on port P and "Virtual PCD 00 01" on P+1. pcscd logs every
+APDU (-a).
+
+    with PcscRig() as rig:
+        card = rig.vhsm(slot=0)             # sks-vhsm with a fresh state file in slot 0
+        rig.wait_for_atr(0)
+        subprocess.run(["pkcs11-tool", ...], env=rig.env)
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+PCSCD = shutil.which("pcscd") or "/usr/sbin/pcscd"
+VPCD_DRIVER = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
+READERS = ("Virtual PCD 00 00", "Virtual PCD 00 01")
+HERE = os.path.dirname(os.path.abspath(__file__))
+VHSM = os.path.normpath(os.path.join(HERE, "..", "..", "tools", "sks-vhsm", "sks-vhsm"))
+WAIT = 15
+
+
+def free_port_pair():
+    """A port P with P+1 free too: vpcd listens on one port per slot."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise AssertionError("no free pair of TCP ports")
+
+
+def stop_process(proc, sig=signal.SIGTERM):
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Pcscd:
+    """pcscd in the foreground on a socket we bind, reading only our reader configuration."""
+
+    def __init__(self, base, port):
+        self.sock_path = os.path.join(base, "pcscd.comm")
+        self.log = os.path.join(base, "pcscd.log")
+        self.conf = os.path.join(base, "reader.conf.d")
+        os.makedirs(self.conf, exist_ok=True)
+        with open(os.path.join(self.conf, "vpcd"), "w") as f:
+            f.write(f'FRIENDLYNAME "Virtual PCD"\nDEVICENAME /dev/null:{port}\nLIBPATH {VPCD_DRIVER}\n'
+                    f"CHANNELID {port}\n")
+        self.proc = None
+        self.logf = None
+
+    def start(self):
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.sock_path)
+        listener.listen(64)
+        fd = listener.fileno()
+        self.logf = open(self.log, "ab")
+        # Socket activation: the socket on fd 3, LISTEN_PID naming pcscd itself (sh execs it).
+        self.proc = subprocess.Popen(
+            ["sh", "-c", f'LISTEN_PID=$$ LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS; '
+                         f'exec "{PCSCD}" -f -i -a -c "{self.conf}"'],
+            stdout=self.logf, stderr=subprocess.STDOUT, preexec_fn=lambda: os.dup2(fd, 3), pass_fds=(3,))
+        listener.close()
+        deadline = time.time() + WAIT
+        while "daemon ready" not in self.log_text():
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise AssertionError(f"pcscd did not start:\n{self.log_text()[-3000:]}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self):
+        stop_process(self.proc)
+        if self.logf:
+            self.logf.close()
+            self.logf = None
+
+    def log_text(self):
+        with open(self.log, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def log_size(self):
+        return os.path.getsize(self.log)
+
+    def apdus_since(self, offset):
+        """The command APDUs pcscd logged after offset, as hex strings."""
+        with open(self.log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        return [line.split("APDU: ", 1)[1].strip() for line in text.splitlines() if "APDU: " in line]
+
+
+class VirtualHsm:
+    """sks-vhsm in one vpcd slot. pull() stops it like a card taken out; insert() puts the same
+    card (same state file) back."""
+
+    def __init__(self, port, state, apdu_log, stderr_log):
+        self.port = port
+        self.state = state
+        self.apdu_log = apdu_log
+        self.stderr_log = stderr_log
+        self.proc = None
+
+    def insert(self):
+        self.logf = open(self.stderr_log, "ab")
+        self.proc = subprocess.Popen([VHSM, "--port", str(self.port), "--state", self.state,
+                                      "--apdu-log", self.apdu_log], stderr=self.logf)
+        return self
+
+    def pull(self, sig=signal.SIGKILL):
+        stop_process(self.proc, sig)
+        self.logf.close()
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def apdu_lines(self):
+        if not os.path.exists(self.apdu_log):
+            return []
+        with open(self.apdu_log) as f:
+            return f.read().splitlines()
+
+    def count(self, ins, since=0):
+        """How many command APDUs with this INS (e.g. 0x68 SIGN) the card answered, counting
+        from line `since` of its APDU log."""
+        return sum(1 for line in self.apdu_lines()[since:] if line.startswith(f"{ins:02X} "))
+
+    def export_root(self, path):
+        subprocess.run([VHSM, "--state", self.state, "--export-root", path, "--export-only"], check=True)
+
+
+class PcscRig:
+    """pcscd + vpcd on a free port pair in a temporary directory."""
+
+    def __init__(self, base=None):
+        self.base = base or tempfile.mkdtemp(prefix="sks-pcscrig-")
+        self.port = free_port_pair()
+        self.pcscd = Pcscd(self.base, self.port)
+        self.cards = {}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENSSL_", "SKS_", "PCSCLITE_", "OPENSC_"))}
+        self.plain_env = dict(env)
+        env["PCSCLITE_CSOCK_NAME"] = self.pcscd.sock_path
+        # OpenSC without a file cache and without a user's opensc.conf surprises.
+        env["OPENSC_CONF"] = os.path.join(self.base, "opensc.conf")
+        with open(env["OPENSC_CONF"], "w") as f:
+            f.write("app default {\n  framework pkcs15 {\n    use_file_caching = no;\n  }\n}\n")
+        self.env = env
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def start(self):
+        if not os.path.exists(PCSCD) or not os.path.exists(VPCD_DRIVER):
+            raise AssertionError("pcscd or vpcd is missing: scripts/install-deps.sh installs pcscd and vsmartcard-vpcd")
+        self.pcscd.start()
+        return self
+
+    def stop(self):
+        for c in self.cards.values():
+            if c.running():
+                c.pull(signal.SIGTERM)
+        self.pcscd.stop()
+
+    def path(self, name):
+        return os.path.join(self.base, name)
+
+    def vhsm(self, slot=0, state=None):
+        """Inserts sks-vhsm into `slot` (0 or 1); state defaults to card<slot>.json in the rig."""
+        state = state or self.path(f"card{slot}.json")
+        card = VirtualHsm(self.port + slot, state, self.path(f"card{slot}.apdu.log"), self.path(f"card{slot}.err"))
+        self.cards[slot] = card
+        return card.insert()
+
+    def reader(self, slot):
+        return READERS[slot]
+
+    def wait_for_card(self, slot, present=True):
+        """Waits until pcscd sees a card in `slot` (or sees it gone), by the ATR it reports."""
+        deadline = time.time() + WAIT
+        while True:
+            res = subprocess.run(["opensc-tool", "--reader", str(slot), "--atr"], env=self.env,
+                                 capture_output=True, timeout=30)
+            if (res.returncode == 0) == present:
+                return
+            if time.time() > deadline:
+                raise AssertionError(f"slot {slot}: card {'not ' if present else ''}present after {WAIT} s: "
+                                     f"{res.stdout.decode(errors='replace')}{res.stderr.decode(errors='replace')}")
+            time.sleep(0.1)
