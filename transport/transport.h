@@ -16,6 +16,9 @@ struct sks_transport {
      * could not be reached (then err holds why). */
     int (*call)(sks_transport *t, const uint8_t *req, size_t n, sks_buf *reply, char *err, size_t errlen);
     void (*close)(sks_transport *t);
+    /* What the transport reached, when there is more to say than the device specification:
+     * "SKS card in reader \"...\"", "SmartCard-HSM in reader \"...\"" (pcsc:). NULL if not. */
+    const char *(*describe)(sks_transport *t);
 };
 
 /* The embedded store, in this process. */
@@ -26,16 +29,18 @@ sks_device *sks_transport_local_device(sks_transport *t);
 /* The sksd daemon on a Unix socket. */
 sks_transport *sks_transport_open_unix(const char *socket_path, char *err, size_t errlen);
 
-/* An SKS card through pcsc-lite (docs/pcsc.md). reader: a reader name, or part of one (a
- * reader of exactly that name wins); "" = the first reader whose card has the SKS
- * application. Connects and selects it before returning. Built with -DSKS_WITH_PCSC. */
+/* An SKS card or a SmartCard-HSM through pcsc-lite (docs/pcsc.md). reader: a reader name, or
+ * part of one (a reader of exactly that name wins); "" = the first reader whose card has the
+ * SKS or the SmartCard-HSM application. Connects and selects it before returning. Built with
+ * -DSKS_WITH_PCSC. */
 sks_transport *sks_transport_open_pcsc(const char *reader, char *err, size_t errlen);
 
 /*
  * Opens the device a specification names:
  *   file:PATH      the embedded store PATH (master key: master_key_path, else PATH.key)
  *   unix:PATH      sksd listening on the Unix socket PATH
- *   pcsc:[READER]  an SKS card through pcsc-lite (reader by name, or the first with a card)
+ *   pcsc:[READER]  an SKS card or a SmartCard-HSM through pcsc-lite (reader by name, or the first
+ *                  with such a card)
  * A bare path is taken as file:PATH.
  */
 sks_transport *sks_transport_open(const char *spec, const char *master_key_path, char *err, size_t errlen);

@@ -591,20 +591,93 @@ pcsc.SCardReleaseContext(ctx)
 """
 
 
-def test_card_reset_by_another_application(rig_ok):
-    """Another application resets the card: the next call says so, the one after reconnects
-    and selects the SKS application again."""
+SELECT_SKS = "00 A4 04 00 06 F0 53 4B 53 00 01 00"
+
+
+def reset_card(rig, reader=READER0):
+    """Another PC/SC application connects to the card and resets it as it disconnects."""
+    run([sys.executable, "-c", RESET_CARD, reader], env=rig["env"])
+
+
+def test_card_reset_by_another_application_is_recovered_at_once(rig_ok):
+    """Another application resets the card between two signatures of a running process: the
+    next signature reconnects, selects the SKS application again before anything else (the
+    card forgot its selection) and succeeds; so does every one after it."""
     loop = SignLoop(rig_ok)
     try:
         assert loop.sign("before").startswith("ok ")
-        run([sys.executable, "-c", RESET_CARD, READER0], env=rig_ok["env"])
+        reset_card(rig_ok)
+        mark = rig_ok["pcscd"].log_size()
         r = loop.sign("after reset")
-        assert r.startswith("error ") and "card reset" in r and READER0 in r, r
-        r = loop.sign("reconnected")
         assert r.startswith("ok "), r
-        verify_ecdsa(rig_ok, "reconnected", r[3:])
+        verify_ecdsa(rig_ok, "after reset", r[3:])
+        apdus = rig_ok["pcscd"].apdus_since(mark)
+        assert apdus and apdus[0] == SELECT_SKS, apdus[:3]
+        assert apdus[1].startswith("80 10 00 00 00"), apdus[:3]  # then the request, once
+        assert sum(a.startswith("80 10") for a in apdus) == 1, apdus
+        r = loop.sign("after that")
+        assert r.startswith("ok "), r
+        verify_ecdsa(rig_ok, "after that", r[3:])
     finally:
         loop.close()
+
+
+def test_repeated_resets_each_recovered(rig_ok):
+    """A reset before each of several signatures, on the short-APDU card (whose replies need
+    GET RESPONSE after the reconnect): every signature verifies."""
+    loop = SignLoop(rig_ok, SKS_DEVICE="pcsc:" + READER1)
+    try:
+        for i in range(3):
+            reset_card(rig_ok, READER1)
+            r = loop.sign(f"reset {i}")
+            assert r.startswith("ok "), r
+            verify_ecdsa(rig_ok, f"reset {i}", r[3:])
+    finally:
+        loop.close()
+
+
+def test_card_swapped_between_calls_is_reported_then_used(rig_ok):
+    """The card is pulled and put back while a process is idle: its next call says the card was
+    removed from that reader (the card may be another one now, so nothing is sent to it); the
+    call after connects again and signs."""
+    loop = SignLoop(rig_ok)
+    card = rig_ok["cards"][0]
+    try:
+        assert loop.sign("before").startswith("ok ")
+        mark = rig_ok["pcscd"].log_size()
+        card.pull()
+        wait_for_removal(rig_ok["pcscd"], mark, READER0)
+        card.insert()
+        wait_for_card(rig_ok["env"], READER0)
+        r = loop.sign("swapped")
+        assert r.startswith("error ") and "card removed" in r and f'reader "{READER0}"' in r, r
+        r = loop.sign("after swap")
+        assert r.startswith("ok "), r
+        verify_ecdsa(rig_ok, "after swap", r[3:])
+    finally:
+        loop.close()
+
+
+def wait_for_removal(pcscd, mark, reader):
+    """Until pcscd has seen the slot empty (its event thread logs it)."""
+    deadline = time.time() + WAIT
+    with open(pcscd.log, "rb") as f:
+        while True:
+            f.seek(mark)
+            if f"Card Removed From {reader}".encode() in f.read():
+                return
+            assert time.time() < deadline, f"pcscd did not see the card leave {reader}"
+            time.sleep(0.1)
+
+
+def test_info_names_the_kind_of_card_and_its_reader(rig_ok):
+    """sks info on pcsc: says which kind of card it found and in which reader."""
+    out = run([SKS, "--device", "pcsc:", "info"], env=rig_ok["env"]).stdout.decode()
+    assert f'card:        SKS card in reader "{READER0}"' in out, out
+    out = run([SKS, "--device", "pcsc:00 01", "info"], env=rig_ok["env"]).stdout.decode()
+    assert f'card:        SKS card in reader "{READER1}"' in out, out
+    out = run([SKS, "--store", rig_ok["store"], "info"], env=rig_ok["env"]).stdout.decode()
+    assert "card:" not in out, out
 
 
 def test_concurrent_clients_keep_their_exchanges_whole(rig_ok):

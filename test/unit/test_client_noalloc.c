@@ -81,7 +81,7 @@ static int contains(const uint8_t *hay, size_t n, const char *needle)
 int main(void)
 {
     static const char PIN[] = "pin-31415926";
-    sks_transport t = { canned_call, NULL };
+    sks_transport t = { canned_call, NULL, NULL };
     sks_client_buffers b;
     sks_client_error e;
     sks_user_args a = { 7, "https://webpki.github.io/sks/algorithm#ed25519", { NULL, 0 }, 0,

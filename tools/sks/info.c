@@ -36,6 +36,8 @@ int cmd_info(cli_store *store, int argc, char **argv)
         return 1;
     }
     printf("device:      %s\n", store->device);
+    if (t->describe != NULL && t->describe(t) != NULL && *t->describe(t))
+        printf("card:        %s\n", t->describe(t)); /* which kind of card pcsc: found, and where */
     printf("vendor:      %s\n", d.vendor_name);
     printf("description: %s\n", d.vendor_description);
     printf("API level:   %u.%02u\n", d.api_level / 100, d.api_level % 100);
