@@ -119,8 +119,8 @@ static void read_fcp(const sks_buf *fcp, uint8_t *major, uint8_t *minor, uint16_
     *major = *minor = 0;
     *options = 0;
     *pico = 0;
-    if (!schsm_tlv_find(fcp->data, fcp->len, 0x62, &body, &body_len, NULL, NULL)
-        || !schsm_tlv_find(body, body_len, 0x85, &v, &n, NULL, NULL) || n < 2)
+    if (!schsm_mgmt_tlv_find(fcp->data, fcp->len, 0x62, &body, &body_len, NULL, NULL)
+        || !schsm_mgmt_tlv_find(body, body_len, 0x85, &v, &n, NULL, NULL) || n < 2)
         return;
     *major = v[n - 2];
     *minor = v[n - 1];

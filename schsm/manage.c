@@ -141,8 +141,8 @@ int mg_write_file(mg_call *m, uint16_t fid, const uint8_t *data, size_t n)
         sks_buf_reset(&cmd);
         offset[0] = (uint8_t)(off >> 8);
         offset[1] = (uint8_t)off;
-        schsm_tlv_put(&cmd, 0x54, offset, 2);
-        schsm_tlv_put(&cmd, 0x53, data + off, len);
+        schsm_mgmt_tlv_put(&cmd, 0x54, offset, 2);
+        schsm_mgmt_tlv_put(&cmd, 0x53, data + off, len);
         if (cmd.failed || off > 0xFFFF) {
             r = mg_fail(m, MG_ERROR_INTERNAL, "a file of %zu bytes cannot be written", n);
             break;

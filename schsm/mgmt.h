@@ -27,12 +27,12 @@ typedef struct {
 int schsm_keyspec_from_uri(const uint8_t *uri, size_t n, schsm_keyspec *ks);
 
 /* One BER-TLV (tag of 1 or 2 bytes, definite length) appended to out. */
-void schsm_tlv_put(sks_buf *out, unsigned tag, const uint8_t *value, size_t n);
+void schsm_mgmt_tlv_put(sks_buf *out, unsigned tag, const uint8_t *value, size_t n);
 
 /* Finds the first TLV with this tag among the TLVs of p[0..n) (not descending). Bounded:
  * 0 if the list is malformed before the tag is found or the tag is absent. *tlv_start and
  * *tlv_len (optional) give the whole TLV, *value and *value_len its contents. */
-int schsm_tlv_find(const uint8_t *p, size_t n, unsigned tag, const uint8_t **value, size_t *value_len,
+int schsm_mgmt_tlv_find(const uint8_t *p, size_t n, unsigned tag, const uint8_t **value, size_t *value_len,
                    const uint8_t **tlv_start, size_t *tlv_len);
 
 /* The C-data of GENERATE ASYMMETRIC KEY PAIR: CPI, CAR, the public key template (RSA:

@@ -65,7 +65,7 @@ static void put_length(sks_buf *out, size_t n)
     }
 }
 
-void schsm_tlv_put(sks_buf *out, unsigned tag, const uint8_t *value, size_t n)
+void schsm_mgmt_tlv_put(sks_buf *out, unsigned tag, const uint8_t *value, size_t n)
 {
     if (tag > 0xFF)
         sks_buf_byte(out, (uint8_t)(tag >> 8));
@@ -106,7 +106,7 @@ static int tlv_next(const uint8_t *p, size_t n, size_t *off, unsigned *tag, size
     return 1;
 }
 
-int schsm_tlv_find(const uint8_t *p, size_t n, unsigned tag, const uint8_t **value, size_t *value_len,
+int schsm_mgmt_tlv_find(const uint8_t *p, size_t n, unsigned tag, const uint8_t **value, size_t *value_len,
                    const uint8_t **tlv_start, size_t *tlv_len)
 {
     size_t off = 0, start, vstart, vlen;
@@ -138,7 +138,7 @@ static int put_bn_tlv(sks_buf *out, unsigned tag, const BIGNUM *bn, size_t len)
 
     if (len > sizeof(buf) || BN_bn2binpad(bn, buf, (int)len) < 0)
         return 0;
-    schsm_tlv_put(out, tag, buf, len);
+    schsm_mgmt_tlv_put(out, tag, buf, len);
     return 1;
 }
 
@@ -162,9 +162,9 @@ static int put_ec_domain(sks_buf *out, int nid)
     h = (uint8_t)BN_get_word(EC_GROUP_get0_cofactor(g));
     ok = put_bn_tlv(out, 0x81, p, flen) && put_bn_tlv(out, 0x82, a, flen) && put_bn_tlv(out, 0x83, b, flen);
     if (ok) {
-        schsm_tlv_put(out, 0x84, gen, glen);
+        schsm_mgmt_tlv_put(out, 0x84, gen, glen);
         ok = put_bn_tlv(out, 0x85, EC_GROUP_get0_order(g), (size_t)BN_num_bytes(EC_GROUP_get0_order(g)));
-        schsm_tlv_put(out, 0x87, &h, 1);
+        schsm_mgmt_tlv_put(out, 0x87, &h, 1);
     }
 done:
     BN_free(p);
@@ -184,19 +184,19 @@ int schsm_keygen_cdata(const schsm_keyspec *ks, const char *car, const char *chr
 
     sks_buf_init(&key);
     if (ks->is_rsa) {
-        schsm_tlv_put(&key, 0x06, OID_TA_RSA_SHA256, sizeof(OID_TA_RSA_SHA256));
-        schsm_tlv_put(&key, 0x82, EXPONENT, sizeof(EXPONENT));
+        schsm_mgmt_tlv_put(&key, 0x06, OID_TA_RSA_SHA256, sizeof(OID_TA_RSA_SHA256));
+        schsm_mgmt_tlv_put(&key, 0x82, EXPONENT, sizeof(EXPONENT));
         bits[0] = (uint8_t)(ks->rsa_bits >> 8);
         bits[1] = (uint8_t)ks->rsa_bits;
-        schsm_tlv_put(&key, 0x02, bits, 2);
+        schsm_mgmt_tlv_put(&key, 0x02, bits, 2);
     } else {
-        schsm_tlv_put(&key, 0x06, OID_TA_ECDSA_SHA256, sizeof(OID_TA_ECDSA_SHA256));
+        schsm_mgmt_tlv_put(&key, 0x06, OID_TA_ECDSA_SHA256, sizeof(OID_TA_ECDSA_SHA256));
         ok = put_ec_domain(&key, ks->curve_nid);
     }
-    schsm_tlv_put(out, 0x5F29, &CPI, 1);
-    schsm_tlv_put(out, 0x42, (const uint8_t *)car, strlen(car));
-    schsm_tlv_put(out, 0x7F49, key.data, key.len);
-    schsm_tlv_put(out, 0x5F20, (const uint8_t *)chr, strlen(chr));
+    schsm_mgmt_tlv_put(out, 0x5F29, &CPI, 1);
+    schsm_mgmt_tlv_put(out, 0x42, (const uint8_t *)car, strlen(car));
+    schsm_mgmt_tlv_put(out, 0x7F49, key.data, key.len);
+    schsm_mgmt_tlv_put(out, 0x5F20, (const uint8_t *)chr, strlen(chr));
     ok = ok && !key.failed && !out->failed;
     sks_buf_free(&key);
     return ok;
@@ -207,7 +207,7 @@ int schsm_keygen_cdata(const schsm_keyspec *ks, const char *car, const char *chr
 /* A DER TLV (the PrKD is DER, single-byte tags). */
 static void der(sks_buf *out, uint8_t tag, const sks_buf *content)
 {
-    schsm_tlv_put(out, tag, content->data, content->len);
+    schsm_mgmt_tlv_put(out, tag, content->data, content->len);
 }
 
 int schsm_prkd_encode(const schsm_keyspec *ks, const char *label, size_t label_len, const uint8_t *id, size_t id_len,
@@ -228,21 +228,21 @@ int schsm_prkd_encode(const schsm_keyspec *ks, const char *label, size_t label_l
     sks_buf_init(&attrs);
     sks_buf_init(&type);
     sks_buf_init(&body);
-    schsm_tlv_put(&common, 0x0C, (const uint8_t *)label, label_len);
-    schsm_tlv_put(&common, 0x03, FLAGS, sizeof(FLAGS));
-    schsm_tlv_put(&common, 0x04, &AUTH_ID, 1);
-    schsm_tlv_put(&key, 0x04, id, id_len);
+    schsm_mgmt_tlv_put(&common, 0x0C, (const uint8_t *)label, label_len);
+    schsm_mgmt_tlv_put(&common, 0x03, FLAGS, sizeof(FLAGS));
+    schsm_mgmt_tlv_put(&common, 0x04, &AUTH_ID, 1);
+    schsm_mgmt_tlv_put(&key, 0x04, id, id_len);
     if (ks->is_rsa)
-        schsm_tlv_put(&key, 0x03, RSA_USAGE, sizeof(RSA_USAGE));
+        schsm_mgmt_tlv_put(&key, 0x03, RSA_USAGE, sizeof(RSA_USAGE));
     else
-        schsm_tlv_put(&key, 0x03, EC_USAGE, sizeof(EC_USAGE));
-    schsm_tlv_put(&key, 0x02, &kid, 1);
+        schsm_mgmt_tlv_put(&key, 0x03, EC_USAGE, sizeof(EC_USAGE));
+    schsm_mgmt_tlv_put(&key, 0x02, &kid, 1);
     /* INTEGER: every key size of the card (256..4096 bits) is two bytes, top bit clear */
     size[0] = (uint8_t)(size_bits >> 8);
     size[1] = (uint8_t)size_bits;
     sks_buf_put(&path, EMPTY_PATH, sizeof(EMPTY_PATH));
     der(&attrs, 0x30, &path);
-    schsm_tlv_put(&attrs, 0x02, size, 2);
+    schsm_mgmt_tlv_put(&attrs, 0x02, size, 2);
     der(&type, 0x30, &attrs);
     der(&body, 0x30, &common);
     der(&body, 0x30, &key);
@@ -296,16 +296,16 @@ int schsm_init_cdata(const schsm_init_params *p, sks_buf *out)
 {
     uint8_t opt[2] = { (uint8_t)(p->options >> 8), (uint8_t)p->options }, b;
 
-    schsm_tlv_put(out, 0x80, opt, 2);
-    schsm_tlv_put(out, 0x81, p->user_pin, p->user_pin_len);
-    schsm_tlv_put(out, 0x82, p->so_pin, 8);
-    schsm_tlv_put(out, 0x91, &p->retry_limit, 1);
+    schsm_mgmt_tlv_put(out, 0x80, opt, 2);
+    schsm_mgmt_tlv_put(out, 0x81, p->user_pin, p->user_pin_len);
+    schsm_mgmt_tlv_put(out, 0x82, p->so_pin, 8);
+    schsm_mgmt_tlv_put(out, 0x91, &p->retry_limit, 1);
     if (p->dkek_shares >= 0) {
         b = (uint8_t)p->dkek_shares;
-        schsm_tlv_put(out, 0x92, &b, 1);
+        schsm_mgmt_tlv_put(out, 0x92, &b, 1);
     }
     if (p->key_domains > 0)
-        schsm_tlv_put(out, 0x97, &p->key_domains, 1);
+        schsm_mgmt_tlv_put(out, 0x97, &p->key_domains, 1);
     return !out->failed && p->dkek_shares <= 255;
 }
 
@@ -337,12 +337,12 @@ static EVP_PKEY *public_key_of(const uint8_t *t, size_t n, const schsm_keyspec *
     if (bld == NULL)
         return NULL;
     if (ks->is_rsa) {
-        if (schsm_tlv_find(t, n, 0x81, &a, &alen, NULL, NULL) && schsm_tlv_find(t, n, 0x82, &b, &blen, NULL, NULL)
+        if (schsm_mgmt_tlv_find(t, n, 0x81, &a, &alen, NULL, NULL) && schsm_mgmt_tlv_find(t, n, 0x82, &b, &blen, NULL, NULL)
             && (mod = BN_bin2bn(a, (int)alen, NULL)) != NULL && (exp = BN_bin2bn(b, (int)blen, NULL)) != NULL
             && (unsigned)BN_num_bits(mod) == ks->rsa_bits && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, mod)
             && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, exp))
             pkey = pkey_from_params("RSA", bld);
-    } else if (schsm_tlv_find(t, n, 0x86, &a, &alen, NULL, NULL)
+    } else if (schsm_mgmt_tlv_find(t, n, 0x86, &a, &alen, NULL, NULL)
                && OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, ks->curve, 0)
                && OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, a, alen)) {
         pkey = pkey_from_params("EC", bld);
@@ -402,11 +402,11 @@ int schsm_cv_request_key(const uint8_t *p, size_t n, const schsm_keyspec *ks, EV
     int ok;
 
     *pub = NULL;
-    if (!schsm_tlv_find(p, n, 0x67, &req, &req_len, NULL, NULL)
-        || !schsm_tlv_find(req, req_len, 0x7F21, &cert, &cert_len, NULL, NULL)
-        || !schsm_tlv_find(cert, cert_len, 0x7F4E, &body, &body_len, &body_tlv, &body_tlv_len)
-        || !schsm_tlv_find(cert, cert_len, 0x5F37, &sig, &sig_len, NULL, NULL)
-        || !schsm_tlv_find(body, body_len, 0x7F49, &key, &key_len, NULL, NULL)) {
+    if (!schsm_mgmt_tlv_find(p, n, 0x67, &req, &req_len, NULL, NULL)
+        || !schsm_mgmt_tlv_find(req, req_len, 0x7F21, &cert, &cert_len, NULL, NULL)
+        || !schsm_mgmt_tlv_find(cert, cert_len, 0x7F4E, &body, &body_len, &body_tlv, &body_tlv_len)
+        || !schsm_mgmt_tlv_find(cert, cert_len, 0x5F37, &sig, &sig_len, NULL, NULL)
+        || !schsm_mgmt_tlv_find(body, body_len, 0x7F49, &key, &key_len, NULL, NULL)) {
         snprintf(why, whylen, "the card's key generation answer is not a CV request");
         return 0;
     }

@@ -156,20 +156,20 @@ static void test_cdata_ec(void)
 
     sks_buf_init(&b);
     CHECK(schsm_keygen_cdata(&ks, "UTCA00001", "UTSKS00001", &b));
-    CHECK(schsm_tlv_find(b.data, b.len, 0x7F49, &key, &key_len, NULL, NULL));
-    CHECK(schsm_tlv_find(key, key_len, 0x06, &v, &n, NULL, NULL) && n == 10 && v[9] == 0x03);
-    CHECK(schsm_tlv_find(key, key_len, 0x81, &v, &n, NULL, NULL) && n == 32 && memcmp(v, P256_P, 32) == 0);
-    CHECK(schsm_tlv_find(key, key_len, 0x82, &v, &n, NULL, NULL) && n == 32 && v[31] == 0xFC);
-    CHECK(schsm_tlv_find(key, key_len, 0x83, &v, &n, NULL, NULL) && n == 32 && v[0] == 0x5A);
-    CHECK(schsm_tlv_find(key, key_len, 0x84, &v, &n, NULL, NULL) && n == 65 && memcmp(v, P256_GX, 5) == 0);
-    CHECK(schsm_tlv_find(key, key_len, 0x85, &v, &n, NULL, NULL) && n == 32 && v[31] == 0x51);
-    CHECK(schsm_tlv_find(key, key_len, 0x87, &v, &n, NULL, NULL) && n == 1 && v[0] == 0x01);
+    CHECK(schsm_mgmt_tlv_find(b.data, b.len, 0x7F49, &key, &key_len, NULL, NULL));
+    CHECK(schsm_mgmt_tlv_find(key, key_len, 0x06, &v, &n, NULL, NULL) && n == 10 && v[9] == 0x03);
+    CHECK(schsm_mgmt_tlv_find(key, key_len, 0x81, &v, &n, NULL, NULL) && n == 32 && memcmp(v, P256_P, 32) == 0);
+    CHECK(schsm_mgmt_tlv_find(key, key_len, 0x82, &v, &n, NULL, NULL) && n == 32 && v[31] == 0xFC);
+    CHECK(schsm_mgmt_tlv_find(key, key_len, 0x83, &v, &n, NULL, NULL) && n == 32 && v[0] == 0x5A);
+    CHECK(schsm_mgmt_tlv_find(key, key_len, 0x84, &v, &n, NULL, NULL) && n == 65 && memcmp(v, P256_GX, 5) == 0);
+    CHECK(schsm_mgmt_tlv_find(key, key_len, 0x85, &v, &n, NULL, NULL) && n == 32 && v[31] == 0x51);
+    CHECK(schsm_mgmt_tlv_find(key, key_len, 0x87, &v, &n, NULL, NULL) && n == 1 && v[0] == 0x01);
     sks_buf_reset(&b);
     ks = spec(URI("ec.brainpool.p320r1"));
     CHECK(schsm_keygen_cdata(&ks, "UTCA00001", "UTSKS00001", &b));
-    CHECK(schsm_tlv_find(b.data, b.len, 0x7F49, &key, &key_len, NULL, NULL));
-    CHECK(schsm_tlv_find(key, key_len, 0x81, &v, &n, NULL, NULL) && n == 40);
-    CHECK(schsm_tlv_find(key, key_len, 0x84, &v, &n, NULL, NULL) && n == 81);
+    CHECK(schsm_mgmt_tlv_find(b.data, b.len, 0x7F49, &key, &key_len, NULL, NULL));
+    CHECK(schsm_mgmt_tlv_find(key, key_len, 0x81, &v, &n, NULL, NULL) && n == 40);
+    CHECK(schsm_mgmt_tlv_find(key, key_len, 0x84, &v, &n, NULL, NULL) && n == 81);
     sks_buf_free(&b);
     CHECK(!schsm_keyspec_from_uri((const uint8_t *)URI("ed25519"), strlen(URI("ed25519")), &ks));
 }
@@ -191,13 +191,13 @@ static void build_cv_request(EVP_PKEY *key, int corrupt, sks_buf *out)
     sks_buf_init(&cert);
     sks_buf_init(&req);
     EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point, sizeof(point), &plen);
-    schsm_tlv_put(&pk, 0x06, OID, sizeof(OID));
-    schsm_tlv_put(&pk, 0x86, point, plen);
-    schsm_tlv_put(&body, 0x5F29, &CPI, 1);
-    schsm_tlv_put(&body, 0x42, (const uint8_t *)"UTCA00001", 9);
-    schsm_tlv_put(&body, 0x7F49, pk.data, pk.len);
-    schsm_tlv_put(&body, 0x5F20, (const uint8_t *)"UTSKS00001", 10);
-    schsm_tlv_put(&body_tlv, 0x7F4E, body.data, body.len);
+    schsm_mgmt_tlv_put(&pk, 0x06, OID, sizeof(OID));
+    schsm_mgmt_tlv_put(&pk, 0x86, point, plen);
+    schsm_mgmt_tlv_put(&body, 0x5F29, &CPI, 1);
+    schsm_mgmt_tlv_put(&body, 0x42, (const uint8_t *)"UTCA00001", 9);
+    schsm_mgmt_tlv_put(&body, 0x7F49, pk.data, pk.len);
+    schsm_mgmt_tlv_put(&body, 0x5F20, (const uint8_t *)"UTSKS00001", 10);
+    schsm_mgmt_tlv_put(&body_tlv, 0x7F4E, body.data, body.len);
     EVP_DigestSignInit_ex(md, NULL, "SHA256", NULL, NULL, key, NULL);
     EVP_DigestSign(md, sigder, &siglen, body_tlv.data, body_tlv.len);
     p = sigder;
@@ -208,11 +208,11 @@ static void build_cv_request(EVP_PKEY *key, int corrupt, sks_buf *out)
     if (corrupt)
         raw[3] ^= 0x01;
     sks_buf_put(&cert, body_tlv.data, body_tlv.len);
-    schsm_tlv_put(&cert, 0x5F37, raw, 2 * half);
-    schsm_tlv_put(&req, 0x7F21, cert.data, cert.len);
-    schsm_tlv_put(&req, 0x42, (const uint8_t *)"ESPICOHSMTR00001", 16);
-    schsm_tlv_put(&req, 0x5F37, raw, 2 * half); /* outer signature: not checked here */
-    schsm_tlv_put(out, 0x67, req.data, req.len);
+    schsm_mgmt_tlv_put(&cert, 0x5F37, raw, 2 * half);
+    schsm_mgmt_tlv_put(&req, 0x7F21, cert.data, cert.len);
+    schsm_mgmt_tlv_put(&req, 0x42, (const uint8_t *)"ESPICOHSMTR00001", 16);
+    schsm_mgmt_tlv_put(&req, 0x5F37, raw, 2 * half); /* outer signature: not checked here */
+    schsm_mgmt_tlv_put(out, 0x67, req.data, req.len);
     ECDSA_SIG_free(s);
     EVP_MD_CTX_free(md);
     sks_buf_free(&pk);
