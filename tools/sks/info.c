@@ -11,6 +11,8 @@ int cmd_info(cli_store *store, int argc, char **argv)
     sks_transport *t;
     sks_device_info d;
     sks_client_error e;
+    sks_hsm_status st;
+    int hsm, have_info;
     size_t i;
 
     if (argc > 1 && strcmp(argv[1], "--help") == 0) {
@@ -21,16 +23,10 @@ int cmd_info(cli_store *store, int argc, char **argv)
     t = cli_open(store, "info");
     if (t == NULL)
         return 1;
-    if (cli_maybe_hsm(store)) {
-        sks_hsm_status st;
-        if (cli_hsm_status(t, &st)) {
-            printf("device:      %s\n", store->device);
-            cli_hsm_print_status(&st);
-            t->close(t);
-            return 0;
-        }
-    }
-    if (!sks_client_get_device_info(t, &d, &e)) {
+    /* a SmartCard-HSM adds its own state (hsmStatus) to what getDeviceInfo says */
+    hsm = cli_maybe_hsm(store) && cli_hsm_status(t, &st);
+    have_info = sks_client_get_device_info(t, &d, &e);
+    if (!have_info && !hsm) {
         cli_error("info: %s", e.message);
         t->close(t);
         return 1;
@@ -38,6 +34,12 @@ int cmd_info(cli_store *store, int argc, char **argv)
     printf("device:      %s\n", store->device);
     if (t->describe != NULL && t->describe(t) != NULL && *t->describe(t))
         printf("card:        %s\n", t->describe(t)); /* which kind of card pcsc: found, and where */
+    if (hsm)
+        cli_hsm_print_status(&st);
+    if (!have_info) {
+        t->close(t);
+        return 0;
+    }
     printf("vendor:      %s\n", d.vendor_name);
     printf("description: %s\n", d.vendor_description);
     printf("API level:   %u.%02u\n", d.api_level / 100, d.api_level % 100);
