@@ -33,6 +33,7 @@ def rig():
         r.home = tempfile.mkdtemp(prefix="sks-schsm-home-")
         yield r
         shutil.rmtree(r.home, ignore_errors=True)
+    shutil.rmtree(r.base, ignore_errors=True)
 
 
 class Card:
@@ -109,12 +110,35 @@ def test_init_gives_a_card_opensc_logs_in_to(card):
     assert "SO-PIN:      15 tries left" in info, info
 
 
+def initialize_apdu_tlvs(card, since):
+    """The TLVs of the INITIALIZE DEVICE APDU (80 50) pcscd passed to the card after `since`."""
+    apdus = [bytes.fromhex(a) for a in card.rig.pcscd.apdus_since(since)]
+    init = [a for a in apdus if a[:2] == b"\x80\x50"]
+    assert len(init) == 1, [a.hex() for a in apdus]
+    data, tlvs = init[0][5:5 + init[0][4]], {}
+    while data:
+        tlvs[data[0]] = data[2:2 + data[1]]
+        data = data[2 + data[1]:]
+    return tlvs
+
+
 def test_init_options_reach_the_card(card):
-    card.init(SO_PIN, PIN, "--pin-retries", "5", "--dkek-shares", "1")
+    since = card.rig.pcscd.log_size()
+    card.init(SO_PIN, PIN, "--pin-retries", "5", "--dkek-shares", "2", "--key-domains", "4")
     status = pt._text(pt.run(["sc-hsm-tool"], env=card.env).stdout)
     assert re.search(r"User PIN tries left\s*:\s*5", status), status
-    assert re.search(r"DKEK shares\s*:\s*1", status), status
+    assert "User PIN reset with SO-PIN enabled" in status, status
     assert "user PIN:    set, 5 tries left" in card.sks("info")
+    tlvs = initialize_apdu_tlvs(card, since)
+    assert tlvs[0x92] == b"\x02" and tlvs[0x97] == b"\x04"
+    assert tlvs[0x82] == bytes.fromhex(SO_PIN) and tlvs[0x81] == PIN.encode()
+
+
+def test_init_without_dkek_sends_no_dkek(card):
+    since = card.rig.pcscd.log_size()
+    card.init()
+    tlvs = initialize_apdu_tlvs(card, since)
+    assert 0x92 not in tlvs and 0x97 not in tlvs and tlvs[0x91] == b"\x03"
 
 
 def test_reinit_needs_force_and_the_cards_so_pin(ready):
@@ -123,10 +147,14 @@ def test_reinit_needs_force_and_the_cards_so_pin(ready):
     assert private_labels(ready) == ["keep"]
     err = ready.sks_fails("hsm", "init", "--so-pin-file", "-", "--pin-file", "-", input=f"{SO_PIN}\n111111\n".encode())
     assert "initialised already" in err and "ERROR_NOT_ALLOWED" in err
+    since = ready.rig.pcscd.log_size()
     err = ready.sks_fails("hsm", "init", "--force", "--so-pin-file", "-", "--pin-file", "-",
-                          input=b"0000000000000000\n111111\n")
+                          input=b"0123456789abcdef\n111111\n")
     assert "refused the SO-PIN" in err and "ERROR_AUTHORIZATION" in err
-    assert "0000000000000000" not in err
+    assert "0123456789abcdef" not in err.lower()
+    # the SO-PIN went to the card in INITIALIZE only, which checked it
+    with_so = [a for a in ready.rig.pcscd.apdus_since(since) if bytes.fromhex("0123456789abcdef") in bytes.fromhex(a)]
+    assert len(with_so) == 1 and with_so[0].replace(" ", "").startswith("80500000"), with_so
     # nothing wiped: the key and the old PIN are still there; the wrong SO-PIN cost a try
     assert private_labels(ready) == ["keep"]
     assert "SO-PIN:      14 tries left" in ready.sks("info")
@@ -156,6 +184,10 @@ KEYS = {
     "ec256": ("P-256", "ECDSA-SHA256", ["--signature-format", "openssl"], ["-pkeyopt", "digest:sha256"]),
     "rsa2k": ("RSA-2048", "SHA256-RSA-PKCS", [], ["-pkeyopt", "digest:sha256"]),
     "ec384": ("P-384", "ECDSA-SHA256", ["--signature-format", "openssl"], ["-pkeyopt", "digest:sha256"]),
+    "ec521": ("P-521", "ECDSA-SHA256", ["--signature-format", "openssl"], ["-pkeyopt", "digest:sha256"]),
+    "bp256": ("brainpoolP256r1", "ECDSA-SHA256", ["--signature-format", "openssl"], ["-pkeyopt", "digest:sha256"]),
+    # a certificate longer than one UPDATE BINARY, a SIGN input longer than a short APDU
+    "rsa4k": ("RSA-4096", "SHA256-RSA-PKCS", [], ["-pkeyopt", "digest:sha256"]),
 }
 
 
