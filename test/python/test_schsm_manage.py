@@ -246,6 +246,8 @@ def test_delete_removes_the_key_for_opensc(ready):
     ready.generate("gone", "P-256", "--subject", "CN=gone")
     ready.generate("stays", "P-256", "--subject", "CN=stays")
     assert sorted(private_labels(ready)) == ["gone", "stays"]
+    listed = ready.sks("list")
+    assert "gone" in listed and "stays" in listed and "P-256" in listed, listed
     ready.sks("delete", "--name", "gone", "--auth-file", "-", input=f"{PIN}\n".encode())
     assert private_labels(ready) == ["stays"]
     dump = ready.p15("--dump")
