@@ -131,7 +131,8 @@ static X509 *certificate_template(EVP_PKEY *pub, X509_NAME *name, uint32_t days)
     BIGNUM *serial = BN_new();
     int ok;
 
-    ok = x != NULL && serial != NULL && X509_set_version(x, 2) && BN_rand(serial, 127, BN_RAND_TOP_ONE, BN_RAND_BOTTOM_ANY)
+    ok = x != NULL && serial != NULL && X509_set_version(x, 2)
+         && BN_rand(serial, 127, BN_RAND_TOP_ONE, BN_RAND_BOTTOM_ANY)
          && BN_to_ASN1_INTEGER(serial, X509_get_serialNumber(x)) != NULL && X509_set_subject_name(x, name)
          && X509_set_issuer_name(x, name) && X509_gmtime_adj(X509_getm_notBefore(x), 0) != NULL
          && X509_time_adj_ex(X509_getm_notAfter(x), (int)days, 0, NULL) != NULL && X509_set_pubkey(x, pub)

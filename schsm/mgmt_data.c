@@ -337,7 +337,8 @@ static EVP_PKEY *public_key_of(const uint8_t *t, size_t n, const schsm_keyspec *
     if (bld == NULL)
         return NULL;
     if (ks->is_rsa) {
-        if (schsm_mgmt_tlv_find(t, n, 0x81, &a, &alen, NULL, NULL) && schsm_mgmt_tlv_find(t, n, 0x82, &b, &blen, NULL, NULL)
+        if (schsm_mgmt_tlv_find(t, n, 0x81, &a, &alen, NULL, NULL)
+            && schsm_mgmt_tlv_find(t, n, 0x82, &b, &blen, NULL, NULL)
             && (mod = BN_bin2bn(a, (int)alen, NULL)) != NULL && (exp = BN_bin2bn(b, (int)blen, NULL)) != NULL
             && (unsigned)BN_num_bits(mod) == ks->rsa_bits && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, mod)
             && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, exp))
@@ -419,7 +420,8 @@ int schsm_cv_request_key(const uint8_t *p, size_t n, const schsm_keyspec *ks, EV
     if (ks->is_rsa)
         ok = verify_sha256(pkey, sig, sig_len, body_tlv, body_tlv_len);
     else
-        ok = ecdsa_raw_to_der(sig, sig_len, &der, &der_len) && verify_sha256(pkey, der, der_len, body_tlv, body_tlv_len);
+        ok = ecdsa_raw_to_der(sig, sig_len, &der, &der_len)
+             && verify_sha256(pkey, der, der_len, body_tlv, body_tlv_len);
     OPENSSL_free(der);
     if (!ok) {
         EVP_PKEY_free(pkey);

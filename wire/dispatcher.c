@@ -234,7 +234,8 @@ void sks_device_dispatch(sks_device *dev, const uint8_t *req, size_t reqlen, sks
     m = find_method(req[0]);
     if (m == NULL && hsm_only_method(req[0]) != NULL) {
         char msg[200];
-        snprintf(msg, sizeof(msg), "%s: not available on this device (a SmartCard-HSM method; this device is an sks store)",
+        snprintf(msg, sizeof(msg),
+                 "%s: not available on this device (a SmartCard-HSM method; this device is an sks store)",
                  hsm_only_method(req[0]));
         write_error(reply, SKS_ERROR_NOT_AVAILABLE, msg);
         return;

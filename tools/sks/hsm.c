@@ -85,6 +85,7 @@ int cli_hsm_generate(sks_transport *t, const char *name, const char *uri, const 
     X509 *cert = NULL;
     sks_bytes pub, certificate;
     sks_client_error e;
+    sks_span subject_der;
     uint32_t handle;
     const unsigned char *q;
 
@@ -100,12 +101,15 @@ int cli_hsm_generate(sks_transport *t, const char *name, const char *uri, const 
             return CLI_EXIT_USAGE;
         }
     }
-    if (!cli_check_new_name(t, "generate", name) || !cli_need_secret("generate", "--pin", "the card's user PIN", 0, &pin)) {
+    if (!cli_check_new_name(t, "generate", name)
+        || !cli_need_secret("generate", "--pin", "the card's user PIN", 0, &pin)) {
         OPENSSL_free(der);
         return CLI_EXIT_FAIL;
     }
-    ok = sks_client_hsm_generate_key_pair(t, cli_span(pin), name, uri, (sks_span){ der, der_len > 0 ? (size_t)der_len : 0 },
-                                          (uint32_t)days, &handle, &pub, &certificate, &e);
+    subject_der.p = der;
+    subject_der.n = der_len > 0 ? (size_t)der_len : 0;
+    ok = sks_client_hsm_generate_key_pair(t, cli_span(pin), name, uri, subject_der, (uint32_t)days, &handle, &pub,
+                                          &certificate, &e);
     OPENSSL_free(der);
     if (!ok) {
         cli_client_error("generate", &e);
