@@ -13,8 +13,9 @@ import subprocess
 
 ROOT = os.environ.get("SKS_SOURCE_DIR") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
-# The wire format itself and the device end of it (and their tests).
-EXEMPT_DIRS = ("client/", "wire/", "device/", "transport/", "test/")
+# The wire format itself and the device ends of it (the store, the SmartCard-HSM driver schsm/)
+# and their tests.
+EXEMPT_DIRS = ("client/", "wire/", "device/", "transport/", "test/", "schsm/")
 
 # Files outside those that legitimately use the codec, each for a reason that is not a client
 # building a request: keep this list short and explained.
@@ -32,6 +33,7 @@ EXEMPT_FILES = {
     "fuzz/fuzz_wire_provisioned.c": "fuzzes the dispatcher; reads a reply's status to know when to restore the template",
     "fuzz/wire_reply.h": "checks that every reply of the fuzzed dispatcher is well formed",
     "fuzz/fuzz_apdu.c": "fuzzes the card's APDU layer",
+    "fuzz/fuzz_schsm_manage.c": "fuzzes the SmartCard-HSM driver's key management (device end)",
 }
 
 # What building or parsing a method's bytes by hand looks like.
