@@ -218,6 +218,8 @@ def test_generated_key_opensc_lists_and_signs_and_the_provider_signs(ready, name
     dump = ready.p15("--dump")
     assert f"Private {kind} Key [{name}]" in dump and f"X.509 Certificate [{name}]" in dump, dump
     assert name in private_labels(ready)
+    certs = ready.p11("--list-objects", "--type", "cert")
+    assert re.search(r"label:\s+" + re.escape(name) + r"\n", certs), certs
     cert = certificate_of(ready, name)
     subject = pt._text(pt.plain_openssl("x509", "-in", cert, "-noout", "-subject", "-nameopt", "RFC2253").stdout)
     assert f"CN={name} on a card" in subject and "O=sks" in subject
