@@ -154,6 +154,8 @@ int schsm_parse_fcp(const uint8_t *p, size_t n, uint8_t *type, uint8_t *major, u
 {
     schsm_tlv fcp, t85;
 
+    if (p == NULL || n == 0) /* no answer: no pointer arithmetic on NULL */
+        return 0;
     if (!schsm_tlv_next(&p, p + n, &fcp) || fcp.tag != 0x62 || !schsm_tlv_find(fcp.v, fcp.v + fcp.len, 0x85, &t85)
         || t85.len < 2)
         return 0;

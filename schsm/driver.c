@@ -207,12 +207,12 @@ static int get_key_protection_info(schsm_ctx *c, sks_reader *in, sks_buf *out)
 }
 
 /* The arguments every User API method starts with. */
-static void read_user_args(sks_reader *in, uint32_t *handle, schsm_op *op)
+static void read_user_args(sks_reader *in, uint32_t *handle, schsm_op *op, int *biometric)
 {
     *handle = sks_get_uint(in, "keyHandle");
     op->algorithm = sks_get_uri(in, "algorithm");
     op->parameters = sks_get_array(in, "parameters");
-    (void)sks_get_bool(in, "biometricAuth"); /* no biometrics: the PIN decides */
+    *biometric = sks_get_bool(in, "biometricAuth");
     op->authorization = sks_get_array(in, "authorization");
 }
 
@@ -225,16 +225,18 @@ static int user_call(schsm_ctx *c, sks_reader *in, sks_buf *out, const char *met
     schsm_op op;
     schsm_key *k;
     sks_buf result;
-    int rc;
+    int biometric, rc;
 
     memset(&op, 0, sizeof(op));
-    read_user_args(in, &handle, &op);
+    read_user_args(in, &handle, &op, &biometric);
     op.data = sks_get_array(in, data_field);
     sks_reader_expect_end(in);
     if (!sks_reader_ok(in))
         return reader_error(c, method, in);
     if ((rc = key_named(c, method, handle, &k)) != SKS_OK)
         return rc;
+    if (biometric) /* as the software device answers a key without biometric protection */
+        return schsm_fail(c, SKS_ERROR_AUTHORIZATION, "key #%u has no biometric protection", handle);
     sks_buf_init(&result);
     rc = run(c, k, &op, &result);
     if (rc == SKS_OK)

@@ -55,6 +55,11 @@ typedef struct {
     uint8_t *cert;           /* X.509 DER from CEkid (or a CAnn with the same iD), or NULL */
     size_t cert_len;
     EVP_PKEY *pub;           /* the certificate's public key, or NULL */
+    size_t field_bytes;      /* EC: the curve's field size in bytes, from pub (0: unknown) */
+    /* The public key in the CV request from key generation (CEkid starting 67), if that is
+     * what CEkid holds: the EC point (04||X||Y) or the RSA modulus. */
+    uint8_t request_key[SCHSM_MAX_RSA_BYTES + 1];
+    size_t request_key_len;
     /* RSA PKCS#1 v1.5 decryption: a secret only this key can produce (operations.c). */
     uint8_t implicit_secret[32];
     int has_implicit_secret;
@@ -119,6 +124,9 @@ int schsm_tlv_find(const uint8_t *p, const uint8_t *end, unsigned tag, schsm_tlv
 /* ---- objects.c ---- */
 /* Decodes a PrKD (OpenSC's PKCS#15 PrivateKeyObject) into k's type, size, label, iD. */
 int schsm_prkd_decode(const uint8_t *p, size_t n, schsm_key *k);
+/* The public key of a CV request (67 { 7F21 { 7F4E { ... 7F49 {...} } } }): the EC point
+ * (tag 86) or the RSA modulus (tag 81 without 86). */
+int schsm_request_key(const uint8_t *p, size_t n, uint8_t *out, size_t cap, size_t *len);
 /* Decodes a CD entry (PKCS#15 CertificateObject): its iD. */
 int schsm_cd_id(const uint8_t *p, size_t n, uint8_t *id, size_t idcap, size_t *idlen);
 /* Reads a whole EF by its file id: SKS_OK with *sw = 9000 and the bytes, or SKS_OK with the

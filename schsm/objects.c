@@ -8,7 +8,9 @@
 
 #include <string.h>
 
+#include <openssl/bn.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/ec.h>
 #include <openssl/core_names.h>
 #include <openssl/objects.h>
@@ -55,9 +57,12 @@ static int small_uint(const schsm_tlv *t, unsigned *v)
 
 int schsm_prkd_decode(const uint8_t *p, size_t n, schsm_key *k)
 {
-    const uint8_t *end = p + n, *q, *qend;
+    const uint8_t *end, *q, *qend;
     schsm_tlv outer, common, keyattrs, sub, inner, t;
 
+    if (p == NULL || n == 0)
+        return 0;
+    end = p + n;
     if (!schsm_tlv_next(&p, end, &outer))
         return 0;
     if (outer.tag == 0x30)
@@ -81,10 +86,9 @@ int schsm_prkd_decode(const uint8_t *p, size_t n, schsm_key *k)
     memcpy(k->id, t.v, t.len);
     k->id_len = t.len;
     /* optional CommonPrivateKeyAttributes [0], then the type attributes [1] */
-    while (schsm_tlv_next(&q, qend, &sub) && sub.tag != 0xA1)
-        ;
     k->bits = 0;
-    if (sub.tag == 0xA1 && schsm_tlv_next(&sub.v, sub.v + sub.len, &inner) && inner.tag == 0x30) {
+    if (schsm_tlv_find(q, qend, 0xA1, &sub) && schsm_tlv_next(&sub.v, sub.v + sub.len, &inner)
+        && inner.tag == 0x30) {
         /* SEQUENCE { path/value, size INTEGER, ... }: the first INTEGER is the size */
         if (schsm_tlv_find(inner.v, inner.v + inner.len, 0x02, &t) && !small_uint(&t, &k->bits))
             k->bits = 0;
@@ -100,7 +104,7 @@ int schsm_cd_id(const uint8_t *p, size_t n, uint8_t *id, size_t idcap, size_t *i
     const uint8_t *q, *qend;
     schsm_tlv outer, common, certattrs, t;
 
-    if (!schsm_tlv_next(&p, p + n, &outer) || outer.tag != 0x30)
+    if (p == NULL || n == 0 || !schsm_tlv_next(&p, p + n, &outer) || outer.tag != 0x30)
         return 0;
     q = outer.v;
     qend = outer.v + outer.len;
@@ -110,6 +114,30 @@ int schsm_cd_id(const uint8_t *p, size_t n, uint8_t *id, size_t idcap, size_t *i
         return 0;
     memcpy(id, t.v, t.len);
     *idlen = t.len;
+    return 1;
+}
+
+int schsm_request_key(const uint8_t *p, size_t n, uint8_t *out, size_t cap, size_t *len)
+{
+    schsm_tlv req, cert, body, pub, t;
+    int ec;
+
+    if (p == NULL || n == 0 || !schsm_tlv_next(&p, p + n, &req) || req.tag != 0x67
+        || !schsm_tlv_find(req.v, req.v + req.len, 0x7F21, &cert)
+        || !schsm_tlv_find(cert.v, cert.v + cert.len, 0x7F4E, &body)
+        || !schsm_tlv_find(body.v, body.v + body.len, 0x7F49, &pub))
+        return 0;
+    ec = schsm_tlv_find(pub.v, pub.v + pub.len, 0x86, &t);
+    if (!ec && !schsm_tlv_find(pub.v, pub.v + pub.len, 0x81, &t))
+        return 0;
+    while (!ec && t.len > 0 && t.v[0] == 0) { /* the modulus without leading zeros */
+        t.v++;
+        t.len--;
+    }
+    if (t.len == 0 || t.len > cap)
+        return 0;
+    memcpy(out, t.v, t.len);
+    *len = t.len;
     return 1;
 }
 
@@ -202,9 +230,7 @@ static size_t ec_field_bytes_of(EVP_PKEY *pub)
 
 size_t schsm_key_field_bytes(const schsm_key *k)
 {
-    if (k->pub != NULL && EVP_PKEY_get_base_id(k->pub) == EVP_PKEY_EC)
-        return ec_field_bytes_of(k->pub);
-    return (k->bits + 7) / 8;
+    return k->field_bytes != 0 ? k->field_bytes : (k->bits + 7) / 8;
 }
 
 size_t schsm_key_bytes(const schsm_key *k)
@@ -216,7 +242,30 @@ size_t schsm_key_bytes(const schsm_key *k)
     return (k->bits + 7) / 8;
 }
 
-/* Takes an X.509 certificate for k if it is one and fits k's type; 1 if taken. */
+/* The certificate's key is the one in the key's CV request (when there is one to compare). */
+static int matches_request(const schsm_key *k, EVP_PKEY *pub)
+{
+    uint8_t buf[SCHSM_MAX_RSA_BYTES + 1];
+    size_t len = 0;
+    BIGNUM *n = NULL;
+    int ok = 0;
+
+    if (k->request_key_len == 0)
+        return 1;
+    if (EVP_PKEY_get_base_id(pub) == EVP_PKEY_EC) {
+        EVP_PKEY_set_utf8_string_param(pub, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, "uncompressed");
+        ok = EVP_PKEY_get_octet_string_param(pub, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, buf, sizeof(buf), &len) == 1;
+    } else if (EVP_PKEY_get_bn_param(pub, OSSL_PKEY_PARAM_RSA_N, &n) == 1 && BN_num_bytes(n) <= (int)sizeof(buf)) {
+        len = (size_t)BN_bn2bin(n, buf);
+        ok = 1;
+    }
+    BN_free(n);
+    ERR_clear_error();
+    return ok && len == k->request_key_len && memcmp(buf, k->request_key, len) == 0;
+}
+
+/* Takes an X.509 certificate for k if it is one and fits k's type (and key, if the key's
+ * CV request shows it); 1 if taken. */
 static int take_certificate(schsm_key *k, const uint8_t *der, size_t n)
 {
     const unsigned char *q = der;
@@ -224,7 +273,7 @@ static int take_certificate(schsm_key *k, const uint8_t *der, size_t n)
     EVP_PKEY *pub;
     schsm_key_type type;
 
-    if (n == 0 || der[0] != 0x30 || (x = d2i_X509(NULL, &q, (long)n)) == NULL)
+    if (der == NULL || n == 0 || der[0] != 0x30 || (x = d2i_X509(NULL, &q, (long)n)) == NULL)
         return 0;
     pub = X509_get_pubkey(x);
     X509_free(x);
@@ -235,7 +284,7 @@ static int take_certificate(schsm_key *k, const uint8_t *der, size_t n)
     type = EVP_PKEY_get_base_id(pub) == EVP_PKEY_RSA ? SCHSM_KEY_RSA
            : EVP_PKEY_get_base_id(pub) == EVP_PKEY_EC ? SCHSM_KEY_EC
                                                       : SCHSM_KEY_UNKNOWN;
-    if (type == SCHSM_KEY_UNKNOWN || (k->type != SCHSM_KEY_UNKNOWN && k->type != type)
+    if (type == SCHSM_KEY_UNKNOWN || (k->type != SCHSM_KEY_UNKNOWN && k->type != type) || !matches_request(k, pub)
         || (k->cert = OPENSSL_memdup(der, n)) == NULL) {
         EVP_PKEY_free(pub);
         return 0;
@@ -243,6 +292,8 @@ static int take_certificate(schsm_key *k, const uint8_t *der, size_t n)
     k->cert_len = n;
     k->pub = pub;
     k->type = type;
+    /* computed once: every signature and key agreement needs it */
+    k->field_bytes = type == SCHSM_KEY_EC ? ec_field_bytes_of(pub) : 0;
     return 1;
 }
 
@@ -346,7 +397,8 @@ static int describe_key(schsm_ctx *c, const sks_buf *list, schsm_key *k)
         forget_description(k); /* not a description we understand: the key stays listed, unnamed */
     /* CEkid: X.509 (starts 30) is the key's certificate; a CV request (starts 67) is not */
     if (got != SCHSM_LINK_FAILED && listed(list, PREFIX_EE_CERT, k->kid)
-        && (got = read_optional(c, PREFIX_EE_CERT, k->kid, &file)) == 1)
+        && (got = read_optional(c, PREFIX_EE_CERT, k->kid, &file)) == 1
+        && !schsm_request_key(file.data, file.len, k->request_key, sizeof(k->request_key), &k->request_key_len))
         take_certificate(k, file.data, file.len);
     sks_buf_free(&file);
     return got == SCHSM_LINK_FAILED ? got : SKS_OK;

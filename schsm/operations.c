@@ -207,11 +207,14 @@ static int pss_parameters(sks_span p, const EVP_MD *md, int *saltlen, const EVP_
 /* DER ECDSA-Sig-Value from the card -> r || s, each fb bytes (the wire's form). */
 static int ecdsa_der_to_raw(const uint8_t *der, size_t n, size_t fb, sks_buf *out)
 {
-    const uint8_t *p = der, *end = der + n, *q, *qend;
+    const uint8_t *p = der, *end, *q, *qend;
     uint8_t raw[2 * SCHSM_MAX_FIELD_BYTES];
     schsm_tlv seq, t;
     int i;
 
+    if (der == NULL || n == 0)
+        return 0;
+    end = der + n;
     if (fb == 0 || fb > SCHSM_MAX_FIELD_BYTES || !schsm_tlv_next(&p, end, &seq) || seq.tag != 0x30 || p != end)
         return 0;
     q = seq.v;

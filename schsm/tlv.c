@@ -7,16 +7,17 @@
 int schsm_tlv_next(const uint8_t **pp, const uint8_t *end, schsm_tlv *t)
 {
     const uint8_t *p = *pp;
+    unsigned tag;
     size_t len, i, nlen;
 
-    if (p >= end)
+    if (p == NULL || p >= end)
         return 0;
-    t->tag = *p++;
-    if ((t->tag & 0x1F) == 0x1F) { /* multi-byte tag: at most two more bytes */
+    tag = *p++;
+    if ((tag & 0x1F) == 0x1F) { /* multi-byte tag: at most two more bytes */
         for (i = 0; i < 2; i++) {
             if (p >= end)
                 return 0;
-            t->tag = (t->tag << 8) | *p;
+            tag = (tag << 8) | *p;
             if ((*p++ & 0x80) == 0)
                 break;
         }
@@ -35,6 +36,8 @@ int schsm_tlv_next(const uint8_t **pp, const uint8_t *end, schsm_tlv *t)
     }
     if (len > (size_t)(end - p))
         return 0;
+    /* written only when the whole TLV is inside: callers never see half a TLV */
+    t->tag = tag;
     t->v = p;
     t->len = len;
     *pp = p + len;
@@ -43,11 +46,13 @@ int schsm_tlv_next(const uint8_t **pp, const uint8_t *end, schsm_tlv *t)
 
 int schsm_tlv_find(const uint8_t *p, const uint8_t *end, unsigned tag, schsm_tlv *t)
 {
-    while (p < end) {
-        if (!schsm_tlv_next(&p, end, t))
-            return 0;
-        if (t->tag == tag)
+    schsm_tlv cur;
+
+    /* t is written only when found: a malformed sibling leaves nothing half-read behind */
+    while (p < end && schsm_tlv_next(&p, end, &cur))
+        if (cur.tag == tag) {
+            *t = cur;
             return 1;
-    }
+        }
     return 0;
 }

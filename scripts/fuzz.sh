@@ -7,6 +7,9 @@
 #   scripts/fuzz.sh --long N [TARGET...]
 #                              each target (default: all) N seconds, then the inputs that reach
 #                              new coverage are merged into fuzz/corpus/* (-merge=1 keeps only those)
+#
+# Targets: fuzz_wire, fuzz_wire_provisioned (the dispatcher), fuzz_uri, fuzz_apdu (the SKS card's
+# APDU layer), fuzz_skip (SKIP packages), fuzz_schsm (the SmartCard-HSM driver with a fuzzed card).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 long=0

@@ -9,7 +9,7 @@ PACKAGES=(
   python3 python3-pytest python3-cryptography python3-asn1crypto
   nginx-light curl util-linux procps
   pcscd libpcsclite-dev vsmartcard-vpcd
-  softhsm2 libengine-pkcs11-openssl opensc   # scripts/bench.sh: libp11 over SoftHSM2
+  softhsm2 libengine-pkcs11-openssl opensc   # scripts/bench.sh: libp11 over SoftHSM2; OpenSC judges sks-vhsm
   debhelper lintian dpkg-dev fakeroot man-db  # scripts/package.sh and the man page checks
 )
 

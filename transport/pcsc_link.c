@@ -145,6 +145,11 @@ int pcsc_card_lost(const pcsc_card *j)
     return j->lost;
 }
 
+const char *pcsc_card_error(const pcsc_card *j)
+{
+    return j->err;
+}
+
 const char *pcsc_card_reader(const pcsc_card *j)
 {
     return j->conn->reader;

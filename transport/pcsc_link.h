@@ -46,6 +46,8 @@ void pcsc_card_fail(pcsc_card *c, const char *fmt, ...) __attribute__((format(pr
 void pcsc_card_drop(pcsc_card *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Whether the link failed during this call (the connection will be dropped or recovered). */
 int pcsc_card_lost(const pcsc_card *c);
+/* The message of the last failure (it names the reader). */
+const char *pcsc_card_error(const pcsc_card *c);
 const char *pcsc_card_reader(const pcsc_card *c);
 /* The reader's limit for extended-length APDU data (PC/SC part 10); 0: short APDUs only. */
 size_t pcsc_card_reader_max(const pcsc_card *c);

@@ -33,7 +33,7 @@ static int io_transmit(schsm_io *io, const uint8_t *apdu, size_t n, sks_buf *res
 
     if (pcsc_card_exchange(s->link, apdu, n, io->extended, resp, sw))
         return 1;
-    snprintf(err, errlen, "the link to reader \"%s\" failed", io->reader);
+    snprintf(err, errlen, "%s", pcsc_card_error(s->link));
     return 0;
 }
 
@@ -77,10 +77,11 @@ static int schsm_call(pcsc_card *c, void *state, const uint8_t *req, size_t n, s
     err[0] = '\0';
     ok = schsm_card_call(s->card, &io, req, n, reply, err, sizeof(err));
     s->link = NULL;
-    /* A link failure has its own message already; anything else the driver calls a failure
-     * leaves the card in a state it does not know: start afresh. */
+    /* A lost link has its message already; any other failure (an answer the link or the
+     * driver could not use) leaves the card in a state the driver does not know: start
+     * afresh on the next call. */
     if (!ok && !pcsc_card_lost(c))
-        pcsc_card_drop(c, "SmartCard-HSM in reader \"%s\": %s", io.reader, err[0] ? err : "the driver failed");
+        pcsc_card_drop(c, "%s", err[0] ? err : "the SmartCard-HSM driver failed");
     return ok;
 }
 

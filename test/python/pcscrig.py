@@ -26,6 +26,7 @@ READERS = ("Virtual PCD 00 00", "Virtual PCD 00 01")
 HERE = os.path.dirname(os.path.abspath(__file__))
 VHSM = os.path.normpath(os.path.join(HERE, "..", "..", "tools", "sks-vhsm", "sks-vhsm"))
 WAIT = 15
+SELECT_HSM = "00A4040C0BE82B0601040181C31F0201"
 
 
 def free_port_pair():
@@ -79,7 +80,7 @@ class Pcscd:
         self.proc = subprocess.Popen(
             ["sh", "-c", f'LISTEN_PID=$$ LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS; '
                          f'exec "{PCSCD}" -f -i -a -c "{self.conf}"'],
-            stdout=self.logf, stderr=subprocess.STDOUT, preexec_fn=lambda: os.dup2(fd, 3), pass_fds=(3,))
+            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT, preexec_fn=lambda: os.dup2(fd, 3), pass_fds=(3,))
         listener.close()
         deadline = time.time() + WAIT
         while "daemon ready" not in self.log_text():
@@ -124,7 +125,8 @@ class VirtualHsm:
     def insert(self):
         self.logf = open(self.stderr_log, "ab")
         self.proc = subprocess.Popen([VHSM, "--port", str(self.port), "--state", self.state,
-                                      "--apdu-log", self.apdu_log], stderr=self.logf)
+                                      "--apdu-log", self.apdu_log],
+                                     stdout=subprocess.DEVNULL, stderr=self.logf)
         return self
 
     def pull(self, sig=signal.SIGKILL):
@@ -195,18 +197,79 @@ class PcscRig:
         self.cards[slot] = card
         return card.insert()
 
+    def reinsert(self, slot, state=None):
+        """Pulls the card in `slot` and inserts sks-vhsm with `state` (default: the same file)."""
+        old = self.cards[slot]
+        old.pull()
+        self.wait_for_card(slot, present=False)
+        if state is None or state == old.state:
+            self.cards[slot] = old.insert()
+        else:
+            self.vhsm(slot, state=state)
+        self.wait_for_card(slot)
+        return self.cards[slot]
+
     def reader(self, slot):
         return READERS[slot]
 
     def wait_for_card(self, slot, present=True):
-        """Waits until pcscd sees a card in `slot` (or sees it gone), by the ATR it reports."""
+        """Waits until a card in `slot` answers SELECT of the SmartCard-HSM application (or until
+        pcscd sees the slot empty)."""
         deadline = time.time() + WAIT
         while True:
-            res = subprocess.run(["opensc-tool", "--reader", str(slot), "--atr"], env=self.env,
+            res = subprocess.run(["opensc-tool", "--reader", str(slot), "-s", SELECT_HSM], env=self.env,
                                  capture_output=True, timeout=30)
-            if (res.returncode == 0) == present:
+            answered = res.returncode == 0 and b"SW1=0x90, SW2=0x00" in res.stdout
+            gone = b"No card" in res.stdout + res.stderr or b"not present" in res.stdout + res.stderr
+            if (answered if present else gone):
                 return
             if time.time() > deadline:
                 raise AssertionError(f"slot {slot}: card {'not ' if present else ''}present after {WAIT} s: "
                                      f"{res.stdout.decode(errors='replace')}{res.stderr.decode(errors='replace')}")
             time.sleep(0.1)
+
+
+class PcscClient:
+    """Raw APDUs to the card in one reader of the rig's pcscd, through libpcsclite (ctypes)."""
+
+    def __init__(self, rig, slot):
+        import ctypes
+        import ctypes.util
+        self.ct = ctypes
+        os.environ["PCSCLITE_CSOCK_NAME"] = rig.env["PCSCLITE_CSOCK_NAME"]  # read by SCardEstablishContext
+        self.lib = ctypes.CDLL(ctypes.util.find_library("pcsclite") or "libpcsclite.so.1")
+        self.ctx = ctypes.c_long()
+        self._check(self.lib.SCardEstablishContext(2, None, None, ctypes.byref(self.ctx)), "SCardEstablishContext")
+        self.handle = ctypes.c_long()
+        proto = ctypes.c_ulong()
+        reader = READERS[slot].encode()
+        self._check(self.lib.SCardConnect(self.ctx, ctypes.c_char_p(reader), 2, 3, ctypes.byref(self.handle),
+                                          ctypes.byref(proto)), "SCardConnect")
+        self.pci = (ctypes.c_ulong * 2)(proto.value, 16)
+
+    @staticmethod
+    def _check(rv, what):
+        if rv != 0:
+            raise AssertionError(f"{what} failed: 0x{rv & 0xFFFFFFFF:08X}")
+
+    def transmit(self, apdu):
+        """Sends one command APDU (bytes or hex); returns (data, sw)."""
+        ct = self.ct
+        if isinstance(apdu, str):
+            apdu = bytes.fromhex(apdu.replace(" ", ""))
+        buf = ct.create_string_buffer(65538)
+        n = ct.c_ulong(len(buf))
+        self._check(self.lib.SCardTransmit(self.handle, ct.byref(self.pci), apdu, ct.c_ulong(len(apdu)), None, buf,
+                                           ct.byref(n)), "SCardTransmit")
+        resp = buf.raw[:n.value]
+        return resp[:-2], int.from_bytes(resp[-2:], "big")
+
+    def close(self):
+        self.lib.SCardDisconnect(self.handle, 0)
+        self.lib.SCardReleaseContext(self.ctx)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

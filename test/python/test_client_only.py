@@ -13,9 +13,9 @@ import subprocess
 
 ROOT = os.environ.get("SKS_SOURCE_DIR") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
-# The wire format itself and the device ends of it (the store, the SmartCard-HSM driver schsm/)
-# and their tests.
-EXEMPT_DIRS = ("client/", "wire/", "device/", "transport/", "test/", "schsm/")
+# The wire format itself and the device ends of it (the software device, the SmartCard-HSM
+# driver) and their tests.
+EXEMPT_DIRS = ("client/", "wire/", "device/", "schsm/", "transport/", "test/")
 
 # Files outside those that legitimately use the codec, each for a reason that is not a client
 # building a request: keep this list short and explained.

@@ -9,6 +9,7 @@ import datetime
 import os
 import re
 import select
+import struct
 import subprocess
 import sys
 
@@ -20,16 +21,19 @@ from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pcscrig import PcscRig  # noqa: E402
+import sksissuer as wire  # noqa: E402
 
 BUILD = os.environ.get("SKS_BUILD_DIR", "/work/main/build")
 SKS = os.path.join(BUILD, "tools", "sks", "sks")
 SIGN_LOOP = os.path.join(BUILD, "test", "helpers", "sks_sign_loop")
+PIPE = os.path.join(BUILD, "test", "helpers", "sks_transport_pipe")
 P11_MODULE = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
 PIN = "648219"
 SO_PIN = "3537363231383830"
 PROV = ["-provider", "default", "-provider", "sks"]
 # label, CKA_ID, pkcs11-tool key type
-KEYS = [("ec256", "01", "EC:prime256v1"), ("ec384", "02", "EC:secp384r1"), ("rsa2048", "03", "rsa:2048")]
+KEYS = [("ec256", "01", "EC:prime256v1"), ("ec384", "02", "EC:secp384r1"), ("rsa2048", "03", "rsa:2048"),
+        ("ec521", "04", "EC:secp521r1"), ("bp256", "05", "EC:brainpoolP256r1"), ("rsa4096", "06", "rsa:4096")]
 SIGN = 0x68
 VERIFY = 0x20
 ENUMERATE = 0x58
@@ -128,6 +132,9 @@ def tries_left(hsm):
 SIGN_CASES = {
     "ecdsa-p256": ("ec256", [], 0x70),
     "ecdsa-p384": ("ec384", [], 0x70),
+    "ecdsa-p521": ("ec521", [], 0x70),
+    "ecdsa-brainpool256": ("bp256", [], 0x70),
+    "rsa4096-pkcs1": ("rsa4096", [], 0x20),
     "rsa-pkcs1": ("rsa2048", [], 0x20),
     "rsa-pss-card": ("rsa2048", ["-pkeyopt", "rsa_padding_mode:pss", "-pkeyopt", "rsa_pss_saltlen:digest"], 0x40),
     "rsa-pss-host": ("rsa2048", ["-pkeyopt", "rsa_padding_mode:pss", "-pkeyopt", "rsa_pss_saltlen:20"], 0x20),
@@ -189,6 +196,39 @@ def verify_ecdsa(hsm, label, message, hexsig):
     with open(hsm["rig"].path(label + ".crt"), "rb") as f:
         pub = x509.load_pem_x509_certificate(f.read()).public_key()
     pub.verify(bytes.fromhex(hexsig), message.encode(), ec.ECDSA(hashes.SHA256()))
+
+
+def test_certificate_stored_apart_is_found_by_its_id(hsm):
+    """OpenSC stores a certificate whose CKA_ID no key has as CAnn with a CD entry C8nn; once a
+    key takes that CKA_ID (pkcs11-tool --set-id), the driver finds the certificate by its CD
+    entry, checks it holds the key's public key (from the key's CV request), and the store
+    offers the key. A certificate for another key under the same CKA_ID is not taken."""
+    rig, env = hsm["rig"], hsm["rig"].env
+    p11(env, "--keypairgen", "--key-type", "EC:prime256v1", "--id", "0a", "--label", "apart")
+    pub = serialization.load_der_public_key(
+        run(["pkcs11-tool", "--module", P11_MODULE, "--read-object", "--type", "pubkey", "--id", "0a"], env).stdout)
+    for label, key in (("apart", pub), ("stranger", ec.generate_private_key(ec.SECP256R1()).public_key())):
+        cert = certify(hsm["ca_key"], key, label)
+        with open(rig.path(label + ".crt"), "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(rig.path(label + ".crt.der"), "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.DER))
+    p11(env, "--write-object", rig.path("apart.crt.der"), "--type", "cert", "--id", "0b", "--label", "apart")
+    p11(env, "--set-id", "0b", "--id", "0a", "--type", "privkey")
+    p11(env, "--keypairgen", "--key-type", "EC:prime256v1", "--id", "0c", "--label", "mismatch")
+    p11(env, "--write-object", rig.path("stranger.crt.der"), "--type", "cert", "--id", "0d", "--label", "stranger")
+    p11(env, "--set-id", "0d", "--id", "0c", "--type", "privkey")
+    card_files = [line for line in hsm["card"].apdu_lines() if line.startswith("D7 ")]
+    assert any("p1=CA" in line for line in card_files), "OpenSC did not store the certificate apart"
+    dgst, sig = rig.path("dgst.apart"), rig.path("sig.apart")
+    with open(dgst, "wb") as f:
+        f.write(os.urandom(32))
+    openssl_card(hsm, "pkeyutl", "-sign", "-inkey", uri("apart"), "-in", dgst, "-out", sig)
+    res = openssl_plain(hsm, "pkeyutl", "-verify", "-certin", "-inkey", rig.path("apart.crt"), "-in", dgst,
+                        "-sigfile", sig)
+    assert b"Signature Verified Successfully" in res.stdout
+    res = openssl_card(hsm, "pkeyutl", "-sign", "-inkey", uri("mismatch"), "-in", dgst, "-out", sig, check=False)
+    assert res.returncode != 0 and b"no key in the sks store matches" in res.stderr, res.stderr
 
 
 def test_one_sign_apdu_per_signature_after_the_first_verification(hsm):
@@ -272,7 +312,8 @@ def test_pkcs1_decrypt_has_no_padding_oracle(hsm):
     assert outs[0] == outs[1] and len(outs[0]) <= 256 - 11
 
 
-@pytest.mark.parametrize("label,curve", [("ec256", ec.SECP256R1()), ("ec384", ec.SECP384R1())])
+@pytest.mark.parametrize("label,curve", [("ec256", ec.SECP256R1()), ("ec384", ec.SECP384R1()),
+                                         ("ec521", ec.SECP521R1()), ("bp256", ec.BrainpoolP256R1())])
 def test_ecdh_equals_openssl(hsm, label, curve):
     rig = hsm["rig"]
     peer = ec.generate_private_key(curve)
@@ -289,7 +330,7 @@ def test_ecdh_equals_openssl(hsm, label, curve):
                   "-out", z_plain)
     with open(z_card, "rb") as a, open(z_plain, "rb") as b:
         za, zb = a.read(), b.read()
-    assert za == zb and len(za) == curve.key_size // 8
+    assert za == zb and len(za) == (curve.key_size + 7) // 8
 
 
 # ---- the PIN ----
@@ -306,6 +347,62 @@ def test_wrong_pin_names_tries_left_and_costs_one(hsm):
     openssl_card(hsm, "pkeyutl", "-sign", "-inkey", uri("ec256"), "-in", hsm["rig"].path("dgst.ecdsa-p256"),
                  "-out", hsm["rig"].path("right.sig"))
     assert tries_left(hsm) == before
+
+
+class Pipe:
+    """sks_transport_pipe pcsc:: one connection (one card session) for raw wire requests."""
+
+    def __init__(self, hsm):
+        self.proc = subprocess.Popen([PIPE, "pcsc:"], env=hsm["env"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+
+    def call(self, request):
+        self.proc.stdin.write(struct.pack(">I", len(request)) + request)
+        self.proc.stdin.flush()
+        n = struct.unpack(">I", self.proc.stdout.read(4))[0]
+        return self.proc.stdout.read(n)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+def handle_of(hsm, label):
+    out = run([SKS, "--device", "pcsc:", "list"], hsm["env"]).stdout.decode()
+    m = re.search(rf"^key (\d+): {label}$", out, re.M)
+    assert m, out
+    return int(m.group(1))
+
+
+def sign_request(handle, pin):
+    return (bytes([100]) + wire.uint(handle) + wire.string("http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256")
+            + wire.arr(b"") + wire.boolean(False) + wire.arr(pin.encode()) + wire.arr(os.urandom(32)))
+
+
+def test_another_pin_in_the_same_session_goes_to_the_card(hsm):
+    """In one card session, after the right PIN was verified, a request with another PIN is not
+    let through on the strength of the first: it goes to the card, fails, and costs one try; the
+    right PIN afterwards is verified again (one VERIFY) and signs."""
+    card, handle = hsm["card"], handle_of(hsm, "ec256")
+    pipe = Pipe(hsm)
+    try:
+        assert pipe.call(sign_request(handle, PIN))[0] == 0
+        before = tries_left(hsm)
+        mark = len(card.apdu_lines())
+        reply = pipe.call(sign_request(handle, "000000"))
+        assert reply[0] == 1 and f"{before - 1} tries left".encode() in reply, reply
+        sent = new_lines(card, mark)
+        assert sum(line.startswith("20 ") and "lc=6" in line for line in sent) == 1, sent
+        assert not any(line.startswith("68 ") for line in sent), sent
+        assert tries_left(hsm) == before - 1
+        mark = len(card.apdu_lines())
+        assert pipe.call(sign_request(handle, PIN))[0] == 0
+        sent = new_lines(card, mark)
+        assert sum(line.startswith("20 ") and "lc=6" in line for line in sent) == 1, sent
+        assert sum(line.startswith("68 ") for line in sent) == 1, sent
+        assert tries_left(hsm) == before
+    finally:
+        pipe.close()
 
 
 def test_blocked_pin_refused_without_a_try_then_unlocked_with_the_so_pin(hsm):

@@ -15,7 +15,7 @@ static const char USAGE[] =
     "  standard input. A PIN or PUK not given is asked on the terminal, without echo (a new PIN\n"
     "  twice). --old PIN, --new PIN and --puk PUK also work, but show the secret to ps.\n"
     "  On a SmartCard-HSM the user PIN is the card's (any of its keys names it) and the SO-PIN\n"
-    "  takes the PUK's place: --so-pin-file FILE (or --so-pin SO) for unlock and set.\n";
+    "  takes the PUK's place for unlock: --so-pin-file FILE (or --so-pin SO).\n";
 
 typedef struct {
     const char *name, *handle, *old_pin, *new_pin, *puk, *so_pin;
