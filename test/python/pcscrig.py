@@ -264,6 +264,11 @@ class PcscClient:
         resp = buf.raw[:n.value]
         return resp[:-2], int.from_bytes(resp[-2:], "big")
 
+    def reset(self):
+        """Resets the card (SCardReconnect with SCARD_RESET_CARD): vpcd sends it a reset."""
+        proto = self.ct.c_ulong()
+        self._check(self.lib.SCardReconnect(self.handle, 2, 3, 1, self.ct.byref(proto)), "SCardReconnect")
+
     def close(self):
         self.lib.SCardDisconnect(self.handle, 0)
         self.lib.SCardReleaseContext(self.ctx)

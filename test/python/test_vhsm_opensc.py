@@ -224,18 +224,25 @@ def test_ecdh_matches_openssl(card):
 
 
 def test_certificate_write_dump_and_delete(card):
+    p11(card, "--keypairgen", "--key-type", "EC:prime256v1", "--id", "0b", "--label", "certkey")
     key, crt, der = card.path("self.key"), card.path("self.pem"), card.path("self.der")
+    # Many names: a certificate over 1215 bytes, which OpenSC writes in several UPDATE BINARY.
+    san = "subjectAltName=" + ",".join(f"DNS:host{i}.vhsm.example.org" for i in range(60))
     openssl(card, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
-            "-subj", "/CN=vhsm test", "-days", "2", "-out", crt)
+            "-subj", "/CN=vhsm test", "-addext", san, "-days", "2", "-out", crt)
     openssl(card, "x509", "-in", crt, "-outform", "DER", "-out", der)
-    p11(card, "--write-object", der, "--type", "cert", "--id", "01", "--label", "p256 cert")
+    assert len(read(der)) > 1300
+    mark = len(card.cards[0].apdu_lines())
+    p11(card, "--write-object", der, "--type", "cert", "--id", "0b", "--label", "certkey")
+    writes = [line for line in card.cards[0].apdu_lines()[mark:] if line.startswith("D7 ")]
+    assert any("data=5402" in w and "data=54020000" not in w for w in writes), writes
     dump = out(run(card, "pkcs15-tool", "--dump"))
-    assert "Private EC Key [p384]" in dump and "Private RSA Key [rsa2048]" in dump, dump
-    assert re.search(r"X.509 Certificate \[[^\n]*\]\n(.*\n)*?\tPath +: ce01", dump), dump
+    assert "Private EC Key [p256]" in dump and "Private RSA Key [rsa2048]" in dump, dump
+    assert re.search(r"X.509 Certificate \[certkey\]\n(.*\n)*?\tID +: 0b", dump), dump
     got = card.path("back.der")
-    p11(card, "--read-object", "--type", "cert", "--id", "01", "-o", got, login=False)
+    p11(card, "--read-object", "--type", "cert", "--id", "0b", "-o", got, login=False)
     assert read(got) == read(der)
-    p11(card, "--delete-object", "--type", "cert", "--id", "01")
+    p11(card, "--delete-object", "--type", "cert", "--id", "0b")
     assert "X.509 Certificate" not in out(run(card, "pkcs15-tool", "--dump"))
 
 
@@ -576,3 +583,166 @@ def test_xkek_domain_agreement_and_key_migration(rig):
         for c in clients:
             c.close()
         rig.reinsert(0, state=home)
+
+
+def test_key_use_counter_algorithm_list_and_session_rules(rig):
+    """What OpenSC never asks for, with raw APDUs: key use counter (tag 90), algorithm list
+    (tag 91), exact-length raw RSA, the class byte, and a reset forgetting the PIN."""
+    from pcscrig import PcscClient
+    slot = 1
+    hsm_tool(rig, "--initialize", "--so-pin", SO_PIN, "--pin", PIN, slot=slot)
+    with PcscClient(rig, slot) as c:
+        assert c.transmit("00A4040C0BE82B0601040181C31F0201")[1] == 0x9000
+        assert c.transmit(bytes([0, 0x20, 0, 0x81, len(PIN)]) + PIN.encode())[1] == 0x9000
+        # Two uses, ECDSA on a host hash (70) only.
+        req, sw = c.transmit(apdu(0x00, 0x46, 0x01, 0x00, gakp_p256(enc(0x90, b"\x00\x00\x00\x02") + enc(0x91, b"\x70"))))
+        assert sw == 0x9000
+        assert c.transmit(apdu(0x80, 0x68, 0x01, 0x73, b"message"))[1] == 0x6985       # not in the list
+        assert c.transmit(apdu(0x80, 0x68, 0x01, 0x70, os.urandom(32)))[1] == 0x9000
+        assert c.transmit(apdu(0x80, 0x68, 0x01, 0x70, os.urandom(32)))[1] == 0x9000
+        assert c.transmit(apdu(0x80, 0x68, 0x01, 0x70, os.urandom(32)))[1] == 0x6A84   # used up
+        assert c.transmit(apdu(0x80, 0x68, 0x09, 0x70, os.urandom(32)))[1] == 0x6A82   # no such key
+        # RSA raw wants exactly the modulus length.
+        rsa_req = (enc(0x5F29, b"\x00") + enc(0x42, b"UTCA00001")
+                   + enc(0x7F49, enc(0x06, bytes.fromhex("04007F00070202020102")) + enc(0x82, b"\x01\x00\x01")
+                         + enc(0x02, b"\x04\x00")) + enc(0x5F20, b"UTTEST0000002"))
+        assert c.transmit(apdu(0x00, 0x46, 0x02, 0x00, rsa_req))[1] == 0x9000
+        assert c.transmit(apdu(0x80, 0x68, 0x02, 0x20, b"\x00\x01" + b"\xFF" * 100))[1] == 0x6A80
+        sig, sw = c.transmit(apdu(0x80, 0x68, 0x02, 0x20, b"\x00" + os.urandom(127)))
+        assert sw == 0x9000 and len(sig) == 128
+        assert c.transmit(apdu(0x00, 0x68, 0x02, 0x20, b"\x00" + os.urandom(127)))[1] == 0x6E00  # wrong CLA
+        # A reset forgets the PIN (and the selection).
+        c.reset()
+        assert c.transmit("00200081")[1] == 0x6D00                                       # not selected
+        assert c.transmit("00A4040C0BE82B0601040181C31F0201")[1] == 0x9000
+        assert c.transmit("00200081")[1] == 0x63C3
+        assert c.transmit(apdu(0x80, 0x68, 0x02, 0x20, b"\x00" + os.urandom(127)))[1] == 0x6982
+
+
+# ---- the wrapped-key blob, decoded and built by the host independently of the card ----
+
+def host_kek_keys(kek):
+    import hashlib
+    return hashlib.sha256(kek).digest()[:8], hashlib.sha256(kek + b"\0\0\0\1").digest(), \
+        hashlib.sha256(kek + b"\0\0\0\2").digest()
+
+
+def host_cmac(key, data):
+    from cryptography.hazmat.primitives import cmac
+    from cryptography.hazmat.primitives.ciphers import algorithms
+    c = cmac.CMAC(algorithms.AES(key))
+    c.update(data)
+    return c.finalize()
+
+
+def host_aes_cbc(key, data, decrypt):
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    c = Cipher(algorithms.AES(key), modes.CBC(bytes(16)))
+    op = c.decryptor() if decrypt else c.encryptor()
+    return op.update(data) + op.finalize()
+
+
+def lv_fields(data, count, offset=0):
+    out = []
+    for _ in range(count):
+        n = int.from_bytes(data[offset:offset + 2], "big")
+        out.append(data[offset + 2:offset + 2 + n])
+        offset += 2 + n
+    return out, offset
+
+
+def test_wrapped_key_blob_format_both_ways(rig):
+    """The host knows the DKEK (it imports its own share with MANAGE KEY DOMAIN): it decodes the
+    card's blob (KCV, CMAC, AES-256-CBC, EC components) and builds a blob of a key made by
+    openssl, which the card unwraps and signs with; openssl verifies with its own key."""
+    from pcscrig import PcscClient
+    slot = 1
+    hsm_tool(rig, "--initialize", "--so-pin", SO_PIN, "--pin", PIN, "--dkek-shares", "1", slot=slot)
+    share = os.urandom(32)
+    kcv, kenc, kmac = host_kek_keys(share)                  # one share: the DKEK is the share
+    with PcscClient(rig, slot) as c:
+        assert c.transmit("00A4040C0BE82B0601040181C31F0201")[1] == 0x9000
+        status, sw = c.transmit(bytes([0x80, 0x52, 0, 0, 32]) + share + b"\x00")
+        assert sw == 0x9000 and status[:2] == b"\x01\x00" and status[2:10] == kcv
+        assert c.transmit(bytes([0, 0x20, 0, 0x81, len(PIN)]) + PIN.encode())[1] == 0x9000
+        req, sw = c.transmit(apdu(0x00, 0x46, 0x01, 0x00, gakp_p256(b"")))
+        assert sw == 0x9000
+        blob, sw = c.transmit(apdu(0x80, 0x72, 0x01, 0x92))
+        assert sw == 0x9000
+        # Decode: KCV, type, OID, algorithms, access conditions, key OID, cryptogram, CMAC.
+        assert blob[:8] == kcv and blob[8] == 12
+        (oid, _, _, _), off = lv_fields(blob, 4, 9)
+        assert oid == bytes.fromhex("04007F00070202020203")
+        assert host_cmac(kmac, blob[:-16]) == blob[-16:]
+        plain = host_aes_cbc(kenc, blob[off:-16], decrypt=True)
+        assert int.from_bytes(plain[8:10], "big") == 256
+        (a, b, p, n, g, d, q), _ = lv_fields(plain, 7, 10)
+        assert int.from_bytes(p, "big") == int(P256_PARAMS[0x81], 16) and g == bytes.fromhex(P256_PARAMS[0x84])
+        card_point = cv_parts(tlvs(tlvs(req)[0][1])[0][2])[2]
+        assert q == card_point
+        assert ec.derive_private_key(int.from_bytes(d, "big"), ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint) == card_point
+        # Build: a P-256 key made by openssl, allowed ECDSA (70) only.
+        pem = rig.path("imported.pem")
+        openssl(rig, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", pem)
+        with open(pem, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), None)
+        point = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        comps = [a, b, p, n, g, key.private_numbers().private_value.to_bytes(32, "big"), point]
+        body = os.urandom(8) + (256).to_bytes(2, "big") + b"".join(len(x).to_bytes(2, "big") + x for x in comps)
+        body += b"\x80" + bytes((16 - (len(body) + 1) % 16) % 16)
+        head = kcv + b"\x0c" + b"".join(len(x).to_bytes(2, "big") + x for x in (oid, b"\x70", b"", b""))
+        made = head + host_aes_cbc(kenc, body, decrypt=False)
+        made += host_cmac(kmac, made)
+        bad = made[:-1] + bytes([made[-1] ^ 1])
+        assert c.transmit(apdu(0x80, 0x74, 0x04, 0x93, bad, le=False))[1] == 0x6A80       # CMAC checked
+        assert c.transmit(apdu(0x80, 0x74, 0x04, 0x93, made, le=False))[1] == 0x9000
+        digest = os.urandom(32)
+        sig, sw = c.transmit(apdu(0x80, 0x68, 0x04, 0x70, digest))
+        assert sw == 0x9000
+        assert c.transmit(apdu(0x80, 0x68, 0x04, 0x73, b"hashed on card"))[1] == 0x6985  # only 70
+    pub = rig.path("imported.pub")
+    openssl(rig, "pkey", "-in", pem, "-pubout", "-out", pub)
+    res = openssl(rig, "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-in", write(rig, "imp.dgst", digest),
+                  "-sigfile", write(rig, "imp.sig", sig))
+    assert b"Signature Verified Successfully" in res.stdout
+
+
+MORE_KEYS = {
+    "brainpoolP256r1": ("EC:brainpoolP256r1", ec.BrainpoolP256R1(), "ECDSA-SHA256", ["-sha256"]),
+    "brainpoolP384r1": ("EC:brainpoolP384r1", ec.BrainpoolP384R1(), "ECDSA-SHA256", ["-sha256"]),
+    "brainpoolP512r1": ("EC:brainpoolP512r1", ec.BrainpoolP512R1(), "ECDSA-SHA256", ["-sha256"]),
+    "secp521r1": ("EC:secp521r1", ec.SECP521R1(), "ECDSA-SHA256", ["-sha256"]),
+    "rsa3072": ("rsa:3072", None, "SHA256-RSA-PKCS", ["-sha256"]),
+    "rsa4096": ("rsa:4096", None, "SHA256-RSA-PKCS", ["-sha256"]),
+}
+
+
+@pytest.mark.parametrize("name", list(MORE_KEYS))
+def test_other_curves_and_sizes_sign(card, name):
+    ktype, curve, mech, dgst = MORE_KEYS[name]
+    kid = "%02x" % (0x40 + list(MORE_KEYS).index(name))
+    p11(card, "--keypairgen", "--key-type", ktype, "--id", kid, "--label", name)
+    msg = write(card, f"more.{name}", os.urandom(80))
+    sig = card.path(f"more.{name}.sig")
+    fmt = ["--signature-format", "openssl"] if curve else []
+    p11(card, "--sign", "--id", kid, "-m", mech, "-i", msg, "-o", sig, *fmt)
+    if curve:
+        listing = out(p11(card, "--list-objects", "--type", "pubkey", login=False))
+        block = next(b for b in listing.split("Public Key Object") if re.search(rf"ID:\s+{kid}\n", b))
+        point = bytes.fromhex(re.search(r"EC_POINT:\s+([0-9a-f]+)", block).group(1))
+        point = point[2:] if point[1] < 0x80 else point[3:]          # DER OCTET STRING around the point
+        pub = pem_of_point(card, f"more.{name}", curve, point)
+    else:
+        der = card.path(f"more.{name}.der")
+        p11(card, "--read-object", "--type", "pubkey", "--id", kid, "-o", der, login=False)
+        pub = card.path(f"more.{name}.pem")
+        openssl(card, "pkey", "-pubin", "-inform", "DER", "-in", der, "-out", pub)
+    res = openssl(card, "dgst", *dgst, "-verify", pub, "-signature", sig, msg)
+    assert b"Verified OK" in res.stdout
+
+
+def test_unsupported_curve_refused(card):
+    res = p11(card, "--keypairgen", "--key-type", "EC:brainpoolP320r1", "--id", "4f", "--label", "bp320", check=False)
+    assert res.returncode != 0
+    assert "bp320" not in out(p11(card, "--list-objects", "--type", "privkey"))
