@@ -128,6 +128,7 @@ def test_init_options_reach_the_card(card):
     status = pt._text(pt.run(["sc-hsm-tool"], env=card.env).stdout)
     assert re.search(r"User PIN tries left\s*:\s*5", status), status
     assert "User PIN reset with SO-PIN enabled" in status, status
+    assert re.search(r"DKEK shares\s*:\s*2", status) and "2 share(s) still missing" in status, status
     assert "user PIN:    set, 5 tries left" in card.sks("info")
     tlvs = initialize_apdu_tlvs(card, since)
     assert tlvs[0x92] == b"\x02" and tlvs[0x97] == b"\x04"
@@ -139,6 +140,7 @@ def test_init_without_dkek_sends_no_dkek(card):
     card.init()
     tlvs = initialize_apdu_tlvs(card, since)
     assert 0x92 not in tlvs and 0x97 not in tlvs and tlvs[0x91] == b"\x03"
+    assert "DKEK" not in pt._text(pt.run(["sc-hsm-tool"], env=card.env).stdout)
 
 
 def test_reinit_needs_force_and_the_cards_so_pin(ready):
