@@ -3,7 +3,8 @@
  * every APDU of hsmGenerateKeyPair, hsmInitialize and hsmStatus, so the parsers of card
  * answers (FCP, ENUMERATE, the CV request of key generation, SIGN) see anything.
  *
- * Input: one byte choosing the request (method, algorithm, with or without a subject), then
+ * Input: one byte choosing the request (byte % 3: generate, initialize, status; bit 5: extended
+ * length; generate: bits 2-3 the algorithm, bit 7 a subject; initialize: bit 6 force), then
  * the card's answers, each as a 2-byte big-endian length, the data and a 2-byte status word.
  * When the input runs out the link fails. Every reply must be a status byte and, on errors,
  * a message.
