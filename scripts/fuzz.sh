@@ -9,7 +9,8 @@
 #                              new coverage are merged into fuzz/corpus/* (-merge=1 keeps only those)
 #
 # Targets: fuzz_wire, fuzz_wire_provisioned (the dispatcher), fuzz_uri, fuzz_apdu (the SKS card's
-# APDU layer), fuzz_skip (SKIP packages), fuzz_schsm (the SmartCard-HSM driver with a fuzzed card).
+# APDU layer), fuzz_pcsc_link (the PC/SC link and the card protocols on it, with a fuzzed card and
+# pcscd), fuzz_skip (SKIP packages), fuzz_schsm (the SmartCard-HSM driver with a fuzzed card).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 long=0
