@@ -155,6 +155,7 @@ class PcscRig:
     """pcscd + vpcd on a free port pair in a temporary directory."""
 
     def __init__(self, base=None):
+        self.own_base = base is None          # a directory of our own is removed at stop()
         self.base = base or tempfile.mkdtemp(prefix="sks-pcscrig-")
         self.port = free_port_pair()
         self.pcscd = Pcscd(self.base, self.port)
@@ -186,6 +187,8 @@ class PcscRig:
             if c.running():
                 c.pull(signal.SIGTERM)
         self.pcscd.stop()
+        if self.own_base:
+            shutil.rmtree(self.base, ignore_errors=True)
 
     def path(self, name):
         return os.path.join(self.base, name)
@@ -229,49 +232,77 @@ class PcscRig:
             time.sleep(0.1)
 
 
+# The PC/SC side of PcscClient, in a child process: libpcsclite caches the socket path
+# (PCSCLITE_CSOCK_NAME) for the life of a process, so each rig's client gets its own process.
+_CLIENT = r"""
+import ctypes, ctypes.util, sys
+lib = ctypes.CDLL(ctypes.util.find_library("pcsclite") or "libpcsclite.so.1")
+ctx, handle, proto = ctypes.c_long(), ctypes.c_long(), ctypes.c_ulong()
+def check(rv, what):
+    if rv != 0:
+        print(f"error {what} 0x{rv & 0xFFFFFFFF:08X}", flush=True)
+        sys.exit(1)
+check(lib.SCardEstablishContext(2, None, None, ctypes.byref(ctx)), "SCardEstablishContext")
+check(lib.SCardConnect(ctx, ctypes.c_char_p(sys.argv[1].encode()), 2, 3, ctypes.byref(handle),
+                       ctypes.byref(proto)), "SCardConnect")
+pci = (ctypes.c_ulong * 2)(proto.value, 16)
+buf = ctypes.create_string_buffer(65538)
+print("ready", flush=True)
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd[0] == "T":
+        apdu = bytes.fromhex(cmd[1])
+        n = ctypes.c_ulong(len(buf))
+        check(lib.SCardTransmit(handle, ctypes.byref(pci), apdu, ctypes.c_ulong(len(apdu)), None, buf,
+                                ctypes.byref(n)), "SCardTransmit")
+        print("ok " + buf.raw[:n.value].hex(), flush=True)
+    elif cmd[0] == "R":
+        check(lib.SCardReconnect(handle, 2, 3, 1, ctypes.byref(proto)), "SCardReconnect")
+        print("ok", flush=True)
+    else:
+        break
+lib.SCardDisconnect(handle, 0)
+lib.SCardReleaseContext(ctx)
+"""
+
+
 class PcscClient:
-    """Raw APDUs to the card in one reader of the rig's pcscd, through libpcsclite (ctypes)."""
+    """Raw APDUs to the card in one reader of the rig's pcscd, through libpcsclite (in a child
+    process, see _CLIENT)."""
 
     def __init__(self, rig, slot):
-        import ctypes
-        import ctypes.util
-        self.ct = ctypes
-        os.environ["PCSCLITE_CSOCK_NAME"] = rig.env["PCSCLITE_CSOCK_NAME"]  # read by SCardEstablishContext
-        self.lib = ctypes.CDLL(ctypes.util.find_library("pcsclite") or "libpcsclite.so.1")
-        self.ctx = ctypes.c_long()
-        self._check(self.lib.SCardEstablishContext(2, None, None, ctypes.byref(self.ctx)), "SCardEstablishContext")
-        self.handle = ctypes.c_long()
-        proto = ctypes.c_ulong()
-        reader = READERS[slot].encode()
-        self._check(self.lib.SCardConnect(self.ctx, ctypes.c_char_p(reader), 2, 3, ctypes.byref(self.handle),
-                                          ctypes.byref(proto)), "SCardConnect")
-        self.pci = (ctypes.c_ulong * 2)(proto.value, 16)
+        import sys
+        self.proc = subprocess.Popen([sys.executable, "-c", _CLIENT, READERS[slot]], env=rig.env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._answer("ready")
 
-    @staticmethod
-    def _check(rv, what):
-        if rv != 0:
-            raise AssertionError(f"{what} failed: 0x{rv & 0xFFFFFFFF:08X}")
+    def _answer(self, expect="ok"):
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith(expect):
+            raise AssertionError(f"PC/SC client: {line or 'no answer'}")
+        return line[len(expect):].strip()
 
     def transmit(self, apdu):
         """Sends one command APDU (bytes or hex); returns (data, sw)."""
-        ct = self.ct
         if isinstance(apdu, str):
             apdu = bytes.fromhex(apdu.replace(" ", ""))
-        buf = ct.create_string_buffer(65538)
-        n = ct.c_ulong(len(buf))
-        self._check(self.lib.SCardTransmit(self.handle, ct.byref(self.pci), apdu, ct.c_ulong(len(apdu)), None, buf,
-                                           ct.byref(n)), "SCardTransmit")
-        resp = buf.raw[:n.value]
+        self.proc.stdin.write(f"T {apdu.hex()}\n")
+        self.proc.stdin.flush()
+        resp = bytes.fromhex(self._answer())
         return resp[:-2], int.from_bytes(resp[-2:], "big")
 
     def reset(self):
         """Resets the card (SCardReconnect with SCARD_RESET_CARD): vpcd sends it a reset."""
-        proto = self.ct.c_ulong()
-        self._check(self.lib.SCardReconnect(self.handle, 2, 3, 1, self.ct.byref(proto)), "SCardReconnect")
+        self.proc.stdin.write("R\n")
+        self.proc.stdin.flush()
+        self._answer()
 
     def close(self):
-        self.lib.SCardDisconnect(self.handle, 0)
-        self.lib.SCardReleaseContext(self.ctx)
+        if self.proc.poll() is None:
+            self.proc.stdin.write("Q\n")
+            self.proc.stdin.close()
+            self.proc.wait(10)
+        self.proc.stdout.close()
 
     def __enter__(self):
         return self

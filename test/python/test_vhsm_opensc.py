@@ -295,7 +295,9 @@ def test_pulled_card_keeps_its_keys_and_forgets_the_pin(rig):
     slot = 1
     hsm_tool(rig, "--initialize", "--so-pin", SO_PIN, "--pin", PIN, slot=slot)
     p11(rig, "--keypairgen", "--key-type", "EC:prime256v1", "--id", "21", "--label", "survivor", slot=slot)
+    p11(rig, "--list-objects", slot=slot, pin="000000", check=False)     # one wrong PIN, stored
     rig.reinsert(slot)
+    assert "User PIN tries left  : 2" in out(hsm_tool(rig, slot=slot))
     assert "survivor" in out(p11(rig, "--list-objects", "--type", "privkey", slot=slot))
     # Without a VERIFY after the re-insert the card refuses to sign.
     res = run(rig, "opensc-tool", "-r", str(slot), "-s", "00A4040C0BE82B0601040181C31F0201",
@@ -315,6 +317,17 @@ def test_apdu_round_trip_figure(card):
     per = ((t2 - t1) - (t1 - t0)) / n
     print(f"\nsks-vhsm: one APDU round trip through pcscd/vpcd ~ {per * 1000:.2f} ms")
     assert card.cards[0].count(0x84) >= n
+    from pcscrig import PcscClient
+    with PcscClient(card, 0) as c:
+        assert c.transmit("00A4040C0BE82B0601040181C31F0201")[1] == 0x9000
+        assert c.transmit(bytes([0, 0x20, 0, 0x81, len(PIN)]) + PIN.encode())[1] == 0x9000
+        for name, kid, algo, data in (("ECDSA P-256", 1, 0x70, os.urandom(32)),
+                                      ("RSA-2048 PKCS#1", 3, 0x20, b"\x00\x01" + b"\xFF" * 202 + b"\x00"
+                                       + bytes.fromhex("3031300d060960864801650304020105000420") + os.urandom(32))):
+            t0 = time.perf_counter()
+            for _ in range(100):
+                assert c.transmit(apdu(0x80, 0x68, kid, algo, data))[1] == 0x9000
+            print(f"sks-vhsm: {name} SIGN APDU through pcscd/vpcd: {(time.perf_counter() - t0) * 10:.2f} ms each")
 
 
 # ---- DKEK shares, wrap and unwrap between two cards (issue 11) ----
@@ -611,6 +624,11 @@ def test_key_use_counter_algorithm_list_and_session_rules(rig):
         sig, sw = c.transmit(apdu(0x80, 0x68, 0x02, 0x20, b"\x00" + os.urandom(127)))
         assert sw == 0x9000 and len(sig) == 128
         assert c.transmit(apdu(0x00, 0x68, 0x02, 0x20, b"\x00" + os.urandom(127)))[1] == 0x6E00  # wrong CLA
+        # More response than Le: 61xx and GET RESPONSE (keys CC00, CC01, CC02: 6 bytes).
+        first, sw = c.transmit("8058000002")
+        assert first == bytes.fromhex("CC00") and sw == 0x6104, (first.hex(), hex(sw))
+        rest, sw = c.transmit("00C0000004")
+        assert rest == bytes.fromhex("CC01CC02") and sw == 0x9000
         # A reset forgets the PIN (and the selection).
         c.reset()
         assert c.transmit("00200081")[1] == 0x6D00                                       # not selected
@@ -701,10 +719,19 @@ def test_wrapped_key_blob_format_both_ways(rig):
         sig, sw = c.transmit(apdu(0x80, 0x68, 0x04, 0x70, digest))
         assert sw == 0x9000
         assert c.transmit(apdu(0x80, 0x68, 0x04, 0x73, b"hashed on card"))[1] == 0x6985  # only 70
+        # New style (OpenSC >= 0.24): the blob staged in EF 2F10, UNWRAP without data.
+        stage = b"\x54\x02\x00\x00\x53\x82" + len(made).to_bytes(2, "big") + made
+        assert c.transmit(apdu(0x00, 0xD7, 0x2F, 0x10, stage, le=False))[1] == 0x9000
+        assert c.transmit(bytes([0x80, 0x74, 0x05, 0x93]))[1] == 0x9000
+        sig5, sw = c.transmit(apdu(0x80, 0x68, 0x05, 0x70, digest))
+        assert sw == 0x9000
     pub = rig.path("imported.pub")
     openssl(rig, "pkey", "-in", pem, "-pubout", "-out", pub)
     res = openssl(rig, "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-in", write(rig, "imp.dgst", digest),
                   "-sigfile", write(rig, "imp.sig", sig))
+    assert b"Signature Verified Successfully" in res.stdout
+    res = openssl(rig, "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-in", rig.path("imp.dgst"),
+                  "-sigfile", write(rig, "imp5.sig", sig5))
     assert b"Signature Verified Successfully" in res.stdout
 
 
@@ -746,3 +773,54 @@ def test_unsupported_curve_refused(card):
     res = p11(card, "--keypairgen", "--key-type", "EC:brainpoolP320r1", "--id", "4f", "--label", "bp320", check=False)
     assert res.returncode != 0
     assert "bp320" not in out(p11(card, "--list-objects", "--type", "privkey"))
+
+
+def test_random_apdus_always_get_a_status_word():
+    """The card in-process (no pcscd): thousands of random and half-formed APDUs to a selected,
+    initialised card each get a response ending in a status word, never an internal error."""
+    import importlib.util
+    import random
+    from importlib.machinery import SourceFileLoader
+    from pcscrig import VHSM
+    loader = SourceFileLoader("sks_vhsm_under_test", VHSM)
+    mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(mod)
+    card = mod.Card(mod.State(None))
+    rnd = random.Random(1234)
+
+    def send(raw):
+        resp = card.command(raw)
+        assert len(resp) >= 2 and resp[-2:] != b"\x6F\x00", (raw.hex(), resp.hex())
+        return resp
+
+    assert send(bytes.fromhex("00A4040C0BE82B0601040181C31F0201"))[-2:] == b"\x90\x00"
+    init = (enc(0x80, b"\x00\x01") + enc(0x81, PIN.encode()) + enc(0x82, bytes.fromhex(SO_PIN)) + enc(0x92, b"\x00"))
+    assert send(bytes([0x80, 0x50, 0, 0, len(init)]) + init)[-2:] == b"\x90\x00"
+    assert send(bytes([0, 0x20, 0, 0x81, len(PIN)]) + PIN.encode())[-2:] == b"\x90\x00"
+    assert send(apdu(0x00, 0x46, 0x01, 0x00, gakp_p256(b"")))[-2:] == b"\x90\x00"
+    ins_list = [0x20, 0x24, 0x2C, 0x46, 0x50, 0x52, 0x58, 0x62, 0x68, 0x72, 0x74, 0x84, 0xA4, 0xB1, 0xC0, 0xD7, 0xE4]
+    for _ in range(5000):
+        body = bytes(rnd.getrandbits(8) for _ in range(rnd.randint(0, 48)))
+        ins = rnd.choice(ins_list)
+        raw = bytes([rnd.choice([0x00, 0x80]), ins, rnd.choice([0, 1, 2, 0x81, 0xCE, 0xC4]), rnd.choice([0, 0x81, 0x70, 0x20, 0x92, 0x93])])
+        if ins in (0x20, 0x24, 0x2C, 0x50):      # keep the PINs: only the structure is under test here
+            continue
+        if rnd.random() < 0.5 and body:
+            raw += bytes([len(body)]) + body      # well-formed Lc with random TLV-ish data
+        else:
+            raw += body
+        send(raw)
+
+
+def test_pkcs11_init_token_with_label(rig):
+    """C_InitToken: INITIALIZE with the user PIN = first 6 bytes of the binary SO-PIN (OpenSC's
+    rule: 3537363231383830 gives "576218"), then VERIFY and EF.TokenInfo 2F03 with the label."""
+    slot = 1
+    hsm_tool(rig, "--initialize", "--so-pin", SO_PIN, "--pin", PIN, slot=slot)
+    res = p11(rig, "--init-token", "--so-pin", SO_PIN, "--label", "vhsm label", slot=slot, login=False)
+    assert "Token successfully initialized" in out(res), out(res)
+    assert "token label        : vhsm label" in out(p11(rig, "-L", login=False))
+    p11(rig, "--list-objects", slot=slot, pin="576218")
+    res = p11(rig, "--init-token", "--so-pin", "0102030405060708", "--label", "stolen", slot=slot, login=False,
+              check=False)
+    assert res.returncode != 0 and "vhsm label" in out(p11(rig, "-L", login=False))
