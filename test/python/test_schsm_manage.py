@@ -33,7 +33,6 @@ def rig():
         r.home = tempfile.mkdtemp(prefix="sks-schsm-home-")
         yield r
         shutil.rmtree(r.home, ignore_errors=True)
-    shutil.rmtree(r.base, ignore_errors=True)
 
 
 class Card:
