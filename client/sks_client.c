@@ -1179,3 +1179,80 @@ int sks_client_skip_import(sks_transport *t, uint32_t provisioning_handle, sks_s
         *count = 0;
     return ok;
 }
+
+/* ------------------------------------------------------------------ SmartCard-HSM */
+
+int sks_client_hsm_generate_key_pair(sks_transport *t, sks_span authorization, const char *friendly_name,
+                                     const char *key_algorithm, sks_span subject_der, uint32_t validity_days,
+                                     uint32_t *key_handle, sks_bytes *public_key, sks_bytes *certificate,
+                                     sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    *key_handle = 0;
+    memset(public_key, 0, sizeof(*public_key));
+    memset(certificate, 0, sizeof(*certificate));
+    call_begin(&c, SKS_METHOD_HSM_GENERATE_KEY_PAIR, "hsmGenerateKeyPair", err);
+    put_span(&c.req, authorization);
+    put_str(&c.req, friendly_name);
+    put_str(&c.req, key_algorithm);
+    put_span(&c.req, subject_der);
+    sks_buf_uint(&c.req, validity_days);
+    ok = call_run(&c, t);
+    if (ok) {
+        *key_handle = sks_get_uint(&c.r, "keyHandle");
+        take_bytes(&c.r, sks_get_array(&c.r, "publicKey"), public_key, "publicKey");
+        take_bytes(&c.r, sks_get_array(&c.r, "certificate"), certificate, "certificate");
+    }
+    ok = call_end(&c, ok);
+    if (!ok) {
+        bytes_free(public_key);
+        bytes_free(certificate);
+    }
+    return ok;
+}
+
+int sks_client_hsm_initialize(sks_transport *t, sks_span so_pin, sks_span user_pin, const sks_hsm_init_args *a,
+                              sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, SKS_METHOD_HSM_INITIALIZE, "hsmInitialize", err);
+    put_span(&c.req, so_pin);
+    put_span(&c.req, user_pin);
+    sks_buf_ushort(&c.req, a->options);
+    sks_buf_byte(&c.req, a->retry_limit);
+    sks_buf_ushort(&c.req, a->dkek_shares);
+    sks_buf_byte(&c.req, a->key_domains);
+    sks_buf_bool(&c.req, a->force);
+    return call_simple(&c, t);
+}
+
+int sks_client_hsm_status(sks_transport *t, sks_hsm_status *out, sks_client_error *err)
+{
+    call_ctx c;
+    sks_span kind;
+    int ok;
+
+    memset(out, 0, sizeof(*out));
+    call_begin(&c, SKS_METHOD_HSM_STATUS, "hsmStatus", err);
+    ok = call_run(&c, t);
+    if (ok) {
+        kind = sks_get_string(&c.r, "kind");
+        if (kind.n >= sizeof(out->kind))
+            reader_fail(&c.r, "is too long", "kind");
+        else if (sks_reader_ok(&c.r))
+            memcpy(out->kind, kind.p, kind.n);
+        out->firmware_major = sks_get_byte(&c.r, "firmwareMajor");
+        out->firmware_minor = sks_get_byte(&c.r, "firmwareMinor");
+        out->options = sks_get_ushort(&c.r, "options");
+        out->pin_state = sks_get_byte(&c.r, "userPinState");
+        out->pin_tries = sks_get_byte(&c.r, "userPinTries");
+        out->so_pin_tries = sks_get_byte(&c.r, "soPinTries");
+    }
+    ok = call_end(&c, ok);
+    if (!ok)
+        memset(out, 0, sizeof(*out));
+    return ok;
+}

@@ -95,7 +95,11 @@ enum {
     SKS_METHOD_SYMMETRIC_KEY_ENCRYPT = 104,
     /* project extensions (docs/skip.md) */
     SKS_METHOD_SKIP_REQUEST = 200,
-    SKS_METHOD_SKIP_IMPORT = 201
+    SKS_METHOD_SKIP_IMPORT = 201,
+    /* project extensions for SmartCard-HSM devices (docs/wire-format.md) */
+    SKS_METHOD_HSM_GENERATE_KEY_PAIR = 210,
+    SKS_METHOD_HSM_INITIALIZE = 211,
+    SKS_METHOD_HSM_STATUS = 212
 };
 
 /* Values of the specification's byte enumerations. */
@@ -425,5 +429,52 @@ int sks_client_skip_request(sks_transport *t, const char *curve_algorithm, sks_s
  * key_handles (room for max) receives the new keys in container order, *count how many. */
 int sks_client_skip_import(sks_transport *t, uint32_t provisioning_handle, sks_span package, uint32_t *key_handles,
                            size_t max, size_t *count, sks_client_error *err);
+
+/* ------------------------------------------------- SmartCard-HSM (docs/wire-format.md) */
+
+/* hsmGenerateKeyPair: a key pair made on the card (key_algorithm: a key generation URI of
+ * docs/algorithms.md), described for PKCS#15 with friendly_name as its label. A non-empty
+ * subject_der (DER X.509 Name) also gets a self-signed certificate valid validity_days days.
+ * public_key receives the SubjectPublicKeyInfo (DER), certificate the certificate (DER, empty
+ * without a subject). authorization is the card's user PIN. */
+int sks_client_hsm_generate_key_pair(sks_transport *t, sks_span authorization, const char *friendly_name,
+                                     const char *key_algorithm, sks_span subject_der, uint32_t validity_days,
+                                     uint32_t *key_handle, sks_bytes *public_key, sks_bytes *certificate,
+                                     sks_client_error *err);
+
+#define SKS_HSM_NO_DKEK 0xFFFF
+typedef struct {
+    uint16_t options;     /* INITIALIZE option word (0x0001: the SO-PIN may reset the user PIN) */
+    uint8_t retry_limit;  /* user PIN tries, 1..10 */
+    uint16_t dkek_shares; /* 0..255, or SKS_HSM_NO_DKEK */
+    uint8_t key_domains;  /* 0: none */
+    int force;            /* wipe an initialised card (the card still checks the SO-PIN) */
+} sks_hsm_init_args;
+
+/* hsmInitialize: so_pin is the 16 hexadecimal digits of the SO-PIN, user_pin the new user PIN. */
+int sks_client_hsm_initialize(sks_transport *t, sks_span so_pin, sks_span user_pin, const sks_hsm_init_args *a,
+                              sks_client_error *err);
+
+/* hsmStatus user PIN states */
+enum {
+    SKS_HSM_PIN_NOT_INITIALIZED = 0,
+    SKS_HSM_PIN_SET = 1,
+    SKS_HSM_PIN_VERIFIED = 2,
+    SKS_HSM_PIN_BLOCKED = 3,
+    SKS_HSM_PIN_TRANSPORT = 4
+};
+#define SKS_HSM_TRIES_UNKNOWN 0xFF
+
+typedef struct {
+    char kind[128];             /* "SmartCard-HSM", ... */
+    uint8_t firmware_major;
+    uint8_t firmware_minor;
+    uint16_t options;           /* the option word set at INITIALIZE */
+    uint8_t pin_state;          /* SKS_HSM_PIN_* */
+    uint8_t pin_tries;          /* user PIN tries left, or SKS_HSM_TRIES_UNKNOWN */
+    uint8_t so_pin_tries;       /* SO-PIN tries left, or SKS_HSM_TRIES_UNKNOWN */
+} sks_hsm_status;
+
+int sks_client_hsm_status(sks_transport *t, sks_hsm_status *out, sks_client_error *err);
 
 #endif

@@ -5,6 +5,7 @@
  * ERROR_NOT_AVAILABLE naming the method.
  */
 #include "internal.h"
+#include "manage.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -424,6 +425,11 @@ int schsm_card_call(schsm_card *card, schsm_io *io, const uint8_t *req, size_t n
     size_t i;
     int rc;
 
+    if (n > 0 && schsm_manage_handles(req[0])) { /* hsm* key management: schsm/manage.c */
+        int answered = schsm_manage_call(io, req, n, reply, err, errlen);
+        schsm_card_forget(card); /* it SELECTed: PIN state and key list are stale */
+        return answered;
+    }
     memset(&c, 0, sizeof(c));
     c.card = card;
     c.io = io;

@@ -79,6 +79,27 @@ static const method METHODS[] = {
     { 201, "skipImport", h_skip_import, TXN_WRITE, FIRST_OTHER, ADMINS },
 };
 
+/* Project extensions that only a SmartCard-HSM device answers (schsm/manage.c); a store
+ * knows them, so it can say why it refuses them instead of calling them unknown. */
+static const struct {
+    uint8_t id;
+    const char *name;
+} HSM_ONLY[] = {
+    { 210, "hsmGenerateKeyPair" },
+    { 211, "hsmInitialize" },
+    { 212, "hsmStatus" },
+};
+
+static const char *hsm_only_method(uint8_t id)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(HSM_ONLY) / sizeof(HSM_ONLY[0]); i++)
+        if (HSM_ONLY[i].id == id)
+            return HSM_ONLY[i].name;
+    return NULL;
+}
+
 static const method *find_method(uint8_t id)
 {
     size_t i;
@@ -217,6 +238,14 @@ void sks_device_dispatch(sks_device *dev, const uint8_t *req, size_t reqlen, sks
         return;
     }
     m = find_method(req[0]);
+    if (m == NULL && hsm_only_method(req[0]) != NULL) {
+        char msg[200];
+        snprintf(msg, sizeof(msg),
+                 "%s: not available on this device (a SmartCard-HSM method; this device is an sks store)",
+                 hsm_only_method(req[0]));
+        write_error(reply, SKS_ERROR_NOT_AVAILABLE, msg);
+        return;
+    }
     if (m == NULL) {
         char msg[80];
         snprintf(msg, sizeof(msg), "unknown method id %u", req[0]);

@@ -33,6 +33,7 @@ EXEMPT_FILES = {
     "fuzz/fuzz_wire_provisioned.c": "fuzzes the dispatcher; reads a reply's status to know when to restore the template",
     "fuzz/wire_reply.h": "checks that every reply of the fuzzed dispatcher is well formed",
     "fuzz/fuzz_apdu.c": "fuzzes the card's APDU layer",
+    "fuzz/fuzz_schsm_manage.c": "fuzzes the SmartCard-HSM driver's key management (device end)",
 }
 
 # What building or parsing a method's bytes by hand looks like.

@@ -52,6 +52,19 @@ int cmd_export(cli_store *store, int argc, char **argv);
 int cmd_pin(cli_store *store, int argc, char **argv);
 int cmd_cert(cli_store *store, int argc, char **argv);
 int cmd_skip(cli_store *store, int argc, char **argv);
+int cmd_hsm(cli_store *store, int argc, char **argv);
+
+/* ---- hsm.c: SmartCard-HSM devices ---- */
+
+/* 1 if the device is a SmartCard-HSM (it answers hsmStatus), with its state. Only a pcsc:
+ * device can be one (cli_maybe_hsm). */
+int cli_maybe_hsm(const cli_store *store);
+int cli_hsm_status(sks_transport *t, sks_hsm_status *st);
+void cli_hsm_print_status(const sks_hsm_status *st);
+/* generate on a SmartCard-HSM: a key labelled name, with a self-signed certificate when a
+ * subject is given; pin: the card's user PIN (asked if NULL). Returns the exit code. */
+int cli_hsm_generate(sks_transport *t, const char *name, const char *uri, const char *subject, int days,
+                     const char *pin);
 
 /* ---- opts.c: option parsing ---- */
 

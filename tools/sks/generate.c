@@ -40,7 +40,10 @@ static const char USAGE[] =
     "                        first use)\n"
     "  --ca-pass-file FILE   pass phrase of an encrypted --ca-key: first line of FILE (\"-\":\n"
     "                        standard input); asked on a terminal if needed (--ca-pass PASS\n"
-    "                        shows it to ps)\n";
+    "                        shows it to ps)\n"
+    "  On a SmartCard-HSM (--device pcsc:[READER]) the card makes the key, labelled N, and only\n"
+    "  --name, --algorithm (not Ed25519), --subject, --days and --pin/--pin-file (the card's user\n"
+    "  PIN) apply: with --subject the card signs a self-signed certificate for the key.\n";
 
 typedef struct {
     cli_key_opts k;
@@ -153,6 +156,34 @@ static X509 *provision(issuer_session *s, const gen_args *g, const issuer_ca *ca
     return ee;
 }
 
+/* On a SmartCard-HSM the card makes the key and, given --subject, certifies it itself: the
+ * store's key options and issuer CA do not apply. */
+static int run_on_card(sks_transport *t, gen_args *g)
+{
+    unsigned long days = DEFAULT_DAYS;
+    const char *extra = g->k.puk ? "--puk" : g->k.pin_retries ? "--pin-retries" : g->k.puk_retries ? "--puk-retries"
+                        : g->k.app_usage ? "--app-usage" : g->k.delete_protection ? "--delete-protection"
+                        : g->k.exportable ? "--exportable" : g->k.endorse.count ? "--endorse"
+                        : g->k.ca_key ? "--ca-key" : g->k.ca_cert ? "--ca-cert" : g->k.ca_pass ? "--ca-pass" : NULL;
+
+    if (extra != NULL) {
+        cli_error("generate: %s does not apply to a SmartCard-HSM", extra);
+        return CLI_EXIT_USAGE;
+    }
+    if (g->algorithm == NULL || (g->uri = algorithm_uri(g->algorithm)) == NULL) {
+        cli_error("generate: --algorithm is required: P-256, P-384, P-521, brainpoolP256r1, brainpoolP320r1, "
+                  "brainpoolP384r1, brainpoolP512r1, RSA-2048, RSA-3072 or RSA-4096");
+        return CLI_EXIT_USAGE;
+    }
+    if (g->k.name == NULL || *g->k.name == '\0') {
+        cli_error("generate: --name is required (the key's label)");
+        return CLI_EXIT_USAGE;
+    }
+    if (g->k.days != NULL && !cli_parse_number("generate", "--days", g->k.days, 1, 36500, &days))
+        return CLI_EXIT_USAGE;
+    return cli_hsm_generate(t, g->k.name, g->uri, g->k.subject, (int)days, g->k.pin);
+}
+
 static int run(sks_transport *t, const cli_store *store, gen_args *g)
 {
     char err[1024] = "";
@@ -205,6 +236,17 @@ int cmd_generate(cli_store *store, int argc, char **argv)
         return CLI_EXIT_USAGE;
     default:
         break;
+    }
+    if (cli_maybe_hsm(store)) {
+        sks_hsm_status st;
+        if ((t = cli_open(store, "generate")) == NULL)
+            return CLI_EXIT_FAIL;
+        if (cli_hsm_status(t, &st)) {
+            rc = run_on_card(t, &g);
+            t->close(t);
+            return rc;
+        }
+        t->close(t);
     }
     if (!check_args(&g))
         return CLI_EXIT_USAGE;

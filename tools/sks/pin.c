@@ -13,10 +13,12 @@ static const char USAGE[] =
     "  set:    sets a new PIN with the PUK, e.g. when the PIN is forgotten (setPin)\n"
     "  --old-file, --new-file, --puk-file FILE: the first line of FILE; \"-\" is the next line of\n"
     "  standard input. A PIN or PUK not given is asked on the terminal, without echo (a new PIN\n"
-    "  twice). --old PIN, --new PIN and --puk PUK also work, but show the secret to ps.\n";
+    "  twice). --old PIN, --new PIN and --puk PUK also work, but show the secret to ps.\n"
+    "  On a SmartCard-HSM the user PIN is the card's (any of its keys names it) and the SO-PIN\n"
+    "  takes the PUK's place for unlock: --so-pin-file FILE (or --so-pin SO).\n";
 
 typedef struct {
-    const char *name, *handle, *old_pin, *new_pin, *puk;
+    const char *name, *handle, *old_pin, *new_pin, *puk, *so_pin;
 } pin_args;
 
 /* Which secrets each subcommand takes, so a wrong one is named before the device is asked. */
@@ -24,8 +26,12 @@ static int check_args(const char *sub, const pin_args *a)
 {
     const char *extra = NULL;
 
+    if (a->puk != NULL && a->so_pin != NULL) {
+        cli_error("pin %s: give --puk or --so-pin, not both", sub);
+        return 0;
+    }
     if (strcmp(sub, "change") == 0)
-        extra = a->puk ? "--puk" : NULL;
+        extra = a->puk ? "--puk" : a->so_pin ? "--so-pin" : NULL;
     else if (strcmp(sub, "unlock") == 0)
         extra = a->old_pin ? "--old" : a->new_pin ? "--new" : NULL;
     else
@@ -83,6 +89,7 @@ int cmd_pin(cli_store *store, int argc, char **argv)
     const cli_opt opts[] = {
         { "--name", OPT_VALUE, &a.name }, { "--handle", OPT_VALUE, &a.handle }, { "--old", OPT_SECRET, &a.old_pin },
         { "--new", OPT_NEW_SECRET, &a.new_pin }, { "--puk", OPT_SECRET, &a.puk },
+        { "--so-pin", OPT_SECRET, &a.so_pin },
     };
     const char *sub = argc > 1 ? argv[1] : "";
     sks_transport *t;
@@ -102,7 +109,11 @@ int cmd_pin(cli_store *store, int argc, char **argv)
     }
     if ((rc = cli_parse_command("pin", argc, argv, 2, opts, sizeof(opts) / sizeof(opts[0]), USAGE)) != CLI_CONTINUE)
         return rc;
-    if (!check_args(sub, &a) || !need_secrets(sub, &a))
+    if (!check_args(sub, &a))
+        return CLI_EXIT_USAGE;
+    if (a.so_pin != NULL) /* a SmartCard-HSM's SO-PIN unlocks as a PUK does */
+        a.puk = a.so_pin;
+    if (!need_secrets(sub, &a))
         return CLI_EXIT_USAGE;
     if ((t = cli_open(store, "pin")) == NULL)
         return CLI_EXIT_FAIL;

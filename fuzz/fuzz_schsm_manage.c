@@ -1,0 +1,113 @@
+/*
+ * libFuzzer target for SmartCard-HSM key management (schsm/manage.c): a fuzzed card answers
+ * every APDU of hsmGenerateKeyPair, hsmInitialize and hsmStatus, so the parsers of card
+ * answers (FCP, ENUMERATE, the CV request of key generation, SIGN) see anything.
+ *
+ * Input: one byte choosing the request (byte % 3: generate, initialize, status; bit 5: extended
+ * length; generate: bits 2-3 the algorithm, bit 7 a subject; initialize: bit 6 force), then
+ * the card's answers, each as a 2-byte big-endian length, the data and a 2-byte status word.
+ * When the input runs out the link fails. Every reply must be a status byte and, on errors,
+ * a message.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/x509.h>
+
+#include "../schsm/manage.h"
+
+#define URI(x) "https://webpki.github.io/sks/algorithm#" x
+
+typedef struct {
+    const uint8_t *p;
+    size_t n;
+} card_script;
+
+static int scripted_transmit(schsm_io *io, const uint8_t *apdu, size_t n, sks_buf *resp, unsigned *sw, char *err,
+                             size_t errlen)
+{
+    card_script *s = io->ctx;
+    size_t len;
+
+    (void)apdu;
+    (void)n;
+    (void)err;
+    (void)errlen;
+    if (s->n < 2)
+        return 0;
+    len = (size_t)s->p[0] << 8 | s->p[1];
+    if (len + 4 > s->n)
+        return 0;
+    sks_buf_reset(resp);
+    sks_buf_put(resp, s->p + 2, len);
+    *sw = (unsigned)s->p[2 + len] << 8 | s->p[3 + len];
+    s->p += len + 4;
+    s->n -= len + 4;
+    return 1;
+}
+
+static void build_request(uint8_t choice, sks_buf *req)
+{
+    static const char *const URIS[] = { URI("ec.nist.p256"), URI("ec.nist.p521"), URI("ec.brainpool.p320r1"),
+                                        URI("rsa2048") };
+    X509_NAME *name;
+    unsigned char *der = NULL;
+    int len;
+
+    switch (choice % 3) {
+    case 0:
+        sks_buf_byte(req, 210);
+        sks_buf_array(req, "648219", 6);
+        sks_buf_string(req, "key");
+        sks_buf_string(req, URIS[(choice >> 2) % 4]);
+        name = X509_NAME_new();
+        X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"fuzz", -1, -1, 0);
+        len = (choice & 0x80) ? i2d_X509_NAME(name, &der) : 0;
+        sks_buf_array(req, der, len > 0 ? (size_t)len : 0);
+        sks_buf_uint(req, 30);
+        OPENSSL_free(der);
+        X509_NAME_free(name);
+        break;
+    case 1:
+        sks_buf_byte(req, 211);
+        sks_buf_array(req, "3537363231383830", 16);
+        sks_buf_array(req, "648219", 6);
+        sks_buf_ushort(req, 1);
+        sks_buf_byte(req, 3);
+        sks_buf_ushort(req, (choice & 0x80) ? 2 : 0xFFFF);
+        sks_buf_byte(req, 0);
+        sks_buf_bool(req, (choice & 0x40) != 0);
+        break;
+    default:
+        sks_buf_byte(req, 212);
+        break;
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    card_script script;
+    schsm_io io;
+    sks_buf req, reply;
+    char err[256];
+
+    if (size < 1)
+        return 0;
+    script.p = data + 1;
+    script.n = size - 1;
+    memset(&io, 0, sizeof(io));
+    io.transmit = scripted_transmit;
+    io.extended = (data[0] & 0x20) != 0;
+    io.max_command_data = io.extended ? 1223 : 255;
+    io.reader = "fuzz";
+    io.ctx = &script;
+    sks_buf_init(&req);
+    sks_buf_init(&reply);
+    build_request(data[0], &req);
+    if (schsm_manage_call(&io, req.data, req.len, &reply, err, sizeof(err)) && (reply.len == 0 || reply.failed))
+        abort();
+    sks_buf_free(&req);
+    sks_buf_free(&reply);
+    return 0;
+}

@@ -1,0 +1,9 @@
+# SmartCard-HSM key management (schsm/manage.h): the hsm* project extensions, answered with
+# the card's APDUs; linked into the driver (schsm/driver.c hands it those method ids).
+add_library(sksschsmmanage STATIC
+  ${CMAKE_CURRENT_LIST_DIR}/manage.c
+  ${CMAKE_CURRENT_LIST_DIR}/mgmt_apdu.c
+  ${CMAKE_CURRENT_LIST_DIR}/mgmt_data.c
+  ${CMAKE_CURRENT_LIST_DIR}/generate.c
+  ${CMAKE_CURRENT_LIST_DIR}/initialize.c)
+target_link_libraries(sksschsmmanage PUBLIC skswire OpenSSL::Crypto)
