@@ -26,7 +26,7 @@ static const uint8_t oid_ta[] = {0x04, 0x00, 0x7F, 0x00, 0x07, 0x02, 0x02, 0x02}
 
 /* ---- parsing ----------------------------------------------------------------------------- */
 
-static int set_ref(char out[SCHSM_CVC_REF_MAX + 1], const schsm_tlv *t)
+static int set_ref(char out[SCHSM_CVC_REF_MAX + 1], const schsm_kmtlv *t)
 {
     if (t->len == 0 || t->len > SCHSM_CVC_REF_MAX)
         return 0;
@@ -38,7 +38,7 @@ static int set_ref(char out[SCHSM_CVC_REF_MAX + 1], const schsm_tlv *t)
     return 1;
 }
 
-static int set_date(char out[7], const schsm_tlv *t)
+static int set_date(char out[7], const schsm_kmtlv *t)
 {
     if (t->len != 6)
         return 0;
@@ -51,7 +51,7 @@ static int set_date(char out[7], const schsm_tlv *t)
     return 1;
 }
 
-static void set_bytes(schsm_bytes *b, const schsm_tlv *t)
+static void set_bytes(schsm_bytes *b, const schsm_kmtlv *t)
 {
     b->p = t->value;
     b->n = t->len;
@@ -66,28 +66,28 @@ static int once(unsigned *seen, unsigned bit)
     return 1;
 }
 
-static int parse_public_key(const schsm_tlv *pk, schsm_cvc *c, char *err, size_t errlen)
+static int parse_public_key(const schsm_kmtlv *pk, schsm_cvc *c, char *err, size_t errlen)
 {
     const uint8_t *p = pk->value, *end = pk->value + pk->len;
-    schsm_tlv t;
+    schsm_kmtlv t;
     unsigned seen = 0;
     int is_rsa = -1;
     while (p < end) {
-        if (!schsm_tlv_next(&p, end, &t))
-            return schsm_fail(err, errlen, "CV certificate: public key template malformed");
+        if (!schsm_kmtlv_next(&p, end, &t))
+            return schsm_km_fail(err, errlen, "CV certificate: public key template malformed");
         unsigned bit = t.tag == 0x06 ? 1u : (t.tag >= 0x81 && t.tag <= 0x87) ? 1u << (t.tag - 0x80) : 0;
         if (!bit || !once(&seen, bit))
-            return schsm_fail(err, errlen, "CV certificate: tag %X unexpected or repeated in the public key", t.tag);
+            return schsm_km_fail(err, errlen, "CV certificate: tag %X unexpected or repeated in the public key", t.tag);
         if (t.tag == 0x06) {
             if (t.len != sizeof oid_ta + 2 || memcmp(t.value, oid_ta, sizeof oid_ta) != 0 ||
                 (t.value[8] != 1 && t.value[8] != 2))
-                return schsm_fail(err, errlen, "CV certificate: public key algorithm is not id-TA RSA or ECDSA");
+                return schsm_km_fail(err, errlen, "CV certificate: public key algorithm is not id-TA RSA or ECDSA");
             set_bytes(&c->key_oid, &t);
             is_rsa = t.value[8] == 1;
             continue;
         }
         if (is_rsa < 0)
-            return schsm_fail(err, errlen, "CV certificate: public key OID must come first");
+            return schsm_km_fail(err, errlen, "CV certificate: public key OID must come first");
         schsm_bytes *slot = NULL;
         if (is_rsa)
             slot = t.tag == 0x81 ? &c->rsa_n : t.tag == 0x82 ? &c->rsa_e : NULL;
@@ -102,22 +102,22 @@ static int parse_public_key(const schsm_tlv *pk, schsm_cvc *c, char *err, size_t
             case 0x87: slot = &c->h; break;
             }
         if (!slot)
-            return schsm_fail(err, errlen, "CV certificate: unexpected tag %X in the public key", t.tag);
+            return schsm_km_fail(err, errlen, "CV certificate: unexpected tag %X in the public key", t.tag);
         set_bytes(slot, &t);
     }
     if (is_rsa < 0 || (is_rsa && (!c->rsa_n.p || !c->rsa_e.p)) || (!is_rsa && !c->q.p))
-        return schsm_fail(err, errlen, "CV certificate: public key incomplete");
+        return schsm_km_fail(err, errlen, "CV certificate: public key incomplete");
     return 1;
 }
 
-static int parse_body(const schsm_tlv *body, schsm_cvc *c, char *err, size_t errlen)
+static int parse_body(const schsm_kmtlv *body, schsm_cvc *c, char *err, size_t errlen)
 {
     const uint8_t *p = body->value, *end = body->value + body->len;
-    schsm_tlv t;
+    schsm_kmtlv t;
     unsigned seen = 0;
     while (p < end) {
-        if (!schsm_tlv_next(&p, end, &t))
-            return schsm_fail(err, errlen, "CV certificate: body malformed");
+        if (!schsm_kmtlv_next(&p, end, &t))
+            return schsm_km_fail(err, errlen, "CV certificate: body malformed");
         int ok = 1;
         switch (t.tag) {
         case 0x5F29:
@@ -138,9 +138,9 @@ static int parse_body(const schsm_tlv *body, schsm_cvc *c, char *err, size_t err
             break;
         case 0x7F4C: {
             const uint8_t *q = t.value, *qend = t.value + t.len;
-            schsm_tlv oid, bits;
-            ok = once(&seen, 16) && schsm_tlv_next(&q, qend, &oid) && oid.tag == 0x06 &&
-                 schsm_tlv_next(&q, qend, &bits) && bits.tag == 0x53 && q == qend;
+            schsm_kmtlv oid, bits;
+            ok = once(&seen, 16) && schsm_kmtlv_next(&q, qend, &oid) && oid.tag == 0x06 &&
+                 schsm_kmtlv_next(&q, qend, &bits) && bits.tag == 0x53 && q == qend;
             if (ok)
                 set_bytes(&c->chat_oid, &oid), set_bytes(&c->chat, &bits);
             break;
@@ -158,21 +158,21 @@ static int parse_body(const schsm_tlv *body, schsm_cvc *c, char *err, size_t err
             ok = 0;
         }
         if (!ok)
-            return schsm_fail(err, errlen, "CV certificate: element %X malformed or repeated", t.tag);
+            return schsm_km_fail(err, errlen, "CV certificate: element %X malformed or repeated", t.tag);
     }
     if (!(seen & 1) || !(seen & 4) || !(seen & 8))
-        return schsm_fail(err, errlen, "CV certificate: CPI, public key or CHR missing");
+        return schsm_km_fail(err, errlen, "CV certificate: CPI, public key or CHR missing");
     return 1;
 }
 
 /* 7F21 { 7F4E, 5F37 } */
-static int parse_cert(const schsm_tlv *cert, schsm_cvc *c, char *err, size_t errlen)
+static int parse_cert(const schsm_kmtlv *cert, schsm_cvc *c, char *err, size_t errlen)
 {
     const uint8_t *p = cert->value, *end = cert->value + cert->len;
-    schsm_tlv body, sig;
-    if (!schsm_tlv_next(&p, end, &body) || body.tag != 0x7F4E || !schsm_tlv_next(&p, end, &sig) ||
+    schsm_kmtlv body, sig;
+    if (!schsm_kmtlv_next(&p, end, &body) || body.tag != 0x7F4E || !schsm_kmtlv_next(&p, end, &sig) ||
         sig.tag != 0x5F37 || p != end)
-        return schsm_fail(err, errlen, "CV certificate: not 7F21 { 7F4E body, 5F37 signature }");
+        return schsm_km_fail(err, errlen, "CV certificate: not 7F21 { 7F4E body, 5F37 signature }");
     c->cert.p = cert->tlv, c->cert.n = cert->tlvlen;
     c->body.p = body.tlv, c->body.n = body.tlvlen;
     set_bytes(&c->signature, &sig);
@@ -182,25 +182,25 @@ static int parse_cert(const schsm_tlv *cert, schsm_cvc *c, char *err, size_t err
 int schsm_cvc_parse(const uint8_t *buf, size_t n, schsm_cvc *c, size_t *used, char *err, size_t errlen)
 {
     const uint8_t *p = buf;
-    schsm_tlv t;
+    schsm_kmtlv t;
     memset(c, 0, sizeof *c);
-    if (!schsm_tlv_next(&p, buf + n, &t) || (t.tag != 0x7F21 && t.tag != 0x67))
-        return schsm_fail(err, errlen, "not a CV certificate or request (7F21 / 67 expected)");
+    if (!schsm_kmtlv_next(&p, buf + n, &t) || (t.tag != 0x7F21 && t.tag != 0x67))
+        return schsm_km_fail(err, errlen, "not a CV certificate or request (7F21 / 67 expected)");
     if (used)
         *used = t.tlvlen;
     if (t.tag == 0x7F21)
         return parse_cert(&t, c, err, errlen);
 
     const uint8_t *q = t.value, *end = t.value + t.len;
-    schsm_tlv cert, car, sig;
-    if (!schsm_tlv_next(&q, end, &cert) || cert.tag != 0x7F21 || !schsm_tlv_next(&q, end, &car) ||
-        car.tag != 0x42 || !schsm_tlv_next(&q, end, &sig) || sig.tag != 0x5F37 || q != end)
-        return schsm_fail(err, errlen, "CV request: not 67 { 7F21, 42 outer CAR, 5F37 outer signature }");
+    schsm_kmtlv cert, car, sig;
+    if (!schsm_kmtlv_next(&q, end, &cert) || cert.tag != 0x7F21 || !schsm_kmtlv_next(&q, end, &car) ||
+        car.tag != 0x42 || !schsm_kmtlv_next(&q, end, &sig) || sig.tag != 0x5F37 || q != end)
+        return schsm_km_fail(err, errlen, "CV request: not 67 { 7F21, 42 outer CAR, 5F37 outer signature }");
     if (!parse_cert(&cert, c, err, errlen))
         return 0;
     c->authenticated = 1;
     if (!set_ref(c->outer_car, &car))
-        return schsm_fail(err, errlen, "CV request: outer CAR malformed");
+        return schsm_km_fail(err, errlen, "CV request: outer CAR malformed");
     c->outer_signed.p = cert.tlv;
     c->outer_signed.n = cert.tlvlen + car.tlvlen;
     set_bytes(&c->outer_signature, &sig);
@@ -257,24 +257,24 @@ int schsm_cvc_public_key(const schsm_cvc *c, const schsm_cvc *domain, EVP_PKEY *
     int ok = 0;
     *out = NULL;
     if (!bld)
-        return schsm_fail(err, errlen, "out of memory");
+        return schsm_km_fail(err, errlen, "out of memory");
     if (c->rsa_n.p) {
         n = BN_bin2bn(c->rsa_n.p, (int)c->rsa_n.n, NULL);
         e = BN_bin2bn(c->rsa_e.p, (int)c->rsa_e.n, NULL);
         ok = n && e && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) &&
              OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e) && from_params("RSA", bld, out);
         if (!ok)
-            schsm_fail(err, errlen, "CV certificate %s: RSA key unusable", c->chr);
+            schsm_km_fail(err, errlen, "CV certificate %s: RSA key unusable", c->chr);
     } else {
         const schsm_cvc *d = c->p.p ? c : domain;
         const char *curve = d ? curve_of(d) : NULL;
         if (!curve)
-            schsm_fail(err, errlen, "CV certificate %s: %s", c->chr,
+            schsm_km_fail(err, errlen, "CV certificate %s: %s", c->chr,
                        d ? "EC domain parameters of an unsupported curve" : "EC key without domain parameters");
         else if (!(ok = OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, curve, 0) &&
                         OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, c->q.p, c->q.n) &&
                         from_params("EC", bld, out)))
-            schsm_fail(err, errlen, "CV certificate %s: public point not on %s", c->chr, curve);
+            schsm_km_fail(err, errlen, "CV certificate %s: public point not on %s", c->chr, curve);
     }
     BN_free(n);
     BN_free(e);
@@ -339,7 +339,7 @@ int schsm_cvc_verify(const schsm_cvc *c, EVP_PKEY *issuer, const schsm_bytes *is
                      size_t errlen)
 {
     if (!verify_sig(&c->body, &c->signature, issuer, issuer_oid))
-        return schsm_fail(err, errlen, "CV certificate %s: signature by %s does not verify", c->chr,
+        return schsm_km_fail(err, errlen, "CV certificate %s: signature by %s does not verify", c->chr,
                           c->car[0] ? c->car : "its issuer");
     return 1;
 }
@@ -348,9 +348,9 @@ int schsm_cvc_verify_outer(const schsm_cvc *req, EVP_PKEY *device, const schsm_b
                            size_t errlen)
 {
     if (!req->authenticated)
-        return schsm_fail(err, errlen, "CV request %s has no outer signature", req->chr);
+        return schsm_km_fail(err, errlen, "CV request %s has no outer signature", req->chr);
     if (!verify_sig(&req->outer_signed, &req->outer_signature, device, device_oid))
-        return schsm_fail(err, errlen, "CV request %s: outer signature by %s does not verify", req->chr,
+        return schsm_km_fail(err, errlen, "CV request %s: outer signature by %s does not verify", req->chr,
                           req->outer_car);
     return 1;
 }
@@ -385,31 +385,31 @@ schsm_chain_status schsm_cvc_verify_chain(const uint8_t *devaut, size_t n, const
     if (device_key)
         *device_key = NULL;
     if (!schsm_cvc_parse(devaut, n, &dev, &used, err, errlen) || dev.authenticated)
-        return dev.authenticated ? (schsm_fail(err, errlen, "device certificate: a request, not a certificate"),
+        return dev.authenticated ? (schsm_km_fail(err, errlen, "device certificate: a request, not a certificate"),
                                     SCHSM_CHAIN_INVALID)
                                  : SCHSM_CHAIN_INVALID;
     if (used == n) {
         /* One certificate (pico-hsm): self-signed at best, never one of the roots. */
         if (strcmp(dev.car, dev.chr) == 0 && dev.p.p && !verify_by(&dev, &dev, NULL, err, errlen))
             return SCHSM_CHAIN_INVALID;
-        schsm_fail(err, errlen, "device certificate %s is not issued under a known root (CAR %s)", dev.chr,
+        schsm_km_fail(err, errlen, "device certificate %s is not issued under a known root (CAR %s)", dev.chr,
                    dev.car);
         return SCHSM_CHAIN_UNKNOWN_ROOT;
     }
     if (!schsm_cvc_parse(devaut + used, n - used, &dica, &used2, err, errlen) || dica.authenticated ||
         used + used2 != n) {
         if (err && !*err)
-            schsm_fail(err, errlen, "EF.C_DevAut: not device certificate ‖ DICA certificate");
+            schsm_km_fail(err, errlen, "EF.C_DevAut: not device certificate ‖ DICA certificate");
         return SCHSM_CHAIN_INVALID;
     }
     if (strcmp(dev.car, dica.chr) != 0) {
-        schsm_fail(err, errlen, "device certificate %s names CA %s, but the next certificate is %s", dev.chr, dev.car,
+        schsm_km_fail(err, errlen, "device certificate %s names CA %s, but the next certificate is %s", dev.chr, dev.car,
                    dica.chr);
         return SCHSM_CHAIN_INVALID;
     }
     const schsm_root *r = find_root(roots, nroots, dica.car);
     if (!r) {
-        schsm_fail(err, errlen, "device issuer %s is certified by %s, which is not a known root", dica.chr, dica.car);
+        schsm_km_fail(err, errlen, "device issuer %s is certified by %s, which is not a known root", dica.chr, dica.car);
         return SCHSM_CHAIN_UNKNOWN_ROOT;
     }
     if (!schsm_cvc_parse(r->cert, r->len, &root, NULL, err, errlen) || strcmp(root.chr, r->name) != 0 ||

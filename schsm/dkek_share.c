@@ -23,14 +23,14 @@ static int derive_key_iv(const uint8_t salt[8], const uint8_t *password, size_t 
     if (iterations == 0)
         iterations = SCHSM_SHARE_ITERATIONS;
     if (iterations > 0x7fffffffUL || pwlen > 0x7fffffff)
-        return schsm_fail(err, errlen, "share file: iteration count or password too large");
+        return schsm_km_fail(err, errlen, "share file: iteration count or password too large");
     if (progress)
         progress(arg, 0);
     int n = EVP_BytesToKey(EVP_aes_256_cbc(), EVP_md5(), salt, password, (int)pwlen, (int)iterations, key, iv);
     if (progress)
         progress(arg, 1);
     if (n != 32)
-        return schsm_fail(err, errlen, "share file: password key derivation failed");
+        return schsm_km_fail(err, errlen, "share file: password key derivation failed");
     return 1;
 }
 
@@ -58,12 +58,12 @@ int schsm_share_encrypt(const uint8_t share[SCHSM_DKEK_LEN], const uint8_t *pass
     if (salt)
         memcpy(out + 8, salt, 8);
     else if (RAND_bytes(out + 8, 8) != 1)
-        return schsm_fail(err, errlen, "share file: no random salt");
+        return schsm_km_fail(err, errlen, "share file: no random salt");
     if (!derive_key_iv(out + 8, password, pwlen, iterations, progress, arg, key, iv, err, errlen))
         goto done;
     /* 32 bytes of share + a full block of padding = 48 bytes after the 16-byte header. */
     if (!cbc_pkcs7(1, key, iv, share, SCHSM_DKEK_LEN, out + 16, &n) || n != 48) {
-        schsm_fail(err, errlen, "share file: encryption failed");
+        schsm_km_fail(err, errlen, "share file: encryption failed");
         goto done;
     }
     ok = 1;
@@ -81,16 +81,16 @@ int schsm_share_decrypt(const uint8_t *file, size_t n, const uint8_t *password, 
     int len = 0, ok = 0;
 
     if (n < 16 || memcmp(file, share_magic, 8) != 0)
-        return schsm_fail(err, errlen, "not a DKEK share file (no \"Salted__\" header)");
+        return schsm_km_fail(err, errlen, "not a DKEK share file (no \"Salted__\" header)");
     if (n != SCHSM_SHARE_FILE_LEN)
-        return schsm_fail(err, errlen, "not a DKEK share file: %zu bytes, a share file has %d%s", n,
+        return schsm_km_fail(err, errlen, "not a DKEK share file: %zu bytes, a share file has %d%s", n,
                           SCHSM_SHARE_FILE_LEN, n < SCHSM_SHARE_FILE_LEN ? " (truncated?)" : "");
     if (!derive_key_iv(file + 8, password, pwlen, iterations, progress, arg, key, iv, err, errlen))
         goto done;
     /* A wrong password gives garbage whose last block almost never carries valid PKCS#7
      * padding for exactly 32 bytes of share: that is the only password check the format has. */
     if (!cbc_pkcs7(0, key, iv, file + 16, SCHSM_SHARE_FILE_LEN - 16, plain, &len) || len != SCHSM_DKEK_LEN) {
-        schsm_fail(err, errlen, "wrong password or not a share file");
+        schsm_km_fail(err, errlen, "wrong password or not a share file");
         goto done;
     }
     memcpy(share, plain, SCHSM_DKEK_LEN);

@@ -88,17 +88,17 @@ int schsm_pwd_parse_hex(const char *text, uint64_t *v, char *err, size_t errlen)
 /* ---------------------------------------------------------------------------------------- */
 /* TLV reading (BER-TLV as the card uses it: tags of 1-2 bytes, lengths of up to 3 bytes)    */
 
-typedef struct schsm_tlv {
+typedef struct schsm_kmtlv {
     unsigned tag;         /* e.g. 0x30, 0x7F21, 0x5F37 */
     const uint8_t *value; /* points into the input */
     size_t len;
     const uint8_t *tlv; /* the whole encoding, tag first */
     size_t tlvlen;
-} schsm_tlv;
+} schsm_kmtlv;
 
 /* Reads one TLV at *p (before end) and advances *p past it. 0 if it is malformed or runs past
  * end. */
-int schsm_tlv_next(const uint8_t **p, const uint8_t *end, schsm_tlv *t);
+int schsm_kmtlv_next(const uint8_t **p, const uint8_t *end, schsm_kmtlv *t);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Curves the card knows, by name                                                           */

@@ -6,7 +6,7 @@
 #include <stdio.h>
 
 /* Writes the message into err (if any) and returns 0, so failures read `return fail(...)`. */
-static inline int __attribute__((format(printf, 3, 4))) schsm_fail(char *err, size_t errlen, const char *fmt, ...)
+static inline int __attribute__((format(printf, 3, 4))) schsm_km_fail(char *err, size_t errlen, const char *fmt, ...)
 {
     if (err && errlen) {
         va_list ap;
@@ -18,7 +18,7 @@ static inline int __attribute__((format(printf, 3, 4))) schsm_fail(char *err, si
 }
 
 /* Lower-case hex of n bytes into out (2n + 1 bytes). */
-static inline void schsm_hex(const unsigned char *b, size_t n, char *out)
+static inline void schsm_km_hex(const unsigned char *b, size_t n, char *out)
 {
     static const char digits[] = "0123456789abcdef";
     for (size_t i = 0; i < n; i++) {

@@ -44,7 +44,7 @@ static int bn_set_u64(BIGNUM *b, uint64_t v)
 int schsm_pwd_random(uint8_t password[SCHSM_PWD_LEN], char *err, size_t errlen)
 {
     if (RAND_priv_bytes(password, SCHSM_PWD_LEN) != 1)
-        return schsm_fail(err, errlen, "no random bytes for the share password");
+        return schsm_km_fail(err, errlen, "no random bytes for the share password");
     password[0] &= 0x7f;
     return 1;
 }
@@ -64,7 +64,7 @@ int schsm_pwd_split(const uint8_t password[SCHSM_PWD_LEN], unsigned threshold, u
                     schsm_pwd_share *shares, char *err, size_t errlen)
 {
     if (threshold < 2 || threshold > total || total > SCHSM_PWD_MAX_SHARES)
-        return schsm_fail(err, errlen, "n-of-m: need 2 <= threshold <= shares <= %d (got %u of %u)",
+        return schsm_km_fail(err, errlen, "n-of-m: need 2 <= threshold <= shares <= %d (got %u of %u)",
                           SCHSM_PWD_MAX_SHARES, threshold, total);
     BN_CTX *ctx = BN_CTX_secure_new();
     BIGNUM *p = BN_new(), *x = BN_new(), *y = BN_secure_new();
@@ -96,7 +96,7 @@ int schsm_pwd_split(const uint8_t password[SCHSM_PWD_LEN], unsigned threshold, u
     ok = 1;
 done:
     if (!ok)
-        schsm_fail(err, errlen, "n-of-m: splitting the password failed");
+        schsm_km_fail(err, errlen, "n-of-m: splitting the password failed");
     for (unsigned k = 0; coef && k < threshold; k++)
         BN_clear_free(coef[k]);
     free(coef);
@@ -111,16 +111,16 @@ done:
 static int check_shares(const schsm_pwd_share *s, size_t n, char *err, size_t errlen)
 {
     if (n < 2 || n > SCHSM_PWD_MAX_SHARES)
-        return schsm_fail(err, errlen, "n-of-m: need at least 2 shares (got %zu)", n);
+        return schsm_km_fail(err, errlen, "n-of-m: need at least 2 shares (got %zu)", n);
     for (size_t i = 0; i < n; i++) {
         if (s[i].prime != s[0].prime)
-            return schsm_fail(err, errlen, "n-of-m: share %u has another prime than share %u: not from one split",
+            return schsm_km_fail(err, errlen, "n-of-m: share %u has another prime than share %u: not from one split",
                               s[i].id, s[0].id);
         if (s[i].id == 0 || s[i].value >= s[i].prime)
-            return schsm_fail(err, errlen, "n-of-m: share %u is not a valid share", s[i].id);
+            return schsm_km_fail(err, errlen, "n-of-m: share %u is not a valid share", s[i].id);
         for (size_t j = 0; j < i; j++)
             if (s[j].id == s[i].id)
-                return schsm_fail(err, errlen, "n-of-m: share ID %u given twice", s[i].id);
+                return schsm_km_fail(err, errlen, "n-of-m: share ID %u given twice", s[i].id);
     }
     return 1;
 }
@@ -155,7 +155,7 @@ int schsm_pwd_combine(const schsm_pwd_share *shares, size_t n, uint8_t password[
     ok = BN_bn2binpad(s, password, SCHSM_PWD_LEN) == SCHSM_PWD_LEN;
 done:
     if (!ok)
-        schsm_fail(err, errlen, "n-of-m: combining the shares failed (is the prime really prime?)");
+        schsm_km_fail(err, errlen, "n-of-m: combining the shares failed (is the prime really prime?)");
     BN_free(p);
     BN_free(num);
     BN_free(den);
@@ -180,7 +180,7 @@ static void hex_colon(uint64_t v, char *out)
     char *o = out;
     for (int i = first; i < 8; i++) {
         char h[3];
-        schsm_hex(&b[i], 1, h);
+        schsm_km_hex(&b[i], 1, h);
         if (i > first)
             *o++ = ':';
         *o++ = h[0];
@@ -215,20 +215,20 @@ int schsm_pwd_parse_hex(const char *text, uint64_t *v, char *err, size_t errlen)
     for (const char *c = text; *c && *c != '\n' && *c != '\r'; c++) {
         if (*c == ':' || *c == ' ' || *c == '\t') {
             if (run % 2)
-                return schsm_fail(err, errlen, "hex value: odd number of digits before a separator");
+                return schsm_km_fail(err, errlen, "hex value: odd number of digits before a separator");
             run = 0;
             continue;
         }
         int h = hexval((unsigned char)*c);
         if (h < 0)
-            return schsm_fail(err, errlen, "hex value: '%c' is not a hex digit", *c);
+            return schsm_km_fail(err, errlen, "hex value: '%c' is not a hex digit", *c);
         if (++digits > 16)
-            return schsm_fail(err, errlen, "hex value longer than 8 bytes");
+            return schsm_km_fail(err, errlen, "hex value longer than 8 bytes");
         run++;
         acc = acc << 4 | (uint64_t)h;
     }
     if (digits == 0 || run % 2)
-        return schsm_fail(err, errlen, "hex value: %s", digits ? "odd number of digits" : "empty");
+        return schsm_km_fail(err, errlen, "hex value: %s", digits ? "odd number of digits" : "empty");
     *v = acc;
     return 1;
 }
@@ -247,7 +247,7 @@ static int parse_id(const char *text, unsigned *id, char *err, size_t errlen)
     while (*text == ' ' || *text == '\t' || *text == '\r')
         text++;
     if (digits == 0 || (*text && *text != '\n') || v == 0 || v > SCHSM_PWD_MAX_SHARES)
-        return schsm_fail(err, errlen, "share ID: a decimal number 1..%d expected", SCHSM_PWD_MAX_SHARES);
+        return schsm_km_fail(err, errlen, "share ID: a decimal number 1..%d expected", SCHSM_PWD_MAX_SHARES);
     *id = (unsigned)v;
     return 1;
 }
@@ -279,13 +279,13 @@ int schsm_pwd_share_parse(const char *text, schsm_pwd_share *s, char *err, size_
 {
     const char *prime = field(text, "Prime"), *id = field(text, "Share ID"), *value = field(text, "Share value");
     if (!prime || !id || !value)
-        return schsm_fail(err, errlen, "share text: needs the lines \"Prime :\", \"Share ID :\" and \"Share value :\"");
+        return schsm_km_fail(err, errlen, "share text: needs the lines \"Prime :\", \"Share ID :\" and \"Share value :\"");
     char e[96];
     if (!schsm_pwd_parse_hex(prime, &s->prime, e, sizeof e))
-        return schsm_fail(err, errlen, "prime: %s", e);
+        return schsm_km_fail(err, errlen, "prime: %s", e);
     if (!parse_id(id, &s->id, err, errlen))
         return 0;
     if (!schsm_pwd_parse_hex(value, &s->value, e, sizeof e))
-        return schsm_fail(err, errlen, "share value: %s", e);
+        return schsm_km_fail(err, errlen, "share value: %s", e);
     return 1;
 }

@@ -122,20 +122,20 @@ static int plain_rsa(EVP_PKEY *k, plainbuf *p, uint8_t *type, char *err, size_t 
 {
     int bits = EVP_PKEY_get_bits(k);
     if (bits < 2048 || bits > 4096)
-        return schsm_fail(err, errlen, "RSA key of %d bits: the SmartCard-HSM takes 2048 to 4096", bits);
+        return schsm_km_fail(err, errlen, "RSA key of %d bits: the SmartCard-HSM takes 2048 to 4096", bits);
     BIGNUM *n = get_bn(k, OSSL_PKEY_PARAM_RSA_N), *e = get_bn(k, OSSL_PKEY_PARAM_RSA_E);
     BIGNUM *d = get_bn(k, OSSL_PKEY_PARAM_RSA_D), *f1 = get_bn(k, OSSL_PKEY_PARAM_RSA_FACTOR1);
     BIGNUM *f2 = get_bn(k, OSSL_PKEY_PARAM_RSA_FACTOR2), *dp = get_bn(k, OSSL_PKEY_PARAM_RSA_EXPONENT1);
     BIGNUM *dq = get_bn(k, OSSL_PKEY_PARAM_RSA_EXPONENT2), *qinv = get_bn(k, OSSL_PKEY_PARAM_RSA_COEFFICIENT1);
     int ok = 0;
     if (!n || !e || !d) {
-        schsm_fail(err, errlen, "the RSA key has no private part");
+        schsm_km_fail(err, errlen, "the RSA key has no private part");
         goto done;
     }
     put_u16(p, (size_t)BN_num_bytes(n) * 8);
     if (bits <= 2048) {
         if (!f1 || !f2 || !dp || !dq || !qinv) {
-            schsm_fail(err, errlen, "the RSA key has no CRT components");
+            schsm_km_fail(err, errlen, "the RSA key has no CRT components");
             goto done;
         }
         *type = SCHSM_KEY_RSA_CRT;
@@ -152,7 +152,7 @@ static int plain_rsa(EVP_PKEY *k, plainbuf *p, uint8_t *type, char *err, size_t 
     put_bn(p, e);
     ok = !p->overflow;
     if (!ok)
-        schsm_fail(err, errlen, "RSA key too large to wrap");
+        schsm_km_fail(err, errlen, "RSA key too large to wrap");
 done:
     BN_free(n);
     BN_free(e);
@@ -174,25 +174,25 @@ static int plain_ec(EVP_PKEY *k, plainbuf *p, char *err, size_t errlen)
     uint8_t point[1 + 2 * 66];
     int ok = 0;
     if (!EVP_PKEY_get_utf8_string_param(k, OSSL_PKEY_PARAM_GROUP_NAME, curve, sizeof curve, NULL)) {
-        schsm_fail(err, errlen, "EC key without a named curve");
+        schsm_km_fail(err, errlen, "EC key without a named curve");
         goto done;
     }
     g = EC_GROUP_new_by_curve_name(OBJ_txt2nid(curve));
     if (!g || !bp || !ba || !bb || !EC_GROUP_get_curve(g, bp, ba, bb, NULL)) {
-        schsm_fail(err, errlen, "EC curve %s unknown", curve);
+        schsm_km_fail(err, errlen, "EC curve %s unknown", curve);
         goto done;
     }
     uint8_t pbytes[66];
     int plen = BN_num_bytes(bp);
     if (plen > 66 || BN_bn2bin(bp, pbytes) != plen || !schsm_curve_by_prime(pbytes, (size_t)plen)) {
-        schsm_fail(err, errlen, "EC curve %s is not one the SmartCard-HSM supports", curve);
+        schsm_km_fail(err, errlen, "EC curve %s is not one the SmartCard-HSM supports", curve);
         goto done;
     }
     d = get_bn(k, OSSL_PKEY_PARAM_PRIV_KEY);
     x = get_bn(k, OSSL_PKEY_PARAM_EC_PUB_X);
     y = get_bn(k, OSSL_PKEY_PARAM_EC_PUB_Y);
     if (!d || !x || !y) {
-        schsm_fail(err, errlen, "the EC key has no private part");
+        schsm_km_fail(err, errlen, "the EC key has no private part");
         goto done;
     }
     put_u16(p, (size_t)plen * 8);
@@ -207,13 +207,13 @@ static int plain_ec(EVP_PKEY *k, plainbuf *p, char *err, size_t errlen)
     point[0] = 0x04;
     if (glen != 1 + 2 * (size_t)plen || BN_bn2binpad(x, point + 1, plen) != plen ||
         BN_bn2binpad(y, point + 1 + plen, plen) != plen) {
-        schsm_fail(err, errlen, "EC public point does not fit the curve");
+        schsm_km_fail(err, errlen, "EC public point does not fit the curve");
         goto done;
     }
     put_component(p, point, glen);
     ok = !p->overflow;
     if (!ok)
-        schsm_fail(err, errlen, "EC key too large to wrap");
+        schsm_km_fail(err, errlen, "EC key too large to wrap");
 done:
     EC_GROUP_free(g);
     BN_free(bp);
@@ -248,9 +248,9 @@ int schsm_wrap_key(const uint8_t dkek[SCHSM_DKEK_LEN], EVP_PKEY *key, const uint
 
     *blob = NULL;
     if (!p)
-        return schsm_fail(err, errlen, "out of memory");
+        return schsm_km_fail(err, errlen, "out of memory");
     if (nalg > SCHSM_MAX_ALGORITHMS) {
-        schsm_fail(err, errlen, "at most %d allowed algorithms", SCHSM_MAX_ALGORITHMS);
+        schsm_km_fail(err, errlen, "at most %d allowed algorithms", SCHSM_MAX_ALGORITHMS);
         goto done;
     }
     if (RAND_bytes(p->b, 8) != 1)
@@ -265,12 +265,12 @@ int schsm_wrap_key(const uint8_t dkek[SCHSM_DKEK_LEN], EVP_PKEY *key, const uint
             goto done;
         type = SCHSM_KEY_EC, oid = oid_ta_ecdsa_sha256, oidlen = sizeof oid_ta_ecdsa_sha256;
     } else {
-        schsm_fail(err, errlen, "only RSA and EC keys can be wrapped for the SmartCard-HSM");
+        schsm_km_fail(err, errlen, "only RSA and EC keys can be wrapped for the SmartCard-HSM");
         goto done;
     }
     /* ISO 9797-1 padding method 2 to whole AES blocks: always at least the 80. */
     if (p->n + 16 > sizeof p->b) {
-        schsm_fail(err, errlen, "key too large to wrap");
+        schsm_km_fail(err, errlen, "key too large to wrap");
         goto done;
     }
     p->b[p->n++] = 0x80;
@@ -294,7 +294,7 @@ int schsm_wrap_key(const uint8_t dkek[SCHSM_DKEK_LEN], EVP_PKEY *key, const uint
     ok = 1;
 done:
     if (!ok && err && errlen && !*err)
-        schsm_fail(err, errlen, "wrapping the key failed");
+        schsm_km_fail(err, errlen, "wrapping the key failed");
     OPENSSL_free(out);
     OPENSSL_secure_clear_free(p, sizeof *p);
     OPENSSL_cleanse(kenc, sizeof kenc);
@@ -307,7 +307,7 @@ done:
 int schsm_blob_kcv(const uint8_t *blob, size_t n, uint8_t kcv[SCHSM_KCV_LEN], char *err, size_t errlen)
 {
     if (n < MIN_BLOB)
-        return schsm_fail(err, errlen, "not a wrapped key: %zu bytes is too short", n);
+        return schsm_km_fail(err, errlen, "not a wrapped key: %zu bytes is too short", n);
     memcpy(kcv, blob, SCHSM_KCV_LEN);
     return 1;
 }
@@ -402,11 +402,11 @@ static int unwrap_rsa(reader *r, int type, unsigned size, EVP_PKEY **out, char *
         c[i] = take_bn(r);
     BIGNUM *n = c[count - 2], *e = c[count - 1];
     if (r->bad || !bctx || !bld) {
-        schsm_fail(err, errlen, "wrapped RSA key: components malformed");
+        schsm_km_fail(err, errlen, "wrapped RSA key: components malformed");
         goto done;
     }
     if (size < 1024 || size > 4096 || (unsigned)BN_num_bits(n) > size || (unsigned)BN_num_bits(n) + 8 <= size) {
-        schsm_fail(err, errlen, "wrapped RSA key: size %u bits does not fit its modulus", size);
+        schsm_km_fail(err, errlen, "wrapped RSA key: size %u bits does not fit its modulus", size);
         goto done;
     }
     if (type == SCHSM_KEY_RSA) {
@@ -418,7 +418,7 @@ static int unwrap_rsa(reader *r, int type, unsigned size, EVP_PKEY **out, char *
         if (!d || !t1 || !t2 || !lcm || !BN_sub(t1, p, BN_value_one()) || !BN_sub(t2, q, BN_value_one()) ||
             !BN_mul(lcm, t1, t2, bctx) || !BN_gcd(t1, t1, t2, bctx) || !BN_div(lcm, NULL, lcm, t1, bctx) ||
             !BN_mod_inverse(d, e, lcm, bctx)) {
-            schsm_fail(err, errlen, "wrapped RSA key: CRT components are inconsistent");
+            schsm_km_fail(err, errlen, "wrapped RSA key: CRT components are inconsistent");
             goto done;
         }
     }
@@ -433,20 +433,20 @@ static int unwrap_rsa(reader *r, int type, unsigned size, EVP_PKEY **out, char *
          !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_COEFFICIENT1, c[3])))
         goto done;
     if (!fromdata("RSA", bld, out)) {
-        schsm_fail(err, errlen, "wrapped RSA key: OpenSSL does not take it");
+        schsm_km_fail(err, errlen, "wrapped RSA key: OpenSSL does not take it");
         goto done;
     }
     /* Type 5 has no factors to check against; type 6 must multiply out. */
     if (type == SCHSM_KEY_RSA_CRT && !pairwise_ok(*out)) {
         EVP_PKEY_free(*out);
         *out = NULL;
-        schsm_fail(err, errlen, "wrapped RSA key: p·q is not n");
+        schsm_km_fail(err, errlen, "wrapped RSA key: p·q is not n");
         goto done;
     }
     ok = 1;
 done:
     if (!ok && err && errlen && !*err)
-        schsm_fail(err, errlen, "wrapped RSA key: cannot be rebuilt");
+        schsm_km_fail(err, errlen, "wrapped RSA key: cannot be rebuilt");
     for (int i = 0; i < 7; i++)
         BN_clear_free(c[i]);
     BN_clear_free(d);
@@ -479,12 +479,12 @@ static int unwrap_ec(reader *r, unsigned size, EVP_PKEY **out, char *err, size_t
     int ok = 0;
     const char *curve = r->bad ? NULL : schsm_curve_by_prime(p, plen);
     if (r->bad || !gp || !ga || !gb || !bld) {
-        schsm_fail(err, errlen, "wrapped EC key: components malformed");
+        schsm_km_fail(err, errlen, "wrapped EC key: components malformed");
         goto done;
     }
     if (!curve || !(grp = EC_GROUP_new_by_curve_name(OBJ_txt2nid(curve))) ||
         !EC_GROUP_get_curve(grp, gp, ga, gb, NULL)) {
-        schsm_fail(err, errlen, "wrapped EC key: curve not supported");
+        schsm_km_fail(err, errlen, "wrapped EC key: curve not supported");
         goto done;
     }
     /* pico-hsm leaves a (and may leave b) empty; present ones must match the curve. */
@@ -493,23 +493,23 @@ static int unwrap_ec(reader *r, unsigned size, EVP_PKEY **out, char *err, size_t
     if ((alen && !same_value(a, alen, ga)) || (blen && !same_value(b, blen, gb)) ||
         !same_value(n, nlen, EC_GROUP_get0_order(grp)) || glen != genlen || memcmp(g, gen, glen) != 0 ||
         size != (unsigned)BN_num_bytes(gp) * 8) {
-        schsm_fail(err, errlen, "wrapped EC key: domain parameters do not match %s", curve);
+        schsm_km_fail(err, errlen, "wrapped EC key: domain parameters do not match %s", curve);
         goto done;
     }
     if (dlen == 0 || dlen > 66 || !(bd = BN_bin2bn(d, (int)dlen, BN_secure_new())) || qlen != genlen || q[0] != 4) {
-        schsm_fail(err, errlen, "wrapped EC key: private value or public point malformed");
+        schsm_km_fail(err, errlen, "wrapped EC key: private value or public point malformed");
         goto done;
     }
     if (!OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, curve, 0) ||
         !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_PRIV_KEY, bd) ||
         !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, q, qlen) || !fromdata("EC", bld, out)) {
-        schsm_fail(err, errlen, "wrapped EC key: OpenSSL does not take it");
+        schsm_km_fail(err, errlen, "wrapped EC key: OpenSSL does not take it");
         goto done;
     }
     if (!pairwise_ok(*out)) {
         EVP_PKEY_free(*out);
         *out = NULL;
-        schsm_fail(err, errlen, "wrapped EC key: public point is not d·G");
+        schsm_km_fail(err, errlen, "wrapped EC key: public point is not d·G");
         goto done;
     }
     ok = 1;
@@ -526,7 +526,7 @@ done:
 static int unwrap_aes(reader *r, unsigned size, schsm_unwrapped *out, char *err, size_t errlen)
 {
     if ((size != 16 && size != 24 && size != 32) || (size_t)(r->end - r->p) < size)
-        return schsm_fail(err, errlen, "wrapped AES key: size %u bytes not supported", size);
+        return schsm_km_fail(err, errlen, "wrapped AES key: size %u bytes not supported", size);
     memcpy(out->aes, r->p, size);
     out->aeslen = size;
     r->p += size;
@@ -542,29 +542,29 @@ static int parse_header(const uint8_t *blob, size_t n, schsm_unwrapped *out, con
     out->type = blob[8];
     if (!get_field(&o, end, &oid, &oidlen) || !get_field(&o, end, &alg, &alglen) ||
         !get_field(&o, end, &acl, &acllen) || !get_field(&o, end, &koid, &koidlen))
-        return schsm_fail(err, errlen, "wrapped key: header fields run past the end");
+        return schsm_km_fail(err, errlen, "wrapped key: header fields run past the end");
     switch (out->type) {
     case SCHSM_KEY_RSA:
     case SCHSM_KEY_RSA_CRT:
         if (oidlen != sizeof oid_ta_rsa_sha256 || memcmp(oid, oid_ta_rsa_sha256, oidlen - 1) != 0)
-            return schsm_fail(err, errlen, "wrapped key: RSA key with a non-RSA algorithm");
+            return schsm_km_fail(err, errlen, "wrapped key: RSA key with a non-RSA algorithm");
         break;
     case SCHSM_KEY_EC:
         if (oidlen != sizeof oid_ta_ecdsa_sha256 || memcmp(oid, oid_ta_ecdsa_sha256, oidlen - 1) != 0)
-            return schsm_fail(err, errlen, "wrapped key: EC key with a non-ECDSA algorithm");
+            return schsm_km_fail(err, errlen, "wrapped key: EC key with a non-ECDSA algorithm");
         break;
     case SCHSM_KEY_AES: /* the card's firmware 3.0-3.2 wrote this OID wrongly: not checked */
         break;
     default:
-        return schsm_fail(err, errlen, "wrapped key: unknown key type %d", out->type);
+        return schsm_km_fail(err, errlen, "wrapped key: unknown key type %d", out->type);
     }
     if (alglen > SCHSM_MAX_ALGORITHMS)
-        return schsm_fail(err, errlen, "wrapped key: %zu allowed algorithms (at most %d)", alglen,
+        return schsm_km_fail(err, errlen, "wrapped key: %zu allowed algorithms (at most %d)", alglen,
                           SCHSM_MAX_ALGORITHMS);
     memcpy(out->algorithms, alg, alglen);
     out->nalgorithms = alglen;
     if (o == end || (end - o) % 16)
-        return schsm_fail(err, errlen, "wrapped key: encrypted part is not whole AES blocks");
+        return schsm_km_fail(err, errlen, "wrapped key: encrypted part is not whole AES blocks");
     *cipher = o;
     return 1;
 }
@@ -580,38 +580,38 @@ int schsm_unwrap_key(const uint8_t dkek[SCHSM_DKEK_LEN], const uint8_t *blob, si
 
     memset(out, 0, sizeof *out);
     if (n < MIN_BLOB)
-        return schsm_fail(err, errlen, "not a wrapped key: %zu bytes is too short", n);
+        return schsm_km_fail(err, errlen, "not a wrapped key: %zu bytes is too short", n);
     if (!schsm_dkek_kcv(dkek, kcv))
-        return schsm_fail(err, errlen, "cannot compute the DKEK's KCV");
+        return schsm_km_fail(err, errlen, "cannot compute the DKEK's KCV");
     if (memcmp(kcv, blob, SCHSM_KCV_LEN) != 0) {
         char want[17], have[17];
-        schsm_hex(blob, 8, want);
-        schsm_hex(kcv, 8, have);
-        return schsm_fail(err, errlen, "the key is wrapped under the DKEK with KCV %s, this DKEK has KCV %s", want,
+        schsm_km_hex(blob, 8, want);
+        schsm_km_hex(kcv, 8, have);
+        return schsm_km_fail(err, errlen, "the key is wrapped under the DKEK with KCV %s, this DKEK has KCV %s", want,
                           have);
     }
     if (!derive(dkek, 1, kenc) || !derive(dkek, 2, kmac) || !cmac(kmac, blob, n - 16, mac)) {
-        schsm_fail(err, errlen, "cannot derive the blob keys");
+        schsm_km_fail(err, errlen, "cannot derive the blob keys");
         goto done;
     }
     if (CRYPTO_memcmp(mac, blob + n - 16, 16) != 0) {
-        schsm_fail(err, errlen, "wrapped key: CMAC does not verify (blob altered or damaged)");
+        schsm_km_fail(err, errlen, "wrapped key: CMAC does not verify (blob altered or damaged)");
         goto done;
     }
     if (!parse_header(blob, n, out, &cipher, err, errlen))
         goto done;
     plainlen = (size_t)(blob + n - 16 - cipher);
     if (plainlen > PLAIN_MAX) {
-        schsm_fail(err, errlen, "wrapped key: %zu bytes of key data is more than any card key", plainlen);
+        schsm_km_fail(err, errlen, "wrapped key: %zu bytes of key data is more than any card key", plainlen);
         goto done;
     }
     if (!(plain = OPENSSL_secure_malloc(plainlen)) || !cbc_nopad(0, kenc, cipher, plainlen, plain)) {
-        schsm_fail(err, errlen, "wrapped key: decryption failed");
+        schsm_km_fail(err, errlen, "wrapped key: decryption failed");
         goto done;
     }
     reader r = {plain + 8, plain + plainlen, 0};
     if (plainlen < 10) {
-        schsm_fail(err, errlen, "wrapped key: no key size");
+        schsm_km_fail(err, errlen, "wrapped key: no key size");
         goto done;
     }
     unsigned size = (unsigned)plain[8] << 8 | plain[9];
@@ -623,7 +623,7 @@ int schsm_unwrap_key(const uint8_t dkek[SCHSM_DKEK_LEN], const uint8_t *blob, si
     else
         ok = unwrap_rsa(&r, out->type, size, &out->pkey, err, errlen);
     if (ok && !padding_ok(&r)) {
-        ok = schsm_fail(err, errlen, "wrapped key: bytes after the key are not 80 00.. padding");
+        ok = schsm_km_fail(err, errlen, "wrapped key: bytes after the key are not 80 00.. padding");
         schsm_unwrapped_clear(out);
     }
 done:
@@ -664,8 +664,8 @@ static size_t put_tl(uint8_t *o, unsigned tag, size_t n)
 static int one_tlv(const uint8_t *v, size_t n)
 {
     const uint8_t *p = v;
-    schsm_tlv t;
-    return schsm_tlv_next(&p, v + n, &t) && p == v + n;
+    schsm_kmtlv t;
+    return schsm_kmtlv_next(&p, v + n, &t) && p == v + n;
 }
 
 int schsm_wrap_file_build(const uint8_t *blob, size_t bloblen, const uint8_t *prkd, size_t prkdlen,
@@ -674,17 +674,17 @@ int schsm_wrap_file_build(const uint8_t *blob, size_t bloblen, const uint8_t *pr
 {
     *out = NULL;
     if (bloblen < MIN_BLOB || bloblen > 0xffff)
-        return schsm_fail(err, errlen, "wrap file: blob of %zu bytes", bloblen);
+        return schsm_km_fail(err, errlen, "wrap file: blob of %zu bytes", bloblen);
     if ((prkdlen && !one_tlv(prkd, prkdlen)) || (certlen && !one_tlv(cert, certlen)))
-        return schsm_fail(err, errlen, "wrap file: the PrKD and the certificate must each be one TLV");
+        return schsm_km_fail(err, errlen, "wrap file: the PrKD and the certificate must each be one TLV");
     if (prkdlen + certlen > 0xffff)
-        return schsm_fail(err, errlen, "wrap file: PrKD and certificate too large");
+        return schsm_km_fail(err, errlen, "wrap file: PrKD and certificate too large");
     uint8_t hdr[5];
     size_t inner = put_tl(hdr, 0x04, bloblen) + bloblen + prkdlen + certlen;
     size_t total = put_tl(hdr, 0x30, inner) + inner;
     uint8_t *o = OPENSSL_malloc(total);
     if (!o)
-        return schsm_fail(err, errlen, "out of memory");
+        return schsm_km_fail(err, errlen, "out of memory");
     size_t i = put_tl(o, 0x30, inner);
     i += put_tl(o + i, 0x04, bloblen);
     memcpy(o + i, blob, bloblen), i += bloblen;
@@ -701,29 +701,29 @@ int schsm_wrap_file_parse(const uint8_t *file, size_t n, const uint8_t **blob, s
                           size_t errlen)
 {
     const uint8_t *p = file;
-    schsm_tlv outer, t;
+    schsm_kmtlv outer, t;
     *prkd = *cert = NULL;
     *prkdlen = *certlen = 0;
-    if (!schsm_tlv_next(&p, file + n, &outer) || outer.tag != 0x30)
-        return schsm_fail(err, errlen, "not a wrapped-key file (no outer SEQUENCE)");
+    if (!schsm_kmtlv_next(&p, file + n, &outer) || outer.tag != 0x30)
+        return schsm_km_fail(err, errlen, "not a wrapped-key file (no outer SEQUENCE)");
     if (p != file + n)
-        return schsm_fail(err, errlen, "wrapped-key file: %zu bytes after the SEQUENCE", (size_t)(file + n - p));
+        return schsm_km_fail(err, errlen, "wrapped-key file: %zu bytes after the SEQUENCE", (size_t)(file + n - p));
     p = outer.value;
     const uint8_t *end = outer.value + outer.len;
-    if (!schsm_tlv_next(&p, end, &t) || t.tag != 0x04 || t.len < MIN_BLOB)
-        return schsm_fail(err, errlen, "wrapped-key file: no key blob (OCTET STRING) first");
+    if (!schsm_kmtlv_next(&p, end, &t) || t.tag != 0x04 || t.len < MIN_BLOB)
+        return schsm_km_fail(err, errlen, "wrapped-key file: no key blob (OCTET STRING) first");
     *blob = t.value, *bloblen = t.len;
     if (p < end) {
-        if (!schsm_tlv_next(&p, end, &t))
-            return schsm_fail(err, errlen, "wrapped-key file: private key description malformed");
+        if (!schsm_kmtlv_next(&p, end, &t))
+            return schsm_km_fail(err, errlen, "wrapped-key file: private key description malformed");
         *prkd = t.tlv, *prkdlen = t.tlvlen;
     }
     if (p < end) {
-        if (!schsm_tlv_next(&p, end, &t))
-            return schsm_fail(err, errlen, "wrapped-key file: certificate malformed");
+        if (!schsm_kmtlv_next(&p, end, &t))
+            return schsm_km_fail(err, errlen, "wrapped-key file: certificate malformed");
         *cert = t.tlv, *certlen = t.tlvlen;
     }
     if (p != end)
-        return schsm_fail(err, errlen, "wrapped-key file: more than blob, PrKD and certificate");
+        return schsm_km_fail(err, errlen, "wrapped-key file: more than blob, PrKD and certificate");
     return 1;
 }

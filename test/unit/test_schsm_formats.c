@@ -354,22 +354,22 @@ static void test_roots(void)
 
 static void test_tlv(void)
 {
-    schsm_tlv t;
+    schsm_kmtlv t;
     const uint8_t ok3[] = {0x04, 0x83, 0x00, 0x00, 0x01, 0xAA};
     const uint8_t *p = ok3;
-    CHECK(schsm_tlv_next(&p, ok3 + sizeof ok3, &t) && t.len == 1 && p == ok3 + sizeof ok3);
+    CHECK(schsm_kmtlv_next(&p, ok3 + sizeof ok3, &t) && t.len == 1 && p == ok3 + sizeof ok3);
     const uint8_t four[] = {0x04, 0x84, 0x00, 0x00, 0x00, 0x01, 0xAA};
     p = four;
-    CHECK(!schsm_tlv_next(&p, four + sizeof four, &t));
+    CHECK(!schsm_kmtlv_next(&p, four + sizeof four, &t));
     const uint8_t indefinite[] = {0x30, 0x80, 0x00, 0x00};
     p = indefinite;
-    CHECK(!schsm_tlv_next(&p, indefinite + sizeof indefinite, &t));
+    CHECK(!schsm_kmtlv_next(&p, indefinite + sizeof indefinite, &t));
     const uint8_t longtag[] = {0x7F, 0x81, 0x01, 0x00};
     p = longtag;
-    CHECK(!schsm_tlv_next(&p, longtag + sizeof longtag, &t));
+    CHECK(!schsm_kmtlv_next(&p, longtag + sizeof longtag, &t));
     const uint8_t overrun[] = {0x04, 0x82, 0xFF, 0xFF, 0x00};
     p = overrun;
-    CHECK(!schsm_tlv_next(&p, overrun + sizeof overrun, &t));
+    CHECK(!schsm_kmtlv_next(&p, overrun + sizeof overrun, &t));
 }
 
 int main(void)

@@ -6,7 +6,7 @@
  */
 #include "keymgmt_formats.h"
 
-int schsm_tlv_next(const uint8_t **p, const uint8_t *end, schsm_tlv *t)
+int schsm_kmtlv_next(const uint8_t **p, const uint8_t *end, schsm_kmtlv *t)
 {
     const uint8_t *s = *p, *c = *p;
     if (c >= end)
