@@ -4,16 +4,19 @@ implementations the project did not write: `openssl enc` for DKEK share files, p
 for the n-of-m prime. The C side is driven through test/helpers/schsm_fmt.
 """
 
+import datetime
 import hashlib
 import os
 import re
 import subprocess
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import cmac, hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.x509.oid import NameOID
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT_DIR = os.path.join(HERE, "..", "..", "schsm", "roots")
@@ -452,3 +455,59 @@ def test_key_generation_response_outer_signature(fmt, test_chain):
     (d / "req").write_bytes(bad)
     res = run(fmt, "request", d / "req", d / "devaut", d / "root", check=False)
     assert res.returncode == 1 and b"outer signature" in res.stderr
+
+
+# ---- sks hsm wrap ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sks():
+    build = os.environ.get("SKS_BUILD_DIR", "/work/main/build")
+    return os.path.join(build, "tools", "sks", "sks")
+
+
+def share_file_by_python(share, password, salt):
+    """A share file as sc-hsm-tool writes it, made with this file's own EVP_BytesToKey."""
+    key, iv = evp_bytes_to_key_md5(password, salt, 10_000_000)
+    enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    return b"Salted__" + salt + enc.update(share + bytes([16]) * 16) + enc.finalize()
+
+
+def test_sks_hsm_wrap_writes_sc_hsm_tool_wrap_file(sks, tmp_path):
+    share = os.urandom(32)
+    (tmp_path / "share.pbe").write_bytes(share_file_by_python(share, b"custodian one", os.urandom(8)))
+    key = ec.generate_private_key(ec.BrainpoolP256R1())
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wrapped")])
+    now = datetime.datetime.utcnow()
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(7).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    out = tmp_path / "key.wrap"
+    res = run(sks, "hsm", "wrap", "--dkek-share", tmp_path / "share.pbe", "--key", tmp_path / "key.pem",
+              "--cert", tmp_path / "cert.pem", "--algorithms", "70", "--passwords", "-", "--out", out,
+              input=b"custodian one\n")
+    kcv = hashlib.sha256(share).digest()[:8].hex()  # one share: the DKEK is the share
+    assert kcv in res.stdout.decode()
+    assert b"takes several seconds" in res.stderr
+    data = out.read_bytes()
+    # openssl reads the outer structure: SEQUENCE { OCTET STRING blob, certificate SEQUENCE }
+    parsed = run("openssl", "asn1parse", "-inform", "DER", "-in", out, "-i").stdout.decode().splitlines()
+    assert "SEQUENCE" in parsed[0] and "OCTET STRING" in parsed[1] and "SEQUENCE" in parsed[2]
+    (_, inner), = read_tlvs(data)
+    items = read_tlvs(inner)
+    assert items[0][0] == 0x04 and tlv(0x30, items[1][1]) == cert.public_bytes(serialization.Encoding.DER)
+    ktype, fields, plain = open_blob(items[0][1], share)
+    assert ktype == 12 and fields[1] == b"\x70"
+    (a, b, p, n, g, d, q), _ = components(plain[10:], 7)
+    assert as_int(d) == key.private_numbers().private_value and q == point(key)
+    # an existing output file is not overwritten; a truncated share is named before any derivation
+    res = run(sks, "hsm", "wrap", "--dkek-share", tmp_path / "share.pbe", "--key", tmp_path / "key.pem",
+              "--passwords", "-", "--out", out, input=b"x\n", check=False)
+    assert res.returncode != 0 and b"exists" in res.stderr and out.read_bytes() == data
+    (tmp_path / "short.pbe").write_bytes((tmp_path / "share.pbe").read_bytes()[:40])
+    res = run(sks, "hsm", "wrap", "--dkek-share", tmp_path / "short.pbe", "--key", tmp_path / "key.pem",
+              "--passwords", "-", "--out", tmp_path / "o2", input=b"x\n", check=False)
+    assert res.returncode != 0 and b"truncated" in res.stderr and not (tmp_path / "o2").exists()

@@ -52,6 +52,12 @@ int cmd_export(cli_store *store, int argc, char **argv);
 int cmd_pin(cli_store *store, int argc, char **argv);
 int cmd_cert(cli_store *store, int argc, char **argv);
 int cmd_skip(cli_store *store, int argc, char **argv);
+int cmd_hsm(cli_store *store, int argc, char **argv);
+
+/* ---- hsm_wrap.c: host-side SmartCard-HSM key wrapping (no card) ---- */
+
+/* sks hsm wrap: argv[0] is "wrap". Returns the exit code. */
+int cli_hsm_wrap(int argc, char **argv);
 
 /* ---- opts.c: option parsing ---- */
 

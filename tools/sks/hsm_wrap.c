@@ -1,0 +1,238 @@
+/*
+ * sks hsm wrap: on the host, no card. Wraps a private key under the DKEK of a SmartCard-HSM,
+ * made from its DKEK share files, into the file `sc-hsm-tool --wrap-key` writes, so that
+ * `sc-hsm-tool --unwrap-key` (or sks) imports it into any card holding that DKEK
+ * (docs/smartcard-hsm-keymgmt.md).
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "../../schsm/keymgmt_formats.h"
+
+static const char WRAP_USAGE[] =
+    "usage: sks hsm wrap --dkek-share FILE [--dkek-share FILE]... --key KEY.pem [--cert CERT.pem]\n"
+    "                    [--algorithms HEX] [--passwords FILE] --out FILE\n"
+    "  On the host, no card: wraps a private key under the DKEK that the share files make (the\n"
+    "  XOR of the shares) and writes it as `sc-hsm-tool --wrap-key` does, for\n"
+    "  `sc-hsm-tool --unwrap-key` on any SmartCard-HSM holding that DKEK. Prints the DKEK's key\n"
+    "  check value (KCV), which such a card reports too.\n"
+    "  --dkek-share FILE   a DKEK share file (sc-hsm-tool --create-dkek-share); once per share\n"
+    "  --key KEY.pem       the private key, PEM: EC on P-256, P-384, P-521, brainpoolP256r1,\n"
+    "                      brainpoolP320r1, brainpoolP384r1, brainpoolP512r1; RSA 2048 to 4096 bits\n"
+    "  --cert CERT.pem     its certificate, stored beside the key in the file\n"
+    "  --algorithms HEX    the key's allowed algorithms on the card (e.g. 70: ECDSA only; default:\n"
+    "                      none stored, every algorithm of its type)\n"
+    "  --passwords FILE    the shares' passwords, one line each in the order of --dkek-share;\n"
+    "                      \"-\" reads standard input. Without it each password is asked on the\n"
+    "                      terminal, without echo.\n"
+    "  --out FILE          the wrap file to write (refused if it exists)\n"
+    "  Opening a share takes several seconds (10,000,000 hash rounds, as sc-hsm-tool).\n";
+
+typedef struct {
+    cli_list shares;
+    const char *key, *cert, *algorithms, *passwords, *out;
+} wrap_args;
+
+static void say_deriving(void *arg, int finished)
+{
+    if (!finished)
+        fprintf(stderr, "sks hsm wrap: opening %s (takes several seconds)...\n", (const char *)arg);
+}
+
+/* The password of share i: the next line of the passwords file, else asked on the terminal. */
+static int share_password(FILE *pwfile, const char *share, char *buf, size_t size)
+{
+    char prompt[512];
+    if (pwfile) {
+        if (!fgets(buf, (int)size, pwfile)) {
+            cli_error("hsm wrap: --passwords: no line for %s", share);
+            return 0;
+        }
+        buf[strcspn(buf, "\r\n")] = 0;
+        return 1;
+    }
+    snprintf(prompt, sizeof prompt, "sks hsm wrap: password of %s: ", share);
+    if (!cli_ask_secret(prompt, 0, buf, size)) {
+        cli_error("hsm wrap: no password for %s (no terminal: give --passwords FILE)", share);
+        return 0;
+    }
+    return 1;
+}
+
+static int read_share_file(const char *path, uint8_t *buf, size_t size, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        cli_error("hsm wrap: cannot open %s: %s", path, strerror(errno));
+        return 0;
+    }
+    *n = fread(buf, 1, size, f);
+    fclose(f);
+    return 1;
+}
+
+/* dkek = XOR of every share, each decrypted with its password. */
+static int load_dkek(const wrap_args *a, uint8_t dkek[SCHSM_DKEK_LEN])
+{
+    FILE *pwfile = NULL;
+    char pw[CLI_SECRET_MAX], err[256];
+    uint8_t file[SCHSM_SHARE_FILE_LEN + 1], share[SCHSM_DKEK_LEN];
+    size_t n;
+    int ok = 1;
+
+    if (a->passwords && !(pwfile = strcmp(a->passwords, "-") == 0 ? stdin : fopen(a->passwords, "r"))) {
+        cli_error("hsm wrap: cannot open %s: %s", a->passwords, strerror(errno));
+        return 0;
+    }
+    memset(dkek, 0, SCHSM_DKEK_LEN);
+    for (size_t i = 0; ok && i < a->shares.count; i++) {
+        const char *path = a->shares.items[i];
+        ok = read_share_file(path, file, sizeof file, &n) && share_password(pwfile, path, pw, sizeof pw);
+        if (ok && !schsm_share_decrypt(file, n, (const uint8_t *)pw, strlen(pw), 0, say_deriving, (void *)path, share,
+                                       err, sizeof err)) {
+            cli_error("hsm wrap: %s: %s", path, err);
+            ok = 0;
+        }
+        if (ok)
+            schsm_dkek_add_share(dkek, share);
+        OPENSSL_cleanse(pw, sizeof pw);
+        OPENSSL_cleanse(share, sizeof share);
+    }
+    if (pwfile && pwfile != stdin)
+        fclose(pwfile);
+    return ok;
+}
+
+static EVP_PKEY *load_key(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    EVP_PKEY *k = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+    if (f)
+        fclose(f);
+    if (!k)
+        cli_error("hsm wrap: %s: not a PEM private key", path);
+    return k;
+}
+
+/* The certificate as DER (*der: the caller's to free), or 1 with nothing when none is given. */
+static int load_cert(const char *path, uint8_t **der, int *len)
+{
+    *der = NULL, *len = 0;
+    if (!path)
+        return 1;
+    FILE *f = fopen(path, "r");
+    X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    if (f)
+        fclose(f);
+    if (x)
+        *len = i2d_X509(x, der);
+    X509_free(x);
+    if (*len <= 0)
+        cli_error("hsm wrap: %s: not a PEM certificate", path);
+    return *len > 0;
+}
+
+static int parse_algorithms(const char *hex, uint8_t *out, size_t *n)
+{
+    size_t len = hex ? strlen(hex) : 0;
+    *n = 0;
+    if (len % 2 || len / 2 > SCHSM_MAX_ALGORITHMS) {
+        cli_error("hsm wrap: --algorithms: up to %d bytes in hex, e.g. 70 or 7092", SCHSM_MAX_ALGORITHMS);
+        return 0;
+    }
+    for (size_t i = 0; i < len / 2; i++) {
+        unsigned v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1) {
+            cli_error("hsm wrap: --algorithms: '%s' is not hex", hex);
+            return 0;
+        }
+        out[(*n)++] = (uint8_t)v;
+    }
+    return 1;
+}
+
+static int write_new_file(const char *path, const uint8_t *b, size_t n)
+{
+    FILE *f = fopen(path, "wbx");
+    if (!f || fwrite(b, 1, n, f) != n || fclose(f) != 0) {
+        cli_error("hsm wrap: cannot write %s: %s", path, strerror(errno));
+        return 0;
+    }
+    return 1;
+}
+
+int cli_hsm_wrap(int argc, char **argv)
+{
+    wrap_args a = {0};
+    const cli_opt opts[] = {
+        {"--dkek-share", OPT_LIST, &a.shares}, {"--key", OPT_VALUE, &a.key},
+        {"--cert", OPT_VALUE, &a.cert},        {"--algorithms", OPT_VALUE, &a.algorithms},
+        {"--passwords", OPT_VALUE, &a.passwords}, {"--out", OPT_VALUE, &a.out},
+    };
+    int r = cli_parse_command("hsm wrap", argc, argv, 1, opts, sizeof opts / sizeof opts[0], WRAP_USAGE);
+    if (r != CLI_CONTINUE)
+        return r;
+    if (a.shares.count == 0 || !a.key || !a.out) {
+        cli_error("hsm wrap: --dkek-share, --key and --out are required (see sks hsm wrap --help)");
+        return 2;
+    }
+    uint8_t alg[SCHSM_MAX_ALGORITHMS], dkek[SCHSM_DKEK_LEN], kcv[SCHSM_KCV_LEN], *blob = NULL, *file = NULL, *cert = NULL;
+    size_t nalg = 0, bloblen = 0, filelen = 0;
+    int certlen = 0, rc = 1;
+    char err[256] = "";
+    EVP_PKEY *key = NULL;
+    if (!parse_algorithms(a.algorithms, alg, &nalg))
+        return 2;
+    if (access(a.out, F_OK) == 0) {
+        cli_error("hsm wrap: %s exists already", a.out);
+        return 1;
+    }
+    if (!(key = load_key(a.key)) || !load_cert(a.cert, &cert, &certlen) || !load_dkek(&a, dkek))
+        goto done;
+    if (!schsm_wrap_key(dkek, key, alg, nalg, &blob, &bloblen, err, sizeof err) ||
+        !schsm_wrap_file_build(blob, bloblen, NULL, 0, cert, (size_t)certlen, &file, &filelen, err, sizeof err)) {
+        cli_error("hsm wrap: %s", err);
+        goto done;
+    }
+    if (!write_new_file(a.out, file, filelen))
+        goto done;
+    schsm_dkek_kcv(dkek, kcv);
+    printf("wrote %s: %s key under the DKEK with KCV ", a.out, EVP_PKEY_is_a(key, "RSA") ? "RSA" : "EC");
+    for (int i = 0; i < SCHSM_KCV_LEN; i++)
+        printf("%02x", kcv[i]);
+    printf("\n");
+    rc = 0;
+done:
+    OPENSSL_cleanse(dkek, sizeof dkek);
+    EVP_PKEY_free(key);
+    OPENSSL_free(blob);
+    OPENSSL_free(file);
+    OPENSSL_free(cert);
+    return rc;
+}
+
+/* `sks hsm`: only `wrap` lives here. The SmartCard-HSM card commands (init, status) have their
+ * own dispatcher in tools/sks/hsm.c; when both are on one branch, that dispatcher calls
+ * cli_hsm_wrap for "wrap" and this one goes. */
+int cmd_hsm(cli_store *store, int argc, char **argv)
+{
+    (void)store;
+    const char *sub = argc > 1 ? argv[1] : "";
+    if (strcmp(sub, "wrap") == 0)
+        return cli_hsm_wrap(argc - 1, argv + 1);
+    if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0) {
+        fputs(WRAP_USAGE, stdout);
+        return 0;
+    }
+    cli_error("hsm: unknown subcommand '%s' (see sks hsm --help)", sub);
+    return 2;
+}
