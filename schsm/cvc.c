@@ -384,6 +384,8 @@ schsm_chain_status schsm_cvc_verify_chain(const uint8_t *devaut, size_t n, const
     size_t used = 0, used2 = 0;
     if (device_key)
         *device_key = NULL;
+    if (err && errlen)
+        err[0] = 0;
     if (!schsm_cvc_parse(devaut, n, &dev, &used, err, errlen) || dev.authenticated)
         return dev.authenticated ? (schsm_km_fail(err, errlen, "device certificate: a request, not a certificate"),
                                     SCHSM_CHAIN_INVALID)
@@ -398,7 +400,7 @@ schsm_chain_status schsm_cvc_verify_chain(const uint8_t *devaut, size_t n, const
     }
     if (!schsm_cvc_parse(devaut + used, n - used, &dica, &used2, err, errlen) || dica.authenticated ||
         used + used2 != n) {
-        if (err && !*err)
+        if (err && errlen && !*err)
             schsm_km_fail(err, errlen, "EF.C_DevAut: not device certificate ‖ DICA certificate");
         return SCHSM_CHAIN_INVALID;
     }

@@ -247,6 +247,8 @@ int schsm_wrap_key(const uint8_t dkek[SCHSM_DKEK_LEN], EVP_PKEY *key, const uint
     int ok = 0;
 
     *blob = NULL;
+    if (err && errlen)
+        err[0] = 0; /* read back below to tell a named failure from an unnamed one */
     if (!p)
         return schsm_km_fail(err, errlen, "out of memory");
     if (nalg > SCHSM_MAX_ALGORITHMS) {
@@ -579,6 +581,8 @@ int schsm_unwrap_key(const uint8_t dkek[SCHSM_DKEK_LEN], const uint8_t *blob, si
     int ok = 0;
 
     memset(out, 0, sizeof *out);
+    if (err && errlen)
+        err[0] = 0; /* read back by the key decoders */
     if (n < MIN_BLOB)
         return schsm_km_fail(err, errlen, "not a wrapped key: %zu bytes is too short", n);
     if (!schsm_dkek_kcv(dkek, kcv))
