@@ -511,3 +511,32 @@ def test_sks_hsm_wrap_writes_sc_hsm_tool_wrap_file(sks, tmp_path):
     res = run(sks, "hsm", "wrap", "--dkek-share", tmp_path / "short.pbe", "--key", tmp_path / "key.pem",
               "--passwords", "-", "--out", tmp_path / "o2", input=b"x\n", check=False)
     assert res.returncode != 0 and b"truncated" in res.stderr and not (tmp_path / "o2").exists()
+
+
+def test_sks_hsm_wrap_with_n_of_m_password(sks, tmp_path):
+    """A share file whose password was split 3-of-12 the way sc-hsm-tool does it (printed
+    shares, decimal IDs), with the two cases sc-hsm-tool itself gets wrong: IDs from 10 on, and a
+    password whose first byte is zero."""
+    password = b"\x00" + os.urandom(7)
+    share = os.urandom(32)
+    (tmp_path / "share.pbe").write_bytes(share_file_by_python(share, password, os.urandom(8)))
+    prime = int(run("openssl", "prime", "-generate", "-bits", "64").stdout)
+    coeff = [int.from_bytes(password, "big")] + [int.from_bytes(os.urandom(8), "big") % prime for _ in range(2)]
+
+    def hexcolon(v):
+        return ":".join(f"{b:02x}" for b in v.to_bytes((v.bit_length() + 7) // 8 or 1, "big"))
+
+    blocks = []
+    for x in (10, 11, 12):
+        y = sum(c * x**k for k, c in enumerate(coeff)) % prime
+        blocks.append(f"Prime       : {hexcolon(prime)}\nShare ID    : {x}\nShare value : {hexcolon(y)}\n")
+    key = ec.generate_private_key(ec.SECP384R1())
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    out = tmp_path / "key.wrap"
+    run(sks, "hsm", "wrap", "--dkek-share", tmp_path / "share.pbe", "--key", tmp_path / "key.pem",
+        "--pwd-shares", "-", "--out", out, input="\n".join(blocks).encode())
+    (_, inner), = read_tlvs(out.read_bytes())
+    ktype, _, plain = open_blob(read_tlvs(inner)[0][1], share)
+    (a, b, p, n, g, d, q), _ = components(plain[10:], 7)
+    assert ktype == 12 and as_int(d) == key.private_numbers().private_value

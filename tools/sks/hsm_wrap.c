@@ -20,7 +20,7 @@
 
 static const char WRAP_USAGE[] =
     "usage: sks hsm wrap --dkek-share FILE [--dkek-share FILE]... --key KEY.pem [--cert CERT.pem]\n"
-    "                    [--algorithms HEX] [--passwords FILE] --out FILE\n"
+    "                    [--algorithms HEX] [--passwords FILE | --pwd-shares FILE] --out FILE\n"
     "  On the host, no card: wraps a private key under the DKEK that the share files make (the\n"
     "  XOR of the shares) and writes it as `sc-hsm-tool --wrap-key` does, for\n"
     "  `sc-hsm-tool --unwrap-key` on any SmartCard-HSM holding that DKEK. Prints the DKEK's key\n"
@@ -34,12 +34,16 @@ static const char WRAP_USAGE[] =
     "  --passwords FILE    the shares' passwords, one line each in the order of --dkek-share;\n"
     "                      \"-\" reads standard input. Without it each password is asked on the\n"
     "                      terminal, without echo.\n"
+    "  --pwd-shares FILE   the password is n-of-m split (sc-hsm-tool --pwd-shares-threshold):\n"
+    "                      FILE holds the custodians' shares as sc-hsm-tool prints them (the\n"
+    "                      \"Prime\", \"Share ID\" and \"Share value\" lines), blocks separated by\n"
+    "                      blank lines; \"-\" reads standard input. Applies to every share file.\n"
     "  --out FILE          the wrap file to write (refused if it exists)\n"
     "  Opening a share takes several seconds (10,000,000 hash rounds, as sc-hsm-tool).\n";
 
 typedef struct {
     cli_list shares;
-    const char *key, *cert, *algorithms, *passwords, *out;
+    const char *key, *cert, *algorithms, *passwords, *pwd_shares, *out;
 } wrap_args;
 
 static void say_deriving(void *arg, int finished)
@@ -80,11 +84,48 @@ static int read_share_file(const char *path, uint8_t *buf, size_t size, size_t *
     return 1;
 }
 
+/* The 8-byte password recombined from the custodians' shares in path ("-": standard input). */
+static int pwd_from_shares(const char *path, uint8_t pwd[SCHSM_PWD_LEN])
+{
+    static char text[65536];
+    schsm_pwd_share shares[SCHSM_PWD_MAX_SHARES];
+    size_t n = 0, count = 0;
+    char err[256];
+    int ok = 0;
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+    if (!f) {
+        cli_error("hsm wrap: cannot open %s: %s", path, strerror(errno));
+        return 0;
+    }
+    n = fread(text, 1, sizeof text - 1, f);
+    text[n] = 0;
+    if (f != stdin)
+        fclose(f);
+    for (char *block = text; block && *block && count < SCHSM_PWD_MAX_SHARES;) {
+        char *next = strstr(block, "\n\n");
+        if (next)
+            *next = 0, next += 2;
+        if (block[strspn(block, " \t\r\n")] && !schsm_pwd_share_parse(block, &shares[count++], err, sizeof err)) {
+            cli_error("hsm wrap: --pwd-shares, share %zu: %s", count, err);
+            goto done;
+        }
+        block = next;
+    }
+    if (!schsm_pwd_combine(shares, count, pwd, err, sizeof err))
+        cli_error("hsm wrap: --pwd-shares: %s", err);
+    else
+        ok = 1;
+done:
+    OPENSSL_cleanse(text, sizeof text);
+    OPENSSL_cleanse(shares, sizeof shares);
+    return ok;
+}
+
 /* dkek = XOR of every share, each decrypted with its password. */
 static int load_dkek(const wrap_args *a, uint8_t dkek[SCHSM_DKEK_LEN])
 {
     FILE *pwfile = NULL;
-    char pw[CLI_SECRET_MAX], err[256];
+    char pw[CLI_SECRET_MAX] = "", err[256];
     uint8_t file[SCHSM_SHARE_FILE_LEN + 1], share[SCHSM_DKEK_LEN];
     size_t n;
     int ok = 1;
@@ -93,12 +134,18 @@ static int load_dkek(const wrap_args *a, uint8_t dkek[SCHSM_DKEK_LEN])
         cli_error("hsm wrap: cannot open %s: %s", a->passwords, strerror(errno));
         return 0;
     }
+    uint8_t split_pwd[SCHSM_PWD_LEN];
+    if (a->pwd_shares && !pwd_from_shares(a->pwd_shares, split_pwd))
+        return 0;
     memset(dkek, 0, SCHSM_DKEK_LEN);
     for (size_t i = 0; ok && i < a->shares.count; i++) {
         const char *path = a->shares.items[i];
-        ok = read_share_file(path, file, sizeof file, &n) && share_password(pwfile, path, pw, sizeof pw);
-        if (ok && !schsm_share_decrypt(file, n, (const uint8_t *)pw, strlen(pw), 0, say_deriving, (void *)path, share,
-                                       err, sizeof err)) {
+        /* an n-of-m password is 8 raw bytes (zeros included), a typed one is a string */
+        const uint8_t *pwbytes = a->pwd_shares ? split_pwd : (const uint8_t *)pw;
+        ok = read_share_file(path, file, sizeof file, &n) &&
+             (a->pwd_shares || share_password(pwfile, path, pw, sizeof pw));
+        size_t pwlen = a->pwd_shares ? SCHSM_PWD_LEN : strlen(pw);
+        if (ok && !schsm_share_decrypt(file, n, pwbytes, pwlen, 0, say_deriving, (void *)path, share, err, sizeof err)) {
             cli_error("hsm wrap: %s: %s", path, err);
             ok = 0;
         }
@@ -109,6 +156,7 @@ static int load_dkek(const wrap_args *a, uint8_t dkek[SCHSM_DKEK_LEN])
     }
     if (pwfile && pwfile != stdin)
         fclose(pwfile);
+    OPENSSL_cleanse(split_pwd, sizeof split_pwd);
     return ok;
 }
 
@@ -176,7 +224,8 @@ int cli_hsm_wrap(int argc, char **argv)
     const cli_opt opts[] = {
         {"--dkek-share", OPT_LIST, &a.shares}, {"--key", OPT_VALUE, &a.key},
         {"--cert", OPT_VALUE, &a.cert},        {"--algorithms", OPT_VALUE, &a.algorithms},
-        {"--passwords", OPT_VALUE, &a.passwords}, {"--out", OPT_VALUE, &a.out},
+        {"--passwords", OPT_VALUE, &a.passwords}, {"--pwd-shares", OPT_VALUE, &a.pwd_shares},
+        {"--out", OPT_VALUE, &a.out},
     };
     int r = cli_parse_command("hsm wrap", argc, argv, 1, opts, sizeof opts / sizeof opts[0], WRAP_USAGE);
     if (r != CLI_CONTINUE)
@@ -190,6 +239,10 @@ int cli_hsm_wrap(int argc, char **argv)
     int certlen = 0, rc = 1;
     char err[256] = "";
     EVP_PKEY *key = NULL;
+    if (a.passwords && a.pwd_shares) {
+        cli_error("hsm wrap: give --passwords or --pwd-shares, not both");
+        return 2;
+    }
     if (!parse_algorithms(a.algorithms, alg, &nalg))
         return 2;
     if (access(a.out, F_OK) == 0) {
