@@ -128,8 +128,9 @@ typedef struct schsm_unwrapped {
     size_t aeslen;
 } schsm_unwrapped;
 
-/* Wraps an RSA (2048-4096 bits, CRT form) or EC key (P-256/384/521, brainpoolP256/320/384/
- * 512r1) under dkek. algorithms: the allowed-algorithm list to put in the blob (nalg <= 16,
+/* Wraps an RSA key (2048-4096 bits: CRT form, type 6, up to 2048 bits; d, n, e, type 5, above,
+ * as CardContact's key manager does) or an EC key (P-256/384/521, brainpoolP256/320/384/512r1,
+ * secp256k1) under dkek. algorithms: the allowed-algorithm list to put in the blob (nalg <= 16,
  * 0 = none stored). *blob is the caller's to free. */
 int schsm_wrap_key(const uint8_t dkek[SCHSM_DKEK_LEN], EVP_PKEY *key, const uint8_t *algorithms, size_t nalg,
                    uint8_t **blob, size_t *bloblen, char *err, size_t errlen);

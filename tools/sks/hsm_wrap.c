@@ -6,6 +6,7 @@
  */
 #include "cli.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -199,7 +200,8 @@ static int parse_algorithms(const char *hex, uint8_t *out, size_t *n)
     }
     for (size_t i = 0; i < len / 2; i++) {
         unsigned v;
-        if (sscanf(hex + 2 * i, "%2x", &v) != 1) {
+        if (!isxdigit((unsigned char)hex[2 * i]) || !isxdigit((unsigned char)hex[2 * i + 1]) ||
+            sscanf(hex + 2 * i, "%2x", &v) != 1) {
             cli_error("hsm wrap: --algorithms: '%s' is not hex", hex);
             return 0;
         }
@@ -211,11 +213,12 @@ static int parse_algorithms(const char *hex, uint8_t *out, size_t *n)
 static int write_new_file(const char *path, const uint8_t *b, size_t n)
 {
     FILE *f = fopen(path, "wbx");
-    if (!f || fwrite(b, 1, n, f) != n || fclose(f) != 0) {
+    int ok = f && fwrite(b, 1, n, f) == n;
+    if (f && fclose(f) != 0)
+        ok = 0;
+    if (!ok)
         cli_error("hsm wrap: cannot write %s: %s", path, strerror(errno));
-        return 0;
-    }
-    return 1;
+    return ok;
 }
 
 int cli_hsm_wrap(int argc, char **argv)
