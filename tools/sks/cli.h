@@ -66,6 +66,11 @@ void cli_hsm_print_status(const sks_hsm_status *st);
 int cli_hsm_generate(sks_transport *t, const char *name, const char *uri, const char *subject, int days,
                      const char *pin);
 
+/* ---- hsm_wrap.c: host-side SmartCard-HSM key wrapping (no card) ---- */
+
+/* sks hsm wrap: argv[0] is "wrap". Returns the exit code. */
+int cli_hsm_wrap(int argc, char **argv);
+
 /* ---- opts.c: option parsing ---- */
 
 typedef enum {

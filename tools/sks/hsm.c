@@ -27,7 +27,8 @@ static const char USAGE[] =
     "  --dkek-shares N       key backup with a DKEK of N shares (0..255; default: no DKEK)\n"
     "  --key-domains K       key domains to prepare (1..255; default none)\n"
     "  --force               wipe an initialised card (needs its SO-PIN)\n"
-    "  status: kind, firmware, PIN state and tries left.\n";
+    "  status: kind, firmware, PIN state and tries left.\n"
+    "       sks hsm wrap ...  (on the host, no card: see sks hsm wrap --help)\n";
 
 int cli_maybe_hsm(const cli_store *store)
 {
@@ -248,6 +249,8 @@ int cmd_hsm(cli_store *store, int argc, char **argv)
         return hsm_init(store, argc, argv);
     if (strcmp(sub, "status") == 0)
         return hsm_status(store, argc, argv);
-    cli_error("hsm: give a subcommand: init or status (see sks hsm --help)");
+    if (strcmp(sub, "wrap") == 0)
+        return cli_hsm_wrap(argc - 1, argv + 1);
+    cli_error("hsm: give a subcommand: init, status or wrap (see sks hsm --help)");
     return CLI_EXIT_USAGE;
 }

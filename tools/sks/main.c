@@ -28,7 +28,7 @@ static const cli_command COMMANDS[] = {
     { "cert", "write a key's certificate (--chain: its whole path) as PEM", cmd_cert },
     { "delete", "delete a key", cmd_delete },
     { "pin", "change, unlock or reset (with the PUK) a key's PIN", cmd_pin },
-    { "hsm", "SmartCard-HSM cards: initialise (init), show their state (status)", cmd_hsm },
+    { "hsm", "SmartCard-HSM cards: initialise (init), show their state (status); wrap a key under a DKEK on the host (wrap)", cmd_hsm },
     { "skip", "secure key packages: request (factory key + PKCS#10), import, issue", cmd_skip },
 };
 

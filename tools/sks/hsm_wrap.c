@@ -1,0 +1,277 @@
+/*
+ * sks hsm wrap: on the host, no card. Wraps a private key under the DKEK of a SmartCard-HSM,
+ * made from its DKEK share files, into the file `sc-hsm-tool --wrap-key` writes, so that
+ * `sc-hsm-tool --unwrap-key` (or sks) imports it into any card holding that DKEK
+ * (docs/smartcard-hsm-keymgmt.md).
+ */
+#include "cli.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "../../schsm/keymgmt_formats.h"
+
+static const char WRAP_USAGE[] =
+    "usage: sks hsm wrap --dkek-share FILE [--dkek-share FILE]... --key KEY.pem [--cert CERT.pem]\n"
+    "                    [--algorithms HEX] [--passwords FILE | --pwd-shares FILE] --out FILE\n"
+    "  On the host, no card: wraps a private key under the DKEK that the share files make (the\n"
+    "  XOR of the shares) and writes it as `sc-hsm-tool --wrap-key` does, for\n"
+    "  `sc-hsm-tool --unwrap-key` on any SmartCard-HSM holding that DKEK. Prints the DKEK's key\n"
+    "  check value (KCV), which such a card reports too.\n"
+    "  --dkek-share FILE   a DKEK share file (sc-hsm-tool --create-dkek-share); once per share\n"
+    "  --key KEY.pem       the private key, PEM: EC on P-256, P-384, P-521, brainpoolP256r1,\n"
+    "                      brainpoolP320r1, brainpoolP384r1, brainpoolP512r1; RSA 2048 to 4096 bits\n"
+    "  --cert CERT.pem     its certificate, stored beside the key in the file\n"
+    "  --algorithms HEX    the key's allowed algorithms on the card (e.g. 70: ECDSA only; default:\n"
+    "                      none stored, every algorithm of its type)\n"
+    "  --passwords FILE    the shares' passwords, one line each in the order of --dkek-share;\n"
+    "                      \"-\" reads standard input. Without it each password is asked on the\n"
+    "                      terminal, without echo.\n"
+    "  --pwd-shares FILE   the password is n-of-m split (sc-hsm-tool --pwd-shares-threshold):\n"
+    "                      FILE holds the custodians' shares as sc-hsm-tool prints them (the\n"
+    "                      \"Prime\", \"Share ID\" and \"Share value\" lines), blocks separated by\n"
+    "                      blank lines; \"-\" reads standard input. Applies to every share file.\n"
+    "  --out FILE          the wrap file to write (refused if it exists)\n"
+    "  Opening a share takes several seconds (10,000,000 hash rounds, as sc-hsm-tool).\n";
+
+typedef struct {
+    cli_list shares;
+    const char *key, *cert, *algorithms, *passwords, *pwd_shares, *out;
+} wrap_args;
+
+static void say_deriving(void *arg, int finished)
+{
+    if (!finished)
+        fprintf(stderr, "sks hsm wrap: opening %s (takes several seconds)...\n", (const char *)arg);
+}
+
+/* The password of share i: the next line of the passwords file, else asked on the terminal. */
+static int share_password(FILE *pwfile, const char *share, char *buf, size_t size)
+{
+    char prompt[512];
+    if (pwfile) {
+        if (!fgets(buf, (int)size, pwfile)) {
+            cli_error("hsm wrap: --passwords: no line for %s", share);
+            return 0;
+        }
+        buf[strcspn(buf, "\r\n")] = 0;
+        return 1;
+    }
+    snprintf(prompt, sizeof prompt, "sks hsm wrap: password of %s: ", share);
+    if (!cli_ask_secret(prompt, 0, buf, size)) {
+        cli_error("hsm wrap: no password for %s (no terminal: give --passwords FILE)", share);
+        return 0;
+    }
+    return 1;
+}
+
+static int read_share_file(const char *path, uint8_t *buf, size_t size, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        cli_error("hsm wrap: cannot open %s: %s", path, strerror(errno));
+        return 0;
+    }
+    *n = fread(buf, 1, size, f);
+    fclose(f);
+    return 1;
+}
+
+/* The 8-byte password recombined from the custodians' shares in path ("-": standard input). */
+static int pwd_from_shares(const char *path, uint8_t pwd[SCHSM_PWD_LEN])
+{
+    static char text[65536];
+    schsm_pwd_share shares[SCHSM_PWD_MAX_SHARES];
+    size_t n = 0, count = 0;
+    char err[256];
+    int ok = 0;
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+    if (!f) {
+        cli_error("hsm wrap: cannot open %s: %s", path, strerror(errno));
+        return 0;
+    }
+    n = fread(text, 1, sizeof text - 1, f);
+    text[n] = 0;
+    if (f != stdin)
+        fclose(f);
+    for (char *block = text; block && *block && count < SCHSM_PWD_MAX_SHARES;) {
+        char *next = strstr(block, "\n\n");
+        if (next)
+            *next = 0, next += 2;
+        if (block[strspn(block, " \t\r\n")] && !schsm_pwd_share_parse(block, &shares[count++], err, sizeof err)) {
+            cli_error("hsm wrap: --pwd-shares, share %zu: %s", count, err);
+            goto done;
+        }
+        block = next;
+    }
+    if (!schsm_pwd_combine(shares, count, pwd, err, sizeof err))
+        cli_error("hsm wrap: --pwd-shares: %s", err);
+    else
+        ok = 1;
+done:
+    OPENSSL_cleanse(text, sizeof text);
+    OPENSSL_cleanse(shares, sizeof shares);
+    return ok;
+}
+
+/* dkek = XOR of every share, each decrypted with its password. */
+static int load_dkek(const wrap_args *a, uint8_t dkek[SCHSM_DKEK_LEN])
+{
+    FILE *pwfile = NULL;
+    char pw[CLI_SECRET_MAX] = "", err[256];
+    uint8_t file[SCHSM_SHARE_FILE_LEN + 1], share[SCHSM_DKEK_LEN];
+    size_t n;
+    int ok = 1;
+
+    if (a->passwords && !(pwfile = strcmp(a->passwords, "-") == 0 ? stdin : fopen(a->passwords, "r"))) {
+        cli_error("hsm wrap: cannot open %s: %s", a->passwords, strerror(errno));
+        return 0;
+    }
+    uint8_t split_pwd[SCHSM_PWD_LEN];
+    if (a->pwd_shares && !pwd_from_shares(a->pwd_shares, split_pwd))
+        return 0;
+    memset(dkek, 0, SCHSM_DKEK_LEN);
+    for (size_t i = 0; ok && i < a->shares.count; i++) {
+        const char *path = a->shares.items[i];
+        /* an n-of-m password is 8 raw bytes (zeros included), a typed one is a string */
+        const uint8_t *pwbytes = a->pwd_shares ? split_pwd : (const uint8_t *)pw;
+        ok = read_share_file(path, file, sizeof file, &n) &&
+             (a->pwd_shares || share_password(pwfile, path, pw, sizeof pw));
+        size_t pwlen = a->pwd_shares ? SCHSM_PWD_LEN : strlen(pw);
+        if (ok && !schsm_share_decrypt(file, n, pwbytes, pwlen, 0, say_deriving, (void *)path, share, err, sizeof err)) {
+            cli_error("hsm wrap: %s: %s", path, err);
+            ok = 0;
+        }
+        if (ok)
+            schsm_dkek_add_share(dkek, share);
+        OPENSSL_cleanse(pw, sizeof pw);
+        OPENSSL_cleanse(share, sizeof share);
+    }
+    if (pwfile && pwfile != stdin)
+        fclose(pwfile);
+    OPENSSL_cleanse(split_pwd, sizeof split_pwd);
+    return ok;
+}
+
+static EVP_PKEY *load_key(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    EVP_PKEY *k = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+    if (f)
+        fclose(f);
+    if (!k)
+        cli_error("hsm wrap: %s: not a PEM private key", path);
+    return k;
+}
+
+/* The certificate as DER (*der: the caller's to free), or 1 with nothing when none is given. */
+static int load_cert(const char *path, uint8_t **der, int *len)
+{
+    *der = NULL, *len = 0;
+    if (!path)
+        return 1;
+    FILE *f = fopen(path, "r");
+    X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    if (f)
+        fclose(f);
+    if (x)
+        *len = i2d_X509(x, der);
+    X509_free(x);
+    if (*len <= 0)
+        cli_error("hsm wrap: %s: not a PEM certificate", path);
+    return *len > 0;
+}
+
+static int parse_algorithms(const char *hex, uint8_t *out, size_t *n)
+{
+    size_t len = hex ? strlen(hex) : 0;
+    *n = 0;
+    if (len % 2 || len / 2 > SCHSM_MAX_ALGORITHMS) {
+        cli_error("hsm wrap: --algorithms: up to %d bytes in hex, e.g. 70 or 7092", SCHSM_MAX_ALGORITHMS);
+        return 0;
+    }
+    for (size_t i = 0; i < len / 2; i++) {
+        unsigned v;
+        if (!isxdigit((unsigned char)hex[2 * i]) || !isxdigit((unsigned char)hex[2 * i + 1]) ||
+            sscanf(hex + 2 * i, "%2x", &v) != 1) {
+            cli_error("hsm wrap: --algorithms: '%s' is not hex", hex);
+            return 0;
+        }
+        out[(*n)++] = (uint8_t)v;
+    }
+    return 1;
+}
+
+static int write_new_file(const char *path, const uint8_t *b, size_t n)
+{
+    FILE *f = fopen(path, "wbx");
+    int ok = f && fwrite(b, 1, n, f) == n;
+    if (f && fclose(f) != 0)
+        ok = 0;
+    if (!ok)
+        cli_error("hsm wrap: cannot write %s: %s", path, strerror(errno));
+    return ok;
+}
+
+int cli_hsm_wrap(int argc, char **argv)
+{
+    wrap_args a = {0};
+    const cli_opt opts[] = {
+        {"--dkek-share", OPT_LIST, &a.shares}, {"--key", OPT_VALUE, &a.key},
+        {"--cert", OPT_VALUE, &a.cert},        {"--algorithms", OPT_VALUE, &a.algorithms},
+        {"--passwords", OPT_VALUE, &a.passwords}, {"--pwd-shares", OPT_VALUE, &a.pwd_shares},
+        {"--out", OPT_VALUE, &a.out},
+    };
+    int r = cli_parse_command("hsm wrap", argc, argv, 1, opts, sizeof opts / sizeof opts[0], WRAP_USAGE);
+    if (r != CLI_CONTINUE)
+        return r;
+    if (a.shares.count == 0 || !a.key || !a.out) {
+        cli_error("hsm wrap: --dkek-share, --key and --out are required (see sks hsm wrap --help)");
+        return 2;
+    }
+    uint8_t alg[SCHSM_MAX_ALGORITHMS], dkek[SCHSM_DKEK_LEN], kcv[SCHSM_KCV_LEN], *blob = NULL, *file = NULL, *cert = NULL;
+    size_t nalg = 0, bloblen = 0, filelen = 0;
+    int certlen = 0, rc = 1;
+    char err[256] = "";
+    EVP_PKEY *key = NULL;
+    if (a.passwords && a.pwd_shares) {
+        cli_error("hsm wrap: give --passwords or --pwd-shares, not both");
+        return 2;
+    }
+    if (!parse_algorithms(a.algorithms, alg, &nalg))
+        return 2;
+    if (access(a.out, F_OK) == 0) {
+        cli_error("hsm wrap: %s exists already", a.out);
+        return 1;
+    }
+    if (!(key = load_key(a.key)) || !load_cert(a.cert, &cert, &certlen) || !load_dkek(&a, dkek))
+        goto done;
+    if (!schsm_wrap_key(dkek, key, alg, nalg, &blob, &bloblen, err, sizeof err) ||
+        !schsm_wrap_file_build(blob, bloblen, NULL, 0, cert, (size_t)certlen, &file, &filelen, err, sizeof err)) {
+        cli_error("hsm wrap: %s", err);
+        goto done;
+    }
+    if (!write_new_file(a.out, file, filelen))
+        goto done;
+    schsm_dkek_kcv(dkek, kcv);
+    printf("wrote %s: %s key under the DKEK with KCV ", a.out, EVP_PKEY_is_a(key, "RSA") ? "RSA" : "EC");
+    for (int i = 0; i < SCHSM_KCV_LEN; i++)
+        printf("%02x", kcv[i]);
+    printf("\n");
+    rc = 0;
+done:
+    OPENSSL_cleanse(dkek, sizeof dkek);
+    EVP_PKEY_free(key);
+    OPENSSL_free(blob);
+    OPENSSL_free(file);
+    OPENSSL_free(cert);
+    return rc;
+}
