@@ -47,6 +47,8 @@
  *   --pkcs11 MODULE         enable (e) with this PKCS#11 module (SoftHSM2: SOFTHSM2_CONF)
  *   --pkcs11-token LABEL    token label (sks-bench)       --pkcs11-pin PIN  user PIN (1234)
  *   --pkcs11-engine PATH    libp11's engine (Debian's path by default)
+ *   --sks-pin-file PATH     sks keys are loaded as sks:name=NAME?pin-source=file:PATH (a card
+ *                           whose keys need the PIN: bench/vhsm_bench.py)
  *   --na X:REASON           variant X is not available, REASON goes into its column
  *   --rounds N (7)  --seconds S (0.2, per batch)  --only OP[,OP...]  --variants abcde
  *   --no-tls  --no-skip  --skip-trials N (5)  --markdown FILE  --modules DIR  --sks PATH
@@ -315,6 +317,7 @@ static const struct {
 static struct {
     const char *profile;
     const char *dir, *pcsc, *pkcs11, *pkcs11_token, *pkcs11_pin, *pkcs11_engine, *modules, *tool, *markdown;
+    const char *sks_pin_file;
     char na[NVARIANTS][REASON];
     int rounds, skip_trials, no_tls, no_skip, want_variant[NVARIANTS];
     long count; /* --count: --profile runs exactly this many operations, after a warm-up */
@@ -333,6 +336,7 @@ static void usage(void)
     fputs("usage: sks_bench --dir DIR [--pcsc READER] [--pkcs11 MODULE] [--pkcs11-token LABEL] [--pkcs11-pin PIN]\n"
           "                 [--na X:REASON] [--rounds N] [--seconds S] [--only OP[,OP]] [--variants abcde]\n"
           "                 [--no-tls] [--no-skip] [--skip-trials N] [--markdown FILE] [--modules DIR] [--sks PATH]\n"
+          "                 [--sks-pin-file PATH]\n"
           "       sks_bench --dir DIR [...] --profile X:OP [--seconds S | --count N]   (one variant, one operation:\n"
           "                 profilers; --count: N operations in one run_batch after 50 outside it, for\n"
           "                 valgrind --tool=callgrind --toggle-collect=run_batch)\n"
@@ -376,6 +380,8 @@ static void parse_args(int argc, char **argv)
             cfg.pkcs11_pin = v;
         else if (strcmp(a, "--pkcs11-engine") == 0)
             cfg.pkcs11_engine = v;
+        else if (strcmp(a, "--sks-pin-file") == 0)
+            cfg.sks_pin_file = v;
         else if (strcmp(a, "--modules") == 0)
             cfg.modules = v;
         else if (strcmp(a, "--sks") == 0)
@@ -518,7 +524,7 @@ static void p256_sha256_uri(char *out, size_t n)
 /* A provider variant: its own library context with default and sks, on `device`. */
 static void setup_sks(variant *v, const char *device, double patience)
 {
-    char uri[128];
+    char uri[4200];
     int k, loaded = 0;
     double deadline = now() + patience;
 
@@ -531,7 +537,10 @@ static void setup_sks(variant *v, const char *device, double patience)
         return;
     }
     for (k = 0; k < NKEYS; k++) {
-        fmt(uri, sizeof(uri), "sks:name=%s", KEY_NAMES[k]);
+        if (cfg.sks_pin_file != NULL)
+            fmt(uri, sizeof(uri), "sks:name=%s?pin-source=file:%s", KEY_NAMES[k], cfg.sks_pin_file);
+        else
+            fmt(uri, sizeof(uri), "sks:name=%s", KEY_NAMES[k]);
         fmt(v->source[k], sizeof(v->source[k]), "%s", uri);
         /* A card may still be on its way into the reader: retry the first key a while. */
         while ((v->key[k] = load_store_key(v->lib, uri)) == NULL && !loaded && now() < deadline) {

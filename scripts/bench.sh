@@ -6,13 +6,15 @@
 #   ./scripts/bench.sh [sks_bench options]      e.g. --only p256-sign,tls --rounds 3
 #   BENCH_KEEP=1 ./scripts/bench.sh ...          keeps the temporary directory (logs, keys, stores)
 #   BENCH_README=1 ./scripts/bench.sh ...        also puts the table into README.md (Benchmarks)
+#   BENCH_NO_VHSM=1 ./scripts/bench.sh ...       leaves out the SmartCard-HSM comparison
 #
 # Prepared here: four keys made once by openssl (P-256, P-384, RSA-2048, Ed25519) with
 # self-signed certificates; the same key material imported into an sks store (sks import)
 # and into a SoftHSM2 token (pkcs11-tool --write-object); sksd serving the store; a private pcscd
 # (socket activation on a socket of ours, so a system pcscd is left alone) with vpcd and the
 # virtual card sks-vcard on the same store; a CA for SKIP packages. Every process started here
-# is stopped by its PID on exit.
+# is stopped by its PID on exit. Then bench/vhsm_bench.py compares sks with OpenSC's PKCS#11
+# module (through libp11's engine) on one virtual SmartCard-HSM, with its own pcscd and card.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -145,6 +147,16 @@ log "running the benchmark (about 2-3 minutes)"
 OPENSSL_MODULES=$BUILD "$BENCH" --dir "$W" --sks "$SKS" "${PCSC[@]}" "${PKCS11[@]}" "${NA[@]}" \
   --markdown "$W/results.md" "$@"
 
+VHSM_MD=
+if [ -z "${BENCH_NO_VHSM:-}" ]; then
+  log "the virtual SmartCard-HSM: sks against OpenSC's PKCS#11 module (about 3-4 minutes)"
+  if /usr/bin/python3 "$ROOT/bench/vhsm_bench.py" --build "$BUILD" --markdown "$W/vhsm.md" >&2; then
+    VHSM_MD=$W/vhsm.md
+  else
+    log "bench/vhsm_bench.py failed: its section is left out"
+  fi
+fi
+
 # hand-written comparisons below the "bench:kept" marker survive a new run
 KEPT=$(sed -n '/^<!-- bench:kept -->$/,$p' "$ROOT/bench/RESULTS.md" 2>/dev/null || true)
 {
@@ -153,6 +165,14 @@ KEPT=$(sed -n '/^<!-- bench:kept -->$/,$p' "$ROOT/bench/RESULTS.md" 2>/dev/null 
   echo "Written by \`./scripts/bench.sh\` (bench/sks_bench.c); the README's Benchmarks section explains the variants."
   echo
   cat "$W/results.md"
+  if [ -n "$VHSM_MD" ]; then
+    echo
+    echo "## A SmartCard-HSM: sks against OpenSC's PKCS#11 module"
+    echo
+    echo "Written by \`bench/vhsm_bench.py\`; the analysis is below, under \"SmartCard-HSM: the figures explained\"."
+    echo
+    cat "$VHSM_MD"
+  fi
   if [ -n "$KEPT" ]; then echo; echo "$KEPT"; fi
 } >"$ROOT/bench/RESULTS.md"
 log "written to bench/RESULTS.md"
