@@ -89,8 +89,9 @@ static int save_request(const char *state, const sks_bytes *pkcs10)
     return ok;
 }
 
-/* The request in the state file, or a new one made in the device and kept there. */
-static int pending_request(cli_store *store, const enroll_args *a, sks_buf *der)
+/* The request in the state file, or a new one made in the device and kept there (then
+ * *made is its session handle, else 0). */
+static int pending_request(cli_store *store, const enroll_args *a, sks_buf *der, uint32_t *made)
 {
     const skip_key_type *type = skip_find_key_type(CMD_ENROLL, "--curve", a->curve, 1);
     skip_anchor_ders anchors;
@@ -127,8 +128,10 @@ static int pending_request(cli_store *store, const enroll_args *a, sks_buf *der)
     } else if (ok && !save_request(a->state, &pkcs10)) {
         sks_client_abort_provisioning_session(t, handle, &e); /* nobody could answer it */
         ok = 0;
-    } else if (ok)
+    } else if (ok) {
         sks_buf_put(der, pkcs10.data, pkcs10.len);
+        *made = handle;
+    }
     if (t != NULL)
         t->close(t);
     OPENSSL_clear_free(pkcs10.data, pkcs10.len);
@@ -266,21 +269,38 @@ static int import_answer(cli_store *store, const enroll_args *a, const sks_buf *
     return ok;
 }
 
+/* The issuer refused a request this run made, for good (4xx but 429): nobody will answer
+ * it, so the device withdraws it rather than keep a factory key waiting. */
+static void withdraw(cli_store *store, const enroll_args *a, uint32_t handle)
+{
+    sks_transport *t = cli_open(store, CMD_ENROLL);
+    sks_client_error e;
+
+    if (t != NULL) {
+        sks_client_abort_provisioning_session(t, handle, &e);
+        t->close(t);
+    }
+    unlink(a->state);
+}
+
 static int enroll(cli_store *store, const enroll_args *a)
 {
     sks_buf request, answer, der;
+    uint32_t made = 0;
     long status;
     int ok = 0;
 
     sks_buf_init(&request);
     sks_buf_init(&answer);
     sks_buf_init(&der);
-    if (!pending_request(store, a, &request))
+    if (!pending_request(store, a, &request, &made))
         goto done;
     status = post(a, ENROLL_PATH, &request, &answer);
     if (status != 200) {
         if (status != 0)
             print_refusal(status, &answer);
+        if (made != 0 && status >= 400 && status < 500 && status != 429)
+            withdraw(store, a, made);
         goto done;
     }
     if (!decode_answer(&answer, &der)) {
