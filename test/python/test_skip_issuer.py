@@ -336,3 +336,35 @@ def test_unknown_token_and_garbage_body(service, tmp_path):
     store = device(tmp_path, "nobody")
     res = enroll(service, store, "0" * 64, check=False)
     assert res.returncode == 1 and "HTTP 403" in out(res) and "unknown enrolment token" in out(res), out(res)
+
+
+def test_enrolment_by_tls_client_certificate(tmp_path):
+    """auth = cert: nginx verifies the client certificate and passes it; the enrolment is that
+    certificate (device name its CN), bound to the first factory key like a token."""
+    service = it.Service(tmp_path / "svc", PROFILE, auth="cert", extra="cert-profile = device")
+    try:
+        key, csr, cert = tmp_path / "client.key", tmp_path / "client.csr", tmp_path / "client.pem"
+        it.openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
+                   "-out", csr, "-subj", "/CN=certdev")
+        it.openssl("x509", "-req", "-in", csr, "-CA", service.client_ca, "-CAkey", service.client_ca_key,
+                   "-CAcreateserial", "-days", "1", "-out", cert)
+
+        def args(store, with_cert=True):
+            base = [st.SKS, "--store", store.db, "skip", "enroll", service.url, "--trust", service.trust,
+                    "--tls-ca", service.server_cert]
+            return base + (["--cert", cert, "--key", key] if with_cert else ["--token", "0" * 64])
+
+        store = device(tmp_path, "certdev")
+        res = st.run(args(store), cwd=store.dir)
+        assert f"imported {KEYS_PER_PACKAGE} keys" in out(res) and "enrolment confirmed" in out(res)
+        assert sorted(device_keys(store)) == sorted(["certdev"] + [f"certdev {label}" for label in
+                                                                   ("sign", "tls", "id", "encrypt", "escrow")])
+        other = device(tmp_path, "other")
+        res = st.run(args(other), check=False, cwd=other.dir)
+        assert res.returncode == 1 and "HTTP 403" in out(res), out(res)
+        # Without a certificate (a token is no credential here): 401.
+        res = st.run(args(other, with_cert=False), check=False, cwd=other.dir)
+        assert res.returncode == 1 and "HTTP 401" in out(res), out(res)
+        assert device_keys(other) == {}
+    finally:
+        service.stop()
