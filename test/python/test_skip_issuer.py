@@ -368,3 +368,28 @@ def test_enrolment_by_tls_client_certificate(tmp_path):
         assert device_keys(other) == {}
     finally:
         service.stop()
+
+
+def test_rate_limit_per_token_and_source(tmp_path):
+    """rate-limit = 3: the fourth request of a minute gets 429, whatever it carries; a logged
+    refusal each time, nothing issued."""
+    service = it.Service(tmp_path / "svc", PROFILE, rate_limit=3)
+    try:
+        token = service.add_token("limited")
+        body = tmp_path / "req.b64"
+        body.write_bytes(base64.encodebytes(si.make_request(si.new_key("secp256r1"), "limited")))
+        codes = []
+        for _ in range(5):
+            res = st.run(["curl", "-sS", "--cacert", service.server_cert, "-H", f"Authorization: Bearer {token}",
+                          "--data-binary", "garbage", "-o", "/dev/null", "-w", "%{http_code}",
+                          f"{service.url}/.well-known/est/skip/simpleenroll"])
+            codes.append(res.stdout.decode())
+        assert codes == ["400", "400", "400", "429", "429"], codes
+        res = st.run(["curl", "-sS", "--cacert", service.server_cert, "-H", f"Authorization: Bearer {token}",
+                      "--data-binary", f"@{body}", "-o", "/dev/null", "-w", "%{http_code}",
+                      f"{service.url}/.well-known/est/skip/simpleenroll"])
+        assert res.stdout.decode() == "429"
+        assert service.log_text().count("rate limit") == 3
+        assert all(row[3] is None for row in service.enrolments())
+    finally:
+        service.stop()
