@@ -154,7 +154,11 @@ def test_recover_with_the_ec_recovery_key(service, tmp_path):
     """`sks skip recover` (EC recovery key: CMS key agreement) gives the archived key back,
     and `openssl cms -decrypt` with the same key agrees."""
     store = device(tmp_path, "recover-dev")
-    res = enroll(service, store, service.add_token("recover-dev"))
+    token_file = tmp_path / "token.txt"
+    token_file.write_text(service.add_token("recover-dev") + "\n")
+    args = [a if a != "--token" else "--token-file" for a in it.enroll_args(service, store, "TOKEN")]
+    args[args.index("TOKEN")] = token_file
+    res = st.run(args, cwd=store.dir)
     assert "enrolment confirmed" in out(res)
     name, (handle, cert_der) = next((n, v) for n, v in device_keys(store).items() if n.endswith(" encrypt"))
     cert = x509.load_der_x509_certificate(cert_der)

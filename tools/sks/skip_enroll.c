@@ -338,11 +338,18 @@ int skip_cmd_enroll(cli_store *store, int argc, char **argv)
         { "--curve", OPT_VALUE, &a.curve },   { "--subject", OPT_VALUE, &a.subject },
         { "--tls-ca", OPT_VALUE, &a.tls_ca }, { "--state", OPT_VALUE, &a.state },
     };
+    /* For finding URL among the options: --token-file takes a value too. */
+    const char *unused = NULL;
+    const cli_opt valued[] = {
+        { "--trust", OPT_VALUE, &unused },  { "--token", OPT_VALUE, &unused },  { "--token-file", OPT_VALUE, &unused },
+        { "--cert", OPT_VALUE, &unused },   { "--key", OPT_VALUE, &unused },    { "--curve", OPT_VALUE, &unused },
+        { "--subject", OPT_VALUE, &unused }, { "--tls-ca", OPT_VALUE, &unused }, { "--state", OPT_VALUE, &unused },
+    };
     size_t nopts = sizeof(opts) / sizeof(opts[0]);
     int rc, ok;
 
     memset(&a, 0, sizeof(a));
-    if (!skip_take_positional(CMD_ENROLL, &argc, argv, opts, nopts, &a.url))
+    if (!skip_take_positional(CMD_ENROLL, &argc, argv, valued, sizeof(valued) / sizeof(valued[0]), &a.url))
         return CLI_EXIT_USAGE;
     if ((rc = cli_parse_command(CMD_ENROLL, argc, argv, 2, opts, nopts, ENROLL_USAGE)) != CLI_CONTINUE)
         return rc;
