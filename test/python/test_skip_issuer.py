@@ -176,6 +176,15 @@ def test_recover_with_the_ec_recovery_key(service, tmp_path):
     mine = serialization.load_pem_private_key(recovered.read_bytes(), None)
     assert mine.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                               serialization.NoEncryption()) == peer
+    # The RSA recovery key (OAEP) may itself stay in a device: an sks: URI through the provider.
+    store.sks("import", "--name", "recovery-officer", "--key", service.rsa_recovery_key, "--cert",
+              service.rsa_recovery)
+    env = st.plain_env()
+    env["OPENSSL_MODULES"] = str(st.BUILD)
+    from_device = tmp_path / "from-device.pem"
+    st.run([st.SKS, "--store", store.db, "skip", "recover", "--archive", service.archive, "--recovery-key",
+            "sks:name=recovery-officer", "--serial", serial, "--out", from_device], env=env)
+    assert from_device.read_bytes() == recovered.read_bytes()
     # A key that is not a recovery key opens nothing.
     other_key, _ = it.self_signed(tmp_path, "not-recovery", ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"], "x")
     res = st.run([st.SKS, "--store", store.db, "skip", "recover", "--archive", service.archive, "--recovery-key",
