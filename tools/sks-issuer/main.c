@@ -436,7 +436,6 @@ static int issue(service *sv, const requester *r, const enrolment *e, X509_REQ *
     bp.days = sv->cfg.days;
     bp.hook = archive_hook;
     bp.hook_arg = ctx;
-    (void)r;
     if (!skip_build_package(&bp, der, len, err, errlen))
         return 0;
     if (!state_store_package(&sv->st, r->who, factory, *der, *len, ctx->now)) {
