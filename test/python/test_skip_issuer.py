@@ -406,3 +406,31 @@ def test_rate_limit_per_token_and_source(tmp_path):
         assert all(row[3] is None for row in service.enrolments())
     finally:
         service.stop()
+
+
+def test_client_key_in_the_device_through_the_engine(tmp_path):
+    """`--cert C --key sks:name=...`: the TLS client key stays in the device; curl inside
+    `sks skip enroll` signs with it through the sks ENGINE."""
+    import types
+    import provtools as pt
+    service = it.Service(tmp_path / "svc", PROFILE, auth="cert", extra="cert-profile = device")
+    try:
+        store = device(tmp_path, "engdev")
+        store.sks("generate", "--name", "tlsclient", "--algorithm", "P-256", "--subject", "CN=engdev")
+        own_cert = device_keys(store)["tlsclient"][1]
+        pub = tmp_path / "tlsclient.pub"
+        pub.write_bytes(public_pem_of_cert(tmp_path, own_cert))
+        cert = tmp_path / "tlsclient.pem"
+        it.openssl("x509", "-new", "-subj", "/CN=engdev", "-force_pubkey", pub, "-CA", service.client_ca, "-CAkey",
+                   service.client_ca_key, "-days", "1", "-out", cert)
+        env = st.plain_env()
+        env["OPENSSL_CONF"] = str(pt.write_openssl_conf(tmp_path / "openssl.cnf", types.SimpleNamespace(path=store.db),
+                                                        provider=True, engine=True))
+        res = st.run([st.SKS, "--store", store.db, "skip", "enroll", service.url, "--trust", service.trust,
+                      "--tls-ca", service.server_cert, "--cert", cert, "--key", "sks:name=tlsclient"], env=env,
+                     cwd=store.dir)
+        assert f"imported {KEYS_PER_PACKAGE} keys" in out(res) and "enrolment confirmed" in out(res)
+        assert "engdev encrypt" in device_keys(store)
+        assert "who=cert:" in service.log_text()
+    finally:
+        service.stop()
