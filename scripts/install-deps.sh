@@ -11,6 +11,7 @@ PACKAGES=(
   pcscd libpcsclite-dev vsmartcard-vpcd
   softhsm2 libengine-pkcs11-openssl opensc   # scripts/bench.sh: libp11 over SoftHSM2; OpenSC judges sks-vhsm
   debhelper lintian dpkg-dev fakeroot man-db  # scripts/package.sh and the man page checks
+  libfcgi-dev spawn-fcgi libcurl4-openssl-dev  # sks-issuer (FastCGI) and sks skip enroll (libcurl)
 )
 
 missing=()

@@ -23,7 +23,7 @@ EXEMPT_FILES = {
     # the issuer's side: MAC and attestation inputs are written in the SKS byte stream
     "tools/sks/issuer.c": "MAC and attestation inputs",
     # DER written with the byte writer (the package's own ASN.1), no wire method
-    "tools/sks/skip_issue.c": "DER of a SKIP package",
+    "tools/sks/skip_build.c": "DER of a SKIP package",
     # the device end: sksd and the virtual card answer requests (error replies, status words)
     "tools/sksd/sksd.c": "sksd's error replies (device end)",
     "tools/sks-vcard/sks-vcard.c": "the card's error replies (device end)",

@@ -44,6 +44,8 @@ def installed(tmp_path_factory):
     "opt/sks-test/share/man/man1/sks-vcard.1",
     "opt/sks-test/share/man/man7/sks-provider.7",
     "opt/sks-test/share/man/man8/sksd.8",
+    "opt/sks-test/sbin/sks-issuer",
+    "opt/sks-test/share/man/man8/sks-issuer.8",
 ])
 def test_install_puts_file_under_prefix(installed, path):
     assert (installed / path).is_file(), f"{path} is not installed"
@@ -59,7 +61,7 @@ def test_installed_unit_starts_the_installed_sksd(installed):
     assert re.search(r"^ExecStart=/opt/sks-test/sbin/sksd ", unit, re.M), unit
 
 
-@pytest.mark.parametrize("page", ["sks.1", "sks-vcard.1", "sksd.8", "sks-provider.7"])
+@pytest.mark.parametrize("page", ["sks.1", "sks-vcard.1", "sksd.8", "sks-provider.7", "sks-issuer.8"])
 def test_man_page_formats_without_warnings(page):
     if shutil.which("man") is None:
         pytest.fail("man is not installed (scripts/install-deps.sh installs man-db)")
@@ -87,7 +89,7 @@ def man_text(page):
 # init and info take no options of their own.
 SKS_COMMANDS = [[], ["serve"], ["list"], ["generate"], ["import"], ["export"],
                 ["cert"], ["delete"], ["pin"], ["skip"], ["skip", "request"], ["skip", "import"],
-                ["skip", "issue"], ["hsm"], ["hsm", "wrap"]]
+                ["skip", "issue"], ["skip", "enroll"], ["skip", "recover"], ["hsm"], ["hsm", "wrap"]]
 
 
 @pytest.mark.parametrize("cmd", SKS_COMMANDS, ids=lambda c: " ".join(c) or "sks")
@@ -99,7 +101,8 @@ def test_sks_man_page_names_every_option(cmd):
     assert not missing, f"sks(1) does not document {missing} of sks {' '.join(cmd)}"
 
 
-@pytest.mark.parametrize("program,page", [("sksd/sksd", "sksd.8"), ("sks-vcard/sks-vcard", "sks-vcard.1")])
+@pytest.mark.parametrize("program,page", [("sksd/sksd", "sksd.8"), ("sks-vcard/sks-vcard", "sks-vcard.1"),
+                                          ("sks-issuer/sks-issuer", "sks-issuer.8")])
 def test_daemon_man_page_names_every_option(program, page):
     pt.require_build()
     opts = options_in(help_text([str(pt.BUILD / "tools" / program)])) - {"--help"}

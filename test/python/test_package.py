@@ -19,7 +19,7 @@ import pytest
 import provtools as pt
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-PACKAGES = ["sks-provider", "sks", "sksd"]
+PACKAGES = ["sks-provider", "sks", "sksd", "sks-issuer"]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
@@ -182,3 +182,8 @@ def test_nginx_serves_with_the_installed_engine(installed, tmp_path):
         assert res.stdout == "served with a key from the store\n"
     finally:
         daemon.stop()
+
+
+def test_installed_sks_issuer_answers_help(installed):
+    res = sh("/usr/sbin/sks-issuer", "--help")
+    assert "add-token" in res.stdout and "--config" in res.stdout

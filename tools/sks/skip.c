@@ -31,6 +31,9 @@ static const char USAGE[] =
     "       sks skip import --trust ANCHORS.pem PACKAGE\n"
     "       sks skip issue --request REQ --ca-key KEY --ca-cert CERT --key-type T [--key-type T]...\n"
     "                      [--aes 128|256] [--days N] [--ca-pass-file FILE] --out PACKAGE\n"
+    "       sks skip enroll URL --trust ANCHORS.pem [--token T | --token-file F | --cert C --key K]\n"
+    "                       [--curve C] [--subject DN] [--tls-ca FILE] [--state FILE]\n"
+    "       sks skip recover --archive DB --recovery-key KEY --serial N [--out FILE]\n"
     "  request: a factory key on curve C (P-256, P-384, P-521, brainpoolP256r1, brainpoolP320r1,\n"
     "           brainpoolP384r1, brainpoolP512r1) is made in the store; its PKCS#10 request\n"
     "           (subject DN, \"CN=a, O=b\" or \"/O=b/CN=a\") goes to FILE as PEM, or to stdout; the\n"
@@ -38,7 +41,9 @@ static const char USAGE[] =
     "  import:  a SKIP package (DER or PEM CMS) answering a pending request: every certificate must\n"
     "           verify to ANCHORS.pem; all keys are stored, or none. Importing it again changes nothing\n"
     "  issue:   answers a request with a package of new keys of the given types (the curves above and\n"
-    "           Ed25519), certified by the CA (KEY may be an sks: URI), encrypted with AES-256 (or 128)\n";
+    "           Ed25519), certified by the CA (KEY may be an sks: URI), encrypted with AES-256 (or 128)\n"
+    "  enroll:  request, fetch the package from an sks-issuer at URL and import it (see sks skip enroll --help)\n"
+    "  recover: an archived private key from an sks-issuer archive (see sks skip recover --help)\n";
 
 static const skip_key_type KEY_TYPES[] = {
     { "P-256", "prime256v1", "secp256r1", "prime256v1", ALG("ec.nist.p256") },
@@ -133,12 +138,7 @@ typedef struct {
     const char *curve, *subject, *out, *trust;
 } request_args;
 
-typedef struct {
-    sks_span der[SKIP_MAX_ANCHORS];
-    size_t count;
-} anchor_ders;
-
-static void anchor_ders_free(anchor_ders *a)
+void skip_anchor_ders_free(skip_anchor_ders *a)
 {
     size_t i;
 
@@ -148,7 +148,7 @@ static void anchor_ders_free(anchor_ders *a)
 }
 
 /* The certificates of a PEM file as DER, for the device to keep with the request. */
-static int read_anchors(const char *path, anchor_ders *a)
+int skip_read_anchors(const char *path, skip_anchor_ders *a)
 {
     BIO *b = BIO_new_file(path, "r");
     X509 *x;
@@ -174,11 +174,11 @@ static int read_anchors(const char *path, anchor_ders *a)
         cli_error("skip request: --trust: %s holds more than %d certificates", path, SKIP_MAX_ANCHORS);
     else
         cli_error("skip request: --trust: %s holds no PEM certificate", path);
-    anchor_ders_free(a);
+    skip_anchor_ders_free(a);
     return 0;
 }
 
-static int subject_der(const char *dn, sks_buf *out)
+int skip_subject_der(const char *dn, sks_buf *out)
 {
     char err[512];
     X509_NAME *name = issuer_parse_dn(dn, err, sizeof(err));
@@ -218,7 +218,7 @@ static int write_request(const request_args *a, const sks_bytes *pkcs10)
 }
 
 static int run_request(sks_transport *t, const request_args *a, const skip_key_type *type, const sks_buf *subject,
-                       const anchor_ders *anchors)
+                       const skip_anchor_ders *anchors)
 {
     sks_span der = { subject->data, subject->len };
     sks_client_error e;
@@ -251,7 +251,7 @@ static int cmd_request(cli_store *store, int argc, char **argv)
     const skip_key_type *type;
     sks_transport *t = NULL;
     sks_buf subject;
-    anchor_ders anchors;
+    skip_anchor_ders anchors;
     int ok;
 
     memset(&a, 0, sizeof(a));
@@ -264,7 +264,7 @@ static int cmd_request(cli_store *store, int argc, char **argv)
     }
     sks_buf_init(&subject);
     if ((type = skip_find_key_type("skip request", "--curve", a.curve, 1)) == NULL
-        || !subject_der(a.subject, &subject)) {
+        || !skip_subject_der(a.subject, &subject)) {
         sks_buf_free(&subject);
         return CLI_EXIT_USAGE;
     }
@@ -273,14 +273,14 @@ static int cmd_request(cli_store *store, int argc, char **argv)
         sks_buf_free(&subject);
         return CLI_EXIT_FAIL;
     }
-    if (!read_anchors(a.trust, &anchors)) {
+    if (!skip_read_anchors(a.trust, &anchors)) {
         sks_buf_free(&subject);
         return CLI_EXIT_FAIL;
     }
     ok = (t = cli_open(store, "skip request")) != NULL && run_request(t, &a, type, &subject, &anchors);
     if (t != NULL)
         t->close(t);
-    anchor_ders_free(&anchors);
+    skip_anchor_ders_free(&anchors);
     sks_buf_free(&subject);
     return ok ? CLI_EXIT_OK : CLI_EXIT_FAIL;
 }
@@ -320,7 +320,7 @@ static void print_key(sks_transport *t, uint32_t handle)
     cli_key_info_free(&k);
 }
 
-static void print_result(sks_transport *t, const char *path, const skip_import_result *r)
+void skip_print_result(sks_transport *t, const char *path, const skip_import_result *r)
 {
     size_t i;
 
@@ -360,7 +360,7 @@ static int cmd_import_package(cli_store *store, int argc, char **argv)
     }
     ok = skip_import(t, p, &res, err, sizeof(err));
     if (ok)
-        print_result(t, path, &res);
+        skip_print_result(t, path, &res);
     else
         cli_error("skip import: %s: %s", path, err);
     t->close(t);
@@ -380,13 +380,17 @@ int cmd_skip(cli_store *store, int argc, char **argv)
         return cmd_import_package(store, argc, argv);
     if (strcmp(sub, "issue") == 0)
         return skip_cmd_issue(store, argc, argv);
+    if (strcmp(sub, "enroll") == 0)
+        return skip_cmd_enroll(store, argc, argv);
+    if (strcmp(sub, "recover") == 0)
+        return skip_cmd_recover(store, argc, argv);
     if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0) {
         fputs(USAGE, stdout);
         return CLI_EXIT_OK;
     }
     if (argc > 1)
-        cli_error("skip: unknown subcommand '%s' (choose request, import or issue; see sks skip --help)", sub);
+        cli_error("skip: unknown subcommand '%s' (choose request, import, issue, enroll or recover; see sks skip --help)", sub);
     else
-        cli_error("skip: give a subcommand: request, import or issue (see sks skip --help)");
+        cli_error("skip: give a subcommand: request, import, issue, enroll or recover (see sks skip --help)");
     return CLI_EXIT_USAGE;
 }

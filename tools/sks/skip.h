@@ -3,6 +3,7 @@
 #define SKS_TOOL_SKIP_H
 
 #include "cli.h"
+#include "../../cms/skip_import.h"
 
 /* A SKIP key type by its command-line name. */
 typedef struct {
@@ -25,5 +26,21 @@ int skip_take_positional(const char *cmd, int *argc, char **argv, const cli_opt 
                          const char **positional);
 
 int skip_cmd_issue(cli_store *store, int argc, char **argv);
+int skip_cmd_enroll(cli_store *store, int argc, char **argv);  /* skip_enroll.c */
+int skip_cmd_recover(cli_store *store, int argc, char **argv); /* skip_enroll.c */
+
+/* The trust anchors a request stores, as DER (skip.c). */
+typedef struct {
+    sks_span der[SKIP_MAX_ANCHORS];
+    size_t count;
+} skip_anchor_ders;
+
+int skip_read_anchors(const char *path, skip_anchor_ders *a);
+void skip_anchor_ders_free(skip_anchor_ders *a);
+/* A subject DN as DER X509_NAME, for skipRequest. */
+int skip_subject_der(const char *dn, sks_buf *out);
+void skip_print_result(sks_transport *t, const char *path, const skip_import_result *r);
+/* A private key through the sks provider (skip_issue.c), for an sks: URI. */
+EVP_PKEY *skip_load_sks_key(const cli_store *store, const char *cmd, const char *uri);
 
 #endif

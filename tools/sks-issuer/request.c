@@ -1,0 +1,70 @@
+/*
+ * Bounded parsers for what reaches sks-issuer over HTTP (request.h).
+ */
+#include "request.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+
+X509_REQ *issuer_parse_pkcs10(const char *body, size_t n, char *err, size_t errlen)
+{
+    unsigned char *b64, *der = NULL;
+    const unsigned char *q;
+    size_t i, len = 0;
+    int dlen, pad = 0;
+    X509_REQ *req = NULL;
+
+    if (n == 0 || n > ISSUER_MAX_BODY) {
+        snprintf(err, errlen, "the body must hold a base64 PKCS#10 request of at most %d bytes", ISSUER_MAX_BODY);
+        return NULL;
+    }
+    if ((b64 = OPENSSL_malloc(n + 1)) == NULL)
+        return NULL;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)body[i];
+        if (isspace(c))
+            continue;
+        if (!isalnum(c) && c != '+' && c != '/' && c != '=')
+            break;
+        b64[len++] = c;
+    }
+    if (i == n && len > 0 && len % 4 == 0) {
+        pad = (b64[len - 1] == '=') + (b64[len - 2] == '=');
+        der = OPENSSL_malloc(len / 4 * 3);
+        dlen = der ? EVP_DecodeBlock(der, b64, (int)len) : -1;
+        if (dlen > pad) {
+            q = der;
+            req = d2i_X509_REQ(NULL, &q, dlen - pad);
+            if (req != NULL && q != der + dlen - pad) {
+                X509_REQ_free(req);
+                req = NULL;
+            }
+        }
+    }
+    OPENSSL_free(b64);
+    OPENSSL_free(der);
+    ERR_clear_error();
+    if (req == NULL)
+        snprintf(err, errlen, "the body is not a base64 DER PKCS#10 request");
+    return req;
+}
+
+int issuer_parse_bearer(const char *header, char token[ISSUER_MAX_TOKEN + 1])
+{
+    size_t i;
+
+    if (header == NULL || strncmp(header, "Bearer ", 7) != 0)
+        return 0;
+    header += 7;
+    for (i = 0; header[i] != '\0'; i++) {
+        if (i >= ISSUER_MAX_TOKEN || !(isalnum((unsigned char)header[i]) || header[i] == '-' || header[i] == '_'))
+            return 0;
+        token[i] = header[i];
+    }
+    token[i] = '\0';
+    return i >= 16;
+}

@@ -1,0 +1,25 @@
+/*
+ * Outside input of sks-issuer, parsed with bounds: the HTTP body of an enrolment (a PKCS#10
+ * request in base64 as EST sends it, RFC 7030 section 4.2.1) and the Authorization header.
+ * Also what fuzz/fuzz_issuer_request.c exercises.
+ */
+#ifndef SKS_ISSUER_REQUEST_H
+#define SKS_ISSUER_REQUEST_H
+
+#include <stddef.h>
+
+#include <openssl/x509.h>
+
+/* Largest HTTP body the service reads. */
+#define ISSUER_MAX_BODY (64 * 1024)
+/* Longest enrolment token. */
+#define ISSUER_MAX_TOKEN 128
+
+/* base64 (line breaks and spaces allowed) of one DER PKCS#10 with nothing after it; the
+ * request's own signature is not checked here. NULL with a message. */
+X509_REQ *issuer_parse_pkcs10(const char *body, size_t n, char *err, size_t errlen);
+
+/* "Bearer TOKEN" into token (NUL-terminated; [A-Za-z0-9_-], 16 to ISSUER_MAX_TOKEN chars). */
+int issuer_parse_bearer(const char *header, char token[ISSUER_MAX_TOKEN + 1]);
+
+#endif
