@@ -1355,16 +1355,22 @@ static pid_t start_hog(void)
     return pid;
 }
 
-/* One client: waits for the start (go closes), signs for secs, writes its rate to out. */
-static void cont_client(const variant *v, int go, int out, double secs)
+/* One client: warms up (its own connection to sksd or the store, its key cache), says so on
+ * ready, waits for the start (go closes), signs for secs, writes its rate to out. */
+static void cont_client(const variant *v, int ready, int go, int out, double secs)
 {
-    char c, why[REASON];
-    double t0, t;
+    char c = 1, why[REASON];
+    double t0, t, rate;
     long n = 0;
 
     /* The provider reopens its device in a forked child, from SKS_DEVICE again. */
     if (v->device[0])
         setenv("SKS_DEVICE", v->device, 1);
+    if (run_batch(OP_P256, v, 16, why) < 0 || write(ready, &c, 1) != 1) {
+        note("client %d: %s\n", (int)getpid(), why);
+        _exit(1);
+    }
+    close(ready); /* so the parent sees the end if a client dies before it is ready */
     if (read(go, &c, 1) < 0)
         _exit(1);
     t0 = now();
@@ -1375,41 +1381,42 @@ static void cont_client(const variant *v, int go, int out, double secs)
         }
         n += 16;
     } while ((t = now() - t0) < secs);
-    {
-        double rate = (double)n / t;
-        _exit(write(out, &rate, sizeof(rate)) == (ssize_t)sizeof(rate) ? 0 : 1);
-    }
+    rate = (double)n / t;
+    _exit(write(out, &rate, sizeof(rate)) == (ssize_t)sizeof(rate) ? 0 : 1);
 }
 
 /* clients processes signing at once on variant v, for secs; their rates added, -1 on failure. */
 static double cont_run(const variant *v, int clients, double secs)
 {
-    int go[2], res[2], i, failed = 0;
+    int ready[2], go[2], res[2], i, started = 0, failed = 0;
     pid_t pids[256];
     double sum = 0, r;
+    char c;
 
-    if (clients > 256 || pipe(go) != 0)
+    if (clients > 256 || pipe(ready) != 0)
         return -1;
-    if (pipe(res) != 0) {
-        close(go[0]);
-        close(go[1]);
-        return -1;
-    }
+    if (pipe(go) != 0 || pipe(res) != 0)
+        die("pipe: %s", strerror(errno));
     for (i = 0; i < clients; i++) {
         if ((pids[i] = fork()) == 0) {
+            close(ready[0]);
             close(go[1]);
             close(res[0]);
-            cont_client(v, go[0], res[1], secs);
+            cont_client(v, ready[1], go[0], res[1], secs);
         }
         if (pids[i] < 0)
             failed = 1;
+        else
+            started++;
     }
+    close(ready[1]);
     close(go[0]);
     close(res[1]);
+    for (i = 0; i < started; i++) /* every client warmed up (or gone) */
+        if (read(ready[0], &c, 1) != 1)
+            failed = 1;
     close(go[1]); /* all start together */
-    for (i = 0; i < clients; i++) {
-        if (pids[i] <= 0)
-            continue;
+    for (i = 0; i < started; i++) {
         if (read(res[0], &r, sizeof(r)) == (ssize_t)sizeof(r))
             sum += r;
         else
@@ -1420,6 +1427,7 @@ static double cont_run(const variant *v, int clients, double secs)
         if (pids[i] > 0 && (waitpid(pids[i], &st, 0) != pids[i] || !WIFEXITED(st) || WEXITSTATUS(st) != 0))
             failed = 1;
     }
+    close(ready[0]);
     close(res[0]);
     return failed ? -1 : sum;
 }
