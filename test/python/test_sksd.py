@@ -483,8 +483,8 @@ def _thread_policies(pid):
 
 def test_client_threads_do_not_preempt_their_clients(env):
     """Issue 13: a thread serving a client runs SCHED_BATCH, so a request does not preempt the
-    application that sent it (which goes on to wait for the reply): two context switches per
-    call instead of four when the cores are busy. The accepting thread stays as it was."""
+    application that sent it before it waits for the reply. The accepting thread stays as it
+    was."""
     sched_batch = 3
     pid = env["daemon"].proc.pid
     handle = env["handles"]["signer"]

@@ -254,10 +254,10 @@ static void log_end(const client *cl, int r)
 /*
  * A client thread is woken by every request. As a SCHED_BATCH thread it does not preempt the
  * client that woke it: the client goes on into its wait for the reply, and only then does this
- * thread run (on the same core, as the wake-up was a synchronous one). A normal thread took
- * the CPU at once, so every call cost two extra context switches when the cores were busy
- * (bench/RESULTS.md, issue 13). Its share of the CPU is the same; only the moment of
- * switching changes. Best effort: if the policy cannot be set, the thread serves as it is.
+ * thread run (the wake-up is a synchronous one, usually on the same core). Its share of the
+ * CPU is the same; only the moment of switching changes. On the busy 2-core machine of
+ * bench/RESULTS.md (issue 13) this did better in most paired runs; the evidence is noisy.
+ * Best effort: if the policy cannot be set, the thread serves as it is.
  */
 static void run_as_batch(void)
 {
