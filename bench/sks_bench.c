@@ -42,6 +42,10 @@
  * embedded store: what `sks skip import` does, without starting a process) and as
  * `sks skip import` processes on a second store prepared the same way.
  *
+ * Busy machine and many clients (issue 13): P-256 signing by one client while as many other
+ * processes as cores spin, and by as many clients as cores and twice as many at once (forks of
+ * this process, each warmed up, started together), throughput added, for (a), (b) and (c).
+ *
  * Options:
  *   --pcsc READER           enable (d) on pcsc:READER (pcscd found through PCSCLITE_CSOCK_NAME)
  *   --pkcs11 MODULE         enable (e) with this PKCS#11 module (SoftHSM2: SOFTHSM2_CONF)
@@ -49,14 +53,14 @@
  *   --pkcs11-engine PATH    libp11's engine (Debian's path by default)
  *   --na X:REASON           variant X is not available, REASON goes into its column
  *   --rounds N (7)  --seconds S (0.2, per batch)  --only OP[,OP...]  --variants abcde
- *   --no-tls  --no-skip  --skip-trials N (5)  --markdown FILE  --modules DIR  --sks PATH
+ *   --no-tls  --no-skip  --no-contention  --skip-trials N (5)  --markdown FILE  --modules DIR  --sks PATH
  *   --profile X:OP          only run OP on variant X for --seconds seconds, no table: for
  *                           perf record / valgrind --tool=callgrind (README, Benchmarks)
  *   --count N               with --profile: 50 warm-up operations (key caches filled), then
  *                           exactly N in one run_batch call; `valgrind --tool=callgrind
  *                           --toggle-collect=run_batch` then counts N operations' instructions
  * Operations (--only): p256-sign p384-sign rsa-pkcs1-sign rsa-pss-sign ed25519-sign
- * p256-ecdh rsa-oaep-decrypt key-load key-load-sha256 tls skip. key-load loads the P-256 private
+ * p256-ecdh rsa-oaep-decrypt key-load key-load-sha256 tls skip contention. key-load loads the P-256 private
  * key again as each variant found it: PEM_read_bio_PrivateKey_ex, OSSL_STORE open + load + close
  * on sks:name=p256 (the device's getKeyAttributes and getKeyProtectionInfo),
  * ENGINE_load_private_key; key-load-sha256 the same with sks:sha256=<certificate fingerprint>,
