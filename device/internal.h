@@ -8,6 +8,7 @@
 
 #include "sks_device.h"
 #include "algorithms.h"
+#include "../cms/key_der.h" /* spki_parse, the plain curves */
 
 #define SKS_API_LEVEL 100
 #define SKS_CRYPTO_DATA_SIZE 65536
@@ -192,7 +193,6 @@ int aes_ecb_nopad(int encrypt, const uint8_t *key, size_t keylen, const uint8_t 
                   sks_buf *out);
 /* SubjectPublicKeyInfo DER of a key, in the strict form the MACs use. */
 int spki_der(EVP_PKEY *pkey, sks_buf *out);
-EVP_PKEY *spki_parse(const uint8_t *p, size_t n);
 int pkcs8_der(EVP_PKEY *pkey, sks_buf *out);
 EVP_PKEY *pkcs8_parse(const uint8_t *p, size_t n);
 /* The curve's short name (OpenSSL's), or NULL for non-EC keys. */

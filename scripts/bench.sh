@@ -12,9 +12,11 @@
 # self-signed certificates; the same key material imported into an sks store (sks import)
 # and into a SoftHSM2 token (pkcs11-tool --write-object); sksd serving the store; a private pcscd
 # (socket activation on a socket of ours, so a system pcscd is left alone) with vpcd and the
-# virtual card sks-vcard on the same store; a CA for SKIP packages. Every process started here
-# is stopped by its PID on exit. Then bench/vhsm_bench.py compares sks with OpenSC's PKCS#11
-# module (through libp11's engine) on one virtual SmartCard-HSM, with its own pcscd and card.
+# virtual card sks-vcard on the same store; a CA for SKIP packages. The run includes P-256
+# signing on a busy machine and with as many clients as cores and twice as many (--no-contention
+# leaves it out). Every process started here is stopped by its PID on exit. Then
+# bench/vhsm_bench.py compares sks with OpenSC's PKCS#11 module (through libp11's engine) on one
+# virtual SmartCard-HSM, with its own pcscd and card.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

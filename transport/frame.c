@@ -11,21 +11,17 @@
 #include <unistd.h>
 
 /*
- * Waiting for a frame on a socket: a short spin, then sleep. A thread that sleeps until the
- * other side answers must be woken, and waking a thread on an idle CPU costs tens of
- * microseconds (an interrupt to the other CPU, which leaves its idle state; more in virtual
- * machines): as much as a P-256 signature, twice per call through sksd (bench/, README
- * "Benchmarks"). So a thread first polls the socket for as long as its recent waits took,
- * twice that at most, if they were short: the application waiting for sksd's answer to a
- * quick operation, or sksd's thread waiting for a client that sends call after call. Slow
- * operations and idle clients wait longer than SPIN_MAX_NS and sleep at once, so at most
- * SPIN_MAX_NS of CPU time is spent per message, and only while messages come that fast.
- * Per thread, as sksd has one thread per client and an application's calls are serialised.
+ * Waiting for a frame costs what the kernel charges for putting a thread to sleep and waking
+ * it, twice per call through sksd, so the common path makes as few system calls as it can:
+ * one blocking recv() for the header (sksd's idle timeout is the socket's SO_RCVTIMEO, so no
+ * poll() comes first) and one non-blocking recv() for the body, which the sender wrote in the
+ * same system call. poll() is only used when a frame arrives in pieces.
+ *
+ * No thread polls (spins) for the other side's answer: on a machine whose cores are all busy,
+ * or with more clients than cores, the spinning took the CPU time the other side needed to
+ * answer: three times slower than blocking at once, and falling as clients were added
+ * (bench/RESULTS.md, issue 13).
  */
-#define SPIN_MAX_NS 100000L
-#define SPIN_MIN_NS 20000L
-static _Thread_local long wait_avg_ns = SPIN_MAX_NS; /* moving average of recent waits */
-
 static long now_ns(void)
 {
     struct timespec t;
@@ -40,44 +36,32 @@ static int wait_readable(int fd, long timeout_ms)
     struct pollfd pfd = { fd, POLLIN, 0 };
     int r;
 
-    if (timeout_ms < 0)
-        return 1;
     do
         r = poll(&pfd, 1, timeout_ms > INT_MAX ? INT_MAX : (int)timeout_ms);
     while (r < 0 && errno == EINTR);
     return r != 0;
 }
 
-/* The first read of a frame: polls, then blocks (at most timeout_ms, -1: no limit; a
- * timeout returns -1 with errno ETIMEDOUT). */
-static ssize_t read_first(int fd, uint8_t *p, size_t n, long timeout_ms)
+/* The first read of a frame, the one that waits for the other side: at most timeout_ms (-1:
+ * no limit; a timeout returns -1 with errno ETIMEDOUT). by_rcvtimeo: the socket's
+ * SO_RCVTIMEO already bounds a blocking read by timeout_ms. */
+static ssize_t read_first(int fd, uint8_t *p, size_t n, long timeout_ms, int by_rcvtimeo)
 {
-    long start = now_ns(), budget = wait_avg_ns < SPIN_MAX_NS ? 2 * wait_avg_ns : 0, waited;
-    ssize_t r = -1;
+    ssize_t r;
 
-    if (budget > 0) {
-        if (budget < SPIN_MIN_NS)
-            budget = SPIN_MIN_NS;
-        if (budget > SPIN_MAX_NS)
-            budget = SPIN_MAX_NS;
-        do
-            r = recv(fd, p, n, MSG_DONTWAIT);
-        while (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && now_ns() - start < budget);
+    if (timeout_ms < 0 || by_rcvtimeo) {
+        r = recv(fd, p, n, 0);
         if (r < 0 && errno == ENOTSOCK)
-            budget = 0; /* a pipe (serve --stdio): no polling */
+            r = read(fd, p, n); /* a pipe (serve --stdio) */
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            errno = ETIMEDOUT; /* SO_RCVTIMEO ran out */
+        return r;
     }
-    if (budget == 0 || (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
-        if (!wait_readable(fd, timeout_ms)) {
-            errno = ETIMEDOUT;
-            return -1;
-        }
-        r = read(fd, p, n);
+    if (!wait_readable(fd, timeout_ms)) {
+        errno = ETIMEDOUT;
+        return -1;
     }
-    waited = now_ns() - start;
-    if (waited > 2 * SPIN_MAX_NS)
-        waited = 2 * SPIN_MAX_NS; /* after an idle spell, a few quick calls restart polling */
-    wait_avg_ns = (7 * wait_avg_ns + waited) / 8;
-    return r;
+    return read(fd, p, n);
 }
 
 /* Milliseconds left until deadline_ns (CLOCK_MONOTONIC); -1 if there is no deadline. */
@@ -91,22 +75,37 @@ static long left_ms(long deadline_ns)
     return left > 0 ? left : 0;
 }
 
-/* Reads n bytes; `first`: the start of a frame, the read that waits for the other side
- * (at most first_ms, -1: no limit); every read after the first byte must come before
- * deadline_ns (0: none). A timeout returns -1 with errno ETIMEDOUT. */
-static int read_full(int fd, uint8_t *p, size_t n, int first, long first_ms, long deadline_ns)
+/* Reads what has arrived, without waiting; -1 with EAGAIN if nothing has. */
+static ssize_t read_arrived(int fd, uint8_t *p, size_t n)
+{
+    ssize_t r = recv(fd, p, n, MSG_DONTWAIT);
+
+    if (r < 0 && errno == ENOTSOCK) { /* a pipe: poll, then read */
+        struct pollfd pfd = { fd, POLLIN, 0 };
+        if (poll(&pfd, 1, 0) == 0) {
+            errno = EAGAIN;
+            return -1;
+        }
+        r = read(fd, p, n);
+    }
+    return r;
+}
+
+/* Reads the rest of a frame, n bytes, each piece before deadline_ns (0: none). A timeout
+ * returns -1 with errno ETIMEDOUT; 0: the stream ended before any byte. */
+static int read_full(int fd, uint8_t *p, size_t n, long deadline_ns)
 {
     size_t got = 0;
 
     while (got < n) {
-        ssize_t r;
-        if (first && got == 0)
-            r = read_first(fd, p, n, first_ms);
-        else if (!wait_readable(fd, left_ms(deadline_ns))) {
-            errno = ETIMEDOUT;
-            return -1;
-        } else
-            r = read(fd, p + got, n - got);
+        ssize_t r = read_arrived(fd, p + got, n - got);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (!wait_readable(fd, left_ms(deadline_ns))) {
+                errno = ETIMEDOUT;
+                return -1;
+            }
+            continue;
+        }
         if (r == 0)
             return got == 0 ? 0 : -1;
         if (r < 0) {
@@ -164,7 +163,7 @@ static int read_body(int fd, sks_buf *out, uint32_t n, long deadline_ns)
     sks_buf_put(out, "", 0);
     while (left > 0) {
         size_t k = left < sizeof(chunk) ? left : sizeof(chunk);
-        if (read_full(fd, chunk, k, 0, -1, deadline_ns) != 1)
+        if (read_full(fd, chunk, k, deadline_ns) != 1)
             return -1;
         sks_buf_put(out, chunk, k);
         left -= k;
@@ -181,10 +180,15 @@ int sks_frame_read(int fd, sks_buf *out)
 {
     uint8_t hdr[4];
     uint32_t n;
-    int r = read_full(fd, hdr, 4, 1, -1, 0);
+    ssize_t got;
 
-    if (r <= 0)
-        return r;
+    do
+        got = read_first(fd, hdr, 4, -1, 0);
+    while (got < 0 && errno == EINTR);
+    if (got <= 0)
+        return got == 0 ? 0 : -1;
+    if (got < 4 && read_full(fd, hdr + got, 4 - (size_t)got, 0) != 1)
+        return -1;
     n = header_length(hdr);
     if (n > SKS_FRAME_MAX)
         return -1;
@@ -201,12 +205,12 @@ int sks_frame_read_bounded(int fd, sks_buf *out, const sks_frame_limits *lim)
     /* The first byte may take up to the idle timeout; the rest of the header and the body
      * must follow within the frame timeout of it. */
     do
-        got = read_first(fd, hdr, 4, lim->idle_ms);
+        got = read_first(fd, hdr, 4, lim->idle_ms, lim->idle_by_rcvtimeo);
     while (got < 0 && errno == EINTR && !lim->stop_on_signal);
     if (got <= 0)
         return got == 0 ? SKS_FRAME_END : errno == ETIMEDOUT ? SKS_FRAME_IDLE : SKS_FRAME_ERROR;
     deadline = now_ns() + lim->frame_ms * 1000000L;
-    if (got < 4 && read_full(fd, hdr + got, 4 - (size_t)got, 0, -1, deadline) != 1)
+    if (got < 4 && read_full(fd, hdr + got, 4 - (size_t)got, deadline) != 1)
         return errno == ETIMEDOUT ? SKS_FRAME_SLOW : SKS_FRAME_ERROR;
     n = header_length(hdr);
     if (n > lim->max || n > SKS_FRAME_MAX)

@@ -68,6 +68,7 @@ typedef struct {
     long frame_ms; /* for the rest of the frame, from its first byte */
     size_t max;    /* longest frame body */
     int stop_on_signal; /* a signal while waiting for a frame ends the wait (SKS_FRAME_ERROR) */
+    int idle_by_rcvtimeo; /* the socket's SO_RCVTIMEO is idle_ms: wait in recv(), no poll() */
 } sks_frame_limits;
 #define SKS_FRAME_OK 1
 #define SKS_FRAME_END 0

@@ -465,3 +465,36 @@ def test_socket_appears_complete_and_no_path_is_chmodded(env, tmp_path):
     calls = trace.read_text()
     assert not re.search(r"\b(chmod|fchmodat|chown|fchownat|lchown)\(", calls), calls
     assert re.search(r'rename\w*\(.*sksd\.sock\.new.*sksd\.sock"', calls), calls
+
+
+def _thread_policies(pid):
+    """The scheduling policy of each of the process's threads (field 41 of /proc/PID/task/TID/stat)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except FileNotFoundError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(tid)] = int(fields[41 - 3])
+    return out
+
+
+def test_client_threads_do_not_preempt_their_clients(env):
+    """Issue 13: a thread serving a client runs SCHED_BATCH, so a request does not preempt the
+    application that sent it before it waits for the reply. The accepting thread stays as it
+    was."""
+    sched_batch = 3
+    pid = env["daemon"].proc.pid
+    handle = env["handles"]["signer"]
+    with socket.socket(socket.AF_UNIX) as so:
+        so.settimeout(30)
+        so.connect(env["daemon"].socket)
+        for _ in range(20):
+            req = sign_request(handle, os.urandom(32))
+            so.sendall(struct.pack(">I", len(req)) + req)
+            assert read_frame(so)[0] == 0
+        policies = _thread_policies(pid)
+        assert policies.pop(pid) == 0, "the accepting thread stays SCHED_OTHER"
+        assert policies and all(p == sched_batch for p in policies.values()), policies
