@@ -425,7 +425,8 @@ static int rewrite_key_attrs(const schsm_kmtlv *t, uint8_t kid, sks_buf *out)
 
     sks_buf_init(&body);
     while (p < end) {
-        if (!schsm_kmtlv_next(&p, end, &e)) {
+        /* iD (OCTET STRING) comes first: a certificate in the description's place fails here */
+        if (!schsm_kmtlv_next(&p, end, &e) || (body.len == 0 && e.tag != 0x04)) {
             sks_buf_free(&body);
             return 0;
         }

@@ -524,6 +524,17 @@ done:
     return rc;
 }
 
+/* 1 if p[0..n) is exactly one DER X.509 certificate. */
+static int is_x509(const uint8_t *p, size_t n)
+{
+    const unsigned char *q = p;
+    X509 *x = p != NULL ? d2i_X509(NULL, &q, (long)n) : NULL;
+    int ok = x != NULL && q == p + n;
+
+    X509_free(x);
+    return ok;
+}
+
 /* The name the restored key will have: --name, else the file's label; refused if taken. */
 static int restore_name(sks_transport *t, const char *cmd, const char *name, const uint8_t *prkd, size_t prkdlen,
                         char *out, size_t outlen)
@@ -575,6 +586,12 @@ int cli_hsm_restore(cli_store *store, int argc, char **argv)
         || !schsm_wrap_file_parse(file, n, &blob, &bloblen, &prkd, &prkdlen, &cert, &certlen, err, sizeof(err))) {
         cli_error("%s: %s: %s", CMD, argv[2], n > MAX_WRAP_FILE ? "larger than any wrap file" : err);
         return CLI_EXIT_FAIL;
+    }
+    /* a file with a certificate but no key description (sks hsm wrap --cert) has the
+     * certificate in the description's place */
+    if (cert == NULL && is_x509(prkd, prkdlen)) {
+        cert = prkd, certlen = prkdlen;
+        prkd = NULL, prkdlen = 0;
     }
     if (!cli_need_secret(CMD, "--pin", "the card's user PIN", 0, &pin) || (t = cli_open(store, CMD)) == NULL)
         return CLI_EXIT_FAIL;
