@@ -1256,3 +1256,119 @@ int sks_client_hsm_status(sks_transport *t, sks_hsm_status *out, sks_client_erro
         memset(out, 0, sizeof(*out));
     return ok;
 }
+
+/* total ‖ missing ‖ KCV, the reply of hsmDkekImportShare and hsmKeyDomainStatus */
+static int dkek_status_reply(call_ctx *c, int ok, sks_hsm_dkek_status *out)
+{
+    sks_span kcv;
+
+    if (ok) {
+        out->shares_total = sks_get_byte(&c->r, "sharesTotal");
+        out->shares_missing = sks_get_byte(&c->r, "sharesMissing");
+        kcv = sks_get_array(&c->r, "kcv");
+        if (sks_reader_ok(&c->r) && kcv.n != sizeof(out->kcv))
+            reader_fail(&c->r, "is not 8 bytes", "kcv");
+        else if (sks_reader_ok(&c->r))
+            memcpy(out->kcv, kcv.p, kcv.n);
+    }
+    ok = call_end(c, ok);
+    if (!ok)
+        memset(out, 0, sizeof(*out));
+    return ok;
+}
+
+int sks_client_hsm_dkek_import_share(sks_transport *t, sks_span authorization, uint8_t key_domain, sks_span share,
+                                     sks_hsm_dkek_status *out, sks_client_error *err)
+{
+    call_ctx c;
+
+    memset(out, 0, sizeof(*out));
+    call_begin(&c, SKS_METHOD_HSM_DKEK_IMPORT_SHARE, "hsmDkekImportShare", err);
+    put_span(&c.req, authorization);
+    sks_buf_byte(&c.req, key_domain);
+    put_span(&c.req, share);
+    return dkek_status_reply(&c, call_run(&c, t), out);
+}
+
+int sks_client_hsm_key_domain_status(sks_transport *t, sks_span authorization, uint8_t key_domain,
+                                     sks_hsm_dkek_status *out, sks_client_error *err)
+{
+    call_ctx c;
+
+    memset(out, 0, sizeof(*out));
+    call_begin(&c, SKS_METHOD_HSM_KEY_DOMAIN_STATUS, "hsmKeyDomainStatus", err);
+    put_span(&c.req, authorization);
+    sks_buf_byte(&c.req, key_domain);
+    return dkek_status_reply(&c, call_run(&c, t), out);
+}
+
+int sks_client_hsm_wrap_key(sks_transport *t, sks_span authorization, uint32_t key_handle, sks_bytes *blob,
+                            sks_bytes *key_description, sks_bytes *certificate, sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    memset(blob, 0, sizeof(*blob));
+    memset(key_description, 0, sizeof(*key_description));
+    memset(certificate, 0, sizeof(*certificate));
+    call_begin(&c, SKS_METHOD_HSM_WRAP_KEY, "hsmWrapKey", err);
+    put_span(&c.req, authorization);
+    sks_buf_uint(&c.req, key_handle);
+    ok = call_run(&c, t);
+    if (ok) {
+        take_bytes(&c.r, sks_get_array(&c.r, "wrappedKey"), blob, "wrappedKey");
+        take_bytes(&c.r, sks_get_array(&c.r, "keyDescription"), key_description, "keyDescription");
+        take_bytes(&c.r, sks_get_array(&c.r, "certificate"), certificate, "certificate");
+    }
+    ok = call_end(&c, ok);
+    if (!ok) {
+        bytes_free(blob);
+        bytes_free(key_description);
+        bytes_free(certificate);
+    }
+    return ok;
+}
+
+int sks_client_hsm_unwrap_key(sks_transport *t, sks_span authorization, sks_span blob, sks_span key_description,
+                              sks_span certificate, const char *friendly_name, uint32_t *key_handle,
+                              sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    *key_handle = 0;
+    call_begin(&c, SKS_METHOD_HSM_UNWRAP_KEY, "hsmUnwrapKey", err);
+    put_span(&c.req, authorization);
+    put_span(&c.req, blob);
+    put_span(&c.req, key_description);
+    put_span(&c.req, certificate);
+    put_str(&c.req, friendly_name);
+    ok = call_run(&c, t);
+    if (ok)
+        *key_handle = sks_get_uint(&c.r, "keyHandle");
+    ok = call_end(&c, ok);
+    if (!ok)
+        *key_handle = 0;
+    return ok;
+}
+
+int sks_client_hsm_get_challenge(sks_transport *t, uint8_t *out, size_t n, sks_client_error *err)
+{
+    call_ctx c;
+    sks_span r;
+    int ok;
+
+    call_begin(&c, SKS_METHOD_HSM_GET_CHALLENGE, "hsmGetChallenge", err);
+    if (n > 0xFFFF)
+        c.req.failed = 1;
+    sks_buf_ushort(&c.req, (uint16_t)n);
+    ok = call_run(&c, t);
+    if (ok) {
+        r = sks_get_array(&c.r, "random");
+        if (sks_reader_ok(&c.r) && r.n != n)
+            reader_fail(&c.r, "is not of the length asked for", "random");
+        else if (sks_reader_ok(&c.r))
+            memcpy(out, r.p, n);
+    }
+    return call_end(&c, ok);
+}

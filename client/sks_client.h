@@ -99,7 +99,12 @@ enum {
     /* project extensions for SmartCard-HSM devices (docs/wire-format.md) */
     SKS_METHOD_HSM_GENERATE_KEY_PAIR = 210,
     SKS_METHOD_HSM_INITIALIZE = 211,
-    SKS_METHOD_HSM_STATUS = 212
+    SKS_METHOD_HSM_STATUS = 212,
+    SKS_METHOD_HSM_DKEK_IMPORT_SHARE = 213,
+    SKS_METHOD_HSM_KEY_DOMAIN_STATUS = 214,
+    SKS_METHOD_HSM_WRAP_KEY = 215,
+    SKS_METHOD_HSM_UNWRAP_KEY = 216,
+    SKS_METHOD_HSM_GET_CHALLENGE = 217
 };
 
 /* Values of the specification's byte enumerations. */
@@ -476,5 +481,36 @@ typedef struct {
 } sks_hsm_status;
 
 int sks_client_hsm_status(sks_transport *t, sks_hsm_status *out, sks_client_error *err);
+
+/* A key domain's DKEK: shares it needs, shares still missing, key check value (SHA-256 of the
+ * DKEK, first 8 bytes; zeros while shares are missing). */
+typedef struct {
+    uint8_t shares_total;
+    uint8_t shares_missing;
+    uint8_t kcv[8];
+} sks_hsm_dkek_status;
+
+/* hsmDkekImportShare: one 32-byte DKEK share into key_domain (0: the DKEK of INITIALIZE).
+ * authorization (the user PIN) may be empty. The caller wipes share. */
+int sks_client_hsm_dkek_import_share(sks_transport *t, sks_span authorization, uint8_t key_domain, sks_span share,
+                                     sks_hsm_dkek_status *out, sks_client_error *err);
+
+/* hsmKeyDomainStatus: the DKEK state of key_domain; authorization may be empty. */
+int sks_client_hsm_key_domain_status(sks_transport *t, sks_span authorization, uint8_t key_domain,
+                                     sks_hsm_dkek_status *out, sks_client_error *err);
+
+/* hsmWrapKey: the key wrapped under its domain's DKEK (the card's blob), its PKCS#15 key
+ * description and its certificate as stored on the card (either may be empty). */
+int sks_client_hsm_wrap_key(sks_transport *t, sks_span authorization, uint32_t key_handle, sks_bytes *blob,
+                            sks_bytes *key_description, sks_bytes *certificate, sks_client_error *err);
+
+/* hsmUnwrapKey: a blob (with the description and certificate of hsmWrapKey, either may be
+ * empty) into a free key reference; friendly_name "" keeps the description's label. */
+int sks_client_hsm_unwrap_key(sks_transport *t, sks_span authorization, sks_span blob, sks_span key_description,
+                              sks_span certificate, const char *friendly_name, uint32_t *key_handle,
+                              sks_client_error *err);
+
+/* hsmGetChallenge: n (1..1024) random bytes from the card's generator into out. */
+int sks_client_hsm_get_challenge(sks_transport *t, uint8_t *out, size_t n, sks_client_error *err);
 
 #endif

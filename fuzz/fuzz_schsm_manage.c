@@ -47,6 +47,53 @@ static int scripted_transmit(schsm_io *io, const uint8_t *apdu, size_t n, sks_bu
     return 1;
 }
 
+/* 212, or one of the DKEK methods 213-217 (schsm/mgmt_dkek.c) by which. */
+static void add_dkek_request(unsigned which, sks_buf *req)
+{
+    /* a PrKD as OpenSC writes it, and a blob header naming an EC key (its KCV is what the
+     * fuzzed card's status answer must match for UNWRAP KEY to be sent) */
+    static const uint8_t PRKD[] = { 0xA0, 0x15, 0x30, 0x05, 0x0C, 0x03, 'k', 'e', 'y', 0x30, 0x08, 0x04,
+                                    0x01, 0x01, 0x03, 0x01, 0x00, 0x02, 0x01, 0x03, 0xA1, 0x02, 0x30, 0x00 };
+    uint8_t blob[64], share[32];
+
+    memset(blob, 0, sizeof(blob));
+    blob[8] = 12;
+    memset(share, 0x5A, sizeof(share));
+    switch (which) {
+    case 1:
+        sks_buf_byte(req, 213);
+        sks_buf_array(req, "648219", 6);
+        sks_buf_byte(req, 0);
+        sks_buf_array(req, share, sizeof(share));
+        break;
+    case 2:
+        sks_buf_byte(req, 214);
+        sks_buf_array(req, "", 0);
+        sks_buf_byte(req, 0);
+        break;
+    case 3:
+        sks_buf_byte(req, 215);
+        sks_buf_array(req, "648219", 6);
+        sks_buf_uint(req, 3);
+        break;
+    case 4:
+        sks_buf_byte(req, 216);
+        sks_buf_array(req, "648219", 6);
+        sks_buf_array(req, blob, sizeof(blob));
+        sks_buf_array(req, PRKD, sizeof(PRKD));
+        sks_buf_array(req, "", 0);
+        sks_buf_string(req, "");
+        break;
+    case 5:
+        sks_buf_byte(req, 217);
+        sks_buf_ushort(req, 40);
+        break;
+    default:
+        sks_buf_byte(req, 212);
+        break;
+    }
+}
+
 static void build_request(uint8_t choice, sks_buf *req)
 {
     static const char *const URIS[] = { URI("ec.nist.p256"), URI("ec.nist.p521"), URI("ec.brainpool.p320r1"),
@@ -80,7 +127,7 @@ static void build_request(uint8_t choice, sks_buf *req)
         sks_buf_bool(req, (choice & 0x40) != 0);
         break;
     default:
-        sks_buf_byte(req, 212);
+        add_dkek_request((choice >> 2) & 7, req);
         break;
     }
 }

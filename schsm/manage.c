@@ -11,6 +11,7 @@
 #include <openssl/crypto.h>
 
 #include "mgmt.h"
+#include "mgmt_dkek.h"
 
 static const struct {
     uint8_t id;
@@ -20,6 +21,12 @@ static const struct {
     { 210, "hsmGenerateKeyPair", mg_generate },
     { 211, "hsmInitialize", mg_initialize },
     { 212, "hsmStatus", mg_status },
+    /* DKEK shares, backup and restore (schsm/mgmt_dkek.c) */
+    { 213, "hsmDkekImportShare", mg_dkek_import_share },
+    { 214, "hsmKeyDomainStatus", mg_key_domain_status },
+    { 215, "hsmWrapKey", mg_wrap_key },
+    { 216, "hsmUnwrapKey", mg_unwrap_key },
+    { 217, "hsmGetChallenge", mg_get_challenge },
 };
 
 int schsm_manage_handles(uint8_t method_id)

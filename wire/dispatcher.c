@@ -88,6 +88,11 @@ static const struct {
     { 210, "hsmGenerateKeyPair" },
     { 211, "hsmInitialize" },
     { 212, "hsmStatus" },
+    { 213, "hsmDkekImportShare" },
+    { 214, "hsmKeyDomainStatus" },
+    { 215, "hsmWrapKey" },
+    { 216, "hsmUnwrapKey" },
+    { 217, "hsmGetChallenge" },
 };
 
 static const char *hsm_only_method(uint8_t id)

@@ -89,7 +89,8 @@ def man_text(page):
 # init and info take no options of their own.
 SKS_COMMANDS = [[], ["serve"], ["list"], ["generate"], ["import"], ["export"],
                 ["cert"], ["delete"], ["pin"], ["skip"], ["skip", "request"], ["skip", "import"],
-                ["skip", "issue"], ["skip", "enroll"], ["skip", "recover"], ["hsm"], ["hsm", "wrap"]]
+                ["skip", "issue"], ["skip", "enroll"], ["skip", "recover"], ["hsm"], ["hsm", "wrap"],
+                ["hsm", "dkek"], ["hsm", "backup"]]
 
 
 @pytest.mark.parametrize("cmd", SKS_COMMANDS, ids=lambda c: " ".join(c) or "sks")

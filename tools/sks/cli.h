@@ -71,6 +71,13 @@ int cli_hsm_generate(sks_transport *t, const char *name, const char *uri, const 
 /* sks hsm wrap: argv[0] is "wrap". Returns the exit code. */
 int cli_hsm_wrap(int argc, char **argv);
 
+/* ---- hsm_dkek.c: DKEK shares, backup and restore on the card ---- */
+
+/* sks hsm dkek ... (argv[0] "hsm", argv[1] "dkek"), sks hsm backup, sks hsm restore. */
+int cli_hsm_dkek(cli_store *store, int argc, char **argv);
+int cli_hsm_backup(cli_store *store, int argc, char **argv);
+int cli_hsm_restore(cli_store *store, int argc, char **argv);
+
 /* ---- opts.c: option parsing ---- */
 
 typedef enum {

@@ -28,7 +28,9 @@ static const char USAGE[] =
     "  --key-domains K       key domains to prepare (1..255; default none)\n"
     "  --force               wipe an initialised card (needs its SO-PIN)\n"
     "  status: kind, firmware, PIN state and tries left.\n"
-    "       sks hsm wrap ...  (on the host, no card: see sks hsm wrap --help)\n";
+    "       sks hsm wrap ...  (on the host, no card: see sks hsm wrap --help)\n"
+    "       sks hsm dkek create-share|import|status ...  (see sks hsm dkek --help)\n"
+    "       sks hsm backup ..., sks hsm restore ...  (see sks hsm backup --help)\n";
 
 int cli_maybe_hsm(const cli_store *store)
 {
@@ -251,6 +253,12 @@ int cmd_hsm(cli_store *store, int argc, char **argv)
         return hsm_status(store, argc, argv);
     if (strcmp(sub, "wrap") == 0)
         return cli_hsm_wrap(argc - 1, argv + 1);
-    cli_error("hsm: give a subcommand: init, status or wrap (see sks hsm --help)");
+    if (strcmp(sub, "dkek") == 0)
+        return cli_hsm_dkek(store, argc, argv);
+    if (strcmp(sub, "backup") == 0)
+        return cli_hsm_backup(store, argc, argv);
+    if (strcmp(sub, "restore") == 0)
+        return cli_hsm_restore(store, argc, argv);
+    cli_error("hsm: give a subcommand: init, status, wrap, dkek, backup or restore (see sks hsm --help)");
     return CLI_EXIT_USAGE;
 }

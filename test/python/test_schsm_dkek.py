@@ -1,0 +1,421 @@
+"""DKEK shares, key backup and restore on a SmartCard-HSM with `sks hsm dkek / backup / restore`
+(issue 11), through a real pcscd + vpcd and the virtual SmartCard-HSM (tools/sks-vhsm) in two
+slots. OpenSC's sc-hsm-tool is the peer: share files, n-of-m password shares and wrap files made
+by either tool must work with the other, and both must report the same key check value (KCV).
+OpenSSL's default provider verifies the signatures of restored keys.
+
+Each share encryption or opening costs 10,000,000 MD5 rounds (seconds): the tests share one
+DKEK between cards A and B (a module fixture) and open as few share files as they can.
+"""
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import provtools as pt  # noqa: E402
+from pcscrig import PcscRig  # noqa: E402
+
+SKS = str(pt.SKS)
+BUILD = str(pt.BUILD)
+P11 = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
+SO_PIN = "3537363231383830"
+PIN = "648219"
+PW = "share password 1"
+
+
+class Card:
+    """The virtual SmartCard-HSM with state file `state` in `slot`."""
+
+    def __init__(self, rig, slot, tag):
+        self.rig, self.slot, self.tag = rig, slot, tag
+        self.state = rig.path(f"{tag}.json")
+        self.tmp = tempfile.mkdtemp(prefix=f"sks-dkek-{tag}-", dir=rig.base)
+        self.env = dict(rig.env, HOME=rig.home, OPENSSL_MODULES=BUILD)
+        self.insert()
+
+    def insert(self):
+        old = self.rig.cards.get(self.slot)
+        if old is not None and old.state == self.state and old.running():
+            return self
+        if old is not None and old.running():
+            self.rig.reinsert(self.slot, state=self.state)
+        else:
+            self.rig.vhsm(self.slot, state=self.state)
+            self.rig.wait_for_card(self.slot)
+        self.dev = "pcsc:" + self.rig.reader(self.slot)
+        return self
+
+    def path(self, name):
+        return os.path.join(self.tmp, name)
+
+    def write(self, name, data):
+        p = self.path(name)
+        with open(p, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+        return p
+
+    def sks(self, *args, input=None):
+        return pt._text(pt.run([SKS, "--device", self.dev, *args], env=self.env, input=input, timeout=300).stdout)
+
+    def sks_run(self, *args, input=None):
+        return pt.run([SKS, "--device", self.dev, *args], env=self.env, input=input, timeout=300)
+
+    def sks_fails(self, *args, input=None):
+        return pt.run_fails([SKS, "--device", self.dev, *args], env=self.env, input=input, timeout=300)
+
+    def tool(self, *args, check=True, input=None):
+        res = pt.run(["sc-hsm-tool", "--reader", str(self.slot), *args], env=self.env, check=check, input=input,
+                     timeout=300)
+        return pt._text(res.stdout) + pt._text(res.stderr)
+
+    def p11(self, *args, check=True):
+        return pt._text(pt.run(["pkcs11-tool", "--module", P11, "--slot-index", str(self.slot), *args],
+                               env=self.env, check=check).stdout)
+
+    def init(self, shares):
+        return self.sks("hsm", "init", "--so-pin-file", "-", "--pin-file", "-", "--dkek-shares", str(shares),
+                        input=f"{SO_PIN}\n{PIN}\n".encode())
+
+    def tool_kcv(self):
+        text = self.tool()
+        m = re.search(r"DKEK key check value\s*:\s*([0-9A-Fa-f]+)", text)
+        return m.group(1).lower() if m else None, text
+
+    def sks_kcv(self):
+        out = self.sks("hsm", "dkek", "status")
+        m = re.search(r"KCV:\s+([0-9a-f]{16})\n", out)
+        return m.group(1) if m else None, out
+
+    def keys(self):
+        return self.sks("list")
+
+    def apdus_since(self, since):
+        return [a.replace(" ", "").upper() for a in self.rig.pcscd.apdus_since(since)]
+
+
+@pytest.fixture(scope="module")
+def rig():
+    pt.require_build()
+    for tool in ("pkcs11-tool", "pkcs15-tool", "sc-hsm-tool"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: scripts/install-deps.sh installs opensc")
+    with PcscRig() as r:
+        r.home = tempfile.mkdtemp(prefix="sks-dkek-home-", dir=r.base)
+        yield r
+
+
+class Pair:
+    pass
+
+
+@pytest.fixture(scope="module")
+def pair(rig):
+    """Cards A (slot 0) and B (slot 1) with one DKEK: sc-hsm-tool made the share file, sks
+    imported it into A, sc-hsm-tool into B."""
+    p = Pair()
+    p.a, p.b = Card(rig, 0, "A"), Card(rig, 1, "B")
+    p.a.init(1)
+    p.b.init(1)
+    p.share = p.a.path("tool.share")
+    p.a.tool("--create-dkek-share", p.share, "--password", PW)
+    p.pwfile = p.a.write("pw", PW + "\n")
+    res = p.a.sks_run("hsm", "dkek", "import", p.share, "--password-file", p.pwfile)
+    p.import_out, p.import_err = pt._text(res.stdout), pt._text(res.stderr)
+    p.b.tool("--import-dkek-share", p.share, "--password", PW)
+    return p
+
+
+@pytest.fixture
+def ab(pair):
+    pair.a.insert()
+    pair.b.insert()
+    return pair
+
+
+def fresh(rig, slot, tag):
+    return Card(rig, slot, tag + "-" + os.urandom(4).hex())
+
+
+# ---- shares and KCVs: sc-hsm-tool and sks agree ----
+
+def test_tool_share_imports_with_sks_and_both_tools_report_one_kcv(ab):
+    assert "imported the DKEK share" in ab.import_out and "missing:     0" in ab.import_out, ab.import_out
+    assert "10,000,000 hash rounds" in ab.import_err, ab.import_err   # the progress line
+    assert PW not in ab.import_out + ab.import_err
+    kcv_a, out_a = ab.a.sks_kcv()
+    tool_a, text_a = ab.a.tool_kcv()
+    tool_b, text_b = ab.b.tool_kcv()
+    kcv_b, out_b = ab.b.sks_kcv()
+    assert kcv_a and tool_a and tool_b, (out_a, text_a, text_b)
+    assert kcv_a == tool_a == tool_b == kcv_b and kcv_a != "0" * 16
+    assert f"KCV:         {kcv_a}" in ab.import_out
+
+
+def test_status_computes_the_kcv_of_the_share_files_on_the_host(ab):
+    out = ab.a.sks("hsm", "dkek", "status", "--dkek-share", ab.share, "--password-file", ab.pwfile)
+    kcv, _ = ab.a.sks_kcv()
+    assert f"KCV of the 1 share file(s): {kcv}" in out and "is the one of the share files" in out, out
+
+
+def test_sks_share_imports_with_sc_hsm_tool(rig):
+    c = fresh(rig, 0, "C")
+    c.init(1)
+    share = c.path("sks.share")
+    since = rig.pcscd.log_size()
+    pw = c.write("pw", "another password\n")
+    out = c.sks("hsm", "dkek", "create-share", share, "--password-file", pw)
+    assert "wrote the DKEK share" in out and os.path.getsize(share) == 64
+    # salt and share came from the card's generator (GET CHALLENGE)
+    assert any(a.startswith("00840000") for a in c.apdus_since(since))
+    assert open(share, "rb").read().startswith(b"Salted__")
+    c.tool("--import-dkek-share", share, "--password", "another password")
+    tool_kcv, text = c.tool_kcv()
+    kcv, _ = c.sks_kcv()
+    assert tool_kcv and tool_kcv == kcv, text
+    # the host computes the same KCV from the file
+    out = c.sks("hsm", "dkek", "status", "--dkek-share", share, "--password-file", pw)
+    assert "is the one of the share files" in out, out
+
+
+def custodian_blocks(text):
+    blocks = re.findall(r"Prime\s*:.*?\nShare ID\s*:.*?\nShare value\s*:[^\n]*", text, re.S)
+    return blocks
+
+
+def test_n_of_m_shares_of_sks_open_with_sc_hsm_tool(rig):
+    c = fresh(rig, 0, "N")
+    c.init(1)
+    share = c.path("nofm.share")
+    out = c.sks("hsm", "dkek", "create-share", share, "--threshold", "2", "--shares", "3")
+    blocks = custodian_blocks(out)
+    assert len(blocks) == 3, out
+    # sc-hsm-tool asks for T shares interactively: prime once, then id and value per share
+    prime = re.search(r"Prime\s*:\s*(\S+)", blocks[0]).group(1)
+    answers = [prime]
+    for b in (blocks[0], blocks[2]):
+        answers.append("")   # "Press <enter> to enter share i of 2"
+        answers.append(re.search(r"Share ID\s*:\s*(\S+)", b).group(1))
+        answers.append(re.search(r"Share value\s*:\s*(\S+)", b).group(1))
+    text = c.tool("--import-dkek-share", share, "--pwd-shares-total", "2", input=("\n".join(answers) + "\n").encode())
+    tool_kcv, status = c.tool_kcv()
+    kcv, _ = c.sks_kcv()
+    assert tool_kcv and tool_kcv == kcv and kcv != "0" * 16, text + status
+
+
+def test_n_of_m_shares_of_sc_hsm_tool_open_with_sks(rig):
+    c = fresh(rig, 0, "M")
+    c.init(1)
+    share = c.path("tool-nofm.share")
+    text = c.tool("--create-dkek-share", share, "--pwd-shares-threshold", "2", "--pwd-shares-total", "3",
+                  input=b"\n" * 10)
+    blocks = custodian_blocks(text)
+    assert len(blocks) == 3, text
+    shares = c.write("custodians", "\n\n".join([blocks[1], blocks[2]]) + "\n")
+    out = c.sks("hsm", "dkek", "import", share, "--pwd-shares", shares)
+    assert "missing:     0" in out, out
+    tool_kcv, status = c.tool_kcv()
+    kcv, _ = c.sks_kcv()
+    assert tool_kcv == kcv and kcv != "0" * 16, status
+
+
+# ---- bad share files ----
+
+def test_bad_share_files_and_a_wrong_password_leave_the_card_waiting(rig):
+    c = fresh(rig, 0, "bad")
+    c.init(1)
+    pw = c.write("pw", "whatever\n")
+    good = c.path("good.share")
+    c.sks("hsm", "dkek", "create-share", good, "--password-file", pw)
+    data = open(good, "rb").read()
+    truncated = c.write("short.share", data[:40])
+    garbled = c.write("garbled.share", b"Salzed__" + data[8:])
+    for path in (truncated, garbled):
+        err = c.sks_fails("hsm", "dkek", "import", path, "--password-file", pw)
+        assert "share" in err.lower() and path in err, err
+        assert "rounds" not in err, "a malformed file must be refused before the slow derivation"
+    wrong = c.write("wrongpw", "not the password\n")
+    since = rig.pcscd.log_size()
+    err = c.sks_fails("hsm", "dkek", "import", good, "--password-file", wrong)
+    assert "password" in err.lower(), err
+    # the status query went, no share (32 bytes of data)
+    assert not any(a.startswith("80520000") and len(a) > 40 for a in c.apdus_since(since)), "a share was sent"
+    _, status = c.sks_kcv()
+    assert "missing:     1" in status, status
+
+
+# ---- backup and restore ----
+
+def provider_signs(card, name, cert_pem, alg):
+    pinfile = card.write("pin", PIN + "\n")
+    dgst = card.write(name + ".dgst", os.urandom(32))
+    sig = card.path(name + ".sig")
+    pt.run(["openssl", "pkeyutl", "-sign", "-provider", "sks", "-provider", "default", "-inkey",
+            f"sks:name={name}?pin-source=file:{pinfile}", "-in", dgst, "-out", sig, "-pkeyopt", "digest:sha256"],
+           env=dict(card.env, SKS_DEVICE=card.dev))
+    res = pt.plain_openssl("pkeyutl", "-verify", "-certin", "-inkey", cert_pem, "-in", dgst, "-sigfile", sig,
+                           "-pkeyopt", "digest:sha256")
+    return b"Signature Verified Successfully" in res.stdout
+
+
+def cert_from_generate(card, name, alg):
+    out = card.sks("generate", "--name", name, "--algorithm", alg, "--subject", f"CN={name}", "--pin-file", "-",
+                   input=f"{PIN}\n".encode())
+    assert name in out
+    pem = card.path(name + ".crt")
+    dump = pt._text(pt.run(["pkcs15-tool", "--reader", str(card.slot), "--dump"], env=card.env).stdout)
+    m = re.search(r"X\.509 Certificate \[" + re.escape(name) + r"\].*?ID\s+:\s+([0-9a-f]+)", dump, re.S)
+    assert m, dump
+    with open(pem, "w") as f:
+        f.write(pt._text(pt.run(["pkcs15-tool", "--reader", str(card.slot), "--read-certificate", m.group(1)],
+                                env=card.env).stdout))
+    return pem
+
+
+@pytest.mark.parametrize("alg", ["P-256", "RSA-2048"])
+def test_backup_on_a_restores_on_b_and_signs_with_as_certificate(ab, alg):
+    name = "mig-" + alg.lower()
+    cert = cert_from_generate(ab.a, name, alg)
+    wrapped = ab.a.path(name + ".wrap")
+    out = ab.a.sks("hsm", "backup", "--name", name, "--out", wrapped, "--pin-file", "-", input=f"{PIN}\n".encode())
+    kcv, _ = ab.a.sks_kcv()
+    assert f"KCV {kcv}" in out, out
+    out = ab.b.sks("hsm", "restore", wrapped, "--pin-file", "-", input=f"{PIN}\n".encode())
+    assert f"restored '{name}'" in out, out
+    assert name in ab.b.keys()
+    assert provider_signs(ab.b, name, cert, alg)
+    # OpenSC sees the restored key with its label on B
+    labels = ab.b.p11("--login", "--pin", PIN, "--list-objects", "--type", "privkey")
+    assert name in labels, labels
+
+
+def test_sc_hsm_tool_wrap_file_restores_with_sks_and_sks_backup_unwraps_with_sc_hsm_tool(ab):
+    cert = cert_from_generate(ab.a, "toolmig", "P-256")
+    listing = ab.a.sks("list")
+    m = re.search(r"key (\d+): toolmig\n", listing)
+    assert m, listing
+    kid = m.group(1)
+    wrapped = ab.a.path("toolmig.tool.wrap")
+    ab.a.tool("--wrap-key", wrapped, "--key-reference", kid, "--pin", PIN)
+    out = ab.b.sks("hsm", "restore", wrapped, "--name", "toolmig-b", "--pin-file", "-", input=f"{PIN}\n".encode())
+    assert "restored 'toolmig-b'" in out, out
+    assert provider_signs(ab.b, "toolmig-b", cert, "P-256")
+    # and the other way: sks backup on A, sc-hsm-tool --unwrap-key on B (another key: one key
+    # twice on a card shares its iD, which OpenSC shows once)
+    cert2 = cert_from_generate(ab.a, "skstool", "P-256")
+    mine = ab.a.path("skstool.sks.wrap")
+    ab.a.sks("hsm", "backup", "--name", "skstool", "--out", mine, "--pin-file", "-", input=f"{PIN}\n".encode())
+    ab.b.tool("--unwrap-key", mine, "--key-reference", "77", "--pin", PIN)
+    labels = ab.b.p11("--login", "--pin", PIN, "--list-objects", "--type", "privkey")
+    assert "skstool" in labels, labels
+    # the key sc-hsm-tool unwrapped signs on B (through the sks provider, by its label)
+    assert provider_signs(ab.b, "skstool", cert2, "P-256")
+
+
+def test_blob_under_another_dkek_is_refused_naming_both_kcvs(ab, rig):
+    ab.a.insert()
+    cert_from_generate(ab.a, "stray", "P-256")
+    wrapped = ab.a.path("stray.wrap")
+    ab.a.sks("hsm", "backup", "--name", "stray", "--out", wrapped, "--pin-file", "-", input=f"{PIN}\n".encode())
+    kcv_a, _ = ab.a.sks_kcv()
+    d = fresh(rig, 1, "D")
+    d.init(0)   # sks-vhsm: 0 shares = a random DKEK of its own
+    kcv_d, status = d.sks_kcv()
+    assert kcv_d and kcv_d != kcv_a, status
+    before = d.keys()
+    since = rig.pcscd.log_size()
+    err = d.sks_fails("hsm", "restore", wrapped, "--pin-file", "-", input=f"{PIN}\n".encode())
+    assert kcv_a in err and kcv_d in err and "nothing sent" in err, err
+    assert not any(a.startswith("8074") for a in d.apdus_since(since)), "UNWRAP KEY was sent"
+    assert d.keys() == before and "stray" not in d.keys()
+
+
+def tampered(src, dst, change):
+    """The wrap file src with its blob changed by change(bytearray) (lengths kept)."""
+    data = bytearray(open(src, "rb").read())
+    # 30 L 04 L blob ...: find the blob by its header
+    i = 1
+    i += 1 + (data[i] & 0x7F) if data[i] & 0x80 else 1
+    assert data[i] == 0x04
+    j = i + 1
+    n = data[j]
+    if n & 0x80:
+        k = n & 0x7F
+        n = int.from_bytes(data[j + 1:j + 1 + k], "big")
+        j += k
+    blob_start = j + 1
+    blob = bytearray(data[blob_start:blob_start + n])
+    change(blob)
+    data[blob_start:blob_start + n] = blob
+    with open(dst, "wb") as f:
+        f.write(data)
+    return dst
+
+
+def test_wrong_cmac_and_unknown_key_type_are_refused_and_b_is_unchanged(ab, rig):
+    cert_from_generate(ab.a, "victim", "P-256")
+    wrapped = ab.a.path("victim.wrap")
+    ab.a.sks("hsm", "backup", "--name", "victim", "--out", wrapped, "--pin-file", "-", input=f"{PIN}\n".encode())
+    before = ab.b.keys()
+
+    def flip_mac(b):
+        b[-1] ^= 0x01
+
+    def aes_type(b):
+        b[8] = 15
+
+    def odd_type(b):
+        b[8] = 0x42
+
+    bad_mac = tampered(wrapped, ab.a.path("mac.wrap"), flip_mac)
+    err = ab.b.sks_fails("hsm", "restore", bad_mac, "--name", "v1", "--pin-file", "-", input=f"{PIN}\n".encode())
+    assert "refused the wrapped key" in err and "CMAC" in err, err
+    for change, tag in ((aes_type, "15"), (odd_type, "66")):
+        since = rig.pcscd.log_size()
+        bad = tampered(wrapped, ab.a.path(f"type{tag}.wrap"), change)
+        err = ab.b.sks_fails("hsm", "restore", bad, "--name", "v2", "--pin-file", "-", input=f"{PIN}\n".encode())
+        assert f"type {tag}" in err and "RSA" in err, err
+        assert not any(a.startswith("8074") for a in ab.b.apdus_since(since))
+    garbage = ab.a.write("garbage.wrap", b"\x30\x03\x04\x01\x00")
+    err = ab.b.sks_fails("hsm", "restore", garbage, "--name", "v3", "--pin-file", "-", input=f"{PIN}\n".encode())
+    assert "garbage.wrap" in err, err
+    assert ab.b.keys() == before
+
+
+# ---- keys made elsewhere: sks hsm wrap + sks hsm restore ----
+
+@pytest.mark.parametrize("alg,genopts", [
+    ("P-256", ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+    ("P-384", ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"]),
+    ("RSA-2048", ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+    ("RSA-4096", ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096"]),
+])
+def test_openssl_key_imported_with_wrap_and_restore_signs_on_the_card(ab, alg, genopts):
+    name = "ext-" + alg.lower()
+    key = ab.b.path(name + ".key")
+    pt.plain_openssl("genpkey", *genopts, "-out", key)
+    cert = ab.b.path(name + ".crt")
+    pt.plain_openssl("req", "-new", "-x509", "-key", key, "-subj", f"/CN={name}", "-days", "30", "-out", cert)
+    wrapped = ab.b.path(name + ".wrap")
+    out = pt._text(pt.run([SKS, "hsm", "wrap", "--dkek-share", ab.share, "--passwords", ab.pwfile, "--key", key,
+                           "--cert", cert, "--out", wrapped], env=ab.b.env, timeout=300).stdout)
+    kcv, _ = ab.b.sks_kcv()
+    assert kcv in out, out
+    out = ab.b.sks("hsm", "restore", wrapped, "--name", name, "--pin-file", "-", input=f"{PIN}\n".encode())
+    assert f"restored '{name}'" in out, out
+    listing = ab.b.keys()
+    assert f": {name}\n" in listing and f"CN={name}" in listing, listing
+    # the certificate holds the original public key: the card's signature verifies with it
+    assert provider_signs(ab.b, name, cert, alg)
+
+
+def test_store_answers_the_dkek_methods_not_available(tmp_path):
+    store = str(tmp_path / "s.db")
+    env = pt.clean_env(HOME=str(tmp_path))
+    pt.run([SKS, "--store", store, "init"], env=env)
+    err = pt.run_fails([SKS, "--store", store, "hsm", "dkek", "status"], env=env)
+    assert "hsmKeyDomainStatus" in err and "not available on this device" in err and "ERROR_NOT_AVAILABLE" in err
