@@ -561,11 +561,12 @@ static size_t peer_point(const schsm_key *k, sks_span spki, uint8_t *out, size_t
     if (q != spki.p + spki.n || EVP_PKEY_get_base_id(peer) != EVP_PKEY_EC
         || !EVP_PKEY_get_utf8_string_param(peer, OSSL_PKEY_PARAM_GROUP_NAME, theirs, sizeof(theirs), NULL))
         goto done;
-    if (k->pub != NULL) {
-        if (!EVP_PKEY_get_utf8_string_param(k->pub, OSSL_PKEY_PARAM_GROUP_NAME, ours, sizeof(ours), NULL)
-            || strcmp(ours, theirs) != 0)
-            goto done;
-    }
+    /* A point on another curve of the same field size (an invalid-curve attack on the card's
+     * key) must not reach the card: a key whose curve is unknown takes no peer at all. */
+    if (k->pub == NULL
+        || !EVP_PKEY_get_utf8_string_param(k->pub, OSSL_PKEY_PARAM_GROUP_NAME, ours, sizeof(ours), NULL)
+        || strcmp(ours, theirs) != 0)
+        goto done;
     if (EVP_PKEY_set_utf8_string_param(peer, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, "uncompressed") != 1
         || EVP_PKEY_get_octet_string_param(peer, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, out, cap, &len) != 1
         || len != 1 + 2 * fb || out[0] != 0x04)
