@@ -453,3 +453,49 @@ def test_delete_key_removes_it_for_opensc_too(hsm):
 def test_methods_a_smartcard_hsm_lacks_say_so(hsm):
     res = run([SKS, "--device", "pcsc:", "export", "--name", "ec256"], hsm["env"], check=False)
     assert res.returncode != 0 and b"exportKey is not available: not on a SmartCard-HSM" in res.stderr, res.stderr
+
+
+def test_faulty_rsa_signature_is_not_handed_out(hsm):
+    """A broken card whose RSA-CRT has a fault in one half (sks-vhsm --fault rsa-crt): one such
+    signature s of a known message m factors the modulus, gcd(s^e - m, n) = a prime of n. The
+    driver must check the card's signature with the key's public key and hand out none that
+    fails; the same card without the fault signs again."""
+    import math
+    rig, card = hsm["rig"], hsm["card"]
+    handle = handle_of(hsm, "rsa2048")
+    with open(rig.path("rsa2048.crt.der"), "rb") as f:
+        nums = x509.load_der_x509_certificate(f.read()).public_key().public_numbers()
+    n, e, k = nums.n, nums.e, (nums.n.bit_length() + 7) // 8
+    digest = os.urandom(32)
+    request = (bytes([100]) + wire.uint(handle) + wire.string("http://www.w3.org/2001/04/xmldsig-more#rsa-sha256")
+               + wire.arr(b"") + wire.boolean(False) + wire.arr(PIN.encode()) + wire.arr(digest))
+
+    def reinsert(fault):
+        card.pull()
+        rig.wait_for_card(0, present=False)
+        card.fault = fault
+        card.insert()
+        rig.wait_for_card(0)
+
+    reinsert("rsa-crt")
+    try:
+        pipe = Pipe(hsm)
+        try:
+            reply = pipe.call(request)
+        finally:
+            pipe.close()
+    finally:
+        reinsert(None)
+    if reply[0] == 0:
+        s = int.from_bytes(reply[3:3 + k], "big")
+        di = bytes.fromhex("3031300d060960864801650304020105000420") + digest
+        m = int.from_bytes(b"\x00\x01" + b"\xff" * (k - len(di) - 3) + b"\x00" + di, "big")
+        g = math.gcd((pow(s, e, n) - m) % n, n)
+        raise AssertionError(f"the faulty signature was handed out; gcd(s^e - m, n) "
+                             f"{'is a prime factor of n: the key is broken' if 1 < g < n else f'= {g}'}")
+    assert b"does not verify" in reply, reply
+    pipe = Pipe(hsm)
+    try:
+        assert pipe.call(request)[0] == 0
+    finally:
+        pipe.close()
