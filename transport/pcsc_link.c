@@ -63,6 +63,7 @@ typedef struct {
     const pcsc_app *app;
     void *app_state;
     uint8_t rapdu[PCSC_EXTENDED_MAX + 2];
+    size_t rapdu_used; /* how much of rapdu holds card answers: wiped after each exchange */
 } pcsc_conn;
 
 struct pcsc_link {
@@ -261,6 +262,8 @@ static int transmit(pcsc_job *j, const uint8_t *apdu, size_t n, rapdu *r)
 
     step(j, "waiting for the card's answer in", c->reader);
     rv = SCardTransmit(c->card, pci, apdu, (DWORD)n, NULL, c->rapdu, &len);
+    if (rv == SCARD_S_SUCCESS && len > c->rapdu_used)
+        c->rapdu_used = len <= sizeof(c->rapdu) ? len : sizeof(c->rapdu);
     if (rv != SCARD_S_SUCCESS)
         return pcsc_failed(j, rv, "SCardTransmit");
     if (len < 2) {
@@ -339,19 +342,22 @@ static int read_response(pcsc_job *j, rapdu *r, int extended, sks_buf *out)
     return 1;
 }
 
+/* The card's answers (decrypted blocks, shared secrets) are wiped from the connection's
+ * buffer once they are in resp, so none outlives the exchange that read it. */
 int pcsc_card_exchange(pcsc_card *j, const uint8_t *apdu, size_t n, int extended, sks_buf *resp, unsigned *sw)
 {
+    pcsc_conn *c = j->conn;
     rapdu r;
+    int ok;
 
     sks_buf_reset(resp);
-    if (!transmit(j, apdu, n, &r))
-        return 0;
-    if ((r.sw & 0xFF00) == SW_WRONG_LE && !resend_with_le(j, apdu, n, &r))
-        return 0;
-    if (!read_response(j, &r, extended, resp))
-        return 0;
-    *sw = r.sw;
-    return 1;
+    ok = transmit(j, apdu, n, &r) && ((r.sw & 0xFF00) != SW_WRONG_LE || resend_with_le(j, apdu, n, &r))
+         && read_response(j, &r, extended, resp);
+    if (ok)
+        *sw = r.sw;
+    OPENSSL_cleanse(c->rapdu, c->rapdu_used);
+    c->rapdu_used = 0;
+    return ok;
 }
 
 /* ---- transactions ---- */

@@ -499,3 +499,47 @@ def test_faulty_rsa_signature_is_not_handed_out(hsm):
         assert pipe.call(request)[0] == 0
     finally:
         pipe.close()
+
+
+def process_memory_holds(pid, needle):
+    """Whether any readable mapping of process pid holds the bytes needle (read as root
+    through /proc/pid/mem while the process waits)."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            if "r" not in fields[1] or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]")):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                if needle in mem.read(end - start):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def test_decrypted_block_is_not_left_in_memory(hsm):
+    """The card's raw RSA answer to an asymmetricKeyDecrypt is the whole padded block
+    00 02 PS 00 M; once the driver has taken M out, no copy of the block may stay in the
+    process (a core dump or a later memory disclosure would show it). The random padding PS,
+    which appears nowhere else, is looked for in the memory of the waiting process."""
+    rig = hsm["rig"]
+    handle = handle_of(hsm, "rsa2048")
+    with open(rig.path("rsa2048.crt.der"), "rb") as f:
+        nums = x509.load_der_x509_certificate(f.read()).public_key().public_numbers()
+    k = (nums.n.bit_length() + 7) // 8
+    message = os.urandom(32)
+    ps = bytes(b % 255 + 1 for b in os.urandom(k - 3 - len(message)))
+    em = b"\x00\x02" + ps + b"\x00" + message
+    ct = pow(int.from_bytes(em, "big"), nums.e, nums.n).to_bytes(k, "big")
+    request = (bytes([101]) + wire.uint(handle) + wire.string("https://webpki.github.io/sks/algorithm#rsa.es.pkcs1_5")
+               + wire.arr(b"") + wire.boolean(False) + wire.arr(PIN.encode()) + wire.arr(ct))
+    pipe = Pipe(hsm)
+    try:
+        reply = pipe.call(request)
+        assert reply[0] == 0 and reply.endswith(message), reply
+        assert not process_memory_holds(pipe.proc.pid, ps[:64]), \
+            "the decrypted block (its padding) is still in the process's memory"
+    finally:
+        pipe.close()
