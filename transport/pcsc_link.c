@@ -89,6 +89,7 @@ typedef struct pcsc_card {
     const pcsc_app *apps[MAX_APPS];
     size_t napps;
     int connect_only; /* no request: connect and SELECT */
+    int closing;      /* no request: SELECT again on the open connection, then let go */
     uint8_t *req;
     size_t n;
     sks_buf reply;
@@ -665,7 +666,9 @@ static void *worker(void *arg)
     pcsc_job *j = arg;
     int abandoned;
 
-    if (j->conn == NULL && !conn_open(j))
+    if (j->closing)
+        j->ok = transaction(j, select_app);
+    else if (j->conn == NULL && !conn_open(j))
         j->lost = 1;
     else if (j->connect_only || call_recovering(j))
         j->ok = 1;
@@ -897,9 +900,27 @@ const char *pcsc_link_describe(pcsc_link *l)
     return l->found;
 }
 
+/*
+ * A card's PIN verification belongs to the card, not to a connection: left as it is, the next
+ * process to reach the card (any local user pcscd serves) would use our verified PIN without
+ * knowing it. Selecting the application again ends it; bounded by the timeout like any call.
+ */
+static void end_verification(pcsc_link *l)
+{
+    pcsc_job *j;
+    char err[256];
+
+    if (l->conn == NULL || l->conn->app == NULL || (j = job_new(l, NULL, 0)) == NULL)
+        return;
+    j->closing = 1;
+    if (run_job(l, j, err, sizeof(err)))
+        job_free(j);
+}
+
 void pcsc_link_close(pcsc_link *l)
 {
     list_remove(l);
+    end_verification(l);
     conn_free(l->conn);
     OPENSSL_free(l);
 }

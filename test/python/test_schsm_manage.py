@@ -337,3 +337,17 @@ def test_ecdh_peer_on_another_curve_never_reaches_the_card(ready):
     with open(pub_der, "rb") as f:
         ours = serialization.load_der_public_key(f.read())
     assert reply.endswith(peer.exchange(ec.ECDH(), ours)), reply
+
+
+def test_verified_pin_does_not_outlive_the_process(ready):
+    """The card's PIN verification is the card's, shared by every connection. After an sks
+    process that verified the PIN has ended, another process reaching the card through pcscd
+    without any PIN (opensc-tool with OpenSC's default driver sends a bare SIGN APDU, no SELECT,
+    no VERIFY) must be refused 6982, not get a signature made with the PIN sks verified."""
+    out = ready.generate("k", "P-256")
+    kid = int(re.search(r"handle:\s*(\d+)", out).group(1))
+    apdu = f"80:68:{kid:02X}:70:20:" + ":".join(["5A"] * 32)
+    res = pt.run(["opensc-tool", "--reader", "0", "--card-driver", "default", "--send-apdu", apdu], env=ready.env,
+                 check=False)
+    said = pt._text(res.stdout) + pt._text(res.stderr)
+    assert "SW1=0x69, SW2=0x82" in said, said
