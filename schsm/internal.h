@@ -127,6 +127,9 @@ int schsm_prkd_decode(const uint8_t *p, size_t n, schsm_key *k);
 /* The public key of a CV request (67 { 7F21 { 7F4E { ... 7F49 {...} } } }): the EC point
  * (tag 86) or the RSA modulus (tag 81 without 86). */
 int schsm_request_key(const uint8_t *p, size_t n, uint8_t *out, size_t cap, size_t *len);
+/* The public key of a CV request (67 { 7F21 ... }) whose key template carries the curve's
+ * domain parameters (EC) or n and e (RSA); NULL if not (schsm/request_key.c). */
+EVP_PKEY *schsm_cv_request_public_key(const uint8_t *p, size_t n, int *is_rsa);
 /* Decodes a CD entry (PKCS#15 CertificateObject): its iD. */
 int schsm_cd_id(const uint8_t *p, size_t n, uint8_t *id, size_t idcap, size_t *idlen);
 /* Reads a whole EF by its file id: SKS_OK with *sw = 9000 and the bytes, or SKS_OK with the

@@ -290,6 +290,7 @@ static int take_certificate(schsm_key *k, const uint8_t *der, size_t n)
         return 0;
     }
     k->cert_len = n;
+    EVP_PKEY_free(k->pub); /* the CV request's key, which the certificate's matches */
     k->pub = pub;
     k->type = type;
     /* computed once: every signature and key agreement needs it */
@@ -377,6 +378,26 @@ static int match_ca_certificates(schsm_ctx *c, const sks_buf *list)
     return rc;
 }
 
+/* The public key of the key's CV request (CEkid from key generation), with the curve its
+ * domain parameters name: without it a key agreement could not check that the peer's point
+ * is on the key's curve. Left unset if the request carries no key we can build. */
+static void take_request_key(schsm_key *k, const uint8_t *p, size_t n)
+{
+    int is_rsa = 0;
+    EVP_PKEY *pub = schsm_cv_request_public_key(p, n, &is_rsa);
+    schsm_key_type type = is_rsa ? SCHSM_KEY_RSA : SCHSM_KEY_EC;
+
+    if (pub == NULL)
+        return;
+    if (!matches_request(k, pub) || (k->type != SCHSM_KEY_UNKNOWN && k->type != type)) {
+        EVP_PKEY_free(pub);
+        return;
+    }
+    k->pub = pub;
+    k->type = type;
+    k->field_bytes = type == SCHSM_KEY_EC ? ec_field_bytes_of(pub) : 0;
+}
+
 static void forget_description(schsm_key *k)
 {
     k->type = SCHSM_KEY_UNKNOWN;
@@ -397,9 +418,12 @@ static int describe_key(schsm_ctx *c, const sks_buf *list, schsm_key *k)
         forget_description(k); /* not a description we understand: the key stays listed, unnamed */
     /* CEkid: X.509 (starts 30) is the key's certificate; a CV request (starts 67) is not */
     if (got != SCHSM_LINK_FAILED && listed(list, PREFIX_EE_CERT, k->kid)
-        && (got = read_optional(c, PREFIX_EE_CERT, k->kid, &file)) == 1
-        && !schsm_request_key(file.data, file.len, k->request_key, sizeof(k->request_key), &k->request_key_len))
-        take_certificate(k, file.data, file.len);
+        && (got = read_optional(c, PREFIX_EE_CERT, k->kid, &file)) == 1) {
+        if (!schsm_request_key(file.data, file.len, k->request_key, sizeof(k->request_key), &k->request_key_len))
+            take_certificate(k, file.data, file.len);
+        else
+            take_request_key(k, file.data, file.len);
+    }
     sks_buf_free(&file);
     return got == SCHSM_LINK_FAILED ? got : SKS_OK;
 }

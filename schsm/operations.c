@@ -272,6 +272,33 @@ static int pss_encode(schsm_key *k, const EVP_MD *md, const EVP_MD *mgf1, int sa
     return ok;
 }
 
+/*
+ * The card's RSA signature checked with the key's public key before anyone sees it: a card
+ * with a fault in one CRT half gives a signature s with gcd(s^e - m, n) = a prime factor of n
+ * (Boneh-DeMillo-Lipton), so one faulty signature handed out gives the private key away.
+ * sent: the block given to SIGN 20, or NULL for the card's own PSS over the hash.
+ */
+static int rsa_signature_verifies(const schsm_key *k, const algorithm *a, const schsm_op *op, const uint8_t *sent,
+                                  const uint8_t *sig, size_t kb)
+{
+    const RSA *rsa = k->pub != NULL ? EVP_PKEY_get0_RSA(k->pub) : NULL;
+    uint8_t em[SCHSM_MAX_RSA_BYTES];
+    const EVP_MD *md;
+    int ok;
+
+    if (rsa == NULL)
+        return 1; /* no public key known (a key described by its PrKD only): nothing to check with */
+    ok = (size_t)RSA_size(rsa) == kb && RSA_public_decrypt((int)kb, sig, em, (RSA *)rsa, RSA_NO_PADDING) == (int)kb;
+    if (ok && sent != NULL)
+        ok = CRYPTO_memcmp(em, sent, kb) == 0;
+    else if (ok)
+        ok = (md = EVP_get_digestbyname(a->md)) != NULL
+             && RSA_verify_PKCS1_PSS_mgf1((RSA *)rsa, op->data.p, md, md, em, (int)a->hash_len) == 1;
+    OPENSSL_cleanse(em, sizeof(em));
+    ERR_clear_error();
+    return ok;
+}
+
 static int sign_rsa(schsm_ctx *c, schsm_key *k, const algorithm *a, const schsm_op *op, sks_buf *out)
 {
     size_t kb = schsm_key_bytes(k);
@@ -307,7 +334,11 @@ static int sign_rsa(schsm_ctx *c, schsm_key *k, const algorithm *a, const schsm_
     }
     sks_buf_init(&resp);
     rc = key_command(c, op, "signHashedData", 0x68, k->kid, card_alg, send, send_len, &resp);
-    if (rc == SKS_OK && (rc = fixed_length(c, "signHashedData", &resp, kb, sig)) == SKS_OK)
+    if (rc == SKS_OK && (rc = fixed_length(c, "signHashedData", &resp, kb, sig)) == SKS_OK
+        && !rsa_signature_verifies(k, a, op, card_alg == CARD_RSA_RAW ? em : NULL, sig, kb))
+        rc = schsm_fail(c, SKS_ERROR_EXTERNAL, "signHashedData: the card's signature with key #%u does not verify"
+                        " (a faulty card); it was not handed out", k->kid);
+    if (rc == SKS_OK)
         sks_buf_put(out, sig, kb);
     OPENSSL_cleanse(em, sizeof(em));
     sks_buf_free(&resp);
@@ -561,11 +592,12 @@ static size_t peer_point(const schsm_key *k, sks_span spki, uint8_t *out, size_t
     if (q != spki.p + spki.n || EVP_PKEY_get_base_id(peer) != EVP_PKEY_EC
         || !EVP_PKEY_get_utf8_string_param(peer, OSSL_PKEY_PARAM_GROUP_NAME, theirs, sizeof(theirs), NULL))
         goto done;
-    if (k->pub != NULL) {
-        if (!EVP_PKEY_get_utf8_string_param(k->pub, OSSL_PKEY_PARAM_GROUP_NAME, ours, sizeof(ours), NULL)
-            || strcmp(ours, theirs) != 0)
-            goto done;
-    }
+    /* A point on another curve of the same field size (an invalid-curve attack on the card's
+     * key) must not reach the card: a key whose curve is unknown takes no peer at all. */
+    if (k->pub == NULL
+        || !EVP_PKEY_get_utf8_string_param(k->pub, OSSL_PKEY_PARAM_GROUP_NAME, ours, sizeof(ours), NULL)
+        || strcmp(ours, theirs) != 0)
+        goto done;
     if (EVP_PKEY_set_utf8_string_param(peer, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, "uncompressed") != 1
         || EVP_PKEY_get_octet_string_param(peer, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, out, cap, &len) != 1
         || len != 1 + 2 * fb || out[0] != 0x04)

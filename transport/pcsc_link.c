@@ -63,6 +63,7 @@ typedef struct {
     const pcsc_app *app;
     void *app_state;
     uint8_t rapdu[PCSC_EXTENDED_MAX + 2];
+    size_t rapdu_used; /* how much of rapdu holds card answers: wiped after each exchange */
 } pcsc_conn;
 
 struct pcsc_link {
@@ -88,6 +89,7 @@ typedef struct pcsc_card {
     const pcsc_app *apps[MAX_APPS];
     size_t napps;
     int connect_only; /* no request: connect and SELECT */
+    int closing;      /* no request: SELECT again on the open connection, then let go */
     uint8_t *req;
     size_t n;
     sks_buf reply;
@@ -261,6 +263,8 @@ static int transmit(pcsc_job *j, const uint8_t *apdu, size_t n, rapdu *r)
 
     step(j, "waiting for the card's answer in", c->reader);
     rv = SCardTransmit(c->card, pci, apdu, (DWORD)n, NULL, c->rapdu, &len);
+    if (rv == SCARD_S_SUCCESS && len > c->rapdu_used)
+        c->rapdu_used = len <= sizeof(c->rapdu) ? len : sizeof(c->rapdu);
     if (rv != SCARD_S_SUCCESS)
         return pcsc_failed(j, rv, "SCardTransmit");
     if (len < 2) {
@@ -339,19 +343,22 @@ static int read_response(pcsc_job *j, rapdu *r, int extended, sks_buf *out)
     return 1;
 }
 
+/* The card's answers (decrypted blocks, shared secrets) are wiped from the connection's
+ * buffer once they are in resp, so none outlives the exchange that read it. */
 int pcsc_card_exchange(pcsc_card *j, const uint8_t *apdu, size_t n, int extended, sks_buf *resp, unsigned *sw)
 {
+    pcsc_conn *c = j->conn;
     rapdu r;
+    int ok;
 
     sks_buf_reset(resp);
-    if (!transmit(j, apdu, n, &r))
-        return 0;
-    if ((r.sw & 0xFF00) == SW_WRONG_LE && !resend_with_le(j, apdu, n, &r))
-        return 0;
-    if (!read_response(j, &r, extended, resp))
-        return 0;
-    *sw = r.sw;
-    return 1;
+    ok = transmit(j, apdu, n, &r) && ((r.sw & 0xFF00) != SW_WRONG_LE || resend_with_le(j, apdu, n, &r))
+         && read_response(j, &r, extended, resp);
+    if (ok)
+        *sw = r.sw;
+    OPENSSL_cleanse(c->rapdu, c->rapdu_used);
+    c->rapdu_used = 0;
+    return ok;
 }
 
 /* ---- transactions ---- */
@@ -659,7 +666,9 @@ static void *worker(void *arg)
     pcsc_job *j = arg;
     int abandoned;
 
-    if (j->conn == NULL && !conn_open(j))
+    if (j->closing)
+        j->ok = transaction(j, select_app);
+    else if (j->conn == NULL && !conn_open(j))
         j->lost = 1;
     else if (j->connect_only || call_recovering(j))
         j->ok = 1;
@@ -891,9 +900,27 @@ const char *pcsc_link_describe(pcsc_link *l)
     return l->found;
 }
 
+/*
+ * A card's PIN verification belongs to the card, not to a connection: left as it is, the next
+ * process to reach the card (any local user pcscd serves) would use our verified PIN without
+ * knowing it. Selecting the application again ends it; bounded by the timeout like any call.
+ */
+static void end_verification(pcsc_link *l)
+{
+    pcsc_job *j;
+    char err[256];
+
+    if (l->conn == NULL || l->conn->app == NULL || (j = job_new(l, NULL, 0)) == NULL)
+        return;
+    j->closing = 1;
+    if (run_job(l, j, err, sizeof(err)))
+        job_free(j);
+}
+
 void pcsc_link_close(pcsc_link *l)
 {
     list_remove(l);
+    end_verification(l);
     conn_free(l->conn);
     OPENSSL_free(l);
 }

@@ -115,7 +115,8 @@ class VirtualHsm:
     """sks-vhsm in one vpcd slot. pull() stops it like a card taken out; insert() puts the same
     card (same state file) back."""
 
-    def __init__(self, port, state, apdu_log, stderr_log):
+    def __init__(self, port, state, apdu_log, stderr_log, fault=None):
+        self.fault = fault
         self.port = port
         self.state = state
         self.apdu_log = apdu_log
@@ -125,7 +126,7 @@ class VirtualHsm:
     def insert(self):
         self.logf = open(self.stderr_log, "ab")
         self.proc = subprocess.Popen([VHSM, "--port", str(self.port), "--state", self.state,
-                                      "--apdu-log", self.apdu_log],
+                                      "--apdu-log", self.apdu_log] + (["--fault", self.fault] if self.fault else []),
                                      stdout=subprocess.DEVNULL, stderr=self.logf)
         return self
 
@@ -193,10 +194,12 @@ class PcscRig:
     def path(self, name):
         return os.path.join(self.base, name)
 
-    def vhsm(self, slot=0, state=None):
-        """Inserts sks-vhsm into `slot` (0 or 1); state defaults to card<slot>.json in the rig."""
+    def vhsm(self, slot=0, state=None, fault=None):
+        """Inserts sks-vhsm into `slot` (0 or 1); state defaults to card<slot>.json in the rig;
+        fault makes it misbehave (sks-vhsm --fault)."""
         state = state or self.path(f"card{slot}.json")
-        card = VirtualHsm(self.port + slot, state, self.path(f"card{slot}.apdu.log"), self.path(f"card{slot}.err"))
+        card = VirtualHsm(self.port + slot, state, self.path(f"card{slot}.apdu.log"), self.path(f"card{slot}.err"),
+                          fault)
         self.cards[slot] = card
         return card.insert()
 

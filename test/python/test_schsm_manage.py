@@ -291,3 +291,63 @@ def test_pin_change_and_unlock_with_the_so_pin(ready):
     ready.sks("pin", "unlock", "--name", "k", "--so-pin-file", "-", input=f"{SO_PIN}\n".encode())
     assert "user PIN:    set, 3 tries left" in ready.sks("info")
     ready.p11("--login", "--pin", "123456", "--list-objects")
+
+
+# ---- attacks on the driver ----
+
+def wire_call(card, request):
+    """One raw SKS request to the card through sks_transport_pipe (one card session)."""
+    import struct
+    import subprocess
+    pipe = os.path.join(BUILD, "test", "helpers", "sks_transport_pipe")
+    res = subprocess.run([pipe, card.dev], env=card.env, input=struct.pack(">I", len(request)) + request,
+                         capture_output=True, timeout=60)
+    n = struct.unpack(">I", res.stdout[:4])[0]
+    return res.stdout[4:4 + n]
+
+
+def ecdh_request(handle, peer_spki, pin=PIN):
+    import sksissuer as wire
+    return (bytes([102]) + wire.uint(handle) + wire.string("https://webpki.github.io/sks/algorithm#ecdh.raw")
+            + wire.arr(b"") + wire.boolean(False) + wire.arr(pin.encode()) + wire.arr(peer_spki))
+
+
+def test_ecdh_peer_on_another_curve_never_reaches_the_card(ready):
+    """Invalid-curve attack. A key `sks generate` made without --subject has only its CV request
+    in CE<kid>, no X.509 certificate. A peer point on secp256k1 has the same length as a P-256
+    point; the driver must refuse it before the card sees a DECIPHER (a card that does not check
+    the point would leak its key bit by bit), and still answer a P-256 peer, OpenSSL agreeing."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    out = ready.generate("bare", "P-256")
+    handle = int(re.search(r"handle:\s*(\d+)", out).group(1))
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    vhsm = ready.rig.cards[0]
+    mark = len(vhsm.apdu_lines())
+    evil = ec.generate_private_key(ec.SECP256K1()).public_key().public_bytes(*spki)
+    reply = wire_call(ready, ecdh_request(handle, evil))
+    sent = vhsm.apdu_lines()[mark:]
+    assert reply[0] != 0 and b"on the curve of key" in reply, reply
+    assert not any(line.startswith("62 ") for line in sent), sent
+    peer = ec.generate_private_key(ec.SECP256R1())
+    reply = wire_call(ready, ecdh_request(handle, peer.public_key().public_bytes(*spki)))
+    assert reply[0] == 0, reply
+    pub_der = ready.path("bare.pub.der")
+    ready.p11("--read-object", "--type", "pubkey", "--label", "bare", "-o", pub_der)
+    with open(pub_der, "rb") as f:
+        ours = serialization.load_der_public_key(f.read())
+    assert reply.endswith(peer.exchange(ec.ECDH(), ours)), reply
+
+
+def test_verified_pin_does_not_outlive_the_process(ready):
+    """The card's PIN verification is the card's, shared by every connection. After an sks
+    process that verified the PIN has ended, another process reaching the card through pcscd
+    without any PIN (opensc-tool with OpenSC's default driver sends a bare SIGN APDU, no SELECT,
+    no VERIFY) must be refused 6982, not get a signature made with the PIN sks verified."""
+    out = ready.generate("k", "P-256")
+    kid = int(re.search(r"handle:\s*(\d+)", out).group(1))
+    apdu = f"80:68:{kid:02X}:70:20:" + ":".join(["5A"] * 32)
+    res = pt.run(["opensc-tool", "--reader", "0", "--card-driver", "default", "--send-apdu", apdu], env=ready.env,
+                 check=False)
+    said = pt._text(res.stdout) + pt._text(res.stderr)
+    assert "SW1=0x69, SW2=0x82" in said, said
