@@ -407,6 +407,13 @@ void schsm_card_forget(schsm_card *c)
     c->max_tries_seen = 0;
 }
 
+void schsm_card_selected(schsm_card *c, const uint8_t *fcp, size_t n)
+{
+    schsm_card_forget(c); /* a SELECT ends any verification: a new card session */
+    c->have_version = schsm_parse_fcp(fcp, n, &c->fcp_type, &c->fw_major, &c->fw_minor, &c->options);
+    c->selected = 1;
+}
+
 static void write_error(sks_buf *reply, int status, const char *message)
 {
     size_t n = strlen(message);
