@@ -411,6 +411,7 @@ void schsm_card_forget(schsm_card *c)
     c->selected = 0;
     c->have_version = 0;
     c->max_tries_seen = 0;
+    c->so_sw_known = 0;
 }
 
 void schsm_card_selected(schsm_card *c, const uint8_t *fcp, size_t n)

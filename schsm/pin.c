@@ -25,7 +25,7 @@ void schsm_pin_forget(schsm_card *card)
 {
     card->pin_verified = 0;
     OPENSSL_cleanse(card->pin_check, sizeof(card->pin_check));
-    card->pin_sw_known = card->so_sw_known = 0;
+    card->pin_sw_known = 0;
 }
 
 /* Keeps a status word that tells the user PIN's state, for schsm_pin_status. */
@@ -263,6 +263,7 @@ int schsm_unblock_pin(schsm_ctx *c, sks_span so_pin_hex)
     if (rc != SKS_OK)
         return rc;
     schsm_pin_forget(c->card);
+    c->card->so_sw_known = 0; /* the SO-PIN's counter moved */
     if (sw == SW_OK)
         return SKS_OK;
     if (SW_IS_TRIES_LEFT(sw))
