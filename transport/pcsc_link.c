@@ -34,6 +34,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -772,10 +773,13 @@ static int wait_for(pcsc_job *j, char *err, size_t errlen)
     return 1;
 }
 
-/* The link's worker thread, started on the link's first call and after a timeout. */
+/* The link's worker thread, started on the link's first call and after a timeout. It blocks
+ * every signal: it lives as long as the link, and a signal meant for the application (nginx's
+ * master waits for its signals in sigsuspend) must not be handled on it. */
 static int start_worker(pcsc_link *l)
 {
     pcsc_worker *w = OPENSSL_zalloc(sizeof(*w));
+    sigset_t all, before;
     int rc;
 
     if (w == NULL) {
@@ -784,7 +788,11 @@ static int start_worker(pcsc_link *l)
     }
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
-    if ((rc = pthread_create(&l->worker_thread, NULL, worker_main, w)) != 0) {
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &before); /* the new thread inherits the mask */
+    rc = pthread_create(&l->worker_thread, NULL, worker_main, w);
+    pthread_sigmask(SIG_SETMASK, &before, NULL);
+    if (rc != 0) {
         worker_free(w);
         errno = rc;
         return 0;
