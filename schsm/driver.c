@@ -139,7 +139,7 @@ static int get_key_attributes(schsm_ctx *c, sks_reader *in, sks_buf *out)
     return SKS_OK;
 }
 
-/* The SO-PIN's state (00 20 00 88): tries left, blocked. */
+/* The SO-PIN's state (00 20 00 88): tries left, blocked; asked once per card session. */
 static int so_pin_status(schsm_ctx *c, int *tries, int *blocked)
 {
     sks_buf resp;
@@ -148,11 +148,17 @@ static int so_pin_status(schsm_ctx *c, int *tries, int *blocked)
 
     *tries = SO_PIN_TRIES;
     *blocked = 0;
-    sks_buf_init(&resp);
-    rc = schsm_transmit(c, 0x00, 0x20, 0x00, 0x88, NULL, 0, -1, &resp, &sw);
-    sks_buf_free(&resp);
-    if (rc != SKS_OK)
-        return rc;
+    if (c->card->so_sw_known) {
+        sw = c->card->so_sw;
+    } else {
+        sks_buf_init(&resp);
+        rc = schsm_transmit(c, 0x00, 0x20, 0x00, 0x88, NULL, 0, -1, &resp, &sw);
+        sks_buf_free(&resp);
+        if (rc != SKS_OK)
+            return rc;
+        c->card->so_sw_known = SW_IS_TRIES_LEFT(sw) || sw == SW_PIN_BLOCKED;
+        c->card->so_sw = sw;
+    }
     if (SW_IS_TRIES_LEFT(sw))
         *tries = (int)(sw & 0x0F);
     else if (sw == SW_PIN_BLOCKED) {
@@ -405,6 +411,14 @@ void schsm_card_forget(schsm_card *c)
     c->selected = 0;
     c->have_version = 0;
     c->max_tries_seen = 0;
+    c->so_sw_known = 0;
+}
+
+void schsm_card_selected(schsm_card *c, const uint8_t *fcp, size_t n)
+{
+    schsm_card_forget(c); /* a SELECT ends any verification: a new card session */
+    c->have_version = schsm_parse_fcp(fcp, n, &c->fcp_type, &c->fw_major, &c->fw_minor, &c->options);
+    c->selected = 1;
 }
 
 static void write_error(sks_buf *reply, int status, const char *message)

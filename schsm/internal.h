@@ -75,6 +75,12 @@ struct schsm_card {
     uint8_t pin_salt[32];
     uint8_t pin_check[32];
     unsigned max_tries_seen;   /* the most tries-left the card reported (getKeyProtectionInfo) */
+    /* The status words the card last gave for the user PIN's and the SO-PIN's state in this
+     * card session (a status query's, or a VERIFY's): asked again only once forgotten (user
+     * PIN: SELECT, a PIN change or unblock; SO-PIN: unblock, a new card session), so that a
+     * key load costs no APDU. */
+    int pin_sw_known, so_sw_known;
+    unsigned pin_sw, so_sw;
     /* The key cache: ENUMERATE, PrKDs and certificates, read once per card session. */
     int cached;
     schsm_key *keys;

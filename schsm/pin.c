@@ -4,8 +4,10 @@
  *    in memory, and a request's PIN is compared with it in constant time, so operations send
  *    no VERIFY;
  *  - a PIN other than the verified one goes to the card (and counts like any try there);
- *  - before a VERIFY the card is asked for the PIN's state (no data: costs no try), so a
- *    blocked PIN is refused without spending anything;
+ *  - before a VERIFY the PIN's state is known (the card is asked, with no data: costs no try,
+ *    unless it answered already in this card session), so a blocked PIN is refused without
+ *    spending anything (and a PIN blocked since by another application is refused by the
+ *    card, which counts no try on a blocked PIN);
  *  - a wrong PIN is answered with the tries left and never retried here;
  *  - after 6982 (the card lost the verification: someone re-selected the application) the
  *    driver re-selects, re-verifies with the request's PIN and retries the command once.
@@ -23,6 +25,14 @@ void schsm_pin_forget(schsm_card *card)
 {
     card->pin_verified = 0;
     OPENSSL_cleanse(card->pin_check, sizeof(card->pin_check));
+    card->pin_sw_known = 0;
+}
+
+/* Keeps a status word that tells the user PIN's state, for schsm_pin_status. */
+static void remember_pin_sw(schsm_card *card, unsigned sw)
+{
+    card->pin_sw_known = sw == SW_OK || SW_IS_TRIES_LEFT(sw) || sw == SW_PIN_BLOCKED;
+    card->pin_sw = sw;
 }
 
 static int pin_hash(const schsm_card *card, sks_span pin, uint8_t out[32])
@@ -51,11 +61,16 @@ int schsm_pin_status(schsm_ctx *c, int *tries_left, int *blocked, int *verified)
 
     *tries_left = -1;
     *blocked = *verified = 0;
-    sks_buf_init(&resp);
-    rc = schsm_transmit(c, 0x00, 0x20, 0x00, 0x81, NULL, 0, -1, &resp, &sw);
-    sks_buf_free(&resp);
-    if (rc != SKS_OK)
-        return rc;
+    if (c->card->pin_sw_known) {
+        sw = c->card->pin_sw;
+    } else {
+        sks_buf_init(&resp);
+        rc = schsm_transmit(c, 0x00, 0x20, 0x00, 0x81, NULL, 0, -1, &resp, &sw);
+        sks_buf_free(&resp);
+        if (rc != SKS_OK)
+            return rc;
+        remember_pin_sw(c->card, sw);
+    }
     if (sw == SW_OK)
         *verified = 1;
     else if (SW_IS_TRIES_LEFT(sw))
@@ -121,9 +136,11 @@ static int verify(schsm_ctx *c, sks_span pin)
         if (RAND_bytes(card->pin_salt, sizeof(card->pin_salt)) != 1 || !pin_hash(card, pin, card->pin_check))
             return schsm_fail(c, SKS_ERROR_INTERNAL, "cannot keep the PIN check value");
         card->pin_verified = 1;
+        remember_pin_sw(card, sw);
         return SKS_OK;
     }
     schsm_pin_forget(card);
+    remember_pin_sw(card, sw); /* the tries left, or blocked */
     if (SW_IS_TRIES_LEFT(sw))
         return wrong_pin_error(c, sw);
     if (sw == SW_PIN_BLOCKED)
@@ -246,6 +263,7 @@ int schsm_unblock_pin(schsm_ctx *c, sks_span so_pin_hex)
     if (rc != SKS_OK)
         return rc;
     schsm_pin_forget(c->card);
+    c->card->so_sw_known = 0; /* the SO-PIN's counter moved */
     if (sw == SW_OK)
         return SKS_OK;
     if (SW_IS_TRIES_LEFT(sw))

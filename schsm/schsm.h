@@ -44,6 +44,11 @@ void schsm_card_free(schsm_card *c);
  * PIN state and every cached key description are gone. The next call SELECTs again. */
 void schsm_card_forget(schsm_card *c);
 
+/* The caller has just SELECTed the application on this card connection (the PC/SC link's
+ * probe at connect and reconnect) and the card answered 9000 with fcp: that is the card
+ * session's SELECT, so the driver sends none of its own. */
+void schsm_card_selected(schsm_card *c, const uint8_t *fcp, size_t n);
+
 /* Answers one request in the SKS byte stream (method id first). 1: reply holds the answer
  * (status byte first; a device error such as a wrong PIN is an answer, not a failure);
  * 0: the link failed, err says why, and the caller drops the connection. */

@@ -3,10 +3,12 @@
  * (a pcsc_app) above. One call is one exchange inside an exclusive transaction.
  *
  * pcsc-lite's SCardTransmit has no timeout and SCardCancel does not reach it, so every call
- * runs in a worker thread and the caller waits for it: each PC/SC operation (connect, begin
- * transaction, transmit) must finish within the timeout. When one does not, the caller
+ * runs in the link's worker thread (one per link, kept for the link's life: a thread per call
+ * cost more than the card's work) and the caller waits for it: each PC/SC operation (connect,
+ * begin transaction, transmit) must finish within the timeout. When one does not, the caller
  * returns an error and leaves the worker with its own pcsc-lite context, which it releases
- * once pcsc-lite returns; the next call opens a fresh context.
+ * once pcsc-lite returns, and ends; the next call starts a new worker and opens a fresh
+ * context.
  *
  * Recovery. A card reset (another application reset it: SCARD_W_RESET_CARD) that is reported
  * before the card answered any APDU of the call (pcscd reports it before it sends anything)
@@ -22,7 +24,8 @@
  * parent's: a pthread_atfork child handler drops every link without a word to pcscd
  * (releasing would write on the parent's socket), and puts /dev/null in place of the
  * descriptors that pcsc-lite holds to pcscd, so nothing in the child can write to them. The
- * child's next call establishes a context of its own.
+ * parent's worker threads do not exist in the child: it forgets them too, and its next call
+ * starts a worker and establishes a context of its own.
  */
 #include "pcsc_link.h"
 #include "transport.h"
@@ -31,6 +34,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +77,8 @@ struct pcsc_link {
     size_t napps;
     pcsc_conn *conn;            /* NULL: connect on the next call */
     char found[READER_NAME_MAX + 64]; /* the card last connected, for pcsc_link_describe */
+    struct pcsc_worker *worker; /* NULL: start one on the next call */
+    pthread_t worker_thread;
     struct pcsc_link *next;     /* in the list of open links (fork) */
 };
 
@@ -99,6 +105,14 @@ typedef struct pcsc_card {
     int answered; /* the card answered an APDU of this call */
     char err[1024];
 } pcsc_job;
+
+/* The thread that carries out a link's jobs. The link hands it one job at a time. */
+typedef struct pcsc_worker {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pcsc_job *job; /* handed over, not yet taken */
+    int quit;      /* the link closes: end the thread */
+} pcsc_worker;
 
 typedef struct {
     const uint8_t *data;
@@ -661,9 +675,9 @@ static void job_free(pcsc_job *j)
     OPENSSL_free(j);
 }
 
-static void *worker(void *arg)
+/* Carries out one job; 1 if the caller gave up waiting for it (it is then the worker's). */
+static int job_run(pcsc_job *j)
 {
-    pcsc_job *j = arg;
     int abandoned;
 
     if (j->closing)
@@ -682,9 +696,38 @@ static void *worker(void *arg)
     abandoned = j->abandoned;
     pthread_cond_signal(&j->cv);
     pthread_mutex_unlock(&j->mu);
-    if (abandoned)
-        job_free(j);
-    return NULL;
+    return abandoned;
+}
+
+static void worker_free(pcsc_worker *w)
+{
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    OPENSSL_free(w);
+}
+
+/* The link's worker: takes the jobs handed to it one at a time, until the link closes. After
+ * a job its caller gave up on, the link has a new worker: this one frees the job and itself. */
+static void *worker_main(void *arg)
+{
+    pcsc_worker *w = arg;
+    pcsc_job *j;
+
+    for (;;) {
+        pthread_mutex_lock(&w->mu);
+        while (w->job == NULL && !w->quit)
+            pthread_cond_wait(&w->cv, &w->mu);
+        j = w->job;
+        w->job = NULL;
+        pthread_mutex_unlock(&w->mu);
+        if (j == NULL)
+            return NULL; /* the link closes and joins this thread */
+        if (job_run(j)) {
+            job_free(j);
+            worker_free(w);
+            return NULL;
+        }
+    }
 }
 
 static pcsc_job *job_new(pcsc_link *l, const uint8_t *req, size_t n)
@@ -739,17 +782,64 @@ static int wait_for(pcsc_job *j, char *err, size_t errlen)
     return 1;
 }
 
-static int start_worker(pcsc_job *j)
+/* The link's worker thread, started on the link's first call and after a timeout. It blocks
+ * every signal: it lives as long as the link, and a signal meant for the application (nginx's
+ * master waits for its signals in sigsuspend) must not be handled on it. */
+static int start_worker(pcsc_link *l)
 {
-    pthread_attr_t attr;
-    pthread_t th;
+    pcsc_worker *w = OPENSSL_zalloc(sizeof(*w));
+    sigset_t all, before;
     int rc;
 
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    rc = pthread_create(&th, &attr, worker, j);
-    pthread_attr_destroy(&attr);
-    return rc == 0;
+    if (w == NULL) {
+        errno = ENOMEM;
+        return 0;
+    }
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &before); /* the new thread inherits the mask */
+    rc = pthread_create(&l->worker_thread, NULL, worker_main, w);
+    pthread_sigmask(SIG_SETMASK, &before, NULL);
+    if (rc != 0) {
+        worker_free(w);
+        errno = rc;
+        return 0;
+    }
+    l->worker = w;
+    return 1;
+}
+
+static void hand_over(pcsc_worker *w, pcsc_job *j)
+{
+    pthread_mutex_lock(&w->mu);
+    w->job = j;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* The worker is stuck in a job its caller gave up on: it frees itself when pcsc-lite
+ * returns, and the next call starts another. */
+static void abandon_worker(pcsc_link *l)
+{
+    pthread_detach(l->worker_thread);
+    l->worker = NULL;
+}
+
+/* Ends an idle worker (the link closes). */
+static void stop_worker(pcsc_link *l)
+{
+    pcsc_worker *w = l->worker;
+
+    if (w == NULL)
+        return;
+    pthread_mutex_lock(&w->mu);
+    w->quit = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(l->worker_thread, NULL);
+    worker_free(w);
+    l->worker = NULL;
 }
 
 /* Takes the connection back from a job that ran to its end, and remembers what it reached. */
@@ -765,18 +855,19 @@ static void take_back(pcsc_link *l, pcsc_job *j)
  * outcome in j->ok, j->err copied to err); 0 if not, and then j is no longer the caller's. */
 static int run_job(pcsc_link *l, pcsc_job *j, char *err, size_t errlen)
 {
-    j->conn = l->conn; /* the worker has the connection while it works */
-    l->conn = NULL;
-    pthread_mutex_lock(&j->mu);
-    if (!start_worker(j)) {
-        pthread_mutex_unlock(&j->mu);
-        take_back(l, j);
+    if (l->worker == NULL && !start_worker(l)) {
         job_free(j);
         snprintf(err, errlen, "cannot start a thread: %s", strerror(errno));
         return 0;
     }
-    if (!wait_for(j, err, errlen))
+    j->conn = l->conn; /* the worker has the connection while it works */
+    l->conn = NULL;
+    pthread_mutex_lock(&j->mu);
+    hand_over(l->worker, j);
+    if (!wait_for(j, err, errlen)) {
+        abandon_worker(l);
         return 0;
+    }
     take_back(l, j);
     if (!j->ok)
         snprintf(err, errlen, "%s", j->err);
@@ -836,8 +927,10 @@ static void child_after_fork(void)
 {
     pcsc_link *l;
 
-    for (l = open_list; l != NULL; l = l->next)
-        l->conn = NULL; /* abandoned: the parent's, never to be used or released here */
+    for (l = open_list; l != NULL; l = l->next) {
+        l->conn = NULL;   /* abandoned: the parent's, never to be used or released here */
+        l->worker = NULL; /* its thread is the parent's: the child's next call starts its own */
+    }
     if (open_list != NULL)
         blank_pcscd_sockets();
     pthread_mutex_init(&open_lock, NULL);
@@ -920,7 +1013,8 @@ static void end_verification(pcsc_link *l)
 void pcsc_link_close(pcsc_link *l)
 {
     list_remove(l);
-    end_verification(l);
+    end_verification(l); /* through the worker, so before it stops */
+    stop_worker(l);
     conn_free(l->conn);
     OPENSSL_free(l);
 }

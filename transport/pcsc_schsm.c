@@ -38,7 +38,8 @@ static int io_transmit(schsm_io *io, const uint8_t *apdu, size_t n, sks_buf *res
 }
 
 /* SELECT with a short Le 00, as the card requires (OpenSC does the same). A 9000 says the
- * card has the application; the driver reads the FCP itself when it selects. */
+ * card has the application; the driver takes this SELECT and its FCP as its own, so a card
+ * session starts with one SELECT. */
 static int schsm_select(pcsc_card *c, void *state)
 {
     uint8_t apdu[5 + SCHSM_AID_LEN + 1];
@@ -47,15 +48,16 @@ static int schsm_select(pcsc_card *c, void *state)
     sks_buf fcp;
     int ok;
 
-    (void)state;
     sks_buf_init(&fcp);
     ok = pcsc_card_exchange(c, apdu, n, 0, &fcp, &sw);
-    sks_buf_free(&fcp);
     if (ok && sw != SW_OK) {
         pcsc_card_fail(c, "the card in reader \"%s\" answered %04X to SELECT of the SmartCard-HSM application",
                        pcsc_card_reader(c), sw);
         ok = 0;
     }
+    if (ok)
+        schsm_card_selected(((schsm_state *)state)->card, fcp.data, fcp.len);
+    sks_buf_free(&fcp);
     return ok;
 }
 

@@ -250,6 +250,66 @@ def test_one_sign_apdu_per_signature_after_the_first_verification(hsm):
         loop.close()
 
 
+HSM_AID = "E82B0601040181C31F0201"
+
+
+def test_new_process_selects_once_and_asks_each_pin_state_once(hsm):
+    """A new process that loads the key and signs once: the SmartCard-HSM application is
+    SELECTed once (the link's probe; the driver takes its FCP), the user PIN's state is asked
+    once (the key load asks it; the verification before SIGN uses that answer), and the
+    SO-PIN's at most once."""
+    card, rig = hsm["card"], hsm["rig"]
+    with open(rig.path("once.dgst"), "wb") as f:
+        f.write(os.urandom(32))
+    mark = len(card.apdu_lines())
+    openssl_card(hsm, "pkeyutl", "-sign", "-inkey", uri("ec256"), "-in", rig.path("once.dgst"), "-out",
+                 rig.path("once.sig"))
+    sent = new_lines(card, mark)
+    assert sum(line.startswith("A4 ") and f"data={HSM_AID}" in line for line in sent) == 1, sent
+    assert sum(line.startswith("20 ") and "p2=81 lc=0 " in line for line in sent) == 1, sent
+    assert sum(line.startswith("20 ") and "p2=88 lc=0 " in line for line in sent) <= 1, sent
+    assert sum(line.startswith("20 ") and "p2=81 lc=6 " in line for line in sent) == 1, sent
+    assert sum(line.startswith("68 ") for line in sent) == 1, sent
+
+
+def protection_request(handle):
+    return bytes([72]) + wire.uint(handle)
+
+
+def pin_error_count(reply):
+    """pinErrorCount of a getKeyProtectionInfo reply (status byte first)."""
+    r = wire.Reader(reply[1:])
+    info = wire.KeyProtectionInfo(r.byte(), r.byte(), r.ushort(), r.ushort(), r.bool(), r.bool(), r.byte(),
+                                  r.ushort(), r.byte(), r.byte(), r.ushort(), r.ushort(), r.byte(), r.ushort(),
+                                  r.bool(), r.byte(), r.byte(), r.byte(), r.byte())
+    return info.pin_error_count
+
+
+def test_key_load_in_a_running_process_sends_no_apdu(hsm):
+    """getKeyProtectionInfo (what every sks: key load asks) in one card session: the first asks
+    the card for the PIN states, every later one answers from them without an APDU; after a
+    wrong PIN it reports the card's new count, learned from the VERIFY answer itself."""
+    card, handle = hsm["card"], handle_of(hsm, "ec256")
+    pipe = Pipe(hsm)
+    try:
+        first = pipe.call(protection_request(handle))
+        assert first[0] == 0, first
+        mark = len(card.apdu_lines())
+        for _ in range(3):
+            assert pipe.call(protection_request(handle)) == first
+        assert new_lines(card, mark) == []
+        before = tries_left(hsm)
+        assert pipe.call(sign_request(handle, "000000"))[0] == 1
+        mark = len(card.apdu_lines())
+        after = pipe.call(protection_request(handle))
+        assert new_lines(card, mark) == []
+        assert after[0] == 0 and pin_error_count(after) == 3 - (before - 1), after
+        assert tries_left(hsm) == before - 1
+        assert pipe.call(sign_request(handle, PIN))[0] == 0
+    finally:
+        pipe.close()
+
+
 def test_verification_lost_to_another_application_is_redone_once(hsm):
     """Another application selects the SmartCard-HSM between two signatures (the card forgets
     the PIN verification): the next signature gets 6982, selects, verifies again and succeeds."""
