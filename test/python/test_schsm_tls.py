@@ -158,6 +158,11 @@ def test_s_server_key_on_card(card, tmp_path, case):
             outputs.append(s_client(card, port, version))
         after_first = card.apdus(warm)
         everything = card.apdus(first)
+        # s_server exits after its third connection: closing its link SELECTs the application
+        # once more so the card's PIN verification ends with the process (docs/pcsc.md). That
+        # last SELECT may already be in the log; nothing else may be.
+        if after_first and after_first[-1][:3] == ("A4", "04", "00"):
+            after_first = after_first[:-1]
     finally:
         server.stop()
     proto = "TLSv1.3" if version == "tls1_3" else "TLSv1.2"
