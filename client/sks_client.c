@@ -1256,3 +1256,35 @@ int sks_client_hsm_status(sks_transport *t, sks_hsm_status *out, sks_client_erro
         memset(out, 0, sizeof(*out));
     return ok;
 }
+
+static int call_bytes_out(call_ctx *c, sks_transport *t, sks_bytes *out, const char *field)
+{
+    int ok = call_run(c, t);
+
+    if (ok)
+        take_bytes(&c->r, sks_get_array(&c->r, field), out, field);
+    ok = call_end(c, ok);
+    if (!ok)
+        bytes_free(out);
+    return ok;
+}
+
+int sks_client_hsm_device_certificates(sks_transport *t, sks_bytes *devaut, sks_client_error *err)
+{
+    call_ctx c;
+
+    memset(devaut, 0, sizeof(*devaut));
+    call_begin(&c, SKS_METHOD_HSM_DEVICE_CERTIFICATES, "hsmDeviceCertificates", err);
+    return call_bytes_out(&c, t, devaut, "devAut");
+}
+
+int sks_client_hsm_key_generation_response(sks_transport *t, uint32_t key_handle, sks_bytes *request,
+                                           sks_client_error *err)
+{
+    call_ctx c;
+
+    memset(request, 0, sizeof(*request));
+    call_begin(&c, SKS_METHOD_HSM_KEY_GENERATION_RESPONSE, "hsmKeyGenerationResponse", err);
+    sks_buf_uint(&c.req, key_handle);
+    return call_bytes_out(&c, t, request, "request");
+}

@@ -99,7 +99,9 @@ enum {
     /* project extensions for SmartCard-HSM devices (docs/wire-format.md) */
     SKS_METHOD_HSM_GENERATE_KEY_PAIR = 210,
     SKS_METHOD_HSM_INITIALIZE = 211,
-    SKS_METHOD_HSM_STATUS = 212
+    SKS_METHOD_HSM_STATUS = 212,
+    SKS_METHOD_HSM_DEVICE_CERTIFICATES = 220,
+    SKS_METHOD_HSM_KEY_GENERATION_RESPONSE = 221
 };
 
 /* Values of the specification's byte enumerations. */
@@ -476,5 +478,14 @@ typedef struct {
 } sks_hsm_status;
 
 int sks_client_hsm_status(sks_transport *t, sks_hsm_status *out, sks_client_error *err);
+
+/* hsmDeviceCertificates: the card's EF.C_DevAut (device CV certificate ‖ DICA certificate), as
+ * the card holds it; the caller verifies it (schsm/keymgmt_formats.h). */
+int sks_client_hsm_device_certificates(sks_transport *t, sks_bytes *devaut, sks_client_error *err);
+
+/* hsmKeyGenerationResponse: the authenticated CV request the card answered the key's
+ * generation with (empty when the card keeps none for it); the caller verifies it. */
+int sks_client_hsm_key_generation_response(sks_transport *t, uint32_t key_handle, sks_bytes *request,
+                                           sks_client_error *err);
 
 #endif

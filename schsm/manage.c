@@ -20,6 +20,8 @@ static const struct {
     { 210, "hsmGenerateKeyPair", mg_generate },
     { 211, "hsmInitialize", mg_initialize },
     { 212, "hsmStatus", mg_status },
+    { 220, "hsmDeviceCertificates", mg_device_certificates },
+    { 221, "hsmKeyGenerationResponse", mg_key_generation_response },
 };
 
 int schsm_manage_handles(uint8_t method_id)

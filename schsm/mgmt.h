@@ -129,5 +129,8 @@ int mg_free_key_reference(mg_call *m, uint8_t *kid);
 int mg_generate(mg_call *m, sks_reader *in);
 int mg_initialize(mg_call *m, sks_reader *in);
 int mg_status(mg_call *m, sks_reader *in);
+/* mgmt_attest.c: EF.C_DevAut and the key generation responses (220, 221) */
+int mg_device_certificates(mg_call *m, sks_reader *in);
+int mg_key_generation_response(mg_call *m, sks_reader *in);
 
 #endif

@@ -88,6 +88,8 @@ static const struct {
     { 210, "hsmGenerateKeyPair" },
     { 211, "hsmInitialize" },
     { 212, "hsmStatus" },
+    { 220, "hsmDeviceCertificates" },
+    { 221, "hsmKeyGenerationResponse" },
 };
 
 static const char *hsm_only_method(uint8_t id)

@@ -71,6 +71,9 @@ int cli_hsm_generate(sks_transport *t, const char *name, const char *uri, const 
 /* sks hsm wrap: argv[0] is "wrap". Returns the exit code. */
 int cli_hsm_wrap(int argc, char **argv);
 
+/* ---- hsm_attest.c: sks hsm attest (device chain and key generation responses) ---- */
+int cli_hsm_attest(cli_store *store, int argc, char **argv);
+
 /* ---- opts.c: option parsing ---- */
 
 typedef enum {

@@ -28,7 +28,10 @@ static const char USAGE[] =
     "  --key-domains K       key domains to prepare (1..255; default none)\n"
     "  --force               wipe an initialised card (needs its SO-PIN)\n"
     "  status: kind, firmware, PIN state and tries left.\n"
-    "       sks hsm wrap ...  (on the host, no card: see sks hsm wrap --help)\n";
+    "       sks hsm wrap ...  (on the host, no card: see sks hsm wrap --help)\n"
+    "       sks hsm attest [--root FILE]... [--out FILE] [--chain FILE]\n"
+    "  attest: verifies the card's device certificate chain and which keys it generated\n"
+    "  (see sks hsm attest --help).\n";
 
 int cli_maybe_hsm(const cli_store *store)
 {
@@ -251,6 +254,8 @@ int cmd_hsm(cli_store *store, int argc, char **argv)
         return hsm_status(store, argc, argv);
     if (strcmp(sub, "wrap") == 0)
         return cli_hsm_wrap(argc - 1, argv + 1);
-    cli_error("hsm: give a subcommand: init, status or wrap (see sks hsm --help)");
+    if (strcmp(sub, "attest") == 0)
+        return cli_hsm_attest(store, argc, argv);
+    cli_error("hsm: give a subcommand: init, status, wrap or attest (see sks hsm --help)");
     return CLI_EXIT_USAGE;
 }
