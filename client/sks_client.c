@@ -1288,3 +1288,81 @@ int sks_client_hsm_key_generation_response(sks_transport *t, uint32_t key_handle
     sks_buf_uint(&c.req, key_handle);
     return call_bytes_out(&c, t, request, "request");
 }
+
+static void get_domain(sks_reader *r, sks_hsm_domain *d)
+{
+    sks_span kcv, uid;
+
+    memset(d, 0, sizeof(*d));
+    d->domain = sks_get_byte(r, "domain");
+    d->shares_total = sks_get_byte(r, "sharesTotal");
+    d->shares_missing = sks_get_byte(r, "sharesMissing");
+    kcv = sks_get_array(r, "kcv");
+    uid = sks_get_array(r, "uid");
+    if (!sks_reader_ok(r))
+        return;
+    if (kcv.n != sizeof(d->kcv) || uid.n > sizeof(d->uid)) {
+        reader_fail(r, "has the wrong length", kcv.n != sizeof(d->kcv) ? "kcv" : "uid");
+        return;
+    }
+    memcpy(d->kcv, kcv.p, kcv.n);
+    if (uid.n > 0)
+        memcpy(d->uid, uid.p, uid.n);
+    d->uid_len = uid.n;
+}
+
+int sks_client_hsm_domain_status(sks_transport *t, sks_span authorization, sks_hsm_domain *domains, size_t max,
+                                 size_t *count, sks_client_error *err)
+{
+    call_ctx c;
+    size_t i, n;
+    int ok;
+
+    *count = 0;
+    call_begin(&c, SKS_METHOD_HSM_KEY_DOMAIN_STATUS, "hsmKeyDomainStatus", err);
+    put_span(&c.req, authorization);
+    ok = call_run(&c, t);
+    if (ok) {
+        n = sks_get_ushort(&c.r, "domains");
+        if (n > max)
+            reader_fail(&c.r, "has too many items", "domains");
+        for (i = 0; i < n && sks_reader_ok(&c.r); i++)
+            get_domain(&c.r, &domains[i]);
+        if (sks_reader_ok(&c.r))
+            *count = n;
+    }
+    return call_end(&c, ok);
+}
+
+static int domain_call(call_ctx *c, sks_transport *t, sks_hsm_domain *out)
+{
+    int ok = call_run(c, t);
+
+    if (ok)
+        get_domain(&c->r, out);
+    return call_end(c, ok);
+}
+
+int sks_client_hsm_domain_create(sks_transport *t, sks_span authorization, uint8_t domain, uint8_t dkek_shares,
+                                 sks_hsm_domain *out, sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, SKS_METHOD_HSM_KEY_DOMAIN_CREATE, "hsmKeyDomainCreate", err);
+    put_span(&c.req, authorization);
+    sks_buf_byte(&c.req, domain);
+    sks_buf_byte(&c.req, dkek_shares);
+    return domain_call(&c, t, out);
+}
+
+int sks_client_hsm_domain_join(sks_transport *t, sks_span authorization, uint8_t domain, sks_span membership,
+                               sks_hsm_domain *out, sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, SKS_METHOD_HSM_KEY_DOMAIN_JOIN, "hsmKeyDomainJoin", err);
+    put_span(&c.req, authorization);
+    sks_buf_byte(&c.req, domain);
+    put_span(&c.req, membership);
+    return domain_call(&c, t, out);
+}

@@ -101,7 +101,10 @@ enum {
     SKS_METHOD_HSM_INITIALIZE = 211,
     SKS_METHOD_HSM_STATUS = 212,
     SKS_METHOD_HSM_DEVICE_CERTIFICATES = 220,
-    SKS_METHOD_HSM_KEY_GENERATION_RESPONSE = 221
+    SKS_METHOD_HSM_KEY_GENERATION_RESPONSE = 221,
+    SKS_METHOD_HSM_KEY_DOMAIN_STATUS = 222,
+    SKS_METHOD_HSM_KEY_DOMAIN_CREATE = 223,
+    SKS_METHOD_HSM_KEY_DOMAIN_JOIN = 224
 };
 
 /* Values of the specification's byte enumerations. */
@@ -487,5 +490,27 @@ int sks_client_hsm_device_certificates(sks_transport *t, sks_bytes *devaut, sks_
  * generation with (empty when the card keeps none for it); the caller verifies it. */
 int sks_client_hsm_key_generation_response(sks_transport *t, uint32_t key_handle, sks_bytes *request,
                                            sks_client_error *err);
+
+/* One key domain as MANAGE KEY DOMAIN reports it. */
+#define SKS_HSM_MAX_DOMAINS 255
+typedef struct {
+    uint8_t domain;
+    uint8_t shares_total;   /* 0xFF: an XKEK domain */
+    uint8_t shares_missing;
+    uint8_t kcv[8];         /* zeros while the KEK is incomplete */
+    uint8_t uid[133];       /* XKEK: the group signer's key (the domain UID) */
+    size_t uid_len;
+} sks_hsm_domain;
+
+/* hsmKeyDomainStatus: every domain the card has (*count of them, at most max).
+ * authorization: the user PIN, or empty (pico-hsm shows a DKEK's KCV only after VERIFY). */
+int sks_client_hsm_domain_status(sks_transport *t, sks_span authorization, sks_hsm_domain *domains, size_t max,
+                                 size_t *count, sks_client_error *err);
+/* hsmKeyDomainCreate: a DKEK domain of dkek_shares (1..255) shares. */
+int sks_client_hsm_domain_create(sks_transport *t, sks_span authorization, uint8_t domain, uint8_t dkek_shares,
+                                 sks_hsm_domain *out, sks_client_error *err);
+/* hsmKeyDomainJoin: an XKEK domain from a key domain membership (KDM) the group signer issued. */
+int sks_client_hsm_domain_join(sks_transport *t, sks_span authorization, uint8_t domain, sks_span membership,
+                               sks_hsm_domain *out, sks_client_error *err);
 
 #endif

@@ -22,6 +22,9 @@ static const struct {
     { 212, "hsmStatus", mg_status },
     { 220, "hsmDeviceCertificates", mg_device_certificates },
     { 221, "hsmKeyGenerationResponse", mg_key_generation_response },
+    { 222, "hsmKeyDomainStatus", mg_domain_status },
+    { 223, "hsmKeyDomainCreate", mg_domain_create },
+    { 224, "hsmKeyDomainJoin", mg_domain_join },
 };
 
 int schsm_manage_handles(uint8_t method_id)

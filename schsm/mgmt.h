@@ -132,5 +132,9 @@ int mg_status(mg_call *m, sks_reader *in);
 /* mgmt_attest.c: EF.C_DevAut and the key generation responses (220, 221) */
 int mg_device_certificates(mg_call *m, sks_reader *in);
 int mg_key_generation_response(mg_call *m, sks_reader *in);
+/* mgmt_domain.c: MANAGE KEY DOMAIN (222-224) */
+int mg_domain_status(mg_call *m, sks_reader *in);
+int mg_domain_create(mg_call *m, sks_reader *in);
+int mg_domain_join(mg_call *m, sks_reader *in);
 
 #endif

@@ -90,6 +90,9 @@ static const struct {
     { 212, "hsmStatus" },
     { 220, "hsmDeviceCertificates" },
     { 221, "hsmKeyGenerationResponse" },
+    { 222, "hsmKeyDomainStatus" },
+    { 223, "hsmKeyDomainCreate" },
+    { 224, "hsmKeyDomainJoin" },
 };
 
 static const char *hsm_only_method(uint8_t id)

@@ -218,3 +218,150 @@ def test_store_answers_attestation_methods_not_available(tmp_path):
     pt.run([SKS, "--store", store, "init"], env=env)
     err = pt.run_fails([SKS, "--store", store, "hsm", "attest"], env=env)
     assert "not available on this device" in err and "ERROR_NOT_AVAILABLE" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Key domains: two cards joined to one XKEK domain by a group signer in a software sks store
+
+def tlv_items(data):
+    """[(tag, value)] of a BER-TLV sequence (tags of 1-2 bytes), enough for a KDM."""
+    out, i = [], 0
+    while i < len(data):
+        tag = data[i]
+        i += 1
+        if tag & 0x1F == 0x1F:
+            tag = tag << 8 | data[i]
+            i += 1
+        n = data[i]
+        i += 1
+        if n & 0x80:
+            k = n & 0x7F
+            n = int.from_bytes(data[i:i + k], "big")
+            i += k
+        out.append((tag, data[i:i + n]))
+        i += n
+    return out
+
+
+def tlv_bytes(tag, value):
+    tb = tag.to_bytes(2, "big") if tag > 0xFF else bytes([tag])
+    n = len(value)
+    ln = bytes([n]) if n < 0x80 else (b"\x81" + bytes([n]) if n <= 0xFF else b"\x82" + n.to_bytes(2, "big"))
+    return tb + ln + value
+
+
+class Signer:
+    """A group signer: a brainpoolP256r1 key in a software sks store, used through the sks
+    provider by `sks hsm kdm issue`."""
+
+    def __init__(self, rig, tag):
+        self.dir = tempfile.mkdtemp(prefix=f"sks-signer-{tag}-", dir=rig.base)
+        self.store = os.path.join(self.dir, "signer.db")
+        self.env = pt.clean_env(HOME=self.dir, OPENSSL_MODULES=BUILD)
+        pt.run([SKS, "--store", self.store, "init"], env=self.env)
+        pt.run([SKS, "--store", self.store, "generate", "--name", "group-signer", "--algorithm", "brainpoolP256r1"],
+               env=self.env)
+        pem = pt.run([SKS, "--store", self.store, "cert", "--name", "group-signer"], env=self.env).stdout
+        from cryptography import x509
+        self.public_key = x509.load_pem_x509_certificate(pem).public_key()
+
+    def issue(self, device_id, out, *extra, check=True):
+        return pt.run([SKS, "--store", self.store, "hsm", "kdm", "issue", "--signer", "sks:name=group-signer",
+                       "--device-id", device_id, "--out", out, *extra], env=self.env, check=check)
+
+
+@pytest.fixture(scope="module")
+def pair(rig):
+    a, b = Card(rig, 0, "dom-a"), Card(rig, 1, "dom-b")
+    for c in (a, b):
+        c.sks("hsm", "init", "--so-pin-file", "-", "--pin-file", "-", "--key-domains", "4",
+              input=f"{SO_PIN}\n{PIN}\n".encode())
+        c.chain = c.path("device-id.cvc")
+        c.sks("hsm", "attest", "--root", c.export_root(), "--out", c.chain)
+    return a, b
+
+
+def join(card, domain, kdm):
+    return card.sks("hsm", "domain", "join", "--domain", str(domain), "--pin-file", "-", kdm,
+                    input=f"{PIN}\n".encode())
+
+
+def device_x(card):
+    from cryptography.hazmat.primitives.serialization import load_der_private_key
+    with open(card.state) as f:
+        key = load_der_private_key(bytes.fromhex(json.load(f)["device"]["device_key"]), None)
+    return key.public_key().public_numbers().x.to_bytes(32, "big")
+
+
+def test_two_cards_join_one_domain_through_the_group_signer(rig, pair):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, utils
+    a, b = pair
+    signer = Signer(rig, "group")
+    uid = signer.public_key.public_numbers().x.to_bytes(32, "big").hex()
+    uids = []
+    for c in (a, b):
+        kdm = c.path("member.kdm")
+        signer.issue(c.chain, kdm, "--root", c.export_root())
+        # the signature in the KDM verifies, by python3-cryptography, with the store's key over
+        # 54 ‖ X(this card's device key)
+        with open(kdm, "rb") as f:
+            (tag, body), = tlv_items(f.read())
+        items = dict(tlv_items(body))
+        sig = items[0x54]
+        der = utils.encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+        signer.public_key.verify(der, b"\x54" + device_x(c), ec.ECDSA(hashes.SHA256()))
+        text = join(c, 1, kdm)
+        uids.append([line.split()[1] for line in text.splitlines() if line.startswith("uid:")][0])
+        status = c.sks("hsm", "domain", "status")
+        assert f"domain 1:    XKEK, KCV 0000000000000000, UID {uid}" in status, status
+    assert uids == [uid, uid]
+
+
+def test_dkek_domain_create_and_status(pair):
+    a, _ = pair
+    out = a.sks("hsm", "domain", "create", "--domain", "2", "--dkek", "3", "--pin-file", "-", input=f"{PIN}\n".encode())
+    assert "domain 2:    DKEK, 3 shares, 3 missing, KCV 0000000000000000" in out
+    assert "domain 2:    DKEK, 3 shares, 3 missing" in a.sks("hsm", "domain", "status")
+    err = a.sks_fails("hsm", "domain", "create", "--domain", "2", "--dkek", "1", "--pin-file", "-",
+                      input=f"{PIN}\n".encode())
+    assert "key domain 2 exists already" in err
+
+
+def test_membership_for_another_card_is_refused(rig, pair):
+    a, b = pair
+    signer = Signer(rig, "other-card")
+    kdm = b.path("for-b.kdm")
+    signer.issue(b.chain, kdm, "--root", b.export_root())
+    err = a.sks_fails("hsm", "domain", "join", "--domain", "3", "--pin-file", "-", kdm, input=f"{PIN}\n".encode())
+    assert "refused the key domain membership" in err, err
+    assert "domain 3" not in a.sks("hsm", "domain", "status")
+
+
+def test_membership_signed_by_another_signer_is_refused(rig, pair):
+    a, _ = pair
+    group, intruder = Signer(rig, "real"), Signer(rig, "intruder")
+    good, forged = a.path("good.kdm"), a.path("intruder.kdm")
+    group.issue(a.chain, good, "--root", a.export_root())
+    intruder.issue(a.chain, forged, "--root", a.export_root())
+    # the group signer's name (63) with the intruder's signature (54) over this card's key
+    with open(good, "rb") as f:
+        g = dict(tlv_items(tlv_items(f.read())[0][1]))
+    with open(forged, "rb") as f:
+        i = dict(tlv_items(tlv_items(f.read())[0][1]))
+    spliced = a.path("spliced.kdm")
+    with open(spliced, "wb") as f:
+        f.write(tlv_bytes(0x30, b"".join(tlv_bytes(t, v) for t, v in
+                                         [(0x06, g[0x06]), (0x61, g[0x61]), (0x62, g[0x62]), (0x63, g[0x63]),
+                                          (0x54, i[0x54])])))
+    err = a.sks_fails("hsm", "domain", "join", "--domain", "3", "--pin-file", "-", spliced, input=f"{PIN}\n".encode())
+    assert "refused the key domain membership" in err, err
+    assert "domain 3" not in a.sks("hsm", "domain", "status")
+
+
+def test_kdm_issue_refuses_an_unattested_device(rig, pair):
+    a, _ = pair
+    signer = Signer(rig, "strict")
+    res = signer.issue(a.chain, a.path("never.kdm"), check=False)
+    assert res.returncode != 0 and b"unattested" in res.stderr
+    assert not os.path.exists(a.path("never.kdm"))

@@ -73,6 +73,8 @@ int cli_hsm_wrap(int argc, char **argv);
 
 /* ---- hsm_attest.c: sks hsm attest (device chain and key generation responses) ---- */
 int cli_hsm_attest(cli_store *store, int argc, char **argv);
+/* ---- hsm_domain.c: sks hsm domain status|create|join, sks hsm kdm issue ---- */
+int cli_hsm_domain(cli_store *store, int argc, char **argv);
 
 /* ---- opts.c: option parsing ---- */
 

@@ -31,7 +31,9 @@ static const char USAGE[] =
     "       sks hsm wrap ...  (on the host, no card: see sks hsm wrap --help)\n"
     "       sks hsm attest [--root FILE]... [--out FILE] [--chain FILE]\n"
     "  attest: verifies the card's device certificate chain and which keys it generated\n"
-    "  (see sks hsm attest --help).\n";
+    "  (see sks hsm attest --help).\n"
+    "       sks hsm domain status|create|join ...  key domains (see sks hsm domain --help)\n"
+    "       sks hsm kdm issue ...  a key domain membership, by the group signer (no card)\n";
 
 int cli_maybe_hsm(const cli_store *store)
 {
@@ -256,6 +258,8 @@ int cmd_hsm(cli_store *store, int argc, char **argv)
         return cli_hsm_wrap(argc - 1, argv + 1);
     if (strcmp(sub, "attest") == 0)
         return cli_hsm_attest(store, argc, argv);
-    cli_error("hsm: give a subcommand: init, status, wrap or attest (see sks hsm --help)");
+    if (strcmp(sub, "domain") == 0 || strcmp(sub, "kdm") == 0)
+        return cli_hsm_domain(store, argc, argv);
+    cli_error("hsm: give a subcommand: init, status, wrap, attest, domain or kdm (see sks hsm --help)");
     return CLI_EXIT_USAGE;
 }
