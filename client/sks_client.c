@@ -1366,3 +1366,46 @@ int sks_client_hsm_domain_join(sks_transport *t, sks_span authorization, uint8_t
     put_span(&c.req, membership);
     return domain_call(&c, t, out);
 }
+
+int sks_client_hsm_generate_domain_key(sks_transport *t, sks_span authorization, const char *friendly_name,
+                                       const char *key_algorithm, uint8_t domain, sks_span algorithms,
+                                       uint32_t *key_handle, sks_bytes *public_key, sks_bytes *request,
+                                       sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    *key_handle = 0;
+    memset(public_key, 0, sizeof(*public_key));
+    memset(request, 0, sizeof(*request));
+    call_begin(&c, SKS_METHOD_HSM_GENERATE_DOMAIN_KEY, "hsmGenerateDomainKey", err);
+    put_span(&c.req, authorization);
+    put_str(&c.req, friendly_name);
+    put_str(&c.req, key_algorithm);
+    sks_buf_byte(&c.req, domain);
+    put_span(&c.req, algorithms);
+    ok = call_run(&c, t);
+    if (ok) {
+        *key_handle = sks_get_uint(&c.r, "keyHandle");
+        take_bytes(&c.r, sks_get_array(&c.r, "publicKey"), public_key, "publicKey");
+        take_bytes(&c.r, sks_get_array(&c.r, "request"), request, "request");
+    }
+    ok = call_end(&c, ok);
+    if (!ok) {
+        bytes_free(public_key);
+        bytes_free(request);
+    }
+    return ok;
+}
+
+int sks_client_hsm_derive_xkek(sks_transport *t, sks_span authorization, uint32_t key_handle, sks_span peer_request,
+                               sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, SKS_METHOD_HSM_DERIVE_XKEK, "hsmDeriveXkek", err);
+    put_span(&c.req, authorization);
+    sks_buf_uint(&c.req, key_handle);
+    put_span(&c.req, peer_request);
+    return call_simple(&c, t);
+}

@@ -104,7 +104,9 @@ enum {
     SKS_METHOD_HSM_KEY_GENERATION_RESPONSE = 221,
     SKS_METHOD_HSM_KEY_DOMAIN_STATUS = 222,
     SKS_METHOD_HSM_KEY_DOMAIN_CREATE = 223,
-    SKS_METHOD_HSM_KEY_DOMAIN_JOIN = 224
+    SKS_METHOD_HSM_KEY_DOMAIN_JOIN = 224,
+    SKS_METHOD_HSM_GENERATE_DOMAIN_KEY = 225,
+    SKS_METHOD_HSM_DERIVE_XKEK = 226
 };
 
 /* Values of the specification's byte enumerations. */
@@ -512,5 +514,17 @@ int sks_client_hsm_domain_create(sks_transport *t, sks_span authorization, uint8
 /* hsmKeyDomainJoin: an XKEK domain from a key domain membership (KDM) the group signer issued. */
 int sks_client_hsm_domain_join(sks_transport *t, sks_span authorization, uint8_t domain, sks_span membership,
                                sks_hsm_domain *out, sks_client_error *err);
+
+/* hsmGenerateDomainKey: an EC key (key_algorithm: an ec.* key generation URI) in key domain
+ * `domain` allowed only `algorithms` (card algorithm ids, 1..16; 0x84 = ECDH for the XKEK);
+ * request receives the authenticated CV request the card answered with. */
+int sks_client_hsm_generate_domain_key(sks_transport *t, sks_span authorization, const char *friendly_name,
+                                       const char *key_algorithm, uint8_t domain, sks_span algorithms,
+                                       uint32_t *key_handle, sks_bytes *public_key, sks_bytes *request,
+                                       sks_client_error *err);
+/* hsmDeriveXkek: the key's domain KEK from the peer card's request (its chain and signatures
+ * verified by the caller first). */
+int sks_client_hsm_derive_xkek(sks_transport *t, sks_span authorization, uint32_t key_handle, sks_span peer_request,
+                               sks_client_error *err);
 
 #endif

@@ -25,6 +25,8 @@ static const struct {
     { 222, "hsmKeyDomainStatus", mg_domain_status },
     { 223, "hsmKeyDomainCreate", mg_domain_create },
     { 224, "hsmKeyDomainJoin", mg_domain_join },
+    { 225, "hsmGenerateDomainKey", mg_generate_domain_key },
+    { 226, "hsmDeriveXkek", mg_derive_xkek },
 };
 
 int schsm_manage_handles(uint8_t method_id)

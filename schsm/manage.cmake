@@ -7,5 +7,6 @@ add_library(sksschsmmanage STATIC
   ${CMAKE_CURRENT_LIST_DIR}/generate.c
   ${CMAKE_CURRENT_LIST_DIR}/initialize.c
   ${CMAKE_CURRENT_LIST_DIR}/mgmt_attest.c
-  ${CMAKE_CURRENT_LIST_DIR}/mgmt_domain.c)
+  ${CMAKE_CURRENT_LIST_DIR}/mgmt_domain.c
+  ${CMAKE_CURRENT_LIST_DIR}/mgmt_xkek.c)
 target_link_libraries(sksschsmmanage PUBLIC skswire OpenSSL::Crypto)

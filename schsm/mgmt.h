@@ -136,5 +136,8 @@ int mg_key_generation_response(mg_call *m, sks_reader *in);
 int mg_domain_status(mg_call *m, sks_reader *in);
 int mg_domain_create(mg_call *m, sks_reader *in);
 int mg_domain_join(mg_call *m, sks_reader *in);
+/* mgmt_xkek.c: keys in a domain, DERIVE XKEK (225, 226) */
+int mg_generate_domain_key(mg_call *m, sks_reader *in);
+int mg_derive_xkek(mg_call *m, sks_reader *in);
 
 #endif

@@ -93,6 +93,8 @@ static const struct {
     { 222, "hsmKeyDomainStatus" },
     { 223, "hsmKeyDomainCreate" },
     { 224, "hsmKeyDomainJoin" },
+    { 225, "hsmGenerateDomainKey" },
+    { 226, "hsmDeriveXkek" },
 };
 
 static const char *hsm_only_method(uint8_t id)

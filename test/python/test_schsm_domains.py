@@ -365,3 +365,69 @@ def test_kdm_issue_refuses_an_unattested_device(rig, pair):
     res = signer.issue(a.chain, a.path("never.kdm"), check=False)
     assert res.returncode != 0 and b"unattested" in res.stderr
     assert not os.path.exists(a.path("never.kdm"))
+
+
+def kcv_of(text, domain):
+    for line in text.splitlines():
+        if line.startswith(f"domain {domain}:") and "KCV " in line:
+            return line.split("KCV ")[1].split(",")[0].strip()
+    raise AssertionError(f"no KCV of domain {domain} in:\n{text}")
+
+
+def xkek_request(card, domain, tag="xkek"):
+    out = card.path(f"{tag}-{domain}.req")
+    text = card.sks("hsm", "xkek", "request", "--domain", str(domain), "--out", out, "--pin-file", "-",
+                    input=f"{PIN}\n".encode())
+    handle = [line.split()[1] for line in text.splitlines() if line.startswith("handle:")][0]
+    return handle, out
+
+
+def test_two_cards_derive_the_same_xkek(rig, pair):
+    a, b = pair
+    ha, req_a = xkek_request(a, 1)
+    hb, req_b = xkek_request(b, 1)
+    # the request is the card's answer (67, its outer signature by the device key) + EF 2F02
+    with open(req_a, "rb") as f:
+        data = f.read()
+    assert data[0] == 0x67 and data.endswith(open(a.chain, "rb").read())
+    since = len(rig.cards[0].apdu_lines())
+    out_a = a.sks("hsm", "xkek", "derive", "--key", ha, "--root", b.export_root(), "--pin-file", "-", req_b,
+                  input=f"{PIN}\n".encode())
+    assert rig.cards[0].count(0x62, since) == 1
+    out_b = b.sks("hsm", "xkek", "derive", "--key", hb, "--root", a.export_root(), "--pin-file", "-", req_a,
+                  input=f"{PIN}\n".encode())
+    assert "peer:        device" in out_a and "verified" in out_a
+    kcv = kcv_of(out_a, 1)
+    assert kcv != "0" * 16 and kcv == kcv_of(out_b, 1)
+    assert kcv_of(a.sks("hsm", "domain", "status"), 1) == kcv_of(b.sks("hsm", "domain", "status"), 1) == kcv
+
+
+def test_xkek_derive_checks_the_peer_on_the_host_first(rig, pair):
+    a, b = pair
+    ha, _ = xkek_request(a, 1, "second")
+    _, req_b = xkek_request(b, 1, "second")
+    with open(req_b, "rb") as f:
+        good = f.read()
+    with open(b.chain, "rb") as f:
+        chain = f.read()
+    req_len = len(good) - len(chain)
+    assert good[req_len:] == chain
+    dev_len = len(chain) - len(bytes.fromhex(state(b)["device"]["dica_cert"]))
+    cases = {
+        # the request's outer signature (its last byte) is no longer the device's
+        "outer": good[:req_len - 1] + bytes([good[req_len - 1] ^ 1]) + chain,
+        # the peer's device certificate changed (the last byte of its signature)
+        "chain": good[:req_len] + chain[:dev_len - 1] + bytes([chain[dev_len - 1] ^ 1]) + chain[dev_len:],
+    }
+    for what, data in cases.items():
+        path = a.path(f"bad-{what}.req")
+        with open(path, "wb") as f:
+            f.write(data)
+        since = len(rig.cards[0].apdu_lines())
+        err = a.sks_fails("hsm", "xkek", "derive", "--key", ha, "--root", b.export_root(), "--pin-file", "-", path,
+                          input=f"{PIN}\n".encode())
+        assert rig.cards[0].count(0x62, since) == 0, what       # the card never saw it
+        assert ("not signed by its device" if what == "outer" else "chain is invalid") in err, err
+    # without the peer's root the chain is unattested: refused too
+    err = a.sks_fails("hsm", "xkek", "derive", "--key", ha, "--pin-file", "-", req_b, input=f"{PIN}\n".encode())
+    assert "unattested" in err

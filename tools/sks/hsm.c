@@ -33,7 +33,8 @@ static const char USAGE[] =
     "  attest: verifies the card's device certificate chain and which keys it generated\n"
     "  (see sks hsm attest --help).\n"
     "       sks hsm domain status|create|join ...  key domains (see sks hsm domain --help)\n"
-    "       sks hsm kdm issue ...  a key domain membership, by the group signer (no card)\n";
+    "       sks hsm kdm issue ...  a key domain membership, by the group signer (no card)\n"
+    "       sks hsm xkek request|derive ...  agree on an XKEK domain's KEK (see sks hsm xkek --help)\n";
 
 int cli_maybe_hsm(const cli_store *store)
 {
@@ -260,6 +261,8 @@ int cmd_hsm(cli_store *store, int argc, char **argv)
         return cli_hsm_attest(store, argc, argv);
     if (strcmp(sub, "domain") == 0 || strcmp(sub, "kdm") == 0)
         return cli_hsm_domain(store, argc, argv);
-    cli_error("hsm: give a subcommand: init, status, wrap, attest, domain or kdm (see sks hsm --help)");
+    if (strcmp(sub, "xkek") == 0)
+        return cli_hsm_xkek(store, argc, argv);
+    cli_error("hsm: give a subcommand: init, status, wrap, attest, domain, kdm or xkek (see sks hsm --help)");
     return CLI_EXIT_USAGE;
 }

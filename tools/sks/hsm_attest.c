@@ -223,6 +223,27 @@ static int write_chain(const char *path, const sks_bytes *chain)
     return 1;
 }
 
+int cli_hsm_verified_device(const char *cmd, const uint8_t *chain, size_t n, const cli_list *root_files,
+                            EVP_PKEY **device_key, char chr[SCHSM_CVC_REF_MAX + 1])
+{
+    static root_set rs;
+    char err[512];
+    schsm_chain_status st;
+
+    memset(&rs, 0, sizeof(rs));
+    *device_key = NULL;
+    if (!load_roots(root_files, &rs))
+        return 0;
+    st = schsm_cvc_verify_chain(chain, n, rs.roots, rs.n, device_key, chr, err, sizeof(err));
+    if (st == SCHSM_CHAIN_VERIFIED && chain_in_date(chain, n, err, sizeof(err)))
+        return 1;
+    EVP_PKEY_free(*device_key);
+    *device_key = NULL;
+    cli_error("%s: the peer's device chain is %s: %s%s", cmd, st == SCHSM_CHAIN_UNKNOWN_ROOT ? "unattested" : "invalid",
+              err, st == SCHSM_CHAIN_UNKNOWN_ROOT ? " (give its root with --root)" : "");
+    return 0;
+}
+
 int cli_hsm_attest(cli_store *store, int argc, char **argv)
 {
     static root_set rs;
