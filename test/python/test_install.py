@@ -87,7 +87,7 @@ def man_text(page):
 # init and info take no options of their own.
 SKS_COMMANDS = [[], ["serve"], ["list"], ["generate"], ["import"], ["export"],
                 ["cert"], ["delete"], ["pin"], ["skip"], ["skip", "request"], ["skip", "import"],
-                ["skip", "issue"], ["hsm"], ["hsm", "wrap"], ["hsm", "attest"]]
+                ["skip", "issue"], ["hsm"], ["hsm", "wrap"], ["hsm", "attest"], ["hsm", "domain"], ["hsm", "xkek"]]
 
 
 @pytest.mark.parametrize("cmd", SKS_COMMANDS, ids=lambda c: " ".join(c) or "sks")
