@@ -1409,3 +1409,39 @@ int sks_client_hsm_derive_xkek(sks_transport *t, sks_span authorization, uint32_
     put_span(&c.req, peer_request);
     return call_simple(&c, t);
 }
+
+int sks_client_hsm_wrap_key(sks_transport *t, sks_span authorization, uint32_t key_handle, sks_bytes *blob,
+                            sks_client_error *err)
+{
+    call_ctx c;
+
+    memset(blob, 0, sizeof(*blob));
+    call_begin(&c, SKS_METHOD_HSM_WRAP_KEY, "hsmWrapKey", err);
+    put_span(&c.req, authorization);
+    sks_buf_uint(&c.req, key_handle);
+    return call_bytes_out(&c, t, blob, "blob");
+}
+
+int sks_client_hsm_unwrap_key(sks_transport *t, sks_span authorization, const char *friendly_name, sks_span blob,
+                              sks_span request, uint32_t *key_handle, sks_bytes *public_key, sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    *key_handle = 0;
+    memset(public_key, 0, sizeof(*public_key));
+    call_begin(&c, SKS_METHOD_HSM_UNWRAP_KEY, "hsmUnwrapKey", err);
+    put_span(&c.req, authorization);
+    put_str(&c.req, friendly_name);
+    put_span(&c.req, blob);
+    put_span(&c.req, request);
+    ok = call_run(&c, t);
+    if (ok) {
+        *key_handle = sks_get_uint(&c.r, "keyHandle");
+        take_bytes(&c.r, sks_get_array(&c.r, "publicKey"), public_key, "publicKey");
+    }
+    ok = call_end(&c, ok);
+    if (!ok)
+        bytes_free(public_key);
+    return ok;
+}

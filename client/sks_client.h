@@ -106,7 +106,9 @@ enum {
     SKS_METHOD_HSM_KEY_DOMAIN_CREATE = 223,
     SKS_METHOD_HSM_KEY_DOMAIN_JOIN = 224,
     SKS_METHOD_HSM_GENERATE_DOMAIN_KEY = 225,
-    SKS_METHOD_HSM_DERIVE_XKEK = 226
+    SKS_METHOD_HSM_DERIVE_XKEK = 226,
+    SKS_METHOD_HSM_WRAP_KEY = 227,
+    SKS_METHOD_HSM_UNWRAP_KEY = 228
 };
 
 /* Values of the specification's byte enumerations. */
@@ -526,5 +528,13 @@ int sks_client_hsm_generate_domain_key(sks_transport *t, sks_span authorization,
  * verified by the caller first). */
 int sks_client_hsm_derive_xkek(sks_transport *t, sks_span authorization, uint32_t key_handle, sks_span peer_request,
                                sks_client_error *err);
+
+/* hsmWrapKey: the key encrypted under its domain's KEK (WRAP KEY). */
+int sks_client_hsm_wrap_key(sks_transport *t, sks_span authorization, uint32_t key_handle, sks_bytes *blob,
+                            sks_client_error *err);
+/* hsmUnwrapKey: a blob of another card of the same domain, with the key's CV request from that
+ * card (the device checks the unwrapped key signs for the request's public key). */
+int sks_client_hsm_unwrap_key(sks_transport *t, sks_span authorization, const char *friendly_name, sks_span blob,
+                              sks_span request, uint32_t *key_handle, sks_bytes *public_key, sks_client_error *err);
 
 #endif

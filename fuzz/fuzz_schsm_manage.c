@@ -6,7 +6,8 @@
  *
  * Input: one byte choosing the request (byte % 3: generate, initialize, status; bit 5: extended
  * length; generate: bits 2-3 the algorithm, bit 7 a subject; initialize: bit 6 force; status:
- * bit 7 hsmDeviceCertificates instead, else bit 6 hsmKeyGenerationResponse), then
+ * bit 7 hsmDeviceCertificates instead, else bit 6 hsmKeyGenerationResponse, else bit 4
+ * hsmKeyDomainStatus), then
  * the card's answers, each as a 2-byte big-endian length, the data and a 2-byte status word.
  * When the input runs out the link fails. Every reply must be a status byte and, on errors,
  * a message.
@@ -88,6 +89,9 @@ static void build_request(uint8_t choice, sks_buf *req)
         } else if (choice & 0x40) {
             sks_buf_byte(req, 221);
             sks_buf_uint(req, 1);
+        } else if (choice & 0x10) {
+            sks_buf_byte(req, 222); /* MANAGE KEY DOMAIN status of every domain */
+            sks_buf_array(req, NULL, 0);
         } else {
             sks_buf_byte(req, 212);
         }

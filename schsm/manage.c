@@ -27,6 +27,8 @@ static const struct {
     { 224, "hsmKeyDomainJoin", mg_domain_join },
     { 225, "hsmGenerateDomainKey", mg_generate_domain_key },
     { 226, "hsmDeriveXkek", mg_derive_xkek },
+    { 227, "hsmWrapKey", mg_wrap_key },
+    { 228, "hsmUnwrapKey", mg_unwrap_key },
 };
 
 int schsm_manage_handles(uint8_t method_id)

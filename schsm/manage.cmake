@@ -8,5 +8,8 @@ add_library(sksschsmmanage STATIC
   ${CMAKE_CURRENT_LIST_DIR}/initialize.c
   ${CMAKE_CURRENT_LIST_DIR}/mgmt_attest.c
   ${CMAKE_CURRENT_LIST_DIR}/mgmt_domain.c
-  ${CMAKE_CURRENT_LIST_DIR}/mgmt_xkek.c)
-target_link_libraries(sksschsmmanage PUBLIC skswire OpenSSL::Crypto)
+  ${CMAKE_CURRENT_LIST_DIR}/mgmt_xkek.c
+  ${CMAKE_CURRENT_LIST_DIR}/mgmt_migrate.c)
+# mgmt_migrate.c reads CV requests with the host-side parser (schsm/keymgmt_formats.h)
+target_include_directories(sksschsmmanage PRIVATE ${CMAKE_CURRENT_LIST_DIR})
+target_link_libraries(sksschsmmanage PUBLIC skswire sksschsmfmt OpenSSL::Crypto)

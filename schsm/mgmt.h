@@ -139,5 +139,8 @@ int mg_domain_join(mg_call *m, sks_reader *in);
 /* mgmt_xkek.c: keys in a domain, DERIVE XKEK (225, 226) */
 int mg_generate_domain_key(mg_call *m, sks_reader *in);
 int mg_derive_xkek(mg_call *m, sks_reader *in);
+/* mgmt_migrate.c: WRAP / UNWRAP KEY (227, 228) */
+int mg_wrap_key(mg_call *m, sks_reader *in);
+int mg_unwrap_key(mg_call *m, sks_reader *in);
 
 #endif

@@ -95,6 +95,8 @@ static const struct {
     { 224, "hsmKeyDomainJoin" },
     { 225, "hsmGenerateDomainKey" },
     { 226, "hsmDeriveXkek" },
+    { 227, "hsmWrapKey" },
+    { 228, "hsmUnwrapKey" },
 };
 
 static const char *hsm_only_method(uint8_t id)

@@ -6,6 +6,7 @@ with are changed in the card's state file, so sks reads them from the card like 
 """
 
 import datetime
+import hashlib
 import importlib.machinery
 import importlib.util
 import json
@@ -431,3 +432,65 @@ def test_xkek_derive_checks_the_peer_on_the_host_first(rig, pair):
     # without the peer's root the chain is unattested: refused too
     err = a.sks_fails("hsm", "xkek", "derive", "--key", ha, "--pin-file", "-", req_b, input=f"{PIN}\n".encode())
     assert "unattested" in err
+
+
+P11 = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
+
+
+def test_key_migrates_through_the_xkek_domain(rig, pair):
+    """After test_two_cards_derive_the_same_xkek: a key made on card A in domain 1 is wrapped
+    there, unwrapped on card B, and B's signature (made through OpenSC's pkcs11-tool) verifies with the public
+    key A printed, checked by OpenSSL's default provider."""
+    a, b = pair
+    text = a.sks("hsm", "xkek", "generate", "--domain", "1", "--name", "migrant", "--pin-file", "-",
+                 input=f"{PIN}\n".encode())
+    handle = [line.split()[1] for line in text.splitlines() if line.startswith("handle:")][0]
+    pub = a.path("migrant.pub.pem")
+    with open(pub, "w") as f:
+        f.write(text[text.index("-----BEGIN PUBLIC KEY-----"):])
+    wrapped = a.path("migrant.wrap")
+    out = a.sks("hsm", "xkek", "wrap", "--key", handle, "--out", wrapped, "--pin-file", "-", input=f"{PIN}\n".encode())
+    assert kcv_of(a.sks("hsm", "domain", "status"), 1) in out       # wrapped under the domain's XKEK
+    out = b.sks("hsm", "xkek", "unwrap", "--name", "migrant", "--pin-file", "-", wrapped, input=f"{PIN}\n".encode())
+    assert "name:        migrant" in out
+    msg, dgst, sig = b.path("msg"), b.path("msg.sha256"), b.path("msg.sig")
+    with open(msg, "wb") as f:
+        f.write(b"signed on card B with a key card A made\n")
+    pt.run(["openssl", "dgst", "-sha256", "-binary", "-out", dgst, msg], env=pt.clean_env())
+    # OpenSC names the key by SHA-1 of its EC point: that of the key card A made
+    with open(pub, "rb") as f:
+        point = serialization.load_pem_public_key(f.read()).public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    key_id = hashlib.sha1(point).hexdigest()
+    # plain ECDSA over the hash: the card's algorithm 70, which the key's list allows (70, 92)
+    pt.run(["pkcs11-tool", "--module", P11, "--slot-index", "1", "--login", "--pin", PIN, "--sign", "--mechanism",
+            "ECDSA", "--id", key_id, "--signature-format", "openssl", "-i", dgst, "-o", sig], env=b.env)
+    res = pt.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-in", dgst, "-sigfile", sig],
+                 env=pt.clean_env())
+    assert b"Signature Verified Successfully" in res.stdout
+
+
+def test_unwrap_refuses_a_request_of_another_key(rig, pair):
+    """The CV request travelling with a blob must be the wrapped key's: the card proves it by
+    signing, so a swapped request (another key of card A) leaves no key on card B."""
+    a, b = pair
+    made = []
+    for name in ("first", "second"):
+        text = a.sks("hsm", "xkek", "generate", "--domain", "1", "--name", name, "--pin-file", "-",
+                     input=f"{PIN}\n".encode())
+        made.append([line.split()[1] for line in text.splitlines() if line.startswith("handle:")][0])
+    files = []
+    for h in made:
+        path = a.path(f"k{h}.wrap")
+        a.sks("hsm", "xkek", "wrap", "--key", h, "--out", path, "--pin-file", "-", input=f"{PIN}\n".encode())
+        with open(path, "rb") as f:
+            files.append(dict(tlv_items(tlv_items(f.read())[0][1])))
+    swapped = b.path("swapped.wrap")
+    with open(swapped, "wb") as f:   # the first key's blob with the second key's request
+        f.write(tlv_bytes(0x30, b"".join(tlv_bytes(t, v) for t, v in [(0x04, files[0][0x04])]
+                                         + [(t, v) for t, v in files[1].items() if t != 0x04])))
+    before = b.sks("list")
+    err = b.sks_fails("hsm", "xkek", "unwrap", "--name", "swapped", "--pin-file", "-", swapped,
+                      input=f"{PIN}\n".encode())
+    assert "not the key of the CV request" in err, err
+    assert b.sks("list") == before

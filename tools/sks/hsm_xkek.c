@@ -12,10 +12,16 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
 #include "files.h"
 #include "schsm/keymgmt_formats.h"
 
 #define XKEK_CURVE_URI "https://webpki.github.io/sks/algorithm#ec.brainpool.p256r1"
+#define MIGRATABLE_KEY_URI "https://webpki.github.io/sks/algorithm#ec.nist.p256"
+#define ALG_ECDSA 0x70
+#define ALG_WRAP 0x92
 #define ALG_DERIVE_XKEK 0x84
 #define MAX_FILE 8192
 
@@ -29,7 +35,16 @@ static const char USAGE[] =
     "  derive:  verifies the peer's FILE (device chain up to a known root and in date, the\n"
     "           request's signature by that device and by its own key), then the card derives\n"
     "           the domain's KEK with its key HANDLE; prints the key domains (compare the KCVs).\n"
-    "  --name LABEL     the exchange key's label (default xkek-D)\n"
+    "       sks hsm xkek generate --domain D --name LABEL [--pin-file FILE]\n"
+    "       sks hsm xkek wrap --key HANDLE --out FILE [--pin-file FILE]\n"
+    "       sks hsm xkek unwrap --name LABEL [--pin-file FILE] FILE\n"
+    "  generate: a P-256 signing key in domain D that may be wrapped; prints its handle and\n"
+    "           public key (PEM).\n"
+    "  wrap:    the key encrypted under its domain's KEK, with its CV request, as an\n"
+    "           sc-hsm-tool wrap file (new FILE).\n"
+    "  unwrap:  a wrap file from the other card of the domain; the card checks the key signs for\n"
+    "           the request's public key before it is described. Prints the new handle.\n"
+    "  --name LABEL     the key's label (request: default xkek-D)\n"
     "  --root FILE      also trust this CV root for the peer's chain (built in: the SmartCard-HSM roots)\n"
     "  --pin-file FILE  the card's user PIN\n";
 
@@ -145,7 +160,7 @@ done:
     return ok;
 }
 
-/* Every one of derive's options takes a value; the one other argument is the peer's file. */
+/* Every option of derive and unwrap takes a value; the one other argument is the file. */
 static int take_peer_argument(int *argc, char **argv, const char **path)
 {
     int i, out = 3;
@@ -159,7 +174,7 @@ static int take_peer_argument(int *argc, char **argv, const char **path)
         } else if (*path == NULL) {
             *path = argv[i];
         } else {
-            cli_error("hsm xkek derive: unexpected argument '%s' (one peer file)", argv[i]);
+            cli_error("hsm xkek: unexpected argument '%s' (one file)", argv[i]);
             return 0;
         }
     }
@@ -220,6 +235,161 @@ static int xkek_derive(cli_store *store, int argc, char **argv)
     return rc;
 }
 
+static int xkek_generate(cli_store *store, int argc, char **argv)
+{
+    const char *pin = NULL, *domain = NULL, *name = NULL;
+    const cli_opt opts[] = { { "--pin", OPT_SECRET, &pin }, { "--domain", OPT_VALUE, &domain },
+                             { "--name", OPT_VALUE, &name } };
+    const uint8_t algorithms[] = { ALG_ECDSA, ALG_WRAP };
+    sks_span algs = { algorithms, sizeof(algorithms) };
+    sks_bytes pub = { NULL, 0 }, req = { NULL, 0 };
+    sks_client_error e;
+    sks_transport *t;
+    unsigned long d;
+    uint32_t handle;
+    const unsigned char *q;
+    EVP_PKEY *pkey;
+    int rc;
+
+    if ((rc = cli_parse_command("hsm xkek generate", argc, argv, 3, opts, 3, USAGE)) != CLI_CONTINUE)
+        return rc;
+    if (domain == NULL || name == NULL) {
+        cli_error("hsm xkek generate: give --domain D and --name LABEL");
+        return CLI_EXIT_USAGE;
+    }
+    if (!cli_parse_number("hsm xkek generate", "--domain", domain, 0, 254, &d)
+        || !cli_need_secret("hsm xkek generate", "--pin", "the card's user PIN", 0, &pin))
+        return CLI_EXIT_USAGE;
+    if ((t = cli_open(store, "hsm xkek generate")) == NULL)
+        return CLI_EXIT_FAIL;
+    rc = CLI_EXIT_FAIL;
+    if (!sks_client_hsm_generate_domain_key(t, cli_span(pin), name, MIGRATABLE_KEY_URI, (uint8_t)d, algs, &handle,
+                                            &pub, &req, &e)) {
+        cli_client_error("hsm xkek generate", &e);
+    } else {
+        q = pub.data;
+        printf("handle:      %u\n", handle);
+        if ((pkey = d2i_PUBKEY(NULL, &q, (long)pub.len)) != NULL) {
+            BIO *b = BIO_new_fp(stdout, BIO_NOCLOSE);
+            PEM_write_bio_PUBKEY(b, pkey);
+            BIO_free(b);
+            EVP_PKEY_free(pkey);
+            rc = CLI_EXIT_OK;
+        }
+    }
+    OPENSSL_free(pub.data);
+    OPENSSL_free(req.data);
+    t->close(t);
+    return rc;
+}
+
+static int xkek_wrap(cli_store *store, int argc, char **argv)
+{
+    const char *pin = NULL, *key = NULL, *out = NULL;
+    const cli_opt opts[] = { { "--pin", OPT_SECRET, &pin }, { "--key", OPT_VALUE, &key }, { "--out", OPT_VALUE, &out } };
+    sks_bytes blob = { NULL, 0 }, req = { NULL, 0 };
+    sks_client_error e;
+    sks_transport *t;
+    unsigned long handle;
+    uint8_t *file = NULL;
+    size_t flen = 0;
+    char err[256];
+    int rc;
+
+    if ((rc = cli_parse_command("hsm xkek wrap", argc, argv, 3, opts, 3, USAGE)) != CLI_CONTINUE)
+        return rc;
+    if (key == NULL || out == NULL) {
+        cli_error("hsm xkek wrap: give --key HANDLE and --out FILE");
+        return CLI_EXIT_USAGE;
+    }
+    if (!cli_parse_number("hsm xkek wrap", "--key", key, 1, 255, &handle)
+        || !cli_need_secret("hsm xkek wrap", "--pin", "the card's user PIN", 0, &pin))
+        return CLI_EXIT_USAGE;
+    if ((t = cli_open(store, "hsm xkek wrap")) == NULL)
+        return CLI_EXIT_FAIL;
+    rc = CLI_EXIT_FAIL;
+    if (!sks_client_hsm_wrap_key(t, cli_span(pin), (uint32_t)handle, &blob, &e)
+        || !sks_client_hsm_key_generation_response(t, (uint32_t)handle, &req, &e))
+        cli_client_error("hsm xkek wrap", &e);
+    else if (req.len == 0)
+        cli_error("hsm xkek wrap: the card keeps no CV request for key %lu, so its public key cannot travel", handle);
+    else if (!schsm_wrap_file_build(blob.data, blob.len, NULL, 0, req.data, req.len, &file, &flen, err, sizeof(err))
+             || !files_write_new(out, file, flen, err, sizeof(err)))
+        cli_error("hsm xkek wrap: %s", err);
+    else {
+        printf("wrote %s: key %lu wrapped under its domain's KEK (KCV ", out, handle);
+        for (size_t i = 0; i < 8 && i < blob.len; i++)
+            printf("%02x", blob.data[i]);
+        printf(")\n");
+        rc = CLI_EXIT_OK;
+    }
+    OPENSSL_free(file);
+    OPENSSL_free(blob.data);
+    OPENSSL_free(req.data);
+    t->close(t);
+    return rc;
+}
+
+static int xkek_unwrap(cli_store *store, int argc, char **argv)
+{
+    static uint8_t file[MAX_FILE];
+    const char *pin = NULL, *name = NULL, *path = NULL;
+    const cli_opt opts[] = { { "--pin", OPT_SECRET, &pin }, { "--name", OPT_VALUE, &name } };
+    const uint8_t *blob, *prkd, *req;
+    size_t n, blen, plen, rlen;
+    sks_bytes pub = { NULL, 0 };
+    sks_client_error e;
+    sks_transport *t;
+    uint32_t handle;
+    sks_span bspan, rspan;
+    char err[256];
+    int rc;
+
+    if (!take_peer_argument(&argc, argv, &path))
+        return CLI_EXIT_USAGE;
+    if ((rc = cli_parse_command("hsm xkek unwrap", argc, argv, 3, opts, 2, USAGE)) != CLI_CONTINUE)
+        return rc;
+    if (name == NULL || path == NULL) {
+        cli_error("hsm xkek unwrap: give --name LABEL and the wrap file");
+        return CLI_EXIT_USAGE;
+    }
+    if (!read_whole("hsm xkek unwrap", path, file, sizeof(file), &n))
+        return CLI_EXIT_FAIL;
+    err[0] = 0;
+    if (!schsm_wrap_file_parse(file, n, &blob, &blen, &prkd, &plen, &req, &rlen, err, sizeof(err))) {
+        cli_error("hsm xkek unwrap: %s: %s", path, err);
+        return CLI_EXIT_FAIL;
+    }
+    /* the file's fields go by position: written without a PrKD, the request is the second TLV */
+    if ((req == NULL || req[0] != 0x67) && prkd != NULL && prkd[0] == 0x67) {
+        req = prkd;
+        rlen = plen;
+    }
+    if (req == NULL || req[0] != 0x67) {
+        cli_error("hsm xkek unwrap: %s: no CV request of the key in the wrap file (sks hsm xkek wrap writes one)",
+                  path);
+        return CLI_EXIT_FAIL;
+    }
+    if (!cli_need_secret("hsm xkek unwrap", "--pin", "the card's user PIN", 0, &pin))
+        return CLI_EXIT_USAGE;
+    if ((t = cli_open(store, "hsm xkek unwrap")) == NULL)
+        return CLI_EXIT_FAIL;
+    bspan.p = blob;
+    bspan.n = blen;
+    rspan.p = req;
+    rspan.n = rlen;
+    if (sks_client_hsm_unwrap_key(t, cli_span(pin), name, bspan, rspan, &handle, &pub, &e)) {
+        printf("handle:      %u\nname:        %s\n", handle, name);
+        rc = CLI_EXIT_OK;
+    } else {
+        cli_client_error("hsm xkek unwrap", &e);
+        rc = CLI_EXIT_FAIL;
+    }
+    OPENSSL_free(pub.data);
+    t->close(t);
+    return rc;
+}
+
 int cli_hsm_xkek(cli_store *store, int argc, char **argv)
 {
     const char *sub = argc > 2 ? argv[2] : "";
@@ -232,6 +402,12 @@ int cli_hsm_xkek(cli_store *store, int argc, char **argv)
         return xkek_request(store, argc, argv);
     if (strcmp(sub, "derive") == 0)
         return xkek_derive(store, argc, argv);
-    cli_error("hsm xkek: give a subcommand: request or derive (see sks hsm xkek --help)");
+    if (strcmp(sub, "generate") == 0)
+        return xkek_generate(store, argc, argv);
+    if (strcmp(sub, "wrap") == 0)
+        return xkek_wrap(store, argc, argv);
+    if (strcmp(sub, "unwrap") == 0)
+        return xkek_unwrap(store, argc, argv);
+    cli_error("hsm xkek: give a subcommand: request, derive, generate, wrap or unwrap (see sks hsm xkek --help)");
     return CLI_EXIT_USAGE;
 }
