@@ -179,10 +179,12 @@ static int attest_key(sks_transport *t, uint32_t handle, EVP_PKEY *device, const
         return 0;
     }
     printf("key %u:       ", handle);
+    memset(&c, 0, sizeof(c));
+    err[0] = 0;
     if (req.len == 0)
         printf("no generation response (the card keeps none, e.g. a certificate replaced it)\n");
     else if (!schsm_cvc_parse(req.data, req.len, &c, NULL, err, sizeof(err)) || !c.authenticated) {
-        printf("NOT attested (%s)\n", c.authenticated ? err : "not an authenticated CV request");
+        printf("NOT attested (%s)\n", err[0] ? err : "not an authenticated CV request");
         ok = 0;
     } else if (device == NULL)
         printf("not attested (the device chain is not verified)\n");

@@ -222,20 +222,26 @@ static int domain_join(cli_store *store, int argc, char **argv)
 
 /* ---- kdm issue ---- */
 
+/* One BER-TLV (tag of 1-2 bytes, length up to 0xFFFF) appended to b: card data, not wire data. */
 static void put_tlv(sks_buf *b, unsigned tag, const uint8_t *v, size_t n)
 {
+    uint8_t head[5];
+    size_t h = 0;
+
     if (tag > 0xFF)
-        sks_buf_byte(b, (uint8_t)(tag >> 8));
-    sks_buf_byte(b, (uint8_t)tag);
+        head[h++] = (uint8_t)(tag >> 8);
+    head[h++] = (uint8_t)tag;
     if (n < 0x80) {
-        sks_buf_byte(b, (uint8_t)n);
+        head[h++] = (uint8_t)n;
     } else if (n <= 0xFF) {
-        sks_buf_byte(b, 0x81);
-        sks_buf_byte(b, (uint8_t)n);
+        head[h++] = 0x81;
+        head[h++] = (uint8_t)n;
     } else {
-        sks_buf_byte(b, 0x82);
-        sks_buf_ushort(b, (uint16_t)n);
+        head[h++] = 0x82;
+        head[h++] = (uint8_t)(n >> 8);
+        head[h++] = (uint8_t)n;
     }
+    sks_buf_put(b, head, h);
     sks_buf_put(b, v, n);
 }
 
