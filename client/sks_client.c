@@ -1372,3 +1372,192 @@ int sks_client_hsm_get_challenge(sks_transport *t, uint8_t *out, size_t n, sks_c
     }
     return call_end(&c, ok);
 }
+
+static int call_bytes_out(call_ctx *c, sks_transport *t, sks_bytes *out, const char *field)
+{
+    int ok = call_run(c, t);
+
+    if (ok)
+        take_bytes(&c->r, sks_get_array(&c->r, field), out, field);
+    ok = call_end(c, ok);
+    if (!ok)
+        bytes_free(out);
+    return ok;
+}
+
+int sks_client_hsm_device_certificates(sks_transport *t, sks_bytes *devaut, sks_client_error *err)
+{
+    call_ctx c;
+
+    memset(devaut, 0, sizeof(*devaut));
+    call_begin(&c, SKS_METHOD_HSM_DEVICE_CERTIFICATES, "hsmDeviceCertificates", err);
+    return call_bytes_out(&c, t, devaut, "devAut");
+}
+
+int sks_client_hsm_key_generation_response(sks_transport *t, uint32_t key_handle, sks_bytes *request,
+                                           sks_client_error *err)
+{
+    call_ctx c;
+
+    memset(request, 0, sizeof(*request));
+    call_begin(&c, SKS_METHOD_HSM_KEY_GENERATION_RESPONSE, "hsmKeyGenerationResponse", err);
+    sks_buf_uint(&c.req, key_handle);
+    return call_bytes_out(&c, t, request, "request");
+}
+
+static void get_domain(sks_reader *r, sks_hsm_domain *d)
+{
+    sks_span kcv, uid;
+
+    memset(d, 0, sizeof(*d));
+    d->domain = sks_get_byte(r, "domain");
+    d->shares_total = sks_get_byte(r, "sharesTotal");
+    d->shares_missing = sks_get_byte(r, "sharesMissing");
+    kcv = sks_get_array(r, "kcv");
+    uid = sks_get_array(r, "uid");
+    if (!sks_reader_ok(r))
+        return;
+    if (kcv.n != sizeof(d->kcv) || uid.n > sizeof(d->uid)) {
+        reader_fail(r, "has the wrong length", kcv.n != sizeof(d->kcv) ? "kcv" : "uid");
+        return;
+    }
+    memcpy(d->kcv, kcv.p, kcv.n);
+    if (uid.n > 0)
+        memcpy(d->uid, uid.p, uid.n);
+    d->uid_len = uid.n;
+}
+
+int sks_client_hsm_domain_status(sks_transport *t, sks_span authorization, sks_hsm_domain *domains, size_t max,
+                                 size_t *count, sks_client_error *err)
+{
+    call_ctx c;
+    size_t i, n;
+    int ok;
+
+    *count = 0;
+    call_begin(&c, SKS_METHOD_HSM_DOMAIN_STATUS, "hsmDomainStatus", err);
+    put_span(&c.req, authorization);
+    ok = call_run(&c, t);
+    if (ok) {
+        n = sks_get_ushort(&c.r, "domains");
+        if (n > max)
+            reader_fail(&c.r, "has too many items", "domains");
+        for (i = 0; i < n && sks_reader_ok(&c.r); i++)
+            get_domain(&c.r, &domains[i]);
+        if (sks_reader_ok(&c.r))
+            *count = n;
+    }
+    return call_end(&c, ok);
+}
+
+static int domain_call(call_ctx *c, sks_transport *t, sks_hsm_domain *out)
+{
+    int ok = call_run(c, t);
+
+    if (ok)
+        get_domain(&c->r, out);
+    return call_end(c, ok);
+}
+
+int sks_client_hsm_domain_create(sks_transport *t, sks_span authorization, uint8_t domain, uint8_t dkek_shares,
+                                 sks_hsm_domain *out, sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, SKS_METHOD_HSM_KEY_DOMAIN_CREATE, "hsmKeyDomainCreate", err);
+    put_span(&c.req, authorization);
+    sks_buf_byte(&c.req, domain);
+    sks_buf_byte(&c.req, dkek_shares);
+    return domain_call(&c, t, out);
+}
+
+int sks_client_hsm_domain_join(sks_transport *t, sks_span authorization, uint8_t domain, sks_span membership,
+                               sks_hsm_domain *out, sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, SKS_METHOD_HSM_KEY_DOMAIN_JOIN, "hsmKeyDomainJoin", err);
+    put_span(&c.req, authorization);
+    sks_buf_byte(&c.req, domain);
+    put_span(&c.req, membership);
+    return domain_call(&c, t, out);
+}
+
+int sks_client_hsm_generate_domain_key(sks_transport *t, sks_span authorization, const char *friendly_name,
+                                       const char *key_algorithm, uint8_t domain, sks_span algorithms,
+                                       uint32_t *key_handle, sks_bytes *public_key, sks_bytes *request,
+                                       sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    *key_handle = 0;
+    memset(public_key, 0, sizeof(*public_key));
+    memset(request, 0, sizeof(*request));
+    call_begin(&c, SKS_METHOD_HSM_GENERATE_DOMAIN_KEY, "hsmGenerateDomainKey", err);
+    put_span(&c.req, authorization);
+    put_str(&c.req, friendly_name);
+    put_str(&c.req, key_algorithm);
+    sks_buf_byte(&c.req, domain);
+    put_span(&c.req, algorithms);
+    ok = call_run(&c, t);
+    if (ok) {
+        *key_handle = sks_get_uint(&c.r, "keyHandle");
+        take_bytes(&c.r, sks_get_array(&c.r, "publicKey"), public_key, "publicKey");
+        take_bytes(&c.r, sks_get_array(&c.r, "request"), request, "request");
+    }
+    ok = call_end(&c, ok);
+    if (!ok) {
+        bytes_free(public_key);
+        bytes_free(request);
+    }
+    return ok;
+}
+
+int sks_client_hsm_derive_xkek(sks_transport *t, sks_span authorization, uint32_t key_handle, sks_span peer_request,
+                               sks_client_error *err)
+{
+    call_ctx c;
+
+    call_begin(&c, SKS_METHOD_HSM_DERIVE_XKEK, "hsmDeriveXkek", err);
+    put_span(&c.req, authorization);
+    sks_buf_uint(&c.req, key_handle);
+    put_span(&c.req, peer_request);
+    return call_simple(&c, t);
+}
+
+int sks_client_hsm_domain_wrap_key(sks_transport *t, sks_span authorization, uint32_t key_handle, sks_bytes *blob,
+                            sks_client_error *err)
+{
+    call_ctx c;
+
+    memset(blob, 0, sizeof(*blob));
+    call_begin(&c, SKS_METHOD_HSM_DOMAIN_WRAP_KEY, "hsmDomainWrapKey", err);
+    put_span(&c.req, authorization);
+    sks_buf_uint(&c.req, key_handle);
+    return call_bytes_out(&c, t, blob, "blob");
+}
+
+int sks_client_hsm_domain_unwrap_key(sks_transport *t, sks_span authorization, const char *friendly_name, sks_span blob,
+                              sks_span request, uint32_t *key_handle, sks_bytes *public_key, sks_client_error *err)
+{
+    call_ctx c;
+    int ok;
+
+    *key_handle = 0;
+    memset(public_key, 0, sizeof(*public_key));
+    call_begin(&c, SKS_METHOD_HSM_DOMAIN_UNWRAP_KEY, "hsmDomainUnwrapKey", err);
+    put_span(&c.req, authorization);
+    put_str(&c.req, friendly_name);
+    put_span(&c.req, blob);
+    put_span(&c.req, request);
+    ok = call_run(&c, t);
+    if (ok) {
+        *key_handle = sks_get_uint(&c.r, "keyHandle");
+        take_bytes(&c.r, sks_get_array(&c.r, "publicKey"), public_key, "publicKey");
+    }
+    ok = call_end(&c, ok);
+    if (!ok)
+        bytes_free(public_key);
+    return ok;
+}

@@ -104,7 +104,16 @@ enum {
     SKS_METHOD_HSM_KEY_DOMAIN_STATUS = 214,
     SKS_METHOD_HSM_WRAP_KEY = 215,
     SKS_METHOD_HSM_UNWRAP_KEY = 216,
-    SKS_METHOD_HSM_GET_CHALLENGE = 217
+    SKS_METHOD_HSM_GET_CHALLENGE = 217,
+    SKS_METHOD_HSM_DEVICE_CERTIFICATES = 220,
+    SKS_METHOD_HSM_KEY_GENERATION_RESPONSE = 221,
+    SKS_METHOD_HSM_DOMAIN_STATUS = 222,
+    SKS_METHOD_HSM_KEY_DOMAIN_CREATE = 223,
+    SKS_METHOD_HSM_KEY_DOMAIN_JOIN = 224,
+    SKS_METHOD_HSM_GENERATE_DOMAIN_KEY = 225,
+    SKS_METHOD_HSM_DERIVE_XKEK = 226,
+    SKS_METHOD_HSM_DOMAIN_WRAP_KEY = 227,
+    SKS_METHOD_HSM_DOMAIN_UNWRAP_KEY = 228
 };
 
 /* Values of the specification's byte enumerations. */
@@ -512,5 +521,55 @@ int sks_client_hsm_unwrap_key(sks_transport *t, sks_span authorization, sks_span
 
 /* hsmGetChallenge: n (1..1024) random bytes from the card's generator into out. */
 int sks_client_hsm_get_challenge(sks_transport *t, uint8_t *out, size_t n, sks_client_error *err);
+/* hsmDeviceCertificates: the card's EF.C_DevAut (device CV certificate ‖ DICA certificate), as
+ * the card holds it; the caller verifies it (schsm/keymgmt_formats.h). */
+int sks_client_hsm_device_certificates(sks_transport *t, sks_bytes *devaut, sks_client_error *err);
+
+/* hsmKeyGenerationResponse: the authenticated CV request the card answered the key's
+ * generation with (empty when the card keeps none for it); the caller verifies it. */
+int sks_client_hsm_key_generation_response(sks_transport *t, uint32_t key_handle, sks_bytes *request,
+                                           sks_client_error *err);
+
+/* One key domain as MANAGE KEY DOMAIN reports it. */
+#define SKS_HSM_MAX_DOMAINS 255
+typedef struct {
+    uint8_t domain;
+    uint8_t shares_total;   /* 0xFF: an XKEK domain */
+    uint8_t shares_missing;
+    uint8_t kcv[8];         /* zeros while the KEK is incomplete */
+    uint8_t uid[133];       /* XKEK: the group signer's key (the domain UID) */
+    size_t uid_len;
+} sks_hsm_domain;
+
+/* hsmDomainStatus: every domain the card has (*count of them, at most max).
+ * authorization: the user PIN, or empty (pico-hsm shows a DKEK's KCV only after VERIFY). */
+int sks_client_hsm_domain_status(sks_transport *t, sks_span authorization, sks_hsm_domain *domains, size_t max,
+                                 size_t *count, sks_client_error *err);
+/* hsmKeyDomainCreate: a DKEK domain of dkek_shares (1..255) shares. */
+int sks_client_hsm_domain_create(sks_transport *t, sks_span authorization, uint8_t domain, uint8_t dkek_shares,
+                                 sks_hsm_domain *out, sks_client_error *err);
+/* hsmKeyDomainJoin: an XKEK domain from a key domain membership (KDM) the group signer issued. */
+int sks_client_hsm_domain_join(sks_transport *t, sks_span authorization, uint8_t domain, sks_span membership,
+                               sks_hsm_domain *out, sks_client_error *err);
+
+/* hsmGenerateDomainKey: an EC key (key_algorithm: an ec.* key generation URI) in key domain
+ * `domain` allowed only `algorithms` (card algorithm ids, 1..16; 0x84 = ECDH for the XKEK);
+ * request receives the authenticated CV request the card answered with. */
+int sks_client_hsm_generate_domain_key(sks_transport *t, sks_span authorization, const char *friendly_name,
+                                       const char *key_algorithm, uint8_t domain, sks_span algorithms,
+                                       uint32_t *key_handle, sks_bytes *public_key, sks_bytes *request,
+                                       sks_client_error *err);
+/* hsmDeriveXkek: the key's domain KEK from the peer card's request (its chain and signatures
+ * verified by the caller first). */
+int sks_client_hsm_derive_xkek(sks_transport *t, sks_span authorization, uint32_t key_handle, sks_span peer_request,
+                               sks_client_error *err);
+
+/* hsmDomainWrapKey: the key encrypted under its domain's KEK (WRAP KEY). */
+int sks_client_hsm_domain_wrap_key(sks_transport *t, sks_span authorization, uint32_t key_handle, sks_bytes *blob,
+                            sks_client_error *err);
+/* hsmDomainUnwrapKey: a blob of another card of the same domain, with the key's CV request from that
+ * card (the device checks the unwrapped key signs for the request's public key). */
+int sks_client_hsm_domain_unwrap_key(sks_transport *t, sks_span authorization, const char *friendly_name, sks_span blob,
+                              sks_span request, uint32_t *key_handle, sks_bytes *public_key, sks_client_error *err);
 
 #endif

@@ -1,10 +1,13 @@
 /*
  * libFuzzer target for SmartCard-HSM key management (schsm/manage.c): a fuzzed card answers
- * every APDU of hsmGenerateKeyPair, hsmInitialize and hsmStatus, so the parsers of card
- * answers (FCP, ENUMERATE, the CV request of key generation, SIGN) see anything.
+ * every APDU of hsmGenerateKeyPair, hsmInitialize, hsmStatus, hsmDeviceCertificates and
+ * hsmKeyGenerationResponse, so the parsers of card answers (FCP, ENUMERATE, the CV request of
+ * key generation, SIGN, chunked READ BINARY) see anything.
  *
  * Input: one byte choosing the request (byte % 3: generate, initialize, status; bit 5: extended
- * length; generate: bits 2-3 the algorithm, bit 7 a subject; initialize: bit 6 force), then
+ * length; generate: bits 2-3 the algorithm, bit 7 a subject; initialize: bit 6 force; status:
+ * bit 7 hsmDeviceCertificates instead, else bit 6 hsmKeyGenerationResponse, else bit 4
+ * hsmKeyDomainStatus), then
  * the card's answers, each as a 2-byte big-endian length, the data and a 2-byte status word.
  * When the input runs out the link fails. Every reply must be a status byte and, on errors,
  * a message.
@@ -127,7 +130,18 @@ static void build_request(uint8_t choice, sks_buf *req)
         sks_buf_bool(req, (choice & 0x40) != 0);
         break;
     default:
-        add_dkek_request((choice >> 2) & 7, req);
+        /* 220/221 read files in chunks: the card's lengths and status words drive the loop */
+        if (choice & 0x80) {
+            sks_buf_byte(req, 220);
+        } else if (choice & 0x40) {
+            sks_buf_byte(req, 221);
+            sks_buf_uint(req, 1);
+        } else if (choice & 0x10) {
+            sks_buf_byte(req, 222); /* MANAGE KEY DOMAIN status of every domain */
+            sks_buf_array(req, NULL, 0);
+        } else {
+            add_dkek_request((choice >> 2) & 7, req);
+        }
         break;
     }
 }

@@ -27,6 +27,15 @@ static const struct {
     { 215, "hsmWrapKey", mg_wrap_key },
     { 216, "hsmUnwrapKey", mg_unwrap_key },
     { 217, "hsmGetChallenge", mg_get_challenge },
+    { 220, "hsmDeviceCertificates", mg_device_certificates },
+    { 221, "hsmKeyGenerationResponse", mg_key_generation_response },
+    { 222, "hsmDomainStatus", mg_domain_status },
+    { 223, "hsmKeyDomainCreate", mg_domain_create },
+    { 224, "hsmKeyDomainJoin", mg_domain_join },
+    { 225, "hsmGenerateDomainKey", mg_generate_domain_key },
+    { 226, "hsmDeriveXkek", mg_derive_xkek },
+    { 227, "hsmDomainWrapKey", mg_domain_wrap_key },
+    { 228, "hsmDomainUnwrapKey", mg_domain_unwrap_key },
 };
 
 int schsm_manage_handles(uint8_t method_id)

@@ -129,5 +129,18 @@ int mg_free_key_reference(mg_call *m, uint8_t *kid);
 int mg_generate(mg_call *m, sks_reader *in);
 int mg_initialize(mg_call *m, sks_reader *in);
 int mg_status(mg_call *m, sks_reader *in);
+/* mgmt_attest.c: EF.C_DevAut and the key generation responses (220, 221) */
+int mg_device_certificates(mg_call *m, sks_reader *in);
+int mg_key_generation_response(mg_call *m, sks_reader *in);
+/* mgmt_domain.c: MANAGE KEY DOMAIN (222-224) */
+int mg_domain_status(mg_call *m, sks_reader *in);
+int mg_domain_create(mg_call *m, sks_reader *in);
+int mg_domain_join(mg_call *m, sks_reader *in);
+/* mgmt_xkek.c: keys in a domain, DERIVE XKEK (225, 226) */
+int mg_generate_domain_key(mg_call *m, sks_reader *in);
+int mg_derive_xkek(mg_call *m, sks_reader *in);
+/* mgmt_migrate.c: WRAP / UNWRAP KEY between cards of one XKEK domain (227, 228) */
+int mg_domain_wrap_key(mg_call *m, sks_reader *in);
+int mg_domain_unwrap_key(mg_call *m, sks_reader *in);
 
 #endif

@@ -93,6 +93,15 @@ static const struct {
     { 215, "hsmWrapKey" },
     { 216, "hsmUnwrapKey" },
     { 217, "hsmGetChallenge" },
+    { 220, "hsmDeviceCertificates" },
+    { 221, "hsmKeyGenerationResponse" },
+    { 222, "hsmDomainStatus" },
+    { 223, "hsmKeyDomainCreate" },
+    { 224, "hsmKeyDomainJoin" },
+    { 225, "hsmGenerateDomainKey" },
+    { 226, "hsmDeriveXkek" },
+    { 227, "hsmDomainWrapKey" },
+    { 228, "hsmDomainUnwrapKey" },
 };
 
 static const char *hsm_only_method(uint8_t id)

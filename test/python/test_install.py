@@ -90,7 +90,7 @@ def man_text(page):
 SKS_COMMANDS = [[], ["serve"], ["list"], ["generate"], ["import"], ["export"],
                 ["cert"], ["delete"], ["pin"], ["skip"], ["skip", "request"], ["skip", "import"],
                 ["skip", "issue"], ["skip", "enroll"], ["skip", "recover"], ["hsm"], ["hsm", "wrap"],
-                ["hsm", "dkek"], ["hsm", "backup"]]
+                ["hsm", "dkek"], ["hsm", "backup"], ["hsm", "attest"], ["hsm", "domain"], ["hsm", "xkek"]]
 
 
 @pytest.mark.parametrize("cmd", SKS_COMMANDS, ids=lambda c: " ".join(c) or "sks")

@@ -77,6 +77,12 @@ int cli_hsm_wrap(int argc, char **argv);
 int cli_hsm_dkek(cli_store *store, int argc, char **argv);
 int cli_hsm_backup(cli_store *store, int argc, char **argv);
 int cli_hsm_restore(cli_store *store, int argc, char **argv);
+/* ---- hsm_attest.c: sks hsm attest (device chain and key generation responses) ---- */
+int cli_hsm_attest(cli_store *store, int argc, char **argv);
+/* ---- hsm_xkek.c: sks hsm xkek request|derive ---- */
+int cli_hsm_xkek(cli_store *store, int argc, char **argv);
+/* ---- hsm_domain.c: sks hsm domain status|create|join, sks hsm kdm issue ---- */
+int cli_hsm_domain(cli_store *store, int argc, char **argv);
 
 /* ---- opts.c: option parsing ---- */
 
@@ -222,5 +228,11 @@ int cli_check_new_name(sks_transport *t, const char *cmd, const char *name);
 
 /* Prints what generate and import report: handle, name, certificate fingerprint. */
 void cli_print_new_key(uint32_t handle, const char *name, X509 *ee);
+
+/* ---- hsm_attest.c (needs cli_list) ---- */
+/* 1 and the device key (and its CHR) if chain (device certificate ‖ DICA) verifies, in date, up
+ * to a built-in root or one of root_files; else 0 with a message naming cmd. */
+int cli_hsm_verified_device(const char *cmd, const uint8_t *chain, size_t n, const cli_list *root_files,
+                            EVP_PKEY **device_key, char chr[17]);
 
 #endif

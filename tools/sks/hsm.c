@@ -30,7 +30,13 @@ static const char USAGE[] =
     "  status: kind, firmware, PIN state and tries left.\n"
     "       sks hsm wrap ...  (on the host, no card: see sks hsm wrap --help)\n"
     "       sks hsm dkek create-share|import|status ...  (see sks hsm dkek --help)\n"
-    "       sks hsm backup ..., sks hsm restore ...  (see sks hsm backup --help)\n";
+    "       sks hsm backup ..., sks hsm restore ...  (see sks hsm backup --help)\n"
+    "       sks hsm attest [--root FILE]... [--out FILE] [--chain FILE]\n"
+    "  attest: verifies the card's device certificate chain and which keys it generated\n"
+    "  (see sks hsm attest --help).\n"
+    "       sks hsm domain status|create|join ...  key domains (see sks hsm domain --help)\n"
+    "       sks hsm kdm issue ...  a key domain membership, by the group signer (no card)\n"
+    "       sks hsm xkek request|derive ...  agree on an XKEK domain's KEK (see sks hsm xkek --help)\n";
 
 int cli_maybe_hsm(const cli_store *store)
 {
@@ -259,6 +265,13 @@ int cmd_hsm(cli_store *store, int argc, char **argv)
         return cli_hsm_backup(store, argc, argv);
     if (strcmp(sub, "restore") == 0)
         return cli_hsm_restore(store, argc, argv);
-    cli_error("hsm: give a subcommand: init, status, wrap, dkek, backup or restore (see sks hsm --help)");
+    if (strcmp(sub, "attest") == 0)
+        return cli_hsm_attest(store, argc, argv);
+    if (strcmp(sub, "domain") == 0 || strcmp(sub, "kdm") == 0)
+        return cli_hsm_domain(store, argc, argv);
+    if (strcmp(sub, "xkek") == 0)
+        return cli_hsm_xkek(store, argc, argv);
+    cli_error("hsm: give a subcommand: init, status, wrap, dkek, backup, restore, attest, domain, kdm or xkek"
+              " (see sks hsm --help)");
     return CLI_EXIT_USAGE;
 }
