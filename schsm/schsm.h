@@ -3,7 +3,7 @@
  * the SKS wire format (docs/wire-format.md) from the card's own APDUs (docs/smartcard-hsm.md).
  *
  * The driver never talks to PC/SC itself: it sends command APDUs through a schsm_io that the
- * caller supplies (transport/pcsc.c over pcsc-lite; the fuzz target with a fuzzed card), so the
+ * caller supplies (transport/pcsc_schsm.c over the PC/SC link; the fuzz target with a fuzzed card), so the
  * driver can be driven by anything that answers APDUs.
  */
 #ifndef SKS_SCHSM_H
