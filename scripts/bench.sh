@@ -12,7 +12,8 @@
 # self-signed certificates; the same key material imported into an sks store (sks import)
 # and into a SoftHSM2 token (pkcs11-tool --write-object); sksd serving the store; a private pcscd
 # (socket activation on a socket of ours, so a system pcscd is left alone) with vpcd and the
-# virtual card sks-vcard on the same store; a CA for SKIP packages. The run includes P-256
+# virtual card sks-vcard on the same store; a CA for SKIP packages. sks_bench starts nginx itself
+# (Debian's, on 127.0.0.1, one configuration per variant in the temporary directory). The run includes P-256
 # signing on a busy machine and with as many clients as cores and twice as many (--no-contention
 # leaves it out). Every process started here is stopped by its PID on exit. Then
 # bench/vhsm_bench.py compares sks with OpenSC's PKCS#11 module (through libp11's engine) on one
@@ -67,6 +68,7 @@ for k in p256 p384 rsa2048 ed25519; do
 done
 "$SKSD" --store "$W/store.db" --socket "$W/sksd.sock" >"$W/sksd.log" 2>&1 &
 PIDS+=($!)
+echo $! >"$W/sksd.pid" # the nginx rows count sksd's CPU per handshake
 
 # ---- SoftHSM2 token with the same keys, for libp11's engine
 NA=()
