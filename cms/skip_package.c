@@ -532,46 +532,113 @@ static int verify_signature(skip_package *p, char *err, size_t errlen)
     return 1;
 }
 
-/* Each container's key must be certified by exactly the certificate that carries it. */
-static int attach_certificates(skip_package *p, X509_STORE *anchors, char *err, size_t errlen)
+/* A certificate's SubjectPublicKeyInfo, encoded once for comparing with every container. */
+typedef struct {
+    unsigned char *der;
+    int len, plain; /* plain: in the form key_der.c parses from its parts */
+} cert_spki;
+
+/* Whether certificate j carries the same public key as container c. Two keys in the plain
+ * form (key_der.c: named curve, uncompressed point; Ed25519) are equal exactly when their
+ * encodings are, so those are compared as bytes; any other encoding is compared as keys by
+ * OpenSSL (EVP_PKEY_eq), as before. The answer is the same either way; the byte comparison
+ * saves an EVP_PKEY_eq per certificate and container (32 x 34 of them in a full package). */
+static int same_key(X509 *x, const cert_spki *s, const skip_container *c, int container_plain)
 {
-    size_t i;
+    EVP_PKEY *pub;
+
+    if (container_plain && s->plain)
+        return (size_t)s->len == c->spki_len && memcmp(s->der, c->spki, c->spki_len) == 0;
+    pub = X509_get0_pubkey(x);
+    return pub != NULL && EVP_PKEY_eq(pub, c->public_key) == 1;
+}
+
+static cert_spki *encode_spkis(STACK_OF(X509) *certs)
+{
+    int j, n = sk_X509_num(certs), curve;
+    cert_spki *s = OPENSSL_zalloc(sizeof(*s) * (size_t)(n > 0 ? n : 1));
+    const uint8_t *key;
+    size_t key_len;
+
+    for (j = 0; s != NULL && j < n; j++) {
+        s[j].len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(sk_X509_value(certs, j)), &s[j].der);
+        s[j].plain = s[j].len > 0 && spki_split(s[j].der, (size_t)s[j].len, &curve, &key, &key_len);
+    }
+    return s;
+}
+
+static void free_spkis(cert_spki *s, int n)
+{
     int j;
 
-    for (i = 0; i < p->nkeys; i++) {
+    for (j = 0; s != NULL && j < n; j++)
+        OPENSSL_free(s[j].der);
+    OPENSSL_free(s);
+}
+
+/* Each container's key must be certified by exactly the certificate that carries it. Every
+ * certificate's chain was verified by skip_package_verify (chains[j] for certificate j, with
+ * the same anchors and pool): the container takes its certificate's verified path from there
+ * rather than running X509_verify_cert on the same input a second time. */
+static int attach_certificates(skip_package *p, STACK_OF(X509) *const *chains, char *err, size_t errlen)
+{
+    int j, found, curve, n = sk_X509_num(p->certs), ok = 1;
+    cert_spki *spkis = encode_spkis(p->certs);
+    const uint8_t *key;
+    size_t i, key_len;
+
+    if (spkis == NULL)
+        return fail(err, errlen, "out of memory");
+    for (i = 0; i < p->nkeys && ok; i++) {
         skip_container *c = &p->keys[i];
-        for (j = 0; j < sk_X509_num(p->certs) && c->cert == NULL; j++) {
-            EVP_PKEY *pub = X509_get0_pubkey(sk_X509_value(p->certs, j));
-            if (pub != NULL && EVP_PKEY_eq(pub, c->public_key) == 1)
-                c->cert = sk_X509_value(p->certs, j);
+        int plain = spki_split(c->spki, c->spki_len, &curve, &key, &key_len);
+        for (j = 0, found = -1; j < n && found < 0; j++)
+            if (same_key(sk_X509_value(p->certs, j), &spkis[j], c, plain))
+                found = j;
+        if (found < 0) {
+            ok = fail(err, errlen, "container %zu: its key has no certificate in the package", i + 1);
+            break;
         }
-        if (c->cert == NULL)
-            return fail(err, errlen, "container %zu: its key has no certificate in the package", i + 1);
-        if ((c->path = verify_chain(anchors, p->certs, c->cert, err, errlen)) == NULL)
-            return 0;
-        if (sk_X509_num(c->path) > SKIP_MAX_PATH)
-            return fail(err, errlen, "container %zu: its certificate path is longer than %d", i + 1, SKIP_MAX_PATH);
+        c->cert = sk_X509_value(p->certs, found);
+        if ((c->path = X509_chain_up_ref(chains[found])) == NULL)
+            ok = fail(err, errlen, "out of memory");
+        else if (sk_X509_num(c->path) > SKIP_MAX_PATH)
+            ok = fail(err, errlen, "container %zu: its certificate path is longer than %d", i + 1, SKIP_MAX_PATH);
     }
-    return 1;
+    free_spkis(spkis, n);
+    return ok;
+}
+
+static void free_chains(STACK_OF(X509) **chains, int n)
+{
+    int i;
+
+    for (i = 0; chains != NULL && i < n; i++)
+        sk_X509_pop_free(chains[i], X509_free);
+    OPENSSL_free(chains);
 }
 
 int skip_package_verify(skip_package *p, X509_STORE *anchors, char *err, size_t errlen)
 {
-    STACK_OF(X509) *chain;
-    int i;
+    int i, n = sk_X509_num(p->certs), ok = 0;
+    STACK_OF(X509) **chains = n > 0 ? OPENSSL_zalloc(sizeof(*chains) * (size_t)n) : NULL;
 
-    for (i = 0; i < sk_X509_num(p->certs); i++) {
-        if ((chain = verify_chain(anchors, p->certs, sk_X509_value(p->certs, i), err, errlen)) == NULL)
-            return 0;
-        sk_X509_pop_free(chain, X509_free);
+    if (chains == NULL)
+        return fail(err, errlen, n > 0 ? "out of memory" : "the package carries no certificates");
+    for (i = 0; i < n; i++)
+        if ((chains[i] = verify_chain(anchors, p->certs, sk_X509_value(p->certs, i), err, errlen)) == NULL)
+            goto done;
+    if ((p->signer = find_by_keyid(p->certs, p->keyid)) == NULL) {
+        fail(err, errlen, "the signer's subjectKeyIdentifier matches no certificate in the package");
+        goto done;
     }
-    if ((p->signer = find_by_keyid(p->certs, p->keyid)) == NULL)
-        return fail(err, errlen, "the signer's subjectKeyIdentifier matches no certificate in the package");
-    if (!skip_key_supported(X509_get0_pubkey(p->signer), 0))
-        return fail(err, errlen, "the ephemeral key is not EC on a SKIP curve");
-    if (!skip_signer_purpose(p->signer, err, errlen))
-        return 0;
-    if (!verify_signature(p, err, errlen))
-        return 0;
-    return attach_certificates(p, anchors, err, errlen);
+    if (!skip_key_supported(X509_get0_pubkey(p->signer), 0)) {
+        fail(err, errlen, "the ephemeral key is not EC on a SKIP curve");
+        goto done;
+    }
+    ok = skip_signer_purpose(p->signer, err, errlen) && verify_signature(p, err, errlen)
+         && attach_certificates(p, chains, err, errlen);
+done:
+    free_chains(chains, n);
+    return ok;
 }
