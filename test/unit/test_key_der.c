@@ -17,6 +17,7 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+#include "cms/skip_common.h"
 #include "device/internal.h"
 
 static int checks, failures;
@@ -148,6 +149,33 @@ static void check_signatures(const char *what, EVP_PKEY *k, key_contexts *kc, in
     CHECK(good == count, "%s: %d of %d signatures with kept contexts verify", what, good, count);
 }
 
+/* skip_session_id writes a plain key's SPKI from its parts (cms/skip_common.c) and any other
+ * through OpenSSL's encoder: the same key decoded from a compressed point (which takes the
+ * encoder) must give the same id, so both encodings are byte-identical. */
+static void check_session_id(const char *what, EVP_PKEY *k)
+{
+    unsigned char *der = NULL;
+    const unsigned char *q;
+    char fast[33], slow[33];
+    EVP_PKEY *copy = EVP_PKEY_dup(k), *compressed = NULL;
+    int n;
+
+    if (copy != NULL && EVP_PKEY_set_utf8_string_param(copy, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
+                                                       OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_COMPRESSED) == 1
+        && (n = i2d_PUBKEY(copy, &der)) > 0) {
+        q = der;
+        compressed = d2i_PUBKEY(NULL, &q, n);
+    }
+    CHECK(compressed != NULL, "%s: no compressed copy", what);
+    CHECK(skip_session_id(k, fast) && compressed != NULL && skip_session_id(compressed, slow)
+              && strcmp(fast, slow) == 0,
+          "%s: session id %s from the plain SPKI, %s through OpenSSL's encoder", what, fast,
+          compressed != NULL ? slow : "-");
+    OPENSSL_free(der);
+    EVP_PKEY_free(copy);
+    EVP_PKEY_free(compressed);
+}
+
 int main(void)
 {
     size_t i;
@@ -161,6 +189,7 @@ int main(void)
             if (k == NULL)
                 continue;
             check_key(CURVES[i], k);
+            check_session_id(CURVES[i], k);
             if (j == 0) {
                 check_off_curve(CURVES[i], k);
                 check_signatures(CURVES[i], k, &kc, 300);
