@@ -58,7 +58,7 @@
  *                           whose keys need the PIN: bench/vhsm_bench.py)
  *   --na X:REASON           variant X is not available, REASON goes into its column
  *   --rounds N (7)  --seconds S (0.2, per batch)  --only OP[,OP...]  --variants abcde
- *   --no-tls  --no-skip  --no-contention  --skip-trials N (5)  --markdown FILE  --modules DIR  --sks PATH
+ *   --no-tls (the s_server and nginx rows)  --no-skip  --no-contention  --skip-trials N (5)  --markdown FILE  --modules DIR  --sks PATH
  *   --profile X:OP          only run OP on variant X for --seconds seconds, no table: for
  *                           perf record / valgrind --tool=callgrind (README, Benchmarks)
  *   --count N               with --profile: 50 warm-up operations (key caches filled), then
