@@ -28,12 +28,7 @@ int mg_domain_wrap_key(mg_call *m, sks_reader *in)
     uint32_t handle = sks_get_uint(in, "keyHandle");
     int r;
 
-    sks_reader_expect_end(in);
-    if (!sks_reader_ok(in))
-        return mg_fail(m, MG_ERROR_OPTION, "malformed request");
-    if (handle < 1 || handle > 255)
-        return mg_fail(m, MG_ERROR_OPTION, "no key with handle %u on a SmartCard-HSM", handle);
-    if ((r = mg_select(m)) != MG_STEP_OK || (r = mg_verify_pin(m, pin)) != MG_STEP_OK)
+    if ((r = mg_key_request_begin(m, in, pin, handle)) != MG_STEP_OK)
         return r;
     if (mg_apdu(m, 0x80, 0x72, (uint8_t)handle, 0x92, NULL, 0, SCHSM_LE_LINK) != MG_STEP_OK)
         return MG_STEP_LINK;

@@ -76,14 +76,9 @@ int mg_derive_xkek(mg_call *m, sks_reader *in)
     sks_span peer = sks_get_array(in, "peerRequest");
     int r;
 
-    sks_reader_expect_end(in);
-    if (!sks_reader_ok(in))
-        return mg_fail(m, MG_ERROR_OPTION, "malformed request");
-    if (handle < 1 || handle > 255)
-        return mg_fail(m, MG_ERROR_OPTION, "no key with handle %u on a SmartCard-HSM", handle);
-    if (peer.n == 0 || peer.p[0] != 0x67)
+    if (sks_reader_ok(in) && (peer.n == 0 || peer.p[0] != 0x67))
         return mg_fail(m, MG_ERROR_OPTION, "the peer's request must be an authenticated CV request (67)");
-    if ((r = mg_select(m)) != MG_STEP_OK || (r = mg_verify_pin(m, pin)) != MG_STEP_OK)
+    if ((r = mg_key_request_begin(m, in, pin, handle)) != MG_STEP_OK)
         return r;
     if (mg_apdu(m, 0x80, 0x62, (uint8_t)handle, ALG_DERIVE_XKEK, peer.p, peer.n, SCHSM_LE_LINK) != MG_STEP_OK)
         return MG_STEP_LINK;
