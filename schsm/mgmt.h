@@ -174,5 +174,11 @@ int mg_derive_xkek(mg_call *m, sks_reader *in);
 /* mgmt_migrate.c: WRAP / UNWRAP KEY between cards of one XKEK domain (227, 228) */
 int mg_domain_wrap_key(mg_call *m, sks_reader *in);
 int mg_domain_unwrap_key(mg_call *m, sks_reader *in);
+/* The public key of a key's authenticated CV request (*ks: its kind; an EC key's curve from
+ * the request itself), or NULL with an error reply written. */
+EVP_PKEY *mg_cv_request_public_key(mg_call *m, sks_span req, schsm_keyspec *ks);
+/* The card SIGNs a random challenge with key kid; the signature must verify with pub
+ * (else answered: ERROR_NOT_ALLOWED if the key does not sign, ERROR_CRYPTO if another key). */
+int mg_key_matches(mg_call *m, uint8_t kid, EVP_PKEY *pub);
 
 #endif

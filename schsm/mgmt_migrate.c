@@ -46,8 +46,7 @@ int mg_domain_wrap_key(mg_call *m, sks_reader *in)
     return MG_STEP_OK;
 }
 
-/* The public key of the source card's CV request (an EC key's curve from the request itself). */
-static EVP_PKEY *request_key(mg_call *m, sks_span req, schsm_keyspec *ks)
+EVP_PKEY *mg_cv_request_public_key(mg_call *m, sks_span req, schsm_keyspec *ks)
 {
     char err[256] = "", group[64];
     EVP_PKEY *pub = NULL;
@@ -92,8 +91,7 @@ static EVP_PKEY *certificate_key(mg_call *m, sks_span cert, schsm_keyspec *ks)
     return pub;
 }
 
-/* The card SIGNs a random challenge with the unwrapped key; the signature must verify with pub. */
-static int key_matches(mg_call *m, uint8_t kid, EVP_PKEY *pub)
+int mg_key_matches(mg_call *m, uint8_t kid, EVP_PKEY *pub)
 {
     uint8_t challenge[32];
     EVP_MD_CTX *ctx;
@@ -197,7 +195,7 @@ static EVP_PKEY *expected_key(mg_call *m, const unwrap_request *u, schsm_keyspec
         *ks = cks;
         return certified;
     }
-    if ((pub = request_key(m, u->req, ks)) != NULL && certified != NULL && EVP_PKEY_eq(pub, certified) != 1) {
+    if ((pub = mg_cv_request_public_key(m, u->req, ks)) != NULL && certified != NULL && EVP_PKEY_eq(pub, certified) != 1) {
         mg_fail(m, MG_ERROR_OPTION, "the certificate is not for the key of the CV request");
         EVP_PKEY_free(pub);
         pub = NULL;
@@ -264,7 +262,7 @@ int mg_domain_unwrap_key(mg_call *m, sks_reader *in)
     if ((r = mg_select(m)) == MG_STEP_OK && (r = mg_verify_pin(m, u.pin)) == MG_STEP_OK
         && (r = mg_free_key_reference(m, &kid)) == MG_STEP_OK && (r = unwrap_on_card(m, kid, u.blob)) == MG_STEP_OK) {
         /* a key that does not match its description is not kept */
-        if ((r = key_matches(m, kid, pub)) == MG_STEP_OK)
+        if ((r = mg_key_matches(m, kid, pub)) == MG_STEP_OK)
             r = describe_unwrapped(m, kid, &u, &ks, pub);
         else
             r = drop_unwrapped(m, kid, r);
