@@ -120,8 +120,9 @@ int mg_apdu(mg_call *m, uint8_t cla, uint8_t ins, uint8_t p1, uint8_t p2, const 
 int mg_select(mg_call *m);
 /* VERIFY the user PIN (wrong PIN, blocked, not initialised: answered). */
 int mg_verify_pin(mg_call *m, sks_span pin);
-/* The end of a request that names one key (handle) with the user PIN: the request complete,
- * the handle a key reference 1..255, the application selected, the PIN verified. */
+/* The end of a request that names one key (handle): the request complete, the handle a key
+ * reference 1..255, the application selected; _begin: and the user PIN verified. */
+int mg_key_request_select(mg_call *m, sks_reader *in, uint32_t handle);
 int mg_key_request_begin(mg_call *m, sks_reader *in, sks_span pin, uint32_t handle);
 /* UPDATE BINARY of a whole file in chunks (creating it); DELETE FILE. */
 int mg_write_file(mg_call *m, uint16_t fid, const uint8_t *data, size_t n);

@@ -267,12 +267,18 @@ def cert_from_generate(card, name, alg):
     out = card.sks("generate", "--name", name, "--algorithm", alg, "--subject", f"CN={name}", "--pin-file", "-",
                    input=f"{PIN}\n".encode())
     assert name in out
-    pem = card.path(name + ".crt")
-    dump = pt._text(pt.run(["pkcs15-tool", "--reader", str(card.slot), "--dump"], env=card.env).stdout)
-    m = re.search(r"X\.509 Certificate \[" + re.escape(name) + r"\].*?ID\s+:\s+([0-9a-f]+)", dump, re.S)
+    return opensc_reads(card, "--dump", r"X\.509 Certificate", name, "--read-certificate", name + ".crt")
+
+
+def opensc_reads(card, list_option, kind, name, read_option, file_name):
+    """The object of this kind and label that pkcs15-tool lists (list_option) and reads
+    (read_option, by its iD), as PEM in a file."""
+    dump = pt._text(pt.run(["pkcs15-tool", "--reader", str(card.slot), list_option], env=card.env).stdout)
+    m = re.search(kind + r" \[" + re.escape(name) + r"\].*?ID\s+:\s+([0-9a-f]+)", dump, re.S)
     assert m, dump
+    pem = card.path(file_name)
     with open(pem, "w") as f:
-        f.write(pt._text(pt.run(["pkcs15-tool", "--reader", str(card.slot), "--read-certificate", m.group(1)],
+        f.write(pt._text(pt.run(["pkcs15-tool", "--reader", str(card.slot), read_option, m.group(1)],
                                 env=card.env).stdout))
     return pem
 
@@ -296,14 +302,7 @@ def test_backup_on_a_restores_on_b_and_signs_with_as_certificate(ab, alg):
 
 def public_key_opensc_reads(card, name):
     """The public key OpenSC builds from the key's CV request (no certificate on the card), as PEM."""
-    dump = pt._text(pt.run(["pkcs15-tool", "--reader", str(card.slot), "--list-public-keys"], env=card.env).stdout)
-    m = re.search(r"Public \w+ Key \[" + re.escape(name) + r"\].*?ID\s+:\s+([0-9a-f]+)", dump, re.S)
-    assert m, dump
-    pem = card.path(name + ".pub.pem")
-    with open(pem, "w") as f:
-        f.write(pt._text(pt.run(["pkcs15-tool", "--reader", str(card.slot), "--read-public-key", m.group(1)],
-                                env=card.env).stdout))
-    return pem
+    return opensc_reads(card, "--list-public-keys", r"Public \w+ Key", name, "--read-public-key", name + ".pub.pem")
 
 
 @pytest.mark.parametrize("alg", ["P-256", "RSA-2048"])

@@ -38,7 +38,7 @@ static const char USAGE[] =
     "           the domain's KEK with its key HANDLE; prints the key domains (compare the KCVs).\n"
     "       sks hsm xkek generate --domain D --name LABEL [--pin-file FILE]\n"
     "       sks hsm xkek wrap --key HANDLE --out FILE [--pin-file FILE]\n"
-    "       sks hsm xkek unwrap --name LABEL [--pin-file FILE] FILE\n"
+    "       sks hsm xkek unwrap --name LABEL [--subject DN] [--days N] [--pin-file FILE] FILE\n"
     "  generate: a P-256 signing key in domain D that may be wrapped; prints its handle and\n"
     "           public key (PEM).\n"
     "  wrap:    the key encrypted under its domain's KEK, with its CV request, as an\n"
