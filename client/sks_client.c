@@ -1539,25 +1539,34 @@ int sks_client_hsm_domain_wrap_key(sks_transport *t, sks_span authorization, uin
 }
 
 int sks_client_hsm_domain_unwrap_key(sks_transport *t, sks_span authorization, const char *friendly_name, sks_span blob,
-                              sks_span request, uint32_t *key_handle, sks_bytes *public_key, sks_client_error *err)
+                                     sks_span request, sks_span certificate, sks_span subject_der,
+                                     uint32_t validity_days, uint32_t *key_handle, sks_bytes *public_key,
+                                     sks_bytes *stored_certificate, sks_client_error *err)
 {
     call_ctx c;
     int ok;
 
     *key_handle = 0;
     memset(public_key, 0, sizeof(*public_key));
+    memset(stored_certificate, 0, sizeof(*stored_certificate));
     call_begin(&c, SKS_METHOD_HSM_DOMAIN_UNWRAP_KEY, "hsmDomainUnwrapKey", err);
     put_span(&c.req, authorization);
     put_str(&c.req, friendly_name);
     put_span(&c.req, blob);
     put_span(&c.req, request);
+    put_span(&c.req, certificate);
+    put_span(&c.req, subject_der);
+    sks_buf_uint(&c.req, validity_days);
     ok = call_run(&c, t);
     if (ok) {
         *key_handle = sks_get_uint(&c.r, "keyHandle");
         take_bytes(&c.r, sks_get_array(&c.r, "publicKey"), public_key, "publicKey");
+        take_bytes(&c.r, sks_get_array(&c.r, "certificate"), stored_certificate, "certificate");
     }
     ok = call_end(&c, ok);
-    if (!ok)
+    if (!ok) {
         bytes_free(public_key);
+        bytes_free(stored_certificate);
+    }
     return ok;
 }

@@ -568,8 +568,12 @@ int sks_client_hsm_derive_xkek(sks_transport *t, sks_span authorization, uint32_
 int sks_client_hsm_domain_wrap_key(sks_transport *t, sks_span authorization, uint32_t key_handle, sks_bytes *blob,
                             sks_client_error *err);
 /* hsmDomainUnwrapKey: a blob of another card of the same domain, with the key's CV request from that
- * card (the device checks the unwrapped key signs for the request's public key). */
+ * card and/or its X.509 certificate (the device checks the unwrapped key signs for that public
+ * key). The key gets the certificate given, else a self-signed one the card signs (subject_der:
+ * a DER Name, empty for CN=friendly_name; validity_days). *certificate: the one stored. */
 int sks_client_hsm_domain_unwrap_key(sks_transport *t, sks_span authorization, const char *friendly_name, sks_span blob,
-                              sks_span request, uint32_t *key_handle, sks_bytes *public_key, sks_client_error *err);
+                                     sks_span request, sks_span certificate, sks_span subject_der,
+                                     uint32_t validity_days, uint32_t *key_handle, sks_bytes *public_key,
+                                     sks_bytes *stored_certificate, sks_client_error *err);
 
 #endif

@@ -289,18 +289,30 @@ static int delete_file(schsm_ctx *c, sks_span pin, uint8_t prefix, uint8_t kid, 
                       sw, schsm_sw_text(sw));
 }
 
-static int delete_key(schsm_ctx *c, sks_reader *in, sks_buf *out)
+/* The request of the key management methods: keyHandle, authorization and, for changePin,
+ * one more array (extra_field); *k is the key the handle names. */
+static int read_key_request(schsm_ctx *c, sks_reader *in, const char *method, const char *extra_field,
+                            sks_span *auth, sks_span *extra, schsm_key **k)
 {
     uint32_t handle = sks_get_uint(in, "keyHandle");
-    sks_span auth = sks_get_array(in, "authorization");
+
+    *auth = sks_get_array(in, "authorization");
+    if (extra_field != NULL)
+        *extra = sks_get_array(in, extra_field);
+    sks_reader_expect_end(in);
+    if (!sks_reader_ok(in))
+        return reader_error(c, method, in);
+    return key_named(c, method, handle, k);
+}
+
+static int delete_key(schsm_ctx *c, sks_reader *in, sks_buf *out)
+{
+    sks_span auth;
     schsm_key *k;
     int rc;
 
     (void)out;
-    sks_reader_expect_end(in);
-    if (!sks_reader_ok(in))
-        return reader_error(c, "deleteKey", in);
-    if ((rc = key_named(c, "deleteKey", handle, &k)) != SKS_OK)
+    if ((rc = read_key_request(c, in, "deleteKey", NULL, &auth, NULL, &k)) != SKS_OK)
         return rc;
     /* the key first: once it is gone its descriptions describe nothing */
     rc = delete_file(c, auth, 0xCC, k->kid, 1);
@@ -315,33 +327,24 @@ static int delete_key(schsm_ctx *c, sks_reader *in, sks_buf *out)
 
 static int change_pin(schsm_ctx *c, sks_reader *in, sks_buf *out)
 {
-    uint32_t handle = sks_get_uint(in, "keyHandle");
-    sks_span auth = sks_get_array(in, "authorization");
-    sks_span pin = sks_get_array(in, "newPin");
+    sks_span auth, pin;
     schsm_key *k;
     int rc;
 
     (void)out;
-    sks_reader_expect_end(in);
-    if (!sks_reader_ok(in))
-        return reader_error(c, "changePin", in);
-    if ((rc = key_named(c, "changePin", handle, &k)) != SKS_OK)
+    if ((rc = read_key_request(c, in, "changePin", "newPin", &auth, &pin, &k)) != SKS_OK)
         return rc;
     return schsm_change_pin(c, auth, pin);
 }
 
 static int unlock_key(schsm_ctx *c, sks_reader *in, sks_buf *out)
 {
-    uint32_t handle = sks_get_uint(in, "keyHandle");
-    sks_span auth = sks_get_array(in, "authorization");
+    sks_span auth;
     schsm_key *k;
     int rc;
 
     (void)out;
-    sks_reader_expect_end(in);
-    if (!sks_reader_ok(in))
-        return reader_error(c, "unlockKey", in);
-    if ((rc = key_named(c, "unlockKey", handle, &k)) != SKS_OK)
+    if ((rc = read_key_request(c, in, "unlockKey", NULL, &auth, NULL, &k)) != SKS_OK)
         return rc;
     return schsm_unblock_pin(c, auth);
 }

@@ -54,17 +54,30 @@ static int parse_request(mg_call *m, sks_reader *in, gen_request *g)
     return MG_STEP_OK;
 }
 
-/* GENERATE ASYMMETRIC KEY PAIR; the CV request stays in m->resp. */
-static int generate_on_card(mg_call *m, const schsm_keyspec *ks, uint8_t kid)
+/* The C-data of GENERATE ASYMMETRIC KEY PAIR, with the key domain's options when there is one:
+ * 91 <algorithms> and 92 01 <domain>. */
+static int keygen_cdata(const schsm_keyspec *ks, const mg_key_domain *dom, uint8_t kid, sks_buf *cdata)
 {
     char chr[16];
-    sks_buf cdata;
-    int r;
 
     /* CAR and CHR only name the request; OpenSC uses a test CAR likewise */
     snprintf(chr, sizeof(chr), "UTSKS%05u", kid);
+    if (!schsm_keygen_cdata(ks, "UTCA00001", chr, cdata))
+        return 0;
+    if (dom != NULL) {
+        schsm_mgmt_tlv_put(cdata, 0x91, dom->algorithms.p, dom->algorithms.n);
+        schsm_mgmt_tlv_put(cdata, 0x92, &dom->domain, 1);
+    }
+    return !cdata->failed;
+}
+
+int mg_generate_on_card(mg_call *m, const schsm_keyspec *ks, const mg_key_domain *dom, uint8_t kid)
+{
+    sks_buf cdata;
+    int r;
+
     sks_buf_init(&cdata);
-    if (!schsm_keygen_cdata(ks, "UTCA00001", chr, &cdata)) {
+    if (!keygen_cdata(ks, dom, kid, &cdata)) {
         sks_buf_free(&cdata);
         return mg_fail(m, MG_ERROR_INTERNAL, "cannot encode the key generation data");
     }
@@ -74,6 +87,9 @@ static int generate_on_card(mg_call *m, const schsm_keyspec *ks, uint8_t kid)
         return r;
     if (m->sw == 0x9000)
         return MG_STEP_OK;
+    if (dom != NULL && m->sw == 0x6A88)
+        return mg_fail(m, MG_ERROR_NOT_ALLOWED, "key domain %u is not there (sks hsm domain create or join)",
+                       dom->domain);
     if (m->sw == 0x6A81 || m->sw == 0x6A80)
         return mg_fail(m, MG_ERROR_ALGORITHM, "the card does not make %s keys (SW %04X)",
                        ks->is_rsa ? "these RSA" : ks->curve, m->sw);
@@ -81,12 +97,15 @@ static int generate_on_card(mg_call *m, const schsm_keyspec *ks, uint8_t kid)
         return mg_fail(m, MG_ERROR_STORAGE, "the card is full (SW 6A84)");
     if (m->sw == 0x6982)
         return mg_fail(m, MG_ERROR_AUTHORIZATION, "the card wants the user PIN (SW 6982)");
+    if (dom != NULL)
+        return mg_fail(m, MG_ERROR_EXTERNAL, "GENERATE ASYMMETRIC KEY PAIR in domain %u: SW %04X", dom->domain,
+                       m->sw);
     return mg_fail(m, MG_ERROR_EXTERNAL, "GENERATE ASYMMETRIC KEY PAIR: SW %04X", m->sw);
 }
 
-/* The card's signature over tbs: ECDSA of the SHA-256 hash (algorithm 70, DER answer), or
- * RSA raw (algorithm 20) over a PKCS#1 v1.5 block with the SHA-256 DigestInfo. */
-static int sign_on_card(mg_call *m, uint8_t kid, EVP_PKEY *pub, const uint8_t *tbs, size_t tbs_len)
+/* ECDSA of the SHA-256 hash (algorithm 70, DER answer), or RSA raw (algorithm 20) over a
+ * PKCS#1 v1.5 block with the SHA-256 DigestInfo. */
+int mg_sign_sha256(mg_call *m, uint8_t kid, EVP_PKEY *pub, const uint8_t *tbs, size_t tbs_len)
 {
     static const uint8_t SHA256_DIGEST_INFO[] = { 0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
                                                   0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20 };
@@ -145,10 +164,9 @@ static X509 *certificate_template(EVP_PKEY *pub, X509_NAME *name, uint32_t days)
     return x;
 }
 
-/* A self-signed certificate for the new key, signed on the card; its DER appended to der. */
-static int make_certificate(mg_call *m, uint8_t kid, EVP_PKEY *pub, const gen_request *g, sks_buf *der)
+int mg_make_certificate(mg_call *m, uint8_t kid, EVP_PKEY *pub, X509_NAME *name, uint32_t days, sks_buf *der)
 {
-    X509 *x = certificate_template(pub, g->name, g->days);
+    X509 *x = certificate_template(pub, name, days);
     ASN1_BIT_STRING *sig = NULL;
     const ASN1_BIT_STRING *csig = NULL;
     unsigned char *tbs = NULL, *out = NULL;
@@ -158,7 +176,7 @@ static int make_certificate(mg_call *m, uint8_t kid, EVP_PKEY *pub, const gen_re
         X509_free(x);
         return mg_fail(m, MG_ERROR_INTERNAL, "cannot build the certificate");
     }
-    r = sign_on_card(m, kid, pub, tbs, (size_t)tbs_len);
+    r = mg_sign_sha256(m, kid, pub, tbs, (size_t)tbs_len);
     OPENSSL_free(tbs);
     if (r == MG_STEP_OK && m->sw != 0x9000)
         r = mg_fail(m, MG_ERROR_EXTERNAL, "SIGN of the certificate: SW %04X", m->sw);
@@ -179,8 +197,7 @@ static int make_certificate(mg_call *m, uint8_t kid, EVP_PKEY *pub, const gen_re
     return r;
 }
 
-/* The PrKD for C4<kid> from the new public key. */
-static int write_prkd(mg_call *m, const gen_request *g, uint8_t kid, EVP_PKEY *pub)
+int mg_write_prkd(mg_call *m, const schsm_keyspec *ks, sks_span label, uint8_t kid, EVP_PKEY *pub)
 {
     uint8_t id[20];
     sks_buf prkd;
@@ -188,8 +205,7 @@ static int write_prkd(mg_call *m, const gen_request *g, uint8_t kid, EVP_PKEY *p
 
     sks_buf_init(&prkd);
     if (!schsm_key_id(pub, id)
-        || !schsm_prkd_encode(&g->ks, (const char *)g->label.p, g->label.n, id, sizeof(id), kid, schsm_key_bits(pub),
-                              &prkd)) {
+        || !schsm_prkd_encode(ks, (const char *)label.p, label.n, id, sizeof(id), kid, schsm_key_bits(pub), &prkd)) {
         sks_buf_free(&prkd);
         return mg_fail(m, MG_ERROR_INTERNAL, "cannot encode the key description");
     }
@@ -198,7 +214,7 @@ static int write_prkd(mg_call *m, const gen_request *g, uint8_t kid, EVP_PKEY *p
     return r;
 }
 
-static int answer(mg_call *m, uint8_t kid, EVP_PKEY *pub, const sks_buf *cert)
+int mg_answer_key(mg_call *m, uint8_t kid, EVP_PKEY *pub, const sks_buf *trailer)
 {
     unsigned char *spki = NULL;
     int n = i2d_PUBKEY(pub, &spki);
@@ -209,9 +225,29 @@ static int answer(mg_call *m, uint8_t kid, EVP_PKEY *pub, const sks_buf *cert)
     sks_buf_byte(m->reply, MG_OK);
     sks_buf_uint(m->reply, kid);
     sks_buf_array(m->reply, spki, (size_t)n);
-    sks_buf_array(m->reply, cert->data, cert->len);
+    if (trailer != NULL)
+        sks_buf_array(m->reply, trailer->data, trailer->len);
     OPENSSL_free(spki);
     return MG_STEP_OK;
+}
+
+int mg_describe_generated(mg_call *m, const schsm_keyspec *ks, sks_span label, uint8_t kid, EVP_PKEY **pub,
+                          sks_buf *cv)
+{
+    char why[200];
+    int r;
+
+    *pub = NULL;
+    sks_buf_reset(cv);
+    sks_buf_put(cv, m->resp.data, m->resp.len);
+    if (cv->failed || !schsm_cv_request_key(cv->data, cv->len, ks, pub, why, sizeof(why))) {
+        /* a key whose public half is unknown is of no use: remove it */
+        r = mg_delete_file(m, 0xCC00 | kid);
+        return r == MG_STEP_LINK ? r : mg_fail(m, MG_ERROR_CRYPTO, "%s", cv->failed ? "out of memory" : why);
+    }
+    if ((r = mg_write_file(m, 0xCE00 | kid, cv->data, cv->len)) != MG_STEP_OK)
+        return r;
+    return mg_write_prkd(m, ks, label, kid, *pub);
 }
 
 /* Everything after the key exists on the card; a failure leaves the key described (CV
@@ -220,28 +256,18 @@ static int describe_key(mg_call *m, const gen_request *g, uint8_t kid)
 {
     EVP_PKEY *pub = NULL;
     sks_buf cv, cert;
-    char why[200];
     int r;
 
     sks_buf_init(&cv);
     sks_buf_init(&cert);
-    sks_buf_put(&cv, m->resp.data, m->resp.len);
-    if (cv.failed || !schsm_cv_request_key(cv.data, cv.len, &g->ks, &pub, why, sizeof(why))) {
-        /* a key whose public half is unknown is of no use: remove it */
-        r = mg_delete_file(m, 0xCC00 | kid);
-        if (r != MG_STEP_LINK)
-            r = mg_fail(m, MG_ERROR_CRYPTO, "%s", cv.failed ? "out of memory" : why);
-        goto done;
-    }
-    if ((r = mg_write_file(m, 0xCE00 | kid, cv.data, cv.len)) != MG_STEP_OK
-        || (r = write_prkd(m, g, kid, pub)) != MG_STEP_OK)
+    if ((r = mg_describe_generated(m, &g->ks, g->label, kid, &pub, &cv)) != MG_STEP_OK)
         goto done;
     if (g->name != NULL
-        && ((r = make_certificate(m, kid, pub, g, &cert)) != MG_STEP_OK
+        && ((r = mg_make_certificate(m, kid, pub, g->name, g->days, &cert)) != MG_STEP_OK
             || (r = mg_delete_file(m, 0xCE00 | kid)) != MG_STEP_OK
             || (r = mg_write_file(m, 0xCE00 | kid, cert.data, cert.len)) != MG_STEP_OK))
         goto done;
-    r = answer(m, kid, pub, &cert);
+    r = mg_answer_key(m, kid, pub, &cert);
 done:
     EVP_PKEY_free(pub);
     sks_buf_free(&cv);
@@ -258,7 +284,7 @@ int mg_generate(mg_call *m, sks_reader *in)
     memset(&g, 0, sizeof(g));
     if ((r = parse_request(m, in, &g)) == MG_STEP_OK && (r = mg_select(m)) == MG_STEP_OK
         && (r = mg_verify_pin(m, g.pin)) == MG_STEP_OK && (r = mg_free_key_reference(m, &kid)) == MG_STEP_OK
-        && (r = generate_on_card(m, &g.ks, kid)) == MG_STEP_OK)
+        && (r = mg_generate_on_card(m, &g.ks, NULL, kid)) == MG_STEP_OK)
         r = describe_key(m, &g, kid);
     X509_NAME_free(g.name);
     return r;

@@ -16,6 +16,8 @@
 
 #include <openssl/evp.h>
 
+#include "ber_tlv.h"
+
 /* ---------------------------------------------------------------------------------------- */
 /* DKEK shares and the DKEK                                                                 */
 
@@ -86,19 +88,7 @@ int schsm_pwd_share_parse(const char *text, schsm_pwd_share *s, char *err, size_
 int schsm_pwd_parse_hex(const char *text, uint64_t *v, char *err, size_t errlen);
 
 /* ---------------------------------------------------------------------------------------- */
-/* TLV reading (BER-TLV as the card uses it: tags of 1-2 bytes, lengths of up to 3 bytes)    */
-
-typedef struct schsm_kmtlv {
-    unsigned tag;         /* e.g. 0x30, 0x7F21, 0x5F37 */
-    const uint8_t *value; /* points into the input */
-    size_t len;
-    const uint8_t *tlv; /* the whole encoding, tag first */
-    size_t tlvlen;
-} schsm_kmtlv;
-
-/* Reads one TLV at *p (before end) and advances *p past it. 0 if it is malformed or runs past
- * end. */
-int schsm_kmtlv_next(const uint8_t **p, const uint8_t *end, schsm_kmtlv *t);
+/* TLV reading: schsm/ber_tlv.h                                                              */
 
 /* ---------------------------------------------------------------------------------------- */
 /* Curves the card knows, by name                                                           */

@@ -140,6 +140,25 @@ int mg_verify_pin(mg_call *m, sks_span pin)
     return mg_fail(m, MG_ERROR_EXTERNAL, "VERIFY: SW %04X", m->sw);
 }
 
+int mg_key_request_select(mg_call *m, sks_reader *in, uint32_t handle)
+{
+    sks_reader_expect_end(in);
+    if (!sks_reader_ok(in))
+        return mg_fail(m, MG_ERROR_OPTION, "malformed request");
+    if (handle < 1 || handle > 255)
+        return mg_fail(m, MG_ERROR_OPTION, "no key with handle %u on a SmartCard-HSM", handle);
+    return mg_select(m);
+}
+
+int mg_key_request_begin(mg_call *m, sks_reader *in, sks_span pin, uint32_t handle)
+{
+    int r;
+
+    if ((r = mg_key_request_select(m, in, handle)) != MG_STEP_OK)
+        return r;
+    return mg_verify_pin(m, pin);
+}
+
 int mg_write_file(mg_call *m, uint16_t fid, const uint8_t *data, size_t n)
 {
     /* 54 02 <offset> 53 <length>: at most 8 bytes around each chunk */

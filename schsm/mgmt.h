@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include "schsm.h"
 
@@ -119,11 +120,43 @@ int mg_apdu(mg_call *m, uint8_t cla, uint8_t ins, uint8_t p1, uint8_t p2, const 
 int mg_select(mg_call *m);
 /* VERIFY the user PIN (wrong PIN, blocked, not initialised: answered). */
 int mg_verify_pin(mg_call *m, sks_span pin);
+/* The end of a request that names one key (handle): the request complete, the handle a key
+ * reference 1..255, the application selected; _begin: and the user PIN verified. */
+int mg_key_request_select(mg_call *m, sks_reader *in, uint32_t handle);
+int mg_key_request_begin(mg_call *m, sks_reader *in, sks_span pin, uint32_t handle);
 /* UPDATE BINARY of a whole file in chunks (creating it); DELETE FILE. */
 int mg_write_file(mg_call *m, uint16_t fid, const uint8_t *data, size_t n);
 int mg_delete_file(mg_call *m, uint16_t fid);
 /* ENUMERATE OBJECTS: the first key reference 1..255 without a CC file. */
 int mg_free_key_reference(mg_call *m, uint8_t *kid);
+
+/* ---- generate.c: new keys, shared with key domains and migration ---- */
+
+/* A key domain's options for GENERATE ASYMMETRIC KEY PAIR: 91 <algorithms>, 92 01 <domain>. */
+typedef struct {
+    sks_span algorithms;
+    uint8_t domain;
+} mg_key_domain;
+
+/* GENERATE ASYMMETRIC KEY PAIR into kid (in a key domain when dom is given); the CV request
+ * stays in m->resp. */
+int mg_generate_on_card(mg_call *m, const schsm_keyspec *ks, const mg_key_domain *dom, uint8_t kid);
+/* After generation: the public key out of the CV request in m->resp (*pub, the caller's to
+ * free; the request copied to cv), the request written to CE<kid> and the PrKD to C4<kid> (as
+ * OpenSC). A request that does not verify removes the key. */
+int mg_describe_generated(mg_call *m, const schsm_keyspec *ks, sks_span label, uint8_t kid, EVP_PKEY **pub,
+                          sks_buf *cv);
+/* The PrKD (label, iD from pub, key reference kid) written to C4<kid>. */
+int mg_write_prkd(mg_call *m, const schsm_keyspec *ks, sks_span label, uint8_t kid, EVP_PKEY *pub);
+/* The card's signature with key kid over SHA-256(data) in m->resp: ECDSA (DER) for an EC pub,
+ * PKCS#1 v1.5 for an RSA pub. MG_STEP_OK whatever the SW (the caller checks m->sw). */
+int mg_sign_sha256(mg_call *m, uint8_t kid, EVP_PKEY *pub, const uint8_t *data, size_t n);
+/* A self-signed X.509 certificate (subject = issuer = name, valid `days` from now) for the
+ * card's key kid whose public key is pub, signed by that key on the card and verified with pub;
+ * its DER appended to der. */
+int mg_make_certificate(mg_call *m, uint8_t kid, EVP_PKEY *pub, X509_NAME *name, uint32_t days, sks_buf *der);
+/* The OK reply: kid, the public key (SubjectPublicKeyInfo) and, if given, trailer as an array. */
+int mg_answer_key(mg_call *m, uint8_t kid, EVP_PKEY *pub, const sks_buf *trailer);
 
 /* The handlers (generate.c, initialize.c). */
 int mg_generate(mg_call *m, sks_reader *in);
@@ -142,5 +175,11 @@ int mg_derive_xkek(mg_call *m, sks_reader *in);
 /* mgmt_migrate.c: WRAP / UNWRAP KEY between cards of one XKEK domain (227, 228) */
 int mg_domain_wrap_key(mg_call *m, sks_reader *in);
 int mg_domain_unwrap_key(mg_call *m, sks_reader *in);
+/* The public key of a key's authenticated CV request (*ks: its kind; an EC key's curve from
+ * the request itself), or NULL with an error reply written. */
+EVP_PKEY *mg_cv_request_public_key(mg_call *m, sks_span req, schsm_keyspec *ks);
+/* The card SIGNs a random challenge with key kid; the signature must verify with pub
+ * (else answered: ERROR_NOT_ALLOWED if the key does not sign, ERROR_CRYPTO if another key). */
+int mg_key_matches(mg_call *m, uint8_t kid, EVP_PKEY *pub);
 
 #endif

@@ -77,12 +77,7 @@ int mg_key_generation_response(mg_call *m, sks_reader *in)
     sks_buf file;
     int r, found;
 
-    sks_reader_expect_end(in);
-    if (!sks_reader_ok(in))
-        return mg_fail(m, MG_ERROR_OPTION, "malformed request");
-    if (handle < 1 || handle > 255)
-        return mg_fail(m, MG_ERROR_OPTION, "no key with handle %u on a SmartCard-HSM", handle);
-    if ((r = mg_select(m)) != MG_STEP_OK)
+    if ((r = mg_key_request_select(m, in, handle)) != MG_STEP_OK)
         return r;
     sks_buf_init(&file);
     if ((r = read_file(m, (uint16_t)(CERT_PREFIX << 8 | handle), &file, &found)) == MG_STEP_OK) {

@@ -3,6 +3,7 @@
  * C-data, the CV request it answers, the PKCS#15 PrKD, INITIALIZE's C-data, the SO-PIN.
  */
 #include "mgmt.h"
+#include "keymgmt_formats.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -75,54 +76,24 @@ void schsm_mgmt_tlv_put(sks_buf *out, unsigned tag, const uint8_t *value, size_t
         sks_buf_put(out, value, n);
 }
 
-/* Reads one TLV header at p[*off]; 1 and the tag and value bounds, 0 if malformed. */
-static int tlv_next(const uint8_t *p, size_t n, size_t *off, unsigned *tag, size_t *vstart, size_t *vlen)
-{
-    size_t o = *off, len, lbytes, i;
-
-    if (o >= n)
-        return 0;
-    *tag = p[o++];
-    if ((*tag & 0x1F) == 0x1F) { /* two-byte tags are all the card uses */
-        if (o >= n || (p[o] & 0x80))
-            return 0;
-        *tag = (*tag << 8) | p[o++];
-    }
-    if (o >= n)
-        return 0;
-    len = p[o++];
-    if (len & 0x80) {
-        lbytes = len & 0x7F;
-        if (lbytes == 0 || lbytes > 3 || lbytes > n - o)
-            return 0;
-        for (len = 0, i = 0; i < lbytes; i++)
-            len = (len << 8) | p[o++];
-    }
-    if (len > n - o)
-        return 0;
-    *vstart = o;
-    *vlen = len;
-    *off = o + len;
-    return 1;
-}
-
 int schsm_mgmt_tlv_find(const uint8_t *p, size_t n, unsigned tag, const uint8_t **value, size_t *value_len,
                    const uint8_t **tlv_start, size_t *tlv_len)
 {
-    size_t off = 0, start, vstart, vlen;
-    unsigned t;
+    const uint8_t *end;
+    schsm_kmtlv t;
 
-    while (off < n) {
-        start = off;
-        if (!tlv_next(p, n, &off, &t, &vstart, &vlen))
+    if (p == NULL)
+        return 0;
+    for (end = p + n; p < end;) {
+        if (!schsm_kmtlv_next(&p, end, &t))
             return 0;
-        if (t == tag) {
-            *value = p + vstart;
-            *value_len = vlen;
+        if (t.tag == tag) {
+            *value = t.value;
+            *value_len = t.len;
             if (tlv_start != NULL)
-                *tlv_start = p + start;
+                *tlv_start = t.tlv;
             if (tlv_len != NULL)
-                *tlv_len = off - start;
+                *tlv_len = t.tlvlen;
             return 1;
         }
     }

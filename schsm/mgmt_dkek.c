@@ -13,6 +13,7 @@
 #include "keymgmt_formats.h"
 
 #define MAX_LABEL 64
+#define RESTORED_CERT_DAYS 365 /* the certificate the card signs for a restored key */
 #define MAX_FILE 8192       /* PrKD or certificate read back from the card */
 #define MAX_CHALLENGE 1024  /* what one hsmGetChallenge returns at most */
 #define SHARE_LEN 32
@@ -238,6 +239,8 @@ int mg_wrap_key(mg_call *m, sks_reader *in)
 typedef struct {
     sks_span pin, blob, prkd, cert, name;
     sks_buf new_prkd;
+    EVP_PKEY *request_key; /* the key of a CV request in the certificate's place */
+    schsm_keyspec ks;
 } unwrap_request;
 
 /* The PrKD to write: the file's, for the new key reference (and renamed), or one made from the
@@ -338,6 +341,60 @@ static int parse_unwrap(mg_call *m, sks_reader *in, unwrap_request *u)
     return MG_STEP_OK;
 }
 
+/* A CV request in the certificate's place (a key generated without a certificate, backed up as
+ * sks and OpenSC keep it) is not a certificate, and the driver offers the provider only keys with
+ * one: its key must be the unwrapped key (the card signs a challenge), and the card signs a
+ * self-signed certificate for it (CN = the key's label) that goes to CE<kid> instead. */
+static int certify_request_key(mg_call *m, unwrap_request *u, uint8_t kid, sks_buf *cert)
+{
+    const uint8_t *label = NULL;
+    size_t label_len = 0;
+    X509_NAME *name = X509_NAME_new();
+    int r;
+
+    if (name == NULL || !schsm_prkd_label(u->new_prkd.data, u->new_prkd.len, &label, &label_len) || label_len == 0
+        || !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, label, (int)label_len, -1, 0))
+        r = mg_fail(m, MG_ERROR_OPTION, "the restored key has no label to name its certificate after");
+    else if ((r = mg_key_matches(m, kid, u->request_key)) == MG_STEP_OK)
+        r = mg_make_certificate(m, kid, u->request_key, name, RESTORED_CERT_DAYS, cert);
+    X509_NAME_free(name);
+    return r;
+}
+
+/* The key of a CV request in the certificate's place, refused before anything is sent if unusable. */
+static int take_request_key(mg_call *m, unwrap_request *u)
+{
+    if (u->cert.n == 0 || u->cert.p[0] != 0x67)
+        return MG_STEP_OK;
+    u->request_key = mg_cv_request_public_key(m, u->cert, &u->ks);
+    return u->request_key != NULL ? MG_STEP_OK : MG_STEP_ANSWERED;
+}
+
+/* CE<kid>: the file's certificate, or one the card signs for the key of its CV request. A key
+ * whose algorithm list forbids signing gets its CV request, as before (no certificate). */
+static int write_certificate(mg_call *m, unwrap_request *u, uint8_t kid)
+{
+    sks_buf cert;
+    int r = MG_STEP_OK;
+
+    if (u->cert.n == 0)
+        return MG_STEP_OK;
+    sks_buf_init(&cert);
+    if (u->request_key != NULL)
+        r = certify_request_key(m, u, kid, &cert);
+    if (u->request_key == NULL || (r == MG_STEP_ANSWERED && m->sw != 0x9000 && m->sw != 0)) {
+        /* no request, or the card refused to SIGN with the key (the SW of that SIGN is kept) */
+        sks_buf_reset(&cert);
+        sks_buf_put(&cert, u->cert.p, u->cert.n);
+        r = MG_STEP_OK;
+    }
+    /* the card may have put a CV request there; the certificate replaces it */
+    if (r == MG_STEP_OK && (r = mg_delete_file(m, 0xCE00 | kid)) == MG_STEP_OK)
+        r = mg_write_file(m, 0xCE00 | kid, cert.data, cert.len);
+    sks_buf_free(&cert);
+    return r;
+}
+
 int mg_unwrap_key(mg_call *m, sks_reader *in)
 {
     unwrap_request u;
@@ -347,20 +404,18 @@ int mg_unwrap_key(mg_call *m, sks_reader *in)
     memset(&u, 0, sizeof(u));
     sks_buf_init(&u.new_prkd);
     if ((r = parse_unwrap(m, in, &u)) == MG_STEP_OK && (r = prkd_for(m, &u, 1)) == MG_STEP_OK /* checked early */
+        && (r = take_request_key(m, &u)) == MG_STEP_OK
         && (r = mg_select(m)) == MG_STEP_OK && (r = mg_verify_pin(m, u.pin)) == MG_STEP_OK
         && (r = check_kcv(m, u.blob)) == MG_STEP_OK && (r = mg_free_key_reference(m, &kid)) == MG_STEP_OK
         && (r = prkd_for(m, &u, kid)) == MG_STEP_OK && (r = mg_delete_file(m, 0xC400 | kid)) == MG_STEP_OK
         && (r = unwrap_on_card(m, kid, u.blob)) == MG_STEP_OK
-        && (r = mg_write_file(m, 0xC400 | kid, u.new_prkd.data, u.new_prkd.len)) == MG_STEP_OK) {
-        /* the card may have put a CV request there; the file's certificate replaces it */
-        if (u.cert.n > 0 && (r = mg_delete_file(m, 0xCE00 | kid)) == MG_STEP_OK)
-            r = mg_write_file(m, 0xCE00 | kid, u.cert.p, u.cert.n);
-        if (r == MG_STEP_OK) {
-            sks_buf_reset(m->reply);
-            sks_buf_byte(m->reply, MG_OK);
-            sks_buf_uint(m->reply, kid);
-        }
+        && (r = mg_write_file(m, 0xC400 | kid, u.new_prkd.data, u.new_prkd.len)) == MG_STEP_OK
+        && (r = write_certificate(m, &u, kid)) == MG_STEP_OK) {
+        sks_buf_reset(m->reply);
+        sks_buf_byte(m->reply, MG_OK);
+        sks_buf_uint(m->reply, kid);
     }
+    EVP_PKEY_free(u.request_key);
     sks_buf_free(&u.new_prkd);
     return r;
 }

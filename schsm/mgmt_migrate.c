@@ -3,10 +3,12 @@
  * "Key domains"): hsmDomainWrapKey (227) is WRAP KEY (80 72 <kid> 92), the key encrypted under its
  * domain's KEK; hsmDomainUnwrapKey (228) is UNWRAP KEY (80 74 <kid> 93) on the other card, which
  * picks the domain by the blob's KCV. The blob does not carry the public key, so the caller
- * also hands in the key's CV request from the source card; before that request is stored in
- * CE<kid> and the PrKD in C4<kid>, the card signs a fresh challenge with the unwrapped key and
- * the signature must verify with the request's key — no description is written for a key the
- * card does not hold.
+ * also hands in the key's CV request from the source card, or its X.509 certificate; the card
+ * signs a fresh challenge with the unwrapped key and the signature must verify with that key —
+ * no description is written for a key the card does not hold. Then the PrKD goes to C4<kid> and
+ * an X.509 certificate to CE<kid>: the one given, else (or with a subject) one the card signs
+ * for the key (as hsmGenerateKeyPair with a subject), since the driver offers a key to the provider only with
+ * a certificate.
  */
 #include <string.h>
 
@@ -20,7 +22,7 @@
 #include "mgmt.h"
 
 #define MAX_LABEL 64
-#define CARD_ECDSA 0x70
+#define MAX_DAYS 36500
 
 int mg_domain_wrap_key(mg_call *m, sks_reader *in)
 {
@@ -28,12 +30,7 @@ int mg_domain_wrap_key(mg_call *m, sks_reader *in)
     uint32_t handle = sks_get_uint(in, "keyHandle");
     int r;
 
-    sks_reader_expect_end(in);
-    if (!sks_reader_ok(in))
-        return mg_fail(m, MG_ERROR_OPTION, "malformed request");
-    if (handle < 1 || handle > 255)
-        return mg_fail(m, MG_ERROR_OPTION, "no key with handle %u on a SmartCard-HSM", handle);
-    if ((r = mg_select(m)) != MG_STEP_OK || (r = mg_verify_pin(m, pin)) != MG_STEP_OK)
+    if ((r = mg_key_request_begin(m, in, pin, handle)) != MG_STEP_OK)
         return r;
     if (mg_apdu(m, 0x80, 0x72, (uint8_t)handle, 0x92, NULL, 0, SCHSM_LE_LINK) != MG_STEP_OK)
         return MG_STEP_LINK;
@@ -49,46 +46,68 @@ int mg_domain_wrap_key(mg_call *m, sks_reader *in)
     return MG_STEP_OK;
 }
 
-/* The EC public key of the source card's CV request (its curve from the request itself). */
-static EVP_PKEY *request_key(mg_call *m, sks_span req, schsm_keyspec *ks)
+EVP_PKEY *mg_cv_request_public_key(mg_call *m, sks_span req, schsm_keyspec *ks)
 {
-    char err[256], group[64];
+    char err[256] = "", group[64];
     EVP_PKEY *pub = NULL;
     schsm_cvc c;
+    int ok;
 
-    if (!schsm_cvc_parse(req.p, req.n, &c, NULL, err, sizeof(err)) || !c.authenticated
-        || !schsm_cvc_public_key(&c, &c, &pub, err, sizeof(err))
-        || !EVP_PKEY_get_utf8_string_param(pub, "group", group, sizeof(group), NULL)) {
+    ok = schsm_cvc_parse(req.p, req.n, &c, NULL, err, sizeof(err)) && c.authenticated
+         && schsm_cvc_public_key(&c, &c, &pub, err, sizeof(err));
+    memset(ks, 0, sizeof(*ks));
+    if (ok && EVP_PKEY_is_a(pub, "RSA")) {
+        ks->is_rsa = 1;
+        ks->rsa_bits = (unsigned)EVP_PKEY_get_bits(pub);
+    } else if (ok && EVP_PKEY_get_utf8_string_param(pub, "group", group, sizeof(group), NULL)) {
+        ks->curve_nid = OBJ_sn2nid(group);
+        ks->curve = OBJ_nid2sn(ks->curve_nid);
+    } else {
+        ok = 0;
+    }
+    if (!ok) {
         EVP_PKEY_free(pub);
         mg_fail(m, MG_ERROR_OPTION, "the key's CV request is not usable: %s", err);
         return NULL;
     }
-    memset(ks, 0, sizeof(*ks));
-    ks->curve_nid = OBJ_sn2nid(group);
-    ks->curve = OBJ_nid2sn(ks->curve_nid);
     return pub;
 }
 
-/* SIGN a random challenge with the unwrapped key; the signature must verify with pub. */
-static int key_matches(mg_call *m, uint8_t kid, EVP_PKEY *pub)
+/* The public key of the key's X.509 certificate (DER, nothing after it). */
+static EVP_PKEY *certificate_key(mg_call *m, sks_span cert, schsm_keyspec *ks)
 {
-    uint8_t challenge[32], hash[32];
-    unsigned hlen = 0;
-    EVP_PKEY_CTX *ctx;
-    int ok;
+    const unsigned char *q = cert.p;
+    X509 *x = d2i_X509(NULL, &q, (long)cert.n);
+    EVP_PKEY *pub = x != NULL && q == cert.p + cert.n ? X509_get_pubkey(x) : NULL;
 
-    if (RAND_bytes(challenge, sizeof(challenge)) != 1
-        || !EVP_Digest(challenge, sizeof(challenge), hash, &hlen, EVP_sha256(), NULL))
+    X509_free(x);
+    if (pub == NULL || (!EVP_PKEY_is_a(pub, "RSA") && !EVP_PKEY_is_a(pub, "EC"))) {
+        EVP_PKEY_free(pub);
+        mg_fail(m, MG_ERROR_OPTION, "the certificate is not a DER X.509 certificate of an RSA or EC key");
+        return NULL;
+    }
+    memset(ks, 0, sizeof(*ks));
+    ks->is_rsa = EVP_PKEY_is_a(pub, "RSA");
+    return pub;
+}
+
+int mg_key_matches(mg_call *m, uint8_t kid, EVP_PKEY *pub)
+{
+    uint8_t challenge[32];
+    EVP_MD_CTX *ctx;
+    int r, ok;
+
+    if (RAND_bytes(challenge, sizeof(challenge)) != 1)
         return mg_fail(m, MG_ERROR_INTERNAL, "no random challenge");
-    if (mg_apdu(m, 0x80, 0x68, kid, CARD_ECDSA, hash, sizeof(hash), SCHSM_LE_LINK) != MG_STEP_OK)
-        return MG_STEP_LINK;
+    if ((r = mg_sign_sha256(m, kid, pub, challenge, sizeof(challenge))) != MG_STEP_OK)
+        return r;
     if (m->sw != 0x9000)
         return mg_fail(m, MG_ERROR_NOT_ALLOWED, "the unwrapped key %u does not sign (SW %04X): an imported key "
-                       "must allow ECDSA (70)", kid, m->sw);
-    ctx = EVP_PKEY_CTX_new(pub, NULL);
-    ok = ctx != NULL && EVP_PKEY_verify_init(ctx) == 1
-         && EVP_PKEY_verify(ctx, m->resp.data, m->resp.len, hash, sizeof(hash)) == 1;
-    EVP_PKEY_CTX_free(ctx);
+                       "must allow %s", kid, m->sw, EVP_PKEY_is_a(pub, "RSA") ? "raw RSA (20)" : "ECDSA (70)");
+    ctx = EVP_MD_CTX_new();
+    ok = ctx != NULL && EVP_DigestVerifyInit(ctx, NULL, EVP_sha256(), NULL, pub) == 1
+         && EVP_DigestVerify(ctx, m->resp.data, m->resp.len, challenge, sizeof(challenge)) == 1;
+    EVP_MD_CTX_free(ctx);
     if (!ok)
         return mg_fail(m, MG_ERROR_CRYPTO, "the unwrapped key is not the key of the CV request given");
     return MG_STEP_OK;
@@ -106,71 +125,150 @@ static int unwrap_on_card(mg_call *m, uint8_t kid, sks_span blob)
     return mg_fail(m, MG_ERROR_EXTERNAL, "UNWRAP KEY: SW %04X", m->sw);
 }
 
-static int describe_unwrapped(mg_call *m, uint8_t kid, sks_span label, sks_span req, const schsm_keyspec *ks,
+typedef struct {
+    sks_span pin, label, blob, req, cert, subject;
+    uint32_t days;
+    X509_NAME *name; /* the subject of the certificate the card signs; NULL: cert is stored */
+} unwrap_request;
+
+/* subjectDER, or CN=<friendlyName> when it is empty. */
+static X509_NAME *subject_name(const unwrap_request *u)
+{
+    const unsigned char *q = u->subject.p;
+    X509_NAME *name;
+
+    if (u->subject.n > 0) {
+        name = d2i_X509_NAME(NULL, &q, (long)u->subject.n);
+        if (name != NULL && q != u->subject.p + u->subject.n) {
+            X509_NAME_free(name);
+            name = NULL;
+        }
+        return name;
+    }
+    name = X509_NAME_new();
+    if (name != NULL
+        && !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, u->label.p, (int)u->label.n, -1, 0)) {
+        X509_NAME_free(name);
+        name = NULL;
+    }
+    return name;
+}
+
+static int parse_unwrap(mg_call *m, sks_reader *in, unwrap_request *u)
+{
+    u->pin = sks_get_array(in, "authorization");
+    u->label = sks_get_string(in, "friendlyName");
+    u->blob = sks_get_array(in, "blob");
+    u->req = sks_get_array(in, "request");
+    u->cert = sks_get_array(in, "certificate");
+    u->subject = sks_get_array(in, "subjectDER");
+    u->days = sks_get_uint(in, "validityDays");
+    sks_reader_expect_end(in);
+    if (!sks_reader_ok(in))
+        return mg_fail(m, MG_ERROR_OPTION, "malformed request");
+    if (u->label.n == 0 || u->label.n > MAX_LABEL)
+        return mg_fail(m, MG_ERROR_OPTION, "the friendly name (the key's label) must be 1..%d bytes", MAX_LABEL);
+    if (u->blob.n < 8)
+        return mg_fail(m, MG_ERROR_OPTION, "the blob is too short");
+    if (u->req.n == 0 && u->cert.n == 0)
+        return mg_fail(m, MG_ERROR_OPTION, "give the key's CV request or its X.509 certificate");
+    if (u->cert.n > 0 && u->subject.n == 0)
+        return MG_STEP_OK; /* the certificate given is stored */
+    if ((u->name = subject_name(u)) == NULL)
+        return mg_fail(m, MG_ERROR_OPTION, "subjectDER is not a DER X.509 Name");
+    if (u->days < 1 || u->days > MAX_DAYS)
+        return mg_fail(m, MG_ERROR_OPTION, "validityDays must be 1..%d, got %u", MAX_DAYS, u->days);
+    return MG_STEP_OK;
+}
+
+/* The key the unwrapped one must be: the CV request's, or the certificate's; given both, the
+ * certificate must be for the request's key. */
+static EVP_PKEY *expected_key(mg_call *m, const unwrap_request *u, schsm_keyspec *ks)
+{
+    EVP_PKEY *pub = NULL, *certified = NULL;
+    schsm_keyspec cks;
+
+    memset(&cks, 0, sizeof(cks));
+    if (u->cert.n > 0 && (certified = certificate_key(m, u->cert, &cks)) == NULL)
+        return NULL;
+    if (u->req.n == 0) {
+        *ks = cks;
+        return certified;
+    }
+    if ((pub = mg_cv_request_public_key(m, u->req, ks)) != NULL && certified != NULL && EVP_PKEY_eq(pub, certified) != 1) {
+        mg_fail(m, MG_ERROR_OPTION, "the certificate is not for the key of the CV request");
+        EVP_PKEY_free(pub);
+        pub = NULL;
+    }
+    EVP_PKEY_free(certified);
+    return pub;
+}
+
+/* The PrKD, and in CE<kid> the certificate given or one the card signs; the answer. */
+static int describe_unwrapped(mg_call *m, uint8_t kid, const unwrap_request *u, const schsm_keyspec *ks,
                               EVP_PKEY *pub)
 {
-    unsigned char *spki = NULL;
-    uint8_t id[20];
-    sks_buf prkd;
-    int r, n;
+    sks_buf cert;
+    int r;
 
-    sks_buf_init(&prkd);
-    if (!schsm_key_id(pub, id)
-        || !schsm_prkd_encode(ks, (const char *)label.p, label.n, id, sizeof(id), kid, schsm_key_bits(pub), &prkd)
-        || (n = i2d_PUBKEY(pub, &spki)) <= 0) {
-        sks_buf_free(&prkd);
-        return mg_fail(m, MG_ERROR_INTERNAL, "cannot encode the key description");
-    }
-    if ((r = mg_write_file(m, 0xCE00 | kid, req.p, req.n)) == MG_STEP_OK
-        && (r = mg_write_file(m, 0xC400 | kid, prkd.data, prkd.len)) == MG_STEP_OK) {
+    sks_buf_init(&cert);
+    if (u->name == NULL)
+        sks_buf_put(&cert, u->cert.p, u->cert.n);
+    else if ((r = mg_make_certificate(m, kid, pub, u->name, u->days, &cert)) != MG_STEP_OK)
+        goto done;
+    if ((r = mg_write_prkd(m, ks, u->label, kid, pub)) == MG_STEP_OK
+        && (r = mg_delete_file(m, 0xCE00 | kid)) == MG_STEP_OK
+        && (r = mg_write_file(m, 0xCE00 | kid, cert.data, cert.len)) == MG_STEP_OK)
+        r = mg_answer_key(m, kid, pub, &cert);
+done:
+    sks_buf_free(&cert);
+    return r;
+}
+
+/* Deletes the key just unwrapped, keeping the refusal already written. */
+static int drop_unwrapped(mg_call *m, uint8_t kid, int r)
+{
+    sks_buf keep;
+
+    if (r == MG_STEP_LINK)
+        return r;
+    sks_buf_init(&keep);
+    sks_buf_put(&keep, m->reply->data, m->reply->len);
+    if (mg_delete_file(m, 0xCC00 | kid) == MG_STEP_LINK)
+        r = MG_STEP_LINK;
+    else {
         sks_buf_reset(m->reply);
-        sks_buf_byte(m->reply, MG_OK);
-        sks_buf_uint(m->reply, kid);
-        sks_buf_array(m->reply, spki, (size_t)n);
+        sks_buf_put(m->reply, keep.data, keep.len);
     }
-    OPENSSL_free(spki);
-    sks_buf_free(&prkd);
+    sks_buf_free(&keep);
     return r;
 }
 
 int mg_domain_unwrap_key(mg_call *m, sks_reader *in)
 {
-    sks_span pin = sks_get_array(in, "authorization");
-    sks_span label = sks_get_string(in, "friendlyName");
-    sks_span blob = sks_get_array(in, "blob");
-    sks_span req = sks_get_array(in, "request");
+    unwrap_request u;
     schsm_keyspec ks;
-    EVP_PKEY *pub;
+    EVP_PKEY *pub = NULL;
     uint8_t kid = 0;
     int r;
 
-    sks_reader_expect_end(in);
-    if (!sks_reader_ok(in))
-        return mg_fail(m, MG_ERROR_OPTION, "malformed request");
-    if (label.n == 0 || label.n > MAX_LABEL)
-        return mg_fail(m, MG_ERROR_OPTION, "the friendly name (the key's label) must be 1..%d bytes", MAX_LABEL);
-    if (blob.n < 8)
-        return mg_fail(m, MG_ERROR_OPTION, "the blob is too short");
-    if ((pub = request_key(m, req, &ks)) == NULL)
-        return MG_STEP_ANSWERED;
-    if ((r = mg_select(m)) == MG_STEP_OK && (r = mg_verify_pin(m, pin)) == MG_STEP_OK
-        && (r = mg_free_key_reference(m, &kid)) == MG_STEP_OK && (r = unwrap_on_card(m, kid, blob)) == MG_STEP_OK) {
-        if ((r = key_matches(m, kid, pub)) == MG_STEP_OK)
-            r = describe_unwrapped(m, kid, label, req, &ks, pub);
-        else if (r != MG_STEP_LINK) {
-            /* keep the refusal, drop the key that does not match its description */
-            sks_buf keep;
-            sks_buf_init(&keep);
-            sks_buf_put(&keep, m->reply->data, m->reply->len);
-            if (mg_delete_file(m, 0xCC00 | kid) == MG_STEP_LINK)
-                r = MG_STEP_LINK;
-            else {
-                sks_buf_reset(m->reply);
-                sks_buf_put(m->reply, keep.data, keep.len);
-            }
-            sks_buf_free(&keep);
-        }
+    memset(&u, 0, sizeof(u));
+    if ((r = parse_unwrap(m, in, &u)) != MG_STEP_OK)
+        goto done;
+    if ((pub = expected_key(m, &u, &ks)) == NULL) {
+        r = MG_STEP_ANSWERED;
+        goto done;
     }
+    if ((r = mg_select(m)) == MG_STEP_OK && (r = mg_verify_pin(m, u.pin)) == MG_STEP_OK
+        && (r = mg_free_key_reference(m, &kid)) == MG_STEP_OK && (r = unwrap_on_card(m, kid, u.blob)) == MG_STEP_OK) {
+        /* a key that does not match its description is not kept */
+        if ((r = mg_key_matches(m, kid, pub)) == MG_STEP_OK)
+            r = describe_unwrapped(m, kid, &u, &ks, pub);
+        else
+            r = drop_unwrapped(m, kid, r);
+    }
+done:
     EVP_PKEY_free(pub);
+    X509_NAME_free(u.name);
     return r;
 }

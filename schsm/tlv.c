@@ -1,46 +1,20 @@
 /*
- * Bounded BER-TLV reading for what the card returns (FCP, PKCS#15 descriptions): every
+ * The driver's view of the one bounded BER-TLV reader (schsm_kmtlv_read, keymgmt_tlv.c) for
+ * what the card returns (FCP, PKCS#15 descriptions, CV requests): tags of up to 3 bytes; every
  * length is checked against the end of the buffer it came in; nothing is read past it.
  */
+#include "ber_tlv.h"
 #include "internal.h"
 
 int schsm_tlv_next(const uint8_t **pp, const uint8_t *end, schsm_tlv *t)
 {
-    const uint8_t *p = *pp;
-    unsigned tag;
-    size_t len, i, nlen;
+    schsm_kmtlv k;
 
-    if (p == NULL || p >= end)
+    if (!schsm_kmtlv_read(pp, end, 3, &k))
         return 0;
-    tag = *p++;
-    if ((tag & 0x1F) == 0x1F) { /* multi-byte tag: at most two more bytes */
-        for (i = 0; i < 2; i++) {
-            if (p >= end)
-                return 0;
-            tag = (tag << 8) | *p;
-            if ((*p++ & 0x80) == 0)
-                break;
-        }
-        if (i == 2)
-            return 0;
-    }
-    if (p >= end)
-        return 0;
-    len = *p++;
-    if (len & 0x80) {
-        nlen = len & 0x7F;
-        if (nlen == 0 || nlen > 3 || (size_t)(end - p) < nlen)
-            return 0;
-        for (len = 0, i = 0; i < nlen; i++)
-            len = (len << 8) | *p++;
-    }
-    if (len > (size_t)(end - p))
-        return 0;
-    /* written only when the whole TLV is inside: callers never see half a TLV */
-    t->tag = tag;
-    t->v = p;
-    t->len = len;
-    *pp = p + len;
+    t->tag = k.tag;
+    t->v = k.value;
+    t->len = k.len;
     return 1;
 }
 

@@ -15,6 +15,7 @@ import sys
 import tempfile
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import provtools as pt  # noqa: E402
@@ -266,12 +267,18 @@ def cert_from_generate(card, name, alg):
     out = card.sks("generate", "--name", name, "--algorithm", alg, "--subject", f"CN={name}", "--pin-file", "-",
                    input=f"{PIN}\n".encode())
     assert name in out
-    pem = card.path(name + ".crt")
-    dump = pt._text(pt.run(["pkcs15-tool", "--reader", str(card.slot), "--dump"], env=card.env).stdout)
-    m = re.search(r"X\.509 Certificate \[" + re.escape(name) + r"\].*?ID\s+:\s+([0-9a-f]+)", dump, re.S)
+    return opensc_reads(card, "--dump", r"X\.509 Certificate", name, "--read-certificate", name + ".crt")
+
+
+def opensc_reads(card, list_option, kind, name, read_option, file_name):
+    """The object of this kind and label that pkcs15-tool lists (list_option) and reads
+    (read_option, by its iD), as PEM in a file."""
+    dump = pt._text(pt.run(["pkcs15-tool", "--reader", str(card.slot), list_option], env=card.env).stdout)
+    m = re.search(kind + r" \[" + re.escape(name) + r"\].*?ID\s+:\s+([0-9a-f]+)", dump, re.S)
     assert m, dump
+    pem = card.path(file_name)
     with open(pem, "w") as f:
-        f.write(pt._text(pt.run(["pkcs15-tool", "--reader", str(card.slot), "--read-certificate", m.group(1)],
+        f.write(pt._text(pt.run(["pkcs15-tool", "--reader", str(card.slot), read_option, m.group(1)],
                                 env=card.env).stdout))
     return pem
 
@@ -291,6 +298,41 @@ def test_backup_on_a_restores_on_b_and_signs_with_as_certificate(ab, alg):
     # OpenSC sees the restored key with its label on B
     labels = ab.b.p11("--login", "--pin", PIN, "--list-objects", "--type", "privkey")
     assert name in labels, labels
+
+
+def public_key_opensc_reads(card, name):
+    """The public key OpenSC builds from the key's CV request (no certificate on the card), as PEM."""
+    return opensc_reads(card, "--list-public-keys", r"Public \w+ Key", name, "--read-public-key", name + ".pub.pem")
+
+
+@pytest.mark.parametrize("alg", ["P-256", "RSA-2048"])
+def test_key_without_certificate_restores_with_one_and_signs_through_the_provider(ab, alg):
+    """A key generated without --subject keeps only its CV request, which the backup carries in
+    the certificate's place: restored on B it gets a certificate B's card signs for that key
+    (CN = its label), so the sks provider signs with it on B; OpenSSL's default provider
+    verifies with the public key OpenSC reads on A."""
+    from cryptography import x509
+    name = "nocert-" + alg.lower()
+    out = ab.a.sks("generate", "--name", name, "--algorithm", alg, "--pin-file", "-", input=f"{PIN}\n".encode())
+    assert "certificate: none" in out, out
+    pub = public_key_opensc_reads(ab.a, name)
+    wrapped = ab.a.path(name + ".wrap")
+    ab.a.sks("hsm", "backup", "--name", name, "--out", wrapped, "--pin-file", "-", input=f"{PIN}\n".encode())
+    out = ab.b.sks("hsm", "restore", wrapped, "--pin-file", "-", input=f"{PIN}\n".encode())
+    assert f"restored '{name}'" in out, out
+    cert = x509.load_pem_x509_certificate(ab.b.sks_run("cert", "--name", name).stdout)
+    with open(pub, "rb") as f:
+        assert cert.public_key().public_numbers() == serialization.load_pem_public_key(f.read()).public_numbers()
+    assert cert.subject.rfc4514_string() == f"CN={name}"
+    pinfile = ab.b.write("pin", PIN + "\n")
+    dgst = ab.b.write(name + ".dgst", os.urandom(32))
+    sig = ab.b.path(name + ".sig")
+    pt.run(["openssl", "pkeyutl", "-sign", "-provider", "sks", "-provider", "default", "-inkey",
+            f"sks:name={name}?pin-source=file:{pinfile}", "-in", dgst, "-out", sig, "-pkeyopt", "digest:sha256"],
+           env=dict(ab.b.env, SKS_DEVICE=ab.b.dev))
+    res = pt.plain_openssl("pkeyutl", "-verify", "-pubin", "-inkey", pub, "-in", dgst, "-sigfile", sig,
+                           "-pkeyopt", "digest:sha256")
+    assert b"Signature Verified Successfully" in res.stdout
 
 
 def test_sc_hsm_tool_wrap_file_restores_with_sks_and_sks_backup_unwraps_with_sc_hsm_tool(ab):

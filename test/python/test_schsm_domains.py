@@ -11,6 +11,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -468,6 +469,120 @@ def test_key_migrates_through_the_xkek_domain(rig, pair):
     res = pt.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", pub, "-in", dgst, "-sigfile", sig],
                  env=pt.clean_env())
     assert b"Signature Verified Successfully" in res.stdout
+
+
+def xkek_generate(card, name):
+    """A migratable P-256 key in domain 1: (handle, PEM file of the public key the card printed)."""
+    text = card.sks("hsm", "xkek", "generate", "--domain", "1", "--name", name, "--pin-file", "-",
+                    input=f"{PIN}\n".encode())
+    handle = [line.split()[1] for line in text.splitlines() if line.startswith("handle:")][0]
+    pub = card.path(f"{name}.pub.pem")
+    with open(pub, "w") as f:
+        f.write(text[text.index("-----BEGIN PUBLIC KEY-----"):])
+    return handle, pub
+
+
+def test_migrated_key_has_a_certificate_and_signs_through_the_provider(rig, pair):
+    """After test_two_cards_derive_the_same_xkek: a key moved from card A to card B gets an X.509
+    certificate card B signs for it, so OpenSC shows the certificate with the key and the sks
+    provider offers the key: `openssl pkeyutl` and `openssl dgst` sign on card B, and OpenSSL's
+    default provider verifies with the public key card A printed."""
+    from cryptography import x509
+    a, b = pair
+    handle, pub = xkek_generate(a, "provided")
+    wrapped = a.path("provided.wrap")
+    a.sks("hsm", "xkek", "wrap", "--key", handle, "--out", wrapped, "--pin-file", "-", input=f"{PIN}\n".encode())
+    out = b.sks("hsm", "xkek", "unwrap", "--name", "provided", "--subject", "CN=moved key,O=sks", "--days", "30",
+                "--pin-file", "-", wrapped, input=f"{PIN}\n".encode())
+    assert "CN=moved key" in out and "self-signed by the card" in out, out
+    with open(pub, "rb") as f:
+        a_key = serialization.load_pem_public_key(f.read())
+    point = a_key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    key_id = hashlib.sha1(point).hexdigest()
+    # OpenSC reads the certificate beside the key (same iD) on card B; it is for card A's key
+    reader = b.dev[len("pcsc:"):]
+    certs = pt._text(pt.run(["pkcs11-tool", "--module", P11, "--slot-index", "1", "--list-objects", "--type", "cert"],
+                            env=b.env).stdout)
+    assert re.search(r"ID:\s+" + key_id, certs), certs
+    pem = pt._text(pt.run(["pkcs15-tool", "--reader", reader, "--read-certificate", key_id], env=b.env).stdout)
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    assert cert.public_key().public_numbers() == a_key.public_numbers()
+    assert cert.subject.rfc4514_string() in ("CN=moved key,O=sks", "O=sks,CN=moved key")
+    assert (cert.not_valid_after - cert.not_valid_before).days == 30
+    cert_file = b.path("provided.crt")
+    with open(cert_file, "w") as f:
+        f.write(pem)
+    assert b"OK" in pt.plain_openssl("verify", "-CAfile", cert_file, "-check_ss_sig", cert_file).stdout
+    # the provider signs on card B
+    pinfile = b.path("pin")
+    with open(pinfile, "w") as f:
+        f.write(PIN + "\n")
+    uri = f"sks:name=provided?pin-source=file:{pinfile}"
+    env = dict(b.env, SKS_DEVICE=b.dev)
+    msg, dgst, sig, dsig = b.path("p.msg"), b.path("p.sha256"), b.path("p.sig"), b.path("p.dgst.sig")
+    with open(msg, "wb") as f:
+        f.write(os.urandom(300))
+    pt.run(["openssl", "dgst", "-sha256", "-binary", "-out", dgst, msg], env=pt.clean_env())
+    pt.run(["openssl", "pkeyutl", "-sign", "-provider", "sks", "-provider", "default", "-inkey", uri, "-in", dgst,
+            "-out", sig, "-pkeyopt", "digest:sha256"], env=env)
+    res = pt.plain_openssl("pkeyutl", "-verify", "-pubin", "-inkey", pub, "-in", dgst, "-sigfile", sig,
+                           "-pkeyopt", "digest:sha256")
+    assert b"Signature Verified Successfully" in res.stdout
+    pt.run(["openssl", "dgst", "-sha256", "-provider", "sks", "-provider", "default", "-sign", uri, "-out", dsig, msg],
+           env=env)
+    res = pt.plain_openssl("dgst", "-sha256", "-verify", pub, "-signature", dsig, msg)
+    assert b"Verified OK" in res.stdout
+
+
+def test_unwrap_stores_the_certificate_the_wrap_file_carries(rig, pair):
+    """A wrap file with the key's X.509 certificate (sc-hsm-tool's third field): card B stores that
+    certificate, not a new one, when it is for the request's key; one for another key is not
+    stored: the card signs a certificate for its own key instead."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives import hashes
+    a, b = pair
+    handle, pub = xkek_generate(a, "carried")
+    wrapped = a.path("carried.wrap")
+    a.sks("hsm", "xkek", "wrap", "--key", handle, "--out", wrapped, "--pin-file", "-", input=f"{PIN}\n".encode())
+    with open(wrapped, "rb") as f:
+        fields = tlv_items(tlv_items(f.read())[0][1])
+    with open(pub, "rb") as f:
+        a_key = serialization.load_pem_public_key(f.read())
+    issuer = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.utcnow()
+
+    def certificate(subject_key, cn):
+        name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, cn)])
+        return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(subject_key)
+                .serial_number(x509.random_serial_number()).not_valid_before(now)
+                .not_valid_after(now + datetime.timedelta(days=10)).sign(issuer, hashes.SHA256()))
+
+    def wrap_file(name, cert):
+        # blob, the CV request where a PrKD would stand, the certificate third
+        body = b"".join(tlv_bytes(t, v) for t, v in fields) + cert.public_bytes(serialization.Encoding.DER)
+        path = b.path(name)
+        with open(path, "wb") as f:
+            f.write(tlv_bytes(0x30, body))
+        return path
+
+    good = certificate(a_key, "carried by the file")
+    out = b.sks("hsm", "xkek", "unwrap", "--name", "carried", "--pin-file", "-", wrap_file("good.wrap", good),
+                input=f"{PIN}\n".encode())
+    assert "from the wrap file" in out, out
+    point = a_key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    reader = b.dev[len("pcsc:"):]
+    pem = pt._text(pt.run(["pkcs15-tool", "--reader", reader, "--read-certificate", hashlib.sha1(point).hexdigest()],
+                          env=b.env).stdout)
+    assert x509.load_pem_x509_certificate(pem.encode()) == good
+    # the same blob again, with a certificate of another key
+    other = certificate(ec.generate_private_key(ec.SECP256R1()).public_key(), "another key")
+    res = b.run("hsm", "xkek", "unwrap", "--name", "carried-again", "--pin-file", "-",
+                wrap_file("other.wrap", other), input=f"{PIN}\n".encode())
+    assert b"not for the key's CV request" in res.stderr and b"self-signed by the card" in res.stdout, res
+    stored = x509.load_pem_x509_certificate(b.run("cert", "--name", "carried-again").stdout)
+    assert stored.public_key().public_numbers() == a_key.public_numbers()
+    assert stored.subject.rfc4514_string() == "CN=carried-again"
 
 
 def test_unwrap_refuses_a_request_of_another_key(rig, pair):

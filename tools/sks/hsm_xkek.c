@@ -24,6 +24,7 @@
 #define ALG_WRAP 0x92
 #define ALG_DERIVE_XKEK 0x84
 #define MAX_FILE 8192
+#define DEFAULT_DAYS 365
 
 static const char USAGE[] =
     "usage: sks hsm xkek request --domain D --out FILE [--name LABEL] [--pin-file FILE]\n"
@@ -37,14 +38,18 @@ static const char USAGE[] =
     "           the domain's KEK with its key HANDLE; prints the key domains (compare the KCVs).\n"
     "       sks hsm xkek generate --domain D --name LABEL [--pin-file FILE]\n"
     "       sks hsm xkek wrap --key HANDLE --out FILE [--pin-file FILE]\n"
-    "       sks hsm xkek unwrap --name LABEL [--pin-file FILE] FILE\n"
+    "       sks hsm xkek unwrap --name LABEL [--subject DN] [--days N] [--pin-file FILE] FILE\n"
     "  generate: a P-256 signing key in domain D that may be wrapped; prints its handle and\n"
     "           public key (PEM).\n"
     "  wrap:    the key encrypted under its domain's KEK, with its CV request, as an\n"
     "           sc-hsm-tool wrap file (new FILE).\n"
     "  unwrap:  a wrap file from the other card of the domain; the card checks the key signs for\n"
-    "           the request's public key before it is described. Prints the new handle.\n"
+    "           the request's public key before it is described. The key gets the file's X.509\n"
+    "           certificate if it carries one for that key, else one the card signs for it (so\n"
+    "           the provider and OpenSC can use it). Prints the new handle and the certificate.\n"
     "  --name LABEL     the key's label (request: default xkek-D)\n"
+    "  --subject DN     unwrap: the card signs a certificate with this subject (default CN=LABEL)\n"
+    "  --days N         unwrap: that certificate's validity in days (default 365)\n"
     "  --root FILE      also trust this CV root for the peer's chain (built in: the SmartCard-HSM roots)\n"
     "  --pin-file FILE  the card's user PIN\n";
 
@@ -330,63 +335,168 @@ static int xkek_wrap(cli_store *store, int argc, char **argv)
     return rc;
 }
 
+/* The public key of a DER X.509 certificate with nothing after it, or NULL. */
+static EVP_PKEY *x509_key(const uint8_t *der, size_t n)
+{
+    const unsigned char *q = der;
+    X509 *x = der != NULL && n > 0 && der[0] == 0x30 ? d2i_X509(NULL, &q, (long)n) : NULL;
+    EVP_PKEY *pub = x != NULL && q == der + n ? X509_get_pubkey(x) : NULL;
+
+    X509_free(x);
+    return pub;
+}
+
+/* The public key of an authenticated CV request, or NULL. */
+static EVP_PKEY *request_key(const uint8_t *req, size_t n)
+{
+    char err[256];
+    EVP_PKEY *pub = NULL;
+    schsm_cvc c;
+
+    if (req == NULL || n == 0 || req[0] != 0x67 || !schsm_cvc_parse(req, n, &c, NULL, err, sizeof(err))
+        || !schsm_cvc_public_key(&c, &c, &pub, err, sizeof(err)))
+        return NULL;
+    return pub;
+}
+
+/* What a wrap file says about its key: the CV request (sks hsm xkek wrap) and an X.509
+ * certificate (sc-hsm-tool and sks hsm backup put it third), each where the file's fields
+ * hold one. A certificate not for the request's key is dropped: the card then signs one. */
+static int unwrap_parts(const char *path, const uint8_t *file, size_t n, sks_span *blob, sks_span *req, sks_span *cert)
+{
+    const uint8_t *b, *second, *third;
+    size_t blen, slen, tlen;
+    EVP_PKEY *rk, *ck;
+    char err[256] = "";
+
+    if (!schsm_wrap_file_parse(file, n, &b, &blen, &second, &slen, &third, &tlen, err, sizeof(err))) {
+        cli_error("hsm xkek unwrap: %s: %s", path, err);
+        return 0;
+    }
+    blob->p = b;
+    blob->n = blen;
+    memset(req, 0, sizeof(*req));
+    memset(cert, 0, sizeof(*cert));
+    /* the file's fields go by position: written without a PrKD, the request is the second TLV */
+    if (third != NULL && third[0] == 0x67) {
+        req->p = third;
+        req->n = tlen;
+    } else if (second != NULL && second[0] == 0x67) {
+        req->p = second;
+        req->n = slen;
+    }
+    if ((ck = x509_key(third, tlen)) != NULL) {
+        cert->p = third;
+        cert->n = tlen;
+    }
+    rk = request_key(req->p, req->n);
+    if (ck != NULL && rk != NULL && EVP_PKEY_eq(rk, ck) != 1) {
+        fprintf(stderr, "sks: hsm xkek unwrap: %s: its certificate is not for the key's CV request; the card signs "
+                "a new one\n", path);
+        memset(cert, 0, sizeof(*cert));
+    }
+    EVP_PKEY_free(rk);
+    EVP_PKEY_free(ck);
+    if (req->n == 0 && cert->n == 0) {
+        cli_error("hsm xkek unwrap: %s: no CV request nor certificate of the key in the wrap file (sks hsm xkek wrap "
+                  "writes the request)", path);
+        return 0;
+    }
+    return 1;
+}
+
+/* --subject as a DER Name (*der: the caller's to free); none given: empty (CN=<label>). */
+static int subject_der(const char *subject, unsigned char **der, int *len)
+{
+    char err[512];
+    X509_NAME *dn;
+
+    *der = NULL;
+    *len = 0;
+    if (subject == NULL)
+        return 1;
+    if ((dn = issuer_parse_dn(subject, err, sizeof(err))) == NULL) {
+        cli_error("hsm xkek unwrap: --subject: %s", err);
+        return 0;
+    }
+    *len = i2d_X509_NAME(dn, der);
+    X509_NAME_free(dn);
+    if (*len <= 0) {
+        cli_error("hsm xkek unwrap: --subject cannot be encoded");
+        return 0;
+    }
+    return 1;
+}
+
+static void print_unwrapped(uint32_t handle, const char *name, const sks_bytes *cert, int carried)
+{
+    const unsigned char *q = cert->data;
+    X509 *x = cert->len > 0 ? d2i_X509(NULL, &q, (long)cert->len) : NULL;
+    char fp[96] = "";
+
+    printf("handle:      %u\nname:        %s\n", handle, name);
+    if (x != NULL) {
+        cli_fingerprint(cert->data, cert->len, fp);
+        printf("certificate: ");
+        X509_NAME_print_ex_fp(stdout, X509_get_subject_name(x), 0, XN_FLAG_RFC2253);
+        printf(" (%s)\nsha256:      %s\n", carried ? "from the wrap file" : "self-signed by the card", fp);
+    }
+    X509_free(x);
+}
+
 static int xkek_unwrap(cli_store *store, int argc, char **argv)
 {
     static uint8_t file[MAX_FILE];
-    const char *pin = NULL, *name = NULL, *path = NULL;
-    const cli_opt opts[] = { { "--pin", OPT_SECRET, &pin }, { "--name", OPT_VALUE, &name } };
-    const uint8_t *blob, *prkd, *req;
-    size_t n, blen, plen, rlen;
-    sks_bytes pub = { NULL, 0 };
+    const char *pin = NULL, *name = NULL, *path = NULL, *subject = NULL, *days = NULL;
+    const cli_opt opts[] = { { "--pin", OPT_SECRET, &pin },
+                             { "--name", OPT_VALUE, &name },
+                             { "--subject", OPT_VALUE, &subject },
+                             { "--days", OPT_VALUE, &days } };
+    unsigned long ndays = DEFAULT_DAYS;
+    unsigned char *dn = NULL;
+    int dn_len = 0;
+    size_t n;
+    sks_bytes pub = { NULL, 0 }, cert = { NULL, 0 };
     sks_client_error e;
     sks_transport *t;
     uint32_t handle;
-    sks_span bspan, rspan;
-    char err[256];
+    sks_span blob, req, carried, dnspan;
     int rc;
 
     if (!take_peer_argument(&argc, argv, &path))
         return CLI_EXIT_USAGE;
-    if ((rc = cli_parse_command("hsm xkek unwrap", argc, argv, 3, opts, 2, USAGE)) != CLI_CONTINUE)
+    if ((rc = cli_parse_command("hsm xkek unwrap", argc, argv, 3, opts, 4, USAGE)) != CLI_CONTINUE)
         return rc;
     if (name == NULL || path == NULL) {
         cli_error("hsm xkek unwrap: give --name LABEL and the wrap file");
         return CLI_EXIT_USAGE;
     }
-    if (!read_whole("hsm xkek unwrap", path, file, sizeof(file), &n))
-        return CLI_EXIT_FAIL;
-    err[0] = 0;
-    if (!schsm_wrap_file_parse(file, n, &blob, &blen, &prkd, &plen, &req, &rlen, err, sizeof(err))) {
-        cli_error("hsm xkek unwrap: %s: %s", path, err);
-        return CLI_EXIT_FAIL;
-    }
-    /* the file's fields go by position: written without a PrKD, the request is the second TLV */
-    if ((req == NULL || req[0] != 0x67) && prkd != NULL && prkd[0] == 0x67) {
-        req = prkd;
-        rlen = plen;
-    }
-    if (req == NULL || req[0] != 0x67) {
-        cli_error("hsm xkek unwrap: %s: no CV request of the key in the wrap file (sks hsm xkek wrap writes one)",
-                  path);
-        return CLI_EXIT_FAIL;
-    }
-    if (!cli_need_secret("hsm xkek unwrap", "--pin", "the card's user PIN", 0, &pin))
+    if ((days != NULL && !cli_parse_number("hsm xkek unwrap", "--days", days, 1, 36500, &ndays))
+        || !subject_der(subject, &dn, &dn_len))
         return CLI_EXIT_USAGE;
+    rc = CLI_EXIT_FAIL;
+    if (!read_whole("hsm xkek unwrap", path, file, sizeof(file), &n) || !unwrap_parts(path, file, n, &blob, &req, &carried))
+        goto out;
+    if (!cli_need_secret("hsm xkek unwrap", "--pin", "the card's user PIN", 0, &pin)) {
+        rc = CLI_EXIT_USAGE;
+        goto out;
+    }
     if ((t = cli_open(store, "hsm xkek unwrap")) == NULL)
-        return CLI_EXIT_FAIL;
-    bspan.p = blob;
-    bspan.n = blen;
-    rspan.p = req;
-    rspan.n = rlen;
-    if (sks_client_hsm_domain_unwrap_key(t, cli_span(pin), name, bspan, rspan, &handle, &pub, &e)) {
-        printf("handle:      %u\nname:        %s\n", handle, name);
+        goto out;
+    dnspan.p = dn;
+    dnspan.n = dn_len > 0 ? (size_t)dn_len : 0;
+    if (sks_client_hsm_domain_unwrap_key(t, cli_span(pin), name, blob, req, carried, dnspan, (uint32_t)ndays, &handle,
+                                         &pub, &cert, &e)) {
+        print_unwrapped(handle, name, &cert, carried.n > 0 && subject == NULL);
         rc = CLI_EXIT_OK;
     } else {
         cli_client_error("hsm xkek unwrap", &e);
-        rc = CLI_EXIT_FAIL;
     }
     OPENSSL_free(pub.data);
+    OPENSSL_free(cert.data);
     t->close(t);
+out:
+    OPENSSL_free(dn);
     return rc;
 }
 
