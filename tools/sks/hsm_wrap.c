@@ -53,12 +53,6 @@ typedef struct {
     const char *key, *cert, *label, *algorithms, *passwords, *pwd_shares, *out;
 } wrap_args;
 
-static void say_deriving(void *arg, int finished)
-{
-    if (!finished)
-        fprintf(stderr, "sks hsm wrap: opening %s (takes several seconds)...\n", (const char *)arg);
-}
-
 /* The password of share i: the next line of the passwords file, else asked on the terminal. */
 static int share_password(FILE *pwfile, const char *share, char *buf, size_t size)
 {
@@ -79,62 +73,12 @@ static int share_password(FILE *pwfile, const char *share, char *buf, size_t siz
     return 1;
 }
 
-static int read_share_file(const char *path, uint8_t *buf, size_t size, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        cli_error("hsm wrap: cannot open %s: %s", path, strerror(errno));
-        return 0;
-    }
-    *n = fread(buf, 1, size, f);
-    fclose(f);
-    return 1;
-}
-
-/* The 8-byte password recombined from the custodians' shares in path ("-": standard input). */
-static int pwd_from_shares(const char *path, uint8_t pwd[SCHSM_PWD_LEN])
-{
-    static char text[65536];
-    schsm_pwd_share shares[SCHSM_PWD_MAX_SHARES];
-    size_t n = 0, count = 0;
-    char err[256];
-    int ok = 0;
-    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
-    if (!f) {
-        cli_error("hsm wrap: cannot open %s: %s", path, strerror(errno));
-        return 0;
-    }
-    n = fread(text, 1, sizeof text - 1, f);
-    text[n] = 0;
-    if (f != stdin)
-        fclose(f);
-    for (char *block = text; block && *block && count < SCHSM_PWD_MAX_SHARES;) {
-        char *next = strstr(block, "\n\n");
-        if (next)
-            *next = 0, next += 2;
-        if (block[strspn(block, " \t\r\n")] && !schsm_pwd_share_parse(block, &shares[count++], err, sizeof err)) {
-            cli_error("hsm wrap: --pwd-shares, share %zu: %s", count, err);
-            goto done;
-        }
-        block = next;
-    }
-    if (!schsm_pwd_combine(shares, count, pwd, err, sizeof err))
-        cli_error("hsm wrap: --pwd-shares: %s", err);
-    else
-        ok = 1;
-done:
-    OPENSSL_cleanse(text, sizeof text);
-    OPENSSL_cleanse(shares, sizeof shares);
-    return ok;
-}
-
 /* dkek = XOR of every share, each decrypted with its password. */
 static int load_dkek(const wrap_args *a, uint8_t dkek[SCHSM_DKEK_LEN])
 {
     FILE *pwfile = NULL;
-    char pw[CLI_SECRET_MAX] = "", err[256];
-    uint8_t file[SCHSM_SHARE_FILE_LEN + 1], share[SCHSM_DKEK_LEN];
-    size_t n;
+    char pw[CLI_SECRET_MAX] = "";
+    uint8_t share[SCHSM_DKEK_LEN];
     int ok = 1;
 
     if (a->passwords && !(pwfile = strcmp(a->passwords, "-") == 0 ? stdin : fopen(a->passwords, "r"))) {
@@ -142,20 +86,15 @@ static int load_dkek(const wrap_args *a, uint8_t dkek[SCHSM_DKEK_LEN])
         return 0;
     }
     uint8_t split_pwd[SCHSM_PWD_LEN];
-    if (a->pwd_shares && !pwd_from_shares(a->pwd_shares, split_pwd))
+    if (a->pwd_shares && !cli_hsm_password_from_shares("hsm wrap", a->pwd_shares, split_pwd))
         return 0;
     memset(dkek, 0, SCHSM_DKEK_LEN);
     for (size_t i = 0; ok && i < a->shares.count; i++) {
         const char *path = a->shares.items[i];
         /* an n-of-m password is 8 raw bytes (zeros included), a typed one is a string */
         const uint8_t *pwbytes = a->pwd_shares ? split_pwd : (const uint8_t *)pw;
-        ok = read_share_file(path, file, sizeof file, &n) &&
-             (a->pwd_shares || share_password(pwfile, path, pw, sizeof pw));
-        size_t pwlen = a->pwd_shares ? SCHSM_PWD_LEN : strlen(pw);
-        if (ok && !schsm_share_decrypt(file, n, pwbytes, pwlen, 0, say_deriving, (void *)path, share, err, sizeof err)) {
-            cli_error("hsm wrap: %s: %s", path, err);
-            ok = 0;
-        }
+        ok = (a->pwd_shares || share_password(pwfile, path, pw, sizeof pw)) &&
+             cli_hsm_open_share("hsm wrap", path, pwbytes, a->pwd_shares ? SCHSM_PWD_LEN : strlen(pw), share);
         if (ok)
             schsm_dkek_add_share(dkek, share);
         OPENSSL_cleanse(pw, sizeof pw);
