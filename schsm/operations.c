@@ -9,6 +9,7 @@
 /* OpenSSL 3.0 has no non-deprecated API for PSS encoding or OAEP decoding of a raw block. */
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include "internal.h"
+#include "rsa/pkcs1_implicit.h"
 
 #include <string.h>
 
@@ -360,52 +361,6 @@ int schsm_sign(schsm_ctx *c, schsm_key *k, const schsm_op *op, sks_buf *out)
 
 /* ---- decryption ---- */
 
-/* Constant-time masks: all ones or all zeros, no branch on secret data. */
-static unsigned ct_is_zero(unsigned a)
-{
-    return 0u - ((~a & (a - 1)) >> (sizeof(unsigned) * 8 - 1));
-}
-
-static unsigned ct_eq(unsigned a, unsigned b)
-{
-    return ct_is_zero(a ^ b);
-}
-
-static unsigned ct_lt(unsigned a, unsigned b) /* a, b < 2^31 */
-{
-    return 0u - ((a - b) >> (sizeof(unsigned) * 8 - 1));
-}
-
-static unsigned ct_select(unsigned mask, unsigned a, unsigned b)
-{
-    return (mask & a) | (~mask & b);
-}
-
-/* The PRF of implicit rejection (draft-irtf-cfrg-rsa-guidance): HMAC-SHA256(kdk, I || label
- * || bits) for I = 0, 1, ..., cut to n bytes. */
-static int implicit_prf(const uint8_t kdk[32], const char *label, uint8_t *out, size_t n)
-{
-    uint8_t block[32], in[2 + 16 + 2];
-    size_t lablen = strlen(label), pos;
-    unsigned int len;
-    uint16_t i;
-
-    if (lablen > 16 || n * 8 > 0xFFFF)
-        return 0;
-    memcpy(in + 2, label, lablen);
-    in[2 + lablen] = (uint8_t)((n * 8) >> 8);
-    in[3 + lablen] = (uint8_t)(n * 8);
-    for (i = 0, pos = 0; pos < n; i++, pos += 32) {
-        in[0] = (uint8_t)(i >> 8);
-        in[1] = (uint8_t)i;
-        if (HMAC(EVP_sha256(), kdk, 32, in, 4 + lablen, block, &len) == NULL || len != 32)
-            return 0;
-        memcpy(out + pos, block, n - pos < 32 ? n - pos : 32);
-    }
-    OPENSSL_cleanse(block, sizeof(block));
-    return 1;
-}
-
 /*
  * The key's secret for implicit rejection. The software device derives it from the private
  * exponent, which never leaves the card; instead the card decrypts one fixed block, derived
@@ -453,47 +408,18 @@ static int implicit_secret(schsm_ctx *c, schsm_key *k, const schsm_op *op, size_
 }
 
 /*
- * Removes PKCS#1 v1.5 type-2 padding from em[k] with implicit rejection: a wrong padding
- * gives a synthetic message derived from the key's secret and the ciphertext instead of an
- * error, without branches on the padding's bytes (no Bleichenbacher / Marvin oracle).
+ * Removes PKCS#1 v1.5 type-2 padding from em[k] with implicit rejection (rsa/pkcs1_implicit.h):
+ * the key derivation key is HMAC-SHA256(the key's secret, ciphertext).
  */
 static int pkcs1_unpad_implicit(const uint8_t secret[32], const uint8_t *ct, const uint8_t *em, size_t k, sks_buf *out)
 {
-    uint8_t kdk[32], synth[SCHSM_MAX_RSA_BYTES], res[SCHSM_MAX_RSA_BYTES], cand[256];
-    unsigned good, looking, zero_at = 0, synth_len = 0, msg_at, b, mask, c16, max_sep = (unsigned)k - 10;
+    uint8_t kdk[32];
     unsigned int len = 0;
-    size_t i;
-    int ok = 0;
+    int ok;
 
-    if (k < 11 || k > SCHSM_MAX_RSA_BYTES)
-        return 0;
-    if (HMAC(EVP_sha256(), secret, 32, ct, k, kdk, &len) == NULL || !implicit_prf(kdk, "length", cand, sizeof(cand))
-        || !implicit_prf(kdk, "message", synth, k))
-        goto done;
-    for (mask = max_sep, i = 1; i < 16; i <<= 1)
-        mask |= mask >> i;
-    for (i = 0; i < sizeof(cand); i += 2) {
-        c16 = (((unsigned)cand[i] << 8) | cand[i + 1]) & mask;
-        synth_len = ct_select(ct_lt(c16, max_sep), c16, synth_len);
-    }
-    good = ct_is_zero(em[0]) & ct_eq(em[1], 2);
-    looking = ~0u;
-    for (i = 2; i < k; i++) {
-        b = ct_is_zero(em[i]);
-        zero_at = ct_select(looking & b, (unsigned)i, zero_at);
-        looking &= ~b;
-    }
-    good &= ~looking & ~ct_lt(zero_at, 2 + 8);
-    msg_at = ct_select(good, zero_at + 1, (unsigned)(k - synth_len));
-    for (i = 0; i < k; i++)
-        res[i] = (uint8_t)ct_select(good, em[i], synth[i]);
-    sks_buf_put(out, res + msg_at, k - msg_at);
-    ok = !out->failed;
-done:
+    ok = HMAC(EVP_sha256(), secret, 32, ct, k, kdk, &len) != NULL && len == 32
+         && sks_pkcs1_unpad_implicit(kdk, em, k, out);
     OPENSSL_cleanse(kdk, sizeof(kdk));
-    OPENSSL_cleanse(synth, sizeof(synth));
-    OPENSSL_cleanse(res, sizeof(res));
-    OPENSSL_cleanse(cand, sizeof(cand));
     return ok;
 }
 

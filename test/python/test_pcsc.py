@@ -2,10 +2,8 @@
 reader driver (Debian's vsmartcard-vpcd), and the provider, the openssl CLI and the independent
 Python issuer reach the store only through PC/SC.
 
-pcscd runs privately for this module: its socket is handed over by socket activation
-(LISTEN_FDS) on a path of ours, clients find it through PCSCLITE_CSOCK_NAME, and its reader
-configuration is a directory of ours with vpcd on a free port pair. So a system pcscd, if one
-runs, is left alone. vpcd offers two slots: "Virtual PCD 00 00" (port P) holds a card with
+pcscd runs privately for this module (test/python/pcscrig.py's Pcscd: socket activation on a
+path of ours, its own reader configuration, so a system pcscd is left alone). vpcd offers two slots: "Virtual PCD 00 00" (port P) holds a card with
 extended-length APDUs, "Virtual PCD 00 01" (port P+1) a card with short APDUs only; both serve
 the same store. pcscd logs every APDU (-a), which tests read to see which APDUs were used.
 Both rig cards run with --allow-management (tests provision through them); the management
@@ -17,7 +15,6 @@ import select
 import shutil
 import sqlite3
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -31,16 +28,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sksissuer as s  # noqa: E402
+from pcscrig import PCSCD, READERS, VPCD_DRIVER, Pcscd, free_port_pair, stop_process  # noqa: E402
 
 BUILD = os.environ.get("SKS_BUILD_DIR", "/work/main/build")
 SKS = os.path.join(BUILD, "tools", "sks", "sks")
 VCARD = os.path.join(BUILD, "tools", "sks-vcard", "sks-vcard")
 SIGN_LOOP = os.path.join(BUILD, "test", "helpers", "sks_sign_loop")
 PIPE = os.path.join(BUILD, "test", "helpers", "sks_transport_pipe")
-PCSCD = shutil.which("pcscd") or "/usr/sbin/pcscd"
-VPCD_DRIVER = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
-READER0 = "Virtual PCD 00 00"
-READER1 = "Virtual PCD 00 01"
+READER0, READER1 = READERS
 PROV = ["-provider", "default", "-provider", "sks"]
 KEYS = [("ec", "P-256", "/CN=localhost"), ("rsa", "RSA-2048", "/CN=rsa on a card"), ("ed", "Ed25519", "/CN=ed")]
 WAIT = 15
@@ -52,84 +47,6 @@ def run(cmd, env=None, check=True, timeout=60, **kw):
         raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout.decode(errors='replace')}\n"
                              f"{res.stderr.decode(errors='replace')}")
     return res
-
-
-def free_port_pair():
-    """A port P with P+1 free too: vpcd listens on one port per slot."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            if port >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise AssertionError("no free pair of TCP ports")
-
-
-def stop_process(proc, sig=signal.SIGTERM):
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-class Pcscd:
-    """pcscd in the foreground on a socket we bind, reading only our reader configuration."""
-
-    def __init__(self, base, port):
-        self.sock_path = os.path.join(base, "pcscd.comm")
-        self.log = os.path.join(base, "pcscd.log")
-        self.conf = os.path.join(base, "reader.conf.d")
-        os.makedirs(self.conf, exist_ok=True)
-        with open(os.path.join(self.conf, "vpcd"), "w") as f:
-            f.write(f'FRIENDLYNAME "Virtual PCD"\nDEVICENAME /dev/null:{port}\nLIBPATH {VPCD_DRIVER}\n'
-                    f"CHANNELID {port}\n")
-        self.proc = None
-
-    def start(self):
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(self.sock_path)
-        listener.listen(64)
-        fd = listener.fileno()
-        self.logf = open(self.log, "ab")
-        # Socket activation: the socket on fd 3, LISTEN_PID naming pcscd itself (sh execs it).
-        self.proc = subprocess.Popen(
-            ["sh", "-c", f'LISTEN_PID=$$ LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS; exec "{PCSCD}" -f -i -a -c "{self.conf}"'],
-            stdout=self.logf, stderr=subprocess.STDOUT, preexec_fn=lambda: os.dup2(fd, 3), pass_fds=(3,))
-        listener.close()
-        deadline = time.time() + WAIT
-        while "daemon ready" not in self.log_text():
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.stop()
-                raise AssertionError(f"pcscd did not start:\n{self.log_text()[-3000:]}")
-            time.sleep(0.05)
-        return self
-
-    def stop(self):
-        stop_process(self.proc)
-        self.logf.close()
-
-    def log_text(self):
-        with open(self.log, "rb") as f:
-            return f.read().decode(errors="replace")
-
-    def log_size(self):
-        return os.path.getsize(self.log)
-
-    def apdus_since(self, offset):
-        """The command APDUs pcscd logged after offset, as hex strings."""
-        with open(self.log, "rb") as f:
-            f.seek(offset)
-            text = f.read().decode(errors="replace")
-        return [line.split("APDU: ", 1)[1].strip() for line in text.splitlines() if "APDU: " in line]
 
 
 class Card:

@@ -8,6 +8,7 @@ Each share encryption or opening costs 10,000,000 MD5 rounds (seconds): the test
 DKEK between cards A and B (a module fixture) and open as few share files as they can.
 """
 
+import hashlib
 import os
 import re
 import shutil
@@ -15,7 +16,9 @@ import sys
 import tempfile
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import provtools as pt  # noqa: E402
@@ -453,6 +456,79 @@ def test_openssl_key_imported_with_wrap_and_restore_signs_on_the_card(ab, alg, g
     assert f": {name}\n" in listing and f"CN={name}" in listing, listing
     # the certificate holds the original public key: the card's signature verifies with it
     assert provider_signs(ab.b, name, cert, alg)
+
+
+def key_id(key_pem):
+    """CKA_ID as OpenSC derives it for a SmartCard-HSM key: SHA-1 of the EC point or RSA modulus."""
+    with open(key_pem, "rb") as f:
+        pub = serialization.load_pem_private_key(f.read(), None).public_key()
+    if isinstance(pub, rsa.RSAPublicKey):
+        n = pub.public_numbers().n
+        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    else:
+        raw = pub.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return hashlib.sha1(raw).hexdigest()
+
+
+def opensc_signs(card, kid, key_pem, alg):
+    """pkcs11-tool signs with the key of CKA_ID kid; openssl verifies with key_pem's public key."""
+    msg = card.write(kid + ".msg", os.urandom(64))
+    sig, pub = card.path(kid + ".p11sig"), card.path(kid + ".pub")
+    mech = ["-m", "SHA256-RSA-PKCS"] if alg.startswith("RSA") else ["-m", "ECDSA-SHA256", "--signature-format",
+                                                                      "openssl"]
+    card.p11("--login", "--pin", PIN, "--sign", "--id", kid, *mech, "-i", msg, "-o", sig)
+    pt.plain_openssl("pkey", "-in", key_pem, "-pubout", "-out", pub)
+    res = pt.plain_openssl("dgst", "-sha256", "-verify", pub, "-signature", sig, msg, check=False)
+    return b"Verified OK" in res.stdout
+
+
+@pytest.mark.parametrize("alg,genopts,with_cert,ref", [
+    ("P-256", ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"], True, 101),
+    ("RSA-2048", ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"], True, 102),
+    ("P-384", ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"], False, 103),
+])
+def test_sks_wrap_file_unwraps_with_sc_hsm_tool_and_opensc_shows_key_and_certificate(ab, alg, genopts, with_cert,
+                                                                                      ref):
+    """sc-hsm-tool reads a wrap file by position (blob, key description, certificate): the file
+    of sks hsm wrap --cert must carry a key description before the certificate, so that after
+    sc-hsm-tool --unwrap-key OpenSC shows the key under its label, the certificate under the
+    key's iD, and signs with the key. With --label alone, the key without certificate."""
+    name = f"tw-{alg.lower()}{'-c' if with_cert else ''}"
+    key = ab.b.path(name + ".key")
+    pt.plain_openssl("genpkey", *genopts, "-out", key)
+    extra = ["--label", name]
+    cert = None
+    if with_cert:
+        cert = ab.b.path(name + ".crt")
+        pt.plain_openssl("req", "-new", "-x509", "-key", key, "-subj", f"/CN={name}", "-days", "30", "-out", cert)
+        extra = ["--cert", cert]   # the label: the certificate's common name
+    wrapped = ab.b.path(name + ".wrap")
+    pt.run([SKS, "hsm", "wrap", "--dkek-share", ab.share, "--passwords", ab.pwfile, "--key", key, *extra, "--out",
+            wrapped], env=ab.b.env, timeout=300)
+    text = ab.b.tool("--unwrap-key", wrapped, "--key-reference", str(ref), "--pin", PIN)
+    assert "Key successfully imported" in text, text
+    assert ("Certificate" in text) == with_cert and "Private Key Description" in text, text
+    kid = key_id(key)
+    keys = pt._text(pt.run(["pkcs15-tool", "--reader", str(ab.b.slot), "--list-keys"], env=ab.b.env).stdout)
+    m = re.search(r"Private (?:EC|RSA) Key \[" + re.escape(name) + r"\].*?\n\s*ID\s+:\s+([0-9a-f]+)", keys, re.S)
+    assert m and m.group(1) == kid, keys
+    certs = pt._text(pt.run(["pkcs15-tool", "--reader", str(ab.b.slot), "--list-certificates"], env=ab.b.env).stdout)
+    if with_cert:
+        m = re.search(r"X\.509 Certificate \[" + re.escape(name) + r"\].*?\n\s*ID\s+:\s+([0-9a-f]+)", certs, re.S)
+        assert m and m.group(1) == kid, certs
+        pem = pt._text(pt.run(["pkcs15-tool", "--reader", str(ab.b.slot), "--read-certificate", kid],
+                              env=ab.b.env).stdout)
+        with open(cert) as f:
+            assert x509.load_pem_x509_certificate(pem.encode()) == x509.load_pem_x509_certificate(f.read().encode())
+    else:
+        assert name not in certs, certs
+    assert opensc_signs(ab.b, kid, key, alg)
+    # sks hsm restore takes the same file, and the label in it (no --name), on card A
+    out = ab.a.sks("hsm", "restore", wrapped, "--pin-file", "-", input=f"{PIN}\n".encode())
+    assert f"restored '{name}'" in out, out
+    labels = ab.a.p11("--login", "--pin", PIN, "--list-objects", "--type", "privkey")
+    assert name in labels and kid in labels, labels
+    assert opensc_signs(ab.a, kid, key, alg)
 
 
 def test_store_answers_the_dkek_methods_not_available(tmp_path):

@@ -493,12 +493,16 @@ def test_sks_hsm_wrap_writes_sc_hsm_tool_wrap_file(sks, tmp_path):
     assert kcv in res.stdout.decode()
     assert b"takes several seconds" in res.stderr
     data = out.read_bytes()
-    # openssl reads the outer structure: SEQUENCE { OCTET STRING blob, certificate SEQUENCE }
+    # openssl reads the outer structure: SEQUENCE { OCTET STRING blob, PrKD [0], certificate
+    # SEQUENCE } (sc-hsm-tool takes the second item as the key description, the third as the
+    # certificate)
     parsed = run("openssl", "asn1parse", "-inform", "DER", "-in", out, "-i").stdout.decode().splitlines()
-    assert "SEQUENCE" in parsed[0] and "OCTET STRING" in parsed[1] and "SEQUENCE" in parsed[2]
+    assert "SEQUENCE" in parsed[0] and "OCTET STRING" in parsed[1] and "cont [ 0 ]" in parsed[2]
     (_, inner), = read_tlvs(data)
     items = read_tlvs(inner)
-    assert items[0][0] == 0x04 and tlv(0x30, items[1][1]) == cert.public_bytes(serialization.Encoding.DER)
+    assert items[0][0] == 0x04 and items[1][0] == 0xA0  # privateECKey
+    assert b"\x0c\x07wrapped" in items[1][1]             # the label: the certificate's common name
+    assert tlv(0x30, items[2][1]) == cert.public_bytes(serialization.Encoding.DER)
     ktype, fields, plain = open_blob(items[0][1], share)
     assert ktype == 12 and fields[1] == b"\x70"
     (a, b, p, n, g, d, q), _ = components(plain[10:], 7)

@@ -77,6 +77,12 @@ int cli_hsm_wrap(int argc, char **argv);
 int cli_hsm_dkek(cli_store *store, int argc, char **argv);
 int cli_hsm_backup(cli_store *store, int argc, char **argv);
 int cli_hsm_restore(cli_store *store, int argc, char **argv);
+/* DKEK share files, for hsm dkek and hsm wrap: the 8-byte share password recombined from the
+ * custodians' printed n-of-m shares in path ("-": standard input); a share file read and
+ * decrypted with pw (a line on standard error says the derivation takes seconds). 0 after
+ * printing "<cmd>: ..." on failure. */
+int cli_hsm_password_from_shares(const char *cmd, const char *path, uint8_t pwd[8]);
+int cli_hsm_open_share(const char *cmd, const char *path, const uint8_t *pw, size_t pwlen, uint8_t share[32]);
 /* ---- hsm_attest.c: sks hsm attest (device chain and key generation responses) ---- */
 int cli_hsm_attest(cli_store *store, int argc, char **argv);
 /* ---- hsm_xkek.c: sks hsm xkek request|derive ---- */
@@ -132,6 +138,12 @@ int cli_need_secret(const char *cmd, const char *opt, const char *what, int veri
 /* Asks for a secret on the terminal (no echo) into buf; 0 if there is no terminal or it fails. */
 int cli_ask_secret(const char *prompt, int verify, char *buf, size_t size);
 
+/* A command whose options all take a value ("--opt VALUE", "--opt=VALUE"; --help none) and
+ * that takes one positional FILE among them, from argv[first] on: *path is it (NULL if not
+ * given), removed from argv (*argc shrinks) so that cli_parse_command sees options only. 0 with
+ * "<cmd>: unexpected argument ..." if there are two. */
+int cli_take_file_argument(const char *cmd, int *argc, char **argv, int first, const char **path);
+
 /* The key of a command is named by exactly one of --name or --handle. */
 int cli_one_key(const char *cmd, const char *name, const char *handle);
 
@@ -146,6 +158,13 @@ sks_span cli_span(const char *s);
 
 /* Opens the store's device; prints the error naming the store on failure. */
 sks_transport *cli_open(const cli_store *store, const char *cmd);
+
+/* The start of a card command: the user PIN (*pin if given, else asked on the terminal), then
+ * the device. NULL with *rc CLI_EXIT_USAGE (no PIN) or CLI_EXIT_FAIL (no device). */
+sks_transport *cli_open_with_pin(const cli_store *store, const char *cmd, const char **pin, int *rc);
+
+/* The whole of a file a command reads (files_read_whole), "<cmd>: <why>" printed if not. */
+int cli_read_whole(const char *cmd, const char *path, uint8_t *buf, size_t size, size_t *n);
 
 /* Prints a device/client error: "<cmd>: <message> (<status name>)". */
 void cli_client_error(const char *cmd, const sks_client_error *e);

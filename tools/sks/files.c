@@ -127,6 +127,51 @@ int files_read_pkcs12(const char *path, const char *pass, EVP_PKEY **key, X509 *
     return ok;
 }
 
+static int read_stream(FILE *f, const char *path, uint8_t *buf, size_t size, size_t *n, char *err, size_t errlen)
+{
+    *n = fread(buf, 1, size, f);
+    if (ferror(f)) {
+        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        return 0;
+    }
+    return 1;
+}
+
+int files_read_upto(const char *path, uint8_t *buf, size_t size, size_t *n, char *err, size_t errlen)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    int ok;
+
+    *n = 0;
+    if (f == NULL) {
+        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return 0;
+    }
+    ok = read_stream(f, path, buf, size, n, err, errlen);
+    if (f != stdin)
+        fclose(f);
+    return ok;
+}
+
+int files_read_whole(const char *path, uint8_t *buf, size_t size, size_t *n, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    int ok;
+
+    *n = 0;
+    if (f == NULL) {
+        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return 0;
+    }
+    ok = read_stream(f, path, buf, size, n, err, errlen);
+    fclose(f);
+    if (ok && (*n == size || *n == 0)) {
+        snprintf(err, errlen, "%s is empty or larger than %zu bytes", path, size - 1);
+        ok = 0;
+    }
+    return ok;
+}
+
 int files_write_new(const char *path, const void *data, size_t n, char *err, size_t errlen)
 {
     const unsigned char *p = data;

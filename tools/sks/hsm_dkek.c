@@ -4,6 +4,7 @@
  * into sc-hsm-tool's --wrap-key file and back (docs/smartcard-hsm-keymgmt.md).
  */
 #include "cli.h"
+#include "files.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -69,6 +70,22 @@ static int after_file(int argc, char **argv, int pos)
     return argc > pos && argv[pos][0] != '-' ? pos + 1 : pos;
 }
 
+/* Parses "hsm dkek SUB FILE [options]" (what: how FILE is named in the message when it is
+ * missing): CLI_CONTINUE when FILE is argv[3], else the exit code. */
+static int parse_with_share_file(const char *cmd, int argc, char **argv, const cli_opt *opts, size_t nopts,
+                                 const char *what)
+{
+    int rc = cli_parse_command(cmd, argc, argv, after_file(argc, argv, 3), opts, nopts, DKEK_USAGE);
+
+    if (rc != CLI_CONTINUE)
+        return rc;
+    if (argc < 4 || argv[3][0] == '-') {
+        cli_error("%s: give %s (see sks hsm dkek --help)", cmd, what);
+        return CLI_EXIT_USAGE;
+    }
+    return CLI_CONTINUE;
+}
+
 static void hex_line(const uint8_t *p, size_t n, char *out)
 {
     size_t i;
@@ -77,27 +94,24 @@ static void hex_line(const uint8_t *p, size_t n, char *out)
         snprintf(out + 2 * i, 3, "%02x", p[i]);
 }
 
+/* arg: "<cmd>: opening <file>" */
 static void say_deriving(void *arg, int finished)
 {
     if (!finished)
-        fprintf(stderr, "sks hsm dkek: %s (10,000,000 hash rounds, several seconds)...\n", (const char *)arg);
+        fprintf(stderr, "sks %s (10,000,000 hash rounds, takes several seconds)...\n", (const char *)arg);
     else
-        fprintf(stderr, "sks hsm dkek: done\n");
+        fprintf(stderr, "sks %.*s: done\n", (int)strcspn((const char *)arg, ":"), (const char *)arg);
 }
 
 /* The first n bytes of path (at most size); *got how many there were. */
 static int read_small_file(const char *cmd, const char *path, uint8_t *buf, size_t size, size_t *got)
 {
-    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    char err[600];
 
-    if (f == NULL) {
-        cli_error("%s: cannot open %s: %s", cmd, path, strerror(errno));
-        return 0;
-    }
-    *got = fread(buf, 1, size, f);
-    if (f != stdin)
-        fclose(f);
-    return 1;
+    if (files_read_upto(path, buf, size, got, err, sizeof(err)))
+        return 1;
+    cli_error("%s: %s", cmd, err);
+    return 0;
 }
 
 static int write_new_file(const char *cmd, const char *path, const uint8_t *b, size_t n)
@@ -112,8 +126,7 @@ static int write_new_file(const char *cmd, const char *path, const uint8_t *b, s
     return ok;
 }
 
-/* The 8-byte password recombined from the custodians' shares in path ("-": standard input). */
-static int password_from_shares(const char *cmd, const char *path, uint8_t pwd[SCHSM_PWD_LEN])
+int cli_hsm_password_from_shares(const char *cmd, const char *path, uint8_t pwd[SCHSM_PWD_LEN])
 {
     static char text[MAX_SHARES_TEXT];
     static schsm_pwd_share shares[SCHSM_PWD_MAX_SHARES];
@@ -163,7 +176,7 @@ static int share_secret_ready(const char *cmd, share_secret *s)
         return 0;
     }
     if (s->pwd_shares != NULL) {
-        if (!password_from_shares(cmd, s->pwd_shares, s->split))
+        if (!cli_hsm_password_from_shares(cmd, s->pwd_shares, s->split))
             return 0;
         s->have_split = 1;
         return 1;
@@ -171,7 +184,7 @@ static int share_secret_ready(const char *cmd, share_secret *s)
     return cli_need_secret(cmd, "--password", "DKEK share password", 0, &s->password);
 }
 
-static int open_share(const char *cmd, const char *path, const share_secret *s, uint8_t share[SCHSM_DKEK_LEN])
+int cli_hsm_open_share(const char *cmd, const char *path, const uint8_t *pw, size_t pwlen, uint8_t share[SCHSM_DKEK_LEN])
 {
     uint8_t file[SCHSM_SHARE_FILE_LEN + 1];
     char err[256], what[600];
@@ -180,16 +193,19 @@ static int open_share(const char *cmd, const char *path, const share_secret *s, 
 
     if (!read_small_file(cmd, path, file, sizeof(file), &n))
         return 0;
-    snprintf(what, sizeof(what), "opening %s", path);
-    /* an n-of-m password is 8 raw bytes (zeros included), a typed one a string */
-    if (s->have_split)
-        ok = schsm_share_decrypt(file, n, s->split, SCHSM_PWD_LEN, 0, say_deriving, what, share, err, sizeof(err));
-    else
-        ok = schsm_share_decrypt(file, n, (const uint8_t *)s->password, strlen(s->password), 0, say_deriving, what,
-                                 share, err, sizeof(err));
+    snprintf(what, sizeof(what), "%s: opening %s", cmd, path);
+    ok = schsm_share_decrypt(file, n, pw, pwlen, 0, say_deriving, what, share, err, sizeof(err));
     if (!ok)
         cli_error("%s: %s: %s", cmd, path, err);
     return ok;
+}
+
+static int open_share(const char *cmd, const char *path, const share_secret *s, uint8_t share[SCHSM_DKEK_LEN])
+{
+    /* an n-of-m password is 8 raw bytes (zeros included), a typed one a string */
+    if (s->have_split)
+        return cli_hsm_open_share(cmd, path, s->split, SCHSM_PWD_LEN, share);
+    return cli_hsm_open_share(cmd, path, (const uint8_t *)s->password, strlen(s->password), share);
 }
 
 static void print_dkek_status(const sks_hsm_dkek_status *st)
@@ -281,14 +297,8 @@ static int dkek_create_share(cli_store *store, int argc, char **argv)
     sks_transport *tr;
     int rc;
 
-    if ((rc = cli_parse_command(CMD, argc, argv, after_file(argc, argv, 3), opts, sizeof(opts) / sizeof(opts[0]),
-                                DKEK_USAGE))
-        != CLI_CONTINUE)
+    if ((rc = parse_with_share_file(CMD, argc, argv, opts, sizeof(opts) / sizeof(opts[0]), "the share file to write")) != CLI_CONTINUE)
         return rc;
-    if (argc < 4 || argv[3][0] == '-') {
-        cli_error("%s: give the share file to write (see sks hsm dkek --help)", CMD);
-        return CLI_EXIT_USAGE;
-    }
     if (!split_numbers(CMD, &a, &t, &m)
         || (m == 0 && !cli_need_secret(CMD, "--password", "new DKEK share password", 1, &a.password)))
         return CLI_EXIT_USAGE;
@@ -303,7 +313,7 @@ static int dkek_create_share(cli_store *store, int argc, char **argv)
         goto done;
     pwd[0] &= 0x7F; /* below any 64-bit prime, as sc-hsm-tool */
     if (!schsm_share_encrypt(share, m ? pwd : (const uint8_t *)a.password, m ? SCHSM_PWD_LEN : strlen(a.password),
-                             salt, 0, say_deriving, "encrypting the share", file, err, sizeof(err))) {
+                             salt, 0, say_deriving, "hsm dkek create-share: encrypting the share", file, err, sizeof(err))) {
         cli_error("%s: %s", CMD, err);
         goto done;
     }
@@ -341,14 +351,8 @@ static int dkek_import(cli_store *store, int argc, char **argv)
     sks_transport *t;
     int rc;
 
-    if ((rc = cli_parse_command(CMD, argc, argv, after_file(argc, argv, 3), opts, sizeof(opts) / sizeof(opts[0]),
-                                DKEK_USAGE))
-        != CLI_CONTINUE)
+    if ((rc = parse_with_share_file(CMD, argc, argv, opts, sizeof(opts) / sizeof(opts[0]), "the share file")) != CLI_CONTINUE)
         return rc;
-    if (argc < 4 || argv[3][0] == '-') {
-        cli_error("%s: give the share file (see sks hsm dkek --help)", CMD);
-        return CLI_EXIT_USAGE;
-    }
     if (!share_secret_ready(CMD, &s))
         return CLI_EXIT_USAGE;
     if ((t = cli_open(store, CMD)) == NULL)

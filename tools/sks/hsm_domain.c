@@ -46,24 +46,6 @@ static const char USAGE[] =
     "  --out KDM         the membership to write (new file)\n"
     "  --pin-file FILE   the card's user PIN (status: optional; pico-hsm shows a KCV only after it)\n";
 
-static int read_whole(const char *cmd, const char *path, uint8_t *buf, size_t size, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-
-    if (f == NULL) {
-        cli_error("%s: cannot open %s: %s", cmd, path, strerror(errno));
-        return 0;
-    }
-    *n = fread(buf, 1, size, f);
-    if (*n == size || ferror(f) || *n == 0) {
-        cli_error("%s: %s is empty or larger than %zu bytes", cmd, path, size - 1);
-        fclose(f);
-        return 0;
-    }
-    fclose(f);
-    return 1;
-}
-
 static void print_hex(const uint8_t *p, size_t n)
 {
     size_t i;
@@ -137,10 +119,8 @@ static int domain_create(cli_store *store, int argc, char **argv)
     if (!cli_parse_number("hsm domain create", "--domain", domain, 0, 254, &d)
         || !cli_parse_number("hsm domain create", "--dkek", shares, 1, 255, &s))
         return CLI_EXIT_USAGE;
-    if (!cli_need_secret("hsm domain create", "--pin", "the card's user PIN", 0, &pin))
-        return CLI_EXIT_USAGE;
-    if ((t = cli_open(store, "hsm domain create")) == NULL)
-        return CLI_EXIT_FAIL;
+    if ((t = cli_open_with_pin(store, "hsm domain create", &pin, &rc)) == NULL)
+        return rc;
     if (sks_client_hsm_domain_create(t, cli_span(pin), (uint8_t)d, (uint8_t)s, &out, &e)) {
         print_domain(&out);
         rc = CLI_EXIT_OK;
@@ -150,29 +130,6 @@ static int domain_create(cli_store *store, int argc, char **argv)
     }
     t->close(t);
     return rc;
-}
-
-/* The KDM file of join: the one argument that is neither an option nor an option's value
- * (every option of join takes a value, "--opt=value" included). Removed from argv. */
-static int take_kdm_argument(int *argc, char **argv, const char **path)
-{
-    int i, out = 3;
-
-    *path = NULL;
-    for (i = 3; i < *argc; i++) {
-        if (strncmp(argv[i], "--", 2) == 0) {
-            argv[out++] = argv[i];
-            if (strchr(argv[i], '=') == NULL && strcmp(argv[i], "--help") != 0 && i + 1 < *argc)
-                argv[out++] = argv[++i];
-        } else if (*path == NULL) {
-            *path = argv[i];
-        } else {
-            cli_error("hsm domain join: unexpected argument '%s' (one KDM at a time)", argv[i]);
-            return 0;
-        }
-    }
-    *argc = out;
-    return 1;
 }
 
 static int domain_join(cli_store *store, int argc, char **argv)
@@ -188,7 +145,7 @@ static int domain_join(cli_store *store, int argc, char **argv)
     size_t n;
     int rc;
 
-    if (!take_kdm_argument(&argc, argv, &path))
+    if (!cli_take_file_argument("hsm domain join", &argc, argv, 3, &path))
         return CLI_EXIT_USAGE;
     if ((rc = cli_parse_command("hsm domain join", argc, argv, 3, opts, 2, USAGE)) != CLI_CONTINUE)
         return rc;
@@ -198,12 +155,10 @@ static int domain_join(cli_store *store, int argc, char **argv)
     }
     if (!cli_parse_number("hsm domain join", "--domain", domain, 0, 254, &d))
         return CLI_EXIT_USAGE;
-    if (!read_whole("hsm domain join", path, kdm, sizeof(kdm), &n))
+    if (!cli_read_whole("hsm domain join", path, kdm, sizeof(kdm), &n))
         return CLI_EXIT_FAIL;
-    if (!cli_need_secret("hsm domain join", "--pin", "the card's user PIN", 0, &pin))
-        return CLI_EXIT_USAGE;
-    if ((t = cli_open(store, "hsm domain join")) == NULL)
-        return CLI_EXIT_FAIL;
+    if ((t = cli_open_with_pin(store, "hsm domain join", &pin, &rc)) == NULL)
+        return rc;
     span.p = kdm;
     span.n = n;
     if (sks_client_hsm_domain_join(t, cli_span(pin), (uint8_t)d, span, &out, &e)) {
@@ -410,7 +365,7 @@ static int device_identity(const uint8_t *chain, size_t n, const cli_list *root_
     for (i = 0; i < nb && nr < 2; i++)
         roots[nr++] = builtin[i];
     for (i = 0; i < root_files->count && i < 16; i++) {
-        if (!read_whole("hsm kdm issue", root_files->items[i], root_data[i], sizeof(root_data[i]), &len))
+        if (!cli_read_whole("hsm kdm issue", root_files->items[i], root_data[i], sizeof(root_data[i]), &len))
             return 0;
         if (!schsm_cvc_parse(root_data[i], len, &c, NULL, err, sizeof(err))) {
             cli_error("hsm kdm issue: --root %s: %s", root_files->items[i], err);
@@ -465,7 +420,7 @@ static int kdm_issue(cli_store *store, int argc, char **argv)
         cli_error("hsm kdm issue: give --signer KEY, --device-id FILE and --out KDM");
         return CLI_EXIT_USAGE;
     }
-    if (!read_whole("hsm kdm issue", device_id, chain, sizeof(chain), &n)
+    if (!cli_read_whole("hsm kdm issue", device_id, chain, sizeof(chain), &n)
         || !device_identity(chain, n, &root_files, &dev, &dev_cert, &dica_cert))
         return CLI_EXIT_FAIL;
     rc = CLI_EXIT_FAIL;

@@ -18,10 +18,12 @@
 #include <openssl/x509.h>
 
 #include "../../schsm/keymgmt_formats.h"
+#include "../../schsm/mgmt.h"
 
 static const char WRAP_USAGE[] =
     "usage: sks hsm wrap --dkek-share FILE [--dkek-share FILE]... --key KEY.pem [--cert CERT.pem]\n"
-    "                    [--algorithms HEX] [--passwords FILE | --pwd-shares FILE] --out FILE\n"
+    "                    [--label NAME] [--algorithms HEX] [--passwords FILE | --pwd-shares FILE]\n"
+    "                    --out FILE\n"
     "  On the host, no card: wraps a private key under the DKEK that the share files make (the\n"
     "  XOR of the shares) and writes it as `sc-hsm-tool --wrap-key` does, for\n"
     "  `sc-hsm-tool --unwrap-key` on any SmartCard-HSM holding that DKEK. Prints the DKEK's key\n"
@@ -29,7 +31,11 @@ static const char WRAP_USAGE[] =
     "  --dkek-share FILE   a DKEK share file (sc-hsm-tool --create-dkek-share); once per share\n"
     "  --key KEY.pem       the private key, PEM: EC on P-256, P-384, P-521, brainpoolP256r1,\n"
     "                      brainpoolP320r1, brainpoolP384r1, brainpoolP512r1; RSA 2048 to 4096 bits\n"
-    "  --cert CERT.pem     its certificate, stored beside the key in the file\n"
+    "  --cert CERT.pem     its certificate (of this key), stored beside the key in the file\n"
+    "  --label NAME        the key's label: the file then holds a key description (PrKD) as the\n"
+    "                      card keeps one, so that OpenSC shows the key after sc-hsm-tool\n"
+    "                      --unwrap-key (default with --cert: the certificate's common name;\n"
+    "                      without --cert and --label: the key blob alone)\n"
     "  --algorithms HEX    the key's allowed algorithms on the card (e.g. 70: ECDSA only; default:\n"
     "                      none stored, every algorithm of its type)\n"
     "  --passwords FILE    the shares' passwords, one line each in the order of --dkek-share;\n"
@@ -44,14 +50,8 @@ static const char WRAP_USAGE[] =
 
 typedef struct {
     cli_list shares;
-    const char *key, *cert, *algorithms, *passwords, *pwd_shares, *out;
+    const char *key, *cert, *label, *algorithms, *passwords, *pwd_shares, *out;
 } wrap_args;
-
-static void say_deriving(void *arg, int finished)
-{
-    if (!finished)
-        fprintf(stderr, "sks hsm wrap: opening %s (takes several seconds)...\n", (const char *)arg);
-}
 
 /* The password of share i: the next line of the passwords file, else asked on the terminal. */
 static int share_password(FILE *pwfile, const char *share, char *buf, size_t size)
@@ -73,62 +73,12 @@ static int share_password(FILE *pwfile, const char *share, char *buf, size_t siz
     return 1;
 }
 
-static int read_share_file(const char *path, uint8_t *buf, size_t size, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        cli_error("hsm wrap: cannot open %s: %s", path, strerror(errno));
-        return 0;
-    }
-    *n = fread(buf, 1, size, f);
-    fclose(f);
-    return 1;
-}
-
-/* The 8-byte password recombined from the custodians' shares in path ("-": standard input). */
-static int pwd_from_shares(const char *path, uint8_t pwd[SCHSM_PWD_LEN])
-{
-    static char text[65536];
-    schsm_pwd_share shares[SCHSM_PWD_MAX_SHARES];
-    size_t n = 0, count = 0;
-    char err[256];
-    int ok = 0;
-    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
-    if (!f) {
-        cli_error("hsm wrap: cannot open %s: %s", path, strerror(errno));
-        return 0;
-    }
-    n = fread(text, 1, sizeof text - 1, f);
-    text[n] = 0;
-    if (f != stdin)
-        fclose(f);
-    for (char *block = text; block && *block && count < SCHSM_PWD_MAX_SHARES;) {
-        char *next = strstr(block, "\n\n");
-        if (next)
-            *next = 0, next += 2;
-        if (block[strspn(block, " \t\r\n")] && !schsm_pwd_share_parse(block, &shares[count++], err, sizeof err)) {
-            cli_error("hsm wrap: --pwd-shares, share %zu: %s", count, err);
-            goto done;
-        }
-        block = next;
-    }
-    if (!schsm_pwd_combine(shares, count, pwd, err, sizeof err))
-        cli_error("hsm wrap: --pwd-shares: %s", err);
-    else
-        ok = 1;
-done:
-    OPENSSL_cleanse(text, sizeof text);
-    OPENSSL_cleanse(shares, sizeof shares);
-    return ok;
-}
-
 /* dkek = XOR of every share, each decrypted with its password. */
 static int load_dkek(const wrap_args *a, uint8_t dkek[SCHSM_DKEK_LEN])
 {
     FILE *pwfile = NULL;
-    char pw[CLI_SECRET_MAX] = "", err[256];
-    uint8_t file[SCHSM_SHARE_FILE_LEN + 1], share[SCHSM_DKEK_LEN];
-    size_t n;
+    char pw[CLI_SECRET_MAX] = "";
+    uint8_t share[SCHSM_DKEK_LEN];
     int ok = 1;
 
     if (a->passwords && !(pwfile = strcmp(a->passwords, "-") == 0 ? stdin : fopen(a->passwords, "r"))) {
@@ -136,20 +86,15 @@ static int load_dkek(const wrap_args *a, uint8_t dkek[SCHSM_DKEK_LEN])
         return 0;
     }
     uint8_t split_pwd[SCHSM_PWD_LEN];
-    if (a->pwd_shares && !pwd_from_shares(a->pwd_shares, split_pwd))
+    if (a->pwd_shares && !cli_hsm_password_from_shares("hsm wrap", a->pwd_shares, split_pwd))
         return 0;
     memset(dkek, 0, SCHSM_DKEK_LEN);
     for (size_t i = 0; ok && i < a->shares.count; i++) {
         const char *path = a->shares.items[i];
         /* an n-of-m password is 8 raw bytes (zeros included), a typed one is a string */
         const uint8_t *pwbytes = a->pwd_shares ? split_pwd : (const uint8_t *)pw;
-        ok = read_share_file(path, file, sizeof file, &n) &&
-             (a->pwd_shares || share_password(pwfile, path, pw, sizeof pw));
-        size_t pwlen = a->pwd_shares ? SCHSM_PWD_LEN : strlen(pw);
-        if (ok && !schsm_share_decrypt(file, n, pwbytes, pwlen, 0, say_deriving, (void *)path, share, err, sizeof err)) {
-            cli_error("hsm wrap: %s: %s", path, err);
-            ok = 0;
-        }
+        ok = (a->pwd_shares || share_password(pwfile, path, pw, sizeof pw)) &&
+             cli_hsm_open_share("hsm wrap", path, pwbytes, a->pwd_shares ? SCHSM_PWD_LEN : strlen(pw), share);
         if (ok)
             schsm_dkek_add_share(dkek, share);
         OPENSSL_cleanse(pw, sizeof pw);
@@ -172,22 +117,76 @@ static EVP_PKEY *load_key(const char *path)
     return k;
 }
 
-/* The certificate as DER (*der: the caller's to free), or 1 with nothing when none is given. */
-static int load_cert(const char *path, uint8_t **der, int *len)
+/* The certificate of key (*x: the caller's to free), or 1 with none when no path is given. */
+static int load_cert(const char *path, EVP_PKEY *key, X509 **x)
 {
-    *der = NULL, *len = 0;
+    *x = NULL;
     if (!path)
         return 1;
     FILE *f = fopen(path, "r");
-    X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
     if (f)
         fclose(f);
-    if (x)
-        *len = i2d_X509(x, der);
-    X509_free(x);
-    if (*len <= 0)
+    if (!*x) {
         cli_error("hsm wrap: %s: not a PEM certificate", path);
-    return *len > 0;
+        return 0;
+    }
+    if (X509_check_private_key(*x, key) != 1) {
+        cli_error("hsm wrap: %s: the certificate is not of the key given with --key", path);
+        return 0;
+    }
+    return 1;
+}
+
+/* The label of the key description: --label, else the certificate's common name. */
+static int prkd_label(const char *given, X509 *x, char *out, size_t size)
+{
+    if (given) {
+        if (strlen(given) == 0 || strlen(given) >= size) {
+            cli_error("hsm wrap: --label: 1 to %zu characters", size - 1);
+            return 0;
+        }
+        snprintf(out, size, "%s", given);
+        return 1;
+    }
+    if (X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, out, (int)size) > 0)
+        return 1;
+    cli_error("hsm wrap: the certificate has no common name: give --label");
+    return 0;
+}
+
+/* The PKCS#15 private key description the card keeps beside a key (C4<kid>) and sc-hsm-tool's
+ * file carries between the blob and the certificate: sc-hsm-tool reads the file by position, so
+ * a certificate can only come after one. Its key reference is 0: the card's is not known here,
+ * and OpenSC and sks hsm restore take the one the key is unwrapped into. */
+static int build_prkd(EVP_PKEY *key, const char *label, sks_buf *out)
+{
+    schsm_keyspec ks = {0};
+    uint8_t id[20];
+    ks.is_rsa = EVP_PKEY_is_a(key, "RSA");
+    if (!schsm_key_id(key, id) ||
+        !schsm_prkd_encode(&ks, label, strlen(label), id, sizeof id, 0, schsm_key_bits(key), out) || out->failed) {
+        cli_error("hsm wrap: cannot describe the key (PrKD)");
+        return 0;
+    }
+    return 1;
+}
+
+/* The PrKD (empty without --cert and --label) and the certificate as DER, for the file. */
+static int describe_key(const wrap_args *a, EVP_PKEY *key, sks_buf *prkd, uint8_t **cert, int *certlen)
+{
+    char label[65];
+    X509 *x = NULL;
+    int ok = load_cert(a->cert, key, &x);
+    *cert = NULL, *certlen = 0;
+    if (ok && x && (*certlen = i2d_X509(x, cert)) <= 0) {
+        cli_error("hsm wrap: %s: cannot encode the certificate", a->cert);
+        ok = 0;
+    }
+    if (ok && (x || a->label))
+        ok = prkd_label(a->label, x, label, sizeof label) && build_prkd(key, label, prkd);
+    X509_free(x);
+    return ok;
 }
 
 static int parse_algorithms(const char *hex, uint8_t *out, size_t *n)
@@ -226,7 +225,8 @@ int cli_hsm_wrap(int argc, char **argv)
     wrap_args a = {0};
     const cli_opt opts[] = {
         {"--dkek-share", OPT_LIST, &a.shares}, {"--key", OPT_VALUE, &a.key},
-        {"--cert", OPT_VALUE, &a.cert},        {"--algorithms", OPT_VALUE, &a.algorithms},
+        {"--cert", OPT_VALUE, &a.cert},        {"--label", OPT_VALUE, &a.label},
+        {"--algorithms", OPT_VALUE, &a.algorithms},
         {"--passwords", OPT_VALUE, &a.passwords}, {"--pwd-shares", OPT_VALUE, &a.pwd_shares},
         {"--out", OPT_VALUE, &a.out},
     };
@@ -242,6 +242,8 @@ int cli_hsm_wrap(int argc, char **argv)
     int certlen = 0, rc = 1;
     char err[256] = "";
     EVP_PKEY *key = NULL;
+    sks_buf prkd;
+    sks_buf_init(&prkd);
     if (a.passwords && a.pwd_shares) {
         cli_error("hsm wrap: give --passwords or --pwd-shares, not both");
         return 2;
@@ -252,10 +254,11 @@ int cli_hsm_wrap(int argc, char **argv)
         cli_error("hsm wrap: %s exists already", a.out);
         return 1;
     }
-    if (!(key = load_key(a.key)) || !load_cert(a.cert, &cert, &certlen) || !load_dkek(&a, dkek))
+    if (!(key = load_key(a.key)) || !describe_key(&a, key, &prkd, &cert, &certlen) || !load_dkek(&a, dkek))
         goto done;
     if (!schsm_wrap_key(dkek, key, alg, nalg, &blob, &bloblen, err, sizeof err) ||
-        !schsm_wrap_file_build(blob, bloblen, NULL, 0, cert, (size_t)certlen, &file, &filelen, err, sizeof err)) {
+        !schsm_wrap_file_build(blob, bloblen, prkd.data, prkd.len, cert, (size_t)certlen, &file, &filelen, err,
+                               sizeof err)) {
         cli_error("hsm wrap: %s", err);
         goto done;
     }
@@ -273,5 +276,6 @@ done:
     OPENSSL_free(blob);
     OPENSSL_free(file);
     OPENSSL_free(cert);
+    sks_buf_free(&prkd);
     return rc;
 }

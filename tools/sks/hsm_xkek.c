@@ -53,24 +53,6 @@ static const char USAGE[] =
     "  --root FILE      also trust this CV root for the peer's chain (built in: the SmartCard-HSM roots)\n"
     "  --pin-file FILE  the card's user PIN\n";
 
-static int read_whole(const char *cmd, const char *path, uint8_t *buf, size_t size, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-
-    if (f == NULL) {
-        cli_error("%s: cannot open %s: %s", cmd, path, strerror(errno));
-        return 0;
-    }
-    *n = fread(buf, 1, size, f);
-    if (*n == size || ferror(f) || *n == 0) {
-        cli_error("%s: %s is empty or larger than %zu bytes", cmd, path, size - 1);
-        fclose(f);
-        return 0;
-    }
-    fclose(f);
-    return 1;
-}
-
 static int xkek_request(cli_store *store, int argc, char **argv)
 {
     const char *pin = NULL, *domain = NULL, *out = NULL, *name = NULL;
@@ -165,28 +147,6 @@ done:
     return ok;
 }
 
-/* Every option of derive and unwrap takes a value; the one other argument is the file. */
-static int take_peer_argument(int *argc, char **argv, const char **path)
-{
-    int i, out = 3;
-
-    *path = NULL;
-    for (i = 3; i < *argc; i++) {
-        if (strncmp(argv[i], "--", 2) == 0) {
-            argv[out++] = argv[i];
-            if (strchr(argv[i], '=') == NULL && strcmp(argv[i], "--help") != 0 && i + 1 < *argc)
-                argv[out++] = argv[++i];
-        } else if (*path == NULL) {
-            *path = argv[i];
-        } else {
-            cli_error("hsm xkek: unexpected argument '%s' (one file)", argv[i]);
-            return 0;
-        }
-    }
-    *argc = out;
-    return 1;
-}
-
 static int xkek_derive(cli_store *store, int argc, char **argv)
 {
     static uint8_t file[MAX_FILE];
@@ -202,7 +162,7 @@ static int xkek_derive(cli_store *store, int argc, char **argv)
     int rc;
 
     memset(&roots, 0, sizeof(roots));
-    if (!take_peer_argument(&argc, argv, &path))
+    if (!cli_take_file_argument("hsm xkek derive", &argc, argv, 3, &path))
         return CLI_EXIT_USAGE;
     if ((rc = cli_parse_command("hsm xkek derive", argc, argv, 3, opts, 3, USAGE)) != CLI_CONTINUE)
         return rc;
@@ -212,7 +172,7 @@ static int xkek_derive(cli_store *store, int argc, char **argv)
     }
     if (!cli_parse_number("hsm xkek derive", "--key", key, 1, 255, &handle))
         return CLI_EXIT_USAGE;
-    if (!read_whole("hsm xkek derive", path, file, sizeof(file), &n) || !verify_peer(file, n, &roots, &req_len))
+    if (!cli_read_whole("hsm xkek derive", path, file, sizeof(file), &n) || !verify_peer(file, n, &roots, &req_len))
         return CLI_EXIT_FAIL;
     if (!cli_need_secret("hsm xkek derive", "--pin", "the card's user PIN", 0, &pin))
         return CLI_EXIT_USAGE;
@@ -463,7 +423,7 @@ static int xkek_unwrap(cli_store *store, int argc, char **argv)
     sks_span blob, req, carried, dnspan;
     int rc;
 
-    if (!take_peer_argument(&argc, argv, &path))
+    if (!cli_take_file_argument("hsm xkek unwrap", &argc, argv, 3, &path))
         return CLI_EXIT_USAGE;
     if ((rc = cli_parse_command("hsm xkek unwrap", argc, argv, 3, opts, 4, USAGE)) != CLI_CONTINUE)
         return rc;
@@ -475,7 +435,7 @@ static int xkek_unwrap(cli_store *store, int argc, char **argv)
         || !subject_der(subject, &dn, &dn_len))
         return CLI_EXIT_USAGE;
     rc = CLI_EXIT_FAIL;
-    if (!read_whole("hsm xkek unwrap", path, file, sizeof(file), &n) || !unwrap_parts(path, file, n, &blob, &req, &carried))
+    if (!cli_read_whole("hsm xkek unwrap", path, file, sizeof(file), &n) || !unwrap_parts(path, file, n, &blob, &req, &carried))
         goto out;
     if (!cli_need_secret("hsm xkek unwrap", "--pin", "the card's user PIN", 0, &pin)) {
         rc = CLI_EXIT_USAGE;

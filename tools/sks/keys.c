@@ -1,5 +1,6 @@
 /* The store as the commands see it: opening it, finding keys, describing them. */
 #include "cli.h"
+#include "files.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -15,6 +16,29 @@ sks_transport *cli_open(const cli_store *store, const char *cmd)
     if (t == NULL)
         cli_error("%s: cannot open the device %s: %s", cmd, store->device, err[0] ? err : "out of memory");
     return t;
+}
+
+sks_transport *cli_open_with_pin(const cli_store *store, const char *cmd, const char **pin, int *rc)
+{
+    sks_transport *t;
+
+    *rc = CLI_EXIT_USAGE;
+    if (!cli_need_secret(cmd, "--pin", "the card's user PIN", 0, pin))
+        return NULL;
+    *rc = CLI_EXIT_FAIL;
+    if ((t = cli_open(store, cmd)) != NULL)
+        *rc = CLI_EXIT_OK;
+    return t;
+}
+
+int cli_read_whole(const char *cmd, const char *path, uint8_t *buf, size_t size, size_t *n)
+{
+    char err[600];
+
+    if (files_read_whole(path, buf, size, n, err, sizeof(err)))
+        return 1;
+    cli_error("%s: %s", cmd, err);
+    return 0;
 }
 
 void cli_client_error(const char *cmd, const sks_client_error *e)

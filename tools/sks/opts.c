@@ -275,6 +275,27 @@ int cli_parse_command(const char *cmd, int argc, char **argv, int first, const c
     }
 }
 
+int cli_take_file_argument(const char *cmd, int *argc, char **argv, int first, const char **path)
+{
+    int i, out = first;
+
+    *path = NULL;
+    for (i = first; i < *argc; i++) {
+        if (strncmp(argv[i], "--", 2) == 0) {
+            argv[out++] = argv[i];
+            if (strchr(argv[i], '=') == NULL && strcmp(argv[i], "--help") != 0 && i + 1 < *argc)
+                argv[out++] = argv[++i];
+        } else if (*path == NULL) {
+            *path = argv[i];
+        } else {
+            cli_error("%s: unexpected argument '%s' (one file)", cmd, argv[i]);
+            return 0;
+        }
+    }
+    *argc = out;
+    return 1;
+}
+
 int cli_one_key(const char *cmd, const char *name, const char *handle)
 {
     if ((name == NULL) != (handle == NULL))
