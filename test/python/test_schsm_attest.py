@@ -98,6 +98,23 @@ def test_key_restored_from_another_cards_backup_is_not_attested_there(pair):
     assert "not attested (" in line and a_chr in line and b_chr in line, text
 
 
+def test_list_reads_the_chain_once_and_one_chunk_of_a_certificate(card, rig):
+    """The chain is read (and verified) once per listing, not per key; a key whose CE file holds
+    an X.509 certificate costs one READ BINARY of it."""
+    dev = json.load(open(card.state))["device"]
+    chain_len = (len(dev["device_cert"]) + len(dev["dica_cert"])) // 2
+    handles = {line.split(": ", 1)[1]: int(line.split(":")[0][4:])
+               for line in card.sks("list").splitlines() if line.startswith("key ")}
+    since = rig.pcscd.log_size()
+    card.sks("list", "--root", card.export_root())
+    apdus = [a.replace(" ", "").upper() for a in rig.pcscd.apdus_since(since)]
+    assert sum(a.startswith("00B12F02") for a in apdus) == chain_len // 256 + 1, apdus
+    # the attestation's reads are short APDUs (Lc 04, Le 00); the driver's own reads of the key
+    # files for the listing are extended ones and not counted here
+    ce = "00B1CE%02X04" % handles["with-cert"]
+    assert sum(a.startswith(ce) for a in apdus) == 1, " ".join(a for a in apdus if a.startswith("00B1"))
+
+
 def test_info_verify_reports_the_chain_and_each_key(card):
     res = card.run("info", "--verify", "--root", card.export_root())
     text = pt._text(res.stdout)

@@ -240,7 +240,7 @@ static cli_attest_verdict judge_response(const cli_attestation *a, const sks_byt
         return CLI_ATTEST_INVALID;
     }
     if (a->status == SCHSM_CHAIN_INVALID || !a->have_dev) {
-        snprintf(why, whylen, "the device chain is invalid");
+        snprintf(why, whylen, "the device chain is invalid: %s", a->why[0] ? a->why : "no device certificate");
         return CLI_ATTEST_INVALID;
     }
     if (a->device_key == NULL) {
