@@ -404,12 +404,12 @@ int cli_hsm_attest(cli_store *store, int argc, char **argv)
         return CLI_EXIT_FAIL;
     rc = CLI_EXIT_FAIL;
     why[0] = 0;
-    if (!cli_attestation_open(t, "hsm attest", &root_files, &a, why, sizeof(why)))
-        ;
-    else if (a == NULL)
-        cli_error("hsm attest: %s", why);
-    else if (out == NULL || write_chain(out, &a->chain))
-        rc = cli_attestation_report(t, "hsm attest", a);
+    if (cli_attestation_open(t, "hsm attest", &root_files, &a, why, sizeof(why))) {
+        if (a == NULL)
+            cli_error("hsm attest: %s", why);
+        else if (out == NULL || write_chain(out, &a->chain))
+            rc = cli_attestation_report(t, "hsm attest", a);
+    }
     cli_attestation_free(a);
     t->close(t);
     return rc;
