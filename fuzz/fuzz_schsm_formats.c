@@ -41,6 +41,7 @@ static void fuzz_cvc(const uint8_t *d, size_t n)
     if (schsm_cvc_public_key(&c, &root, &k, err, sizeof err)) {
         schsm_cvc_verify(&c, k, &c.key_oid, err, sizeof err);
         schsm_cvc_verify_outer(&c, k, &c.key_oid, err, sizeof err);
+        schsm_cvc_verify_generated(&c, k, &c, err, sizeof err);
     }
     EVP_PKEY_free(k);
 }
@@ -52,6 +53,11 @@ static void fuzz_chain(const uint8_t *d, size_t n)
     EVP_PKEY *k = NULL;
     const schsm_root *roots = schsm_builtin_roots(&nroots);
     schsm_cvc_verify_chain(d, n, roots, nroots, &k, chr, err, sizeof err);
+    EVP_PKEY_free(k);
+    /* an unknown root: the device key as the chain claims it */
+    schsm_cvc dev;
+    k = NULL;
+    schsm_cvc_device_key_unverified(d, n, &dev, &k, err, sizeof err);
     EVP_PKEY_free(k);
     /* the input's first certificate as a root of its own: reaches the DICA and device checks */
     schsm_cvc first;

@@ -284,18 +284,34 @@ int schsm_cvc_public_key(const schsm_cvc *c, const schsm_cvc *domain, EVP_PKEY *
 
 /* ---- signatures -------------------------------------------------------------------------- */
 
-static const EVP_MD *hash_of(const schsm_bytes *oid, int *is_ec)
+/*
+ * SHA-1 is refused in every CV signature. The SmartCard-HSM scheme signs with SHA-256 throughout:
+ * both scheme roots, their DICA and device certificates carry id-TA-ECDSA-SHA-256, and the card
+ * makes its outer signature with the device key's algorithm; the driver generates keys with the
+ * SHA-256 OIDs. A SHA-1 OID in a chain or on a response is therefore never a real card's, and
+ * SHA-1's chosen-prefix collisions would let a forger reuse a signature on other bytes.
+ */
+static int is_sha1(const schsm_bytes *oid)
 {
     if (!oid || !oid->p || oid->n != sizeof oid_ta + 2 || memcmp(oid->p, oid_ta, sizeof oid_ta) != 0)
+        return 0;
+    /* id-TA-ECDSA-SHA-1 (2.1), id-TA-RSA-v1-5-SHA-1 (1.1), id-TA-RSA-PSS-SHA-1 (1.3) */
+    return oid->p[8] == 2 ? oid->p[9] == 1 : oid->p[9] == 1 || oid->p[9] == 3;
+}
+
+static const EVP_MD *hash_of(const schsm_bytes *oid, int *is_ec)
+{
+    if (!oid || !oid->p || oid->n != sizeof oid_ta + 2 || memcmp(oid->p, oid_ta, sizeof oid_ta) != 0 ||
+        is_sha1(oid))
         return NULL;
     *is_ec = oid->p[8] == 2;
     unsigned v = oid->p[9];
     if (*is_ec) {
-        const EVP_MD *ec[] = {NULL, EVP_sha1(), EVP_sha224(), EVP_sha256(), EVP_sha384(), EVP_sha512()};
+        const EVP_MD *ec[] = {NULL, NULL, EVP_sha224(), EVP_sha256(), EVP_sha384(), EVP_sha512()};
         return v < 6 ? ec[v] : NULL;
     }
-    /* id-TA-RSA-v1-5-SHA-1 / -SHA-256 / -SHA-512 (PSS variants not used by the card's CAs) */
-    return v == 1 ? EVP_sha1() : v == 2 ? EVP_sha256() : v == 5 ? EVP_sha512() : NULL;
+    /* id-TA-RSA-v1-5-SHA-256 / -SHA-512 (PSS variants not used by the card's CAs) */
+    return v == 2 ? EVP_sha256() : v == 5 ? EVP_sha512() : NULL;
 }
 
 /* ECDSA r ‖ s (each half of the value) as the DER SEQUENCE OpenSSL verifies. */
@@ -338,9 +354,12 @@ static int verify_sig(const schsm_bytes *data, const schsm_bytes *sig, EVP_PKEY 
 int schsm_cvc_verify(const schsm_cvc *c, EVP_PKEY *issuer, const schsm_bytes *issuer_oid, char *err,
                      size_t errlen)
 {
+    const char *by = c->car[0] ? c->car : "its issuer";
+
+    if (is_sha1(issuer_oid))
+        return schsm_km_fail(err, errlen, "CV certificate %s: signed by %s with SHA-1, which is refused", c->chr, by);
     if (!verify_sig(&c->body, &c->signature, issuer, issuer_oid))
-        return schsm_km_fail(err, errlen, "CV certificate %s: signature by %s does not verify", c->chr,
-                          c->car[0] ? c->car : "its issuer");
+        return schsm_km_fail(err, errlen, "CV certificate %s: signature by %s does not verify", c->chr, by);
     return 1;
 }
 
@@ -349,10 +368,28 @@ int schsm_cvc_verify_outer(const schsm_cvc *req, EVP_PKEY *device, const schsm_b
 {
     if (!req->authenticated)
         return schsm_km_fail(err, errlen, "CV request %s has no outer signature", req->chr);
+    if (is_sha1(device_oid))
+        return schsm_km_fail(err, errlen, "CV request %s: outer signature by %s with SHA-1, which is refused",
+                             req->chr, req->outer_car);
     if (!verify_sig(&req->outer_signed, &req->outer_signature, device, device_oid))
         return schsm_km_fail(err, errlen, "CV request %s: outer signature by %s does not verify", req->chr,
                           req->outer_car);
     return 1;
+}
+
+int schsm_cvc_verify_generated(const schsm_cvc *req, EVP_PKEY *device, const schsm_cvc *dev, char *err,
+                               size_t errlen)
+{
+    if (!req->authenticated)
+        return schsm_km_fail(err, errlen, "CV request %s has no outer signature", req->chr);
+    /* a response signed for another device (outer CAR) proves nothing about this card, even
+     * if the signature verifies with this card's key (pico-hsm emulators share one) */
+    if (strcmp(req->outer_car, dev->chr) != 0) {
+        schsm_km_fail(err, errlen, "CV request %s: outer CAR %s is not this card's device certificate %s", req->chr,
+                      req->outer_car, dev->chr);
+        return SCHSM_GEN_OTHER_DEVICE;
+    }
+    return schsm_cvc_verify_outer(req, device, &dev->key_oid, err, errlen) ? SCHSM_GEN_VERIFIED : SCHSM_GEN_INVALID;
 }
 
 /* ---- the device chain -------------------------------------------------------------------- */
@@ -425,4 +462,36 @@ schsm_chain_status schsm_cvc_verify_chain(const uint8_t *devaut, size_t n, const
     if (device_chr)
         memcpy(device_chr, dev.chr, sizeof dev.chr);
     return SCHSM_CHAIN_VERIFIED;
+}
+
+/* An EC public key on the named curve. */
+static int ec_key_on(const char *curve, const schsm_bytes *q, EVP_PKEY **out)
+{
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    int ok = bld && OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, curve, 0) &&
+             OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, q->p, q->n) && from_params("EC", bld, out);
+    OSSL_PARAM_BLD_free(bld);
+    return ok;
+}
+
+int schsm_cvc_device_key_unverified(const uint8_t *devaut, size_t n, schsm_cvc *dev, EVP_PKEY **key, char *err,
+                                    size_t errlen)
+{
+    schsm_cvc dica;
+    size_t used = 0;
+    const char *curve;
+
+    *key = NULL;
+    if (!schsm_cvc_parse(devaut, n, dev, &used, err, errlen))
+        return 0;
+    if (dev->authenticated)
+        return schsm_km_fail(err, errlen, "device certificate: a request, not a certificate");
+    if (dev->rsa_n.p || dev->p.p)
+        return schsm_cvc_public_key(dev, NULL, key, err, errlen);
+    if (used < n && schsm_cvc_parse(devaut + used, n - used, &dica, NULL, NULL, 0) && dica.p.p)
+        return schsm_cvc_public_key(dev, &dica, key, err, errlen);
+    if ((curve = schsm_curve_of_point(dev->q.p, dev->q.n)) == NULL || !ec_key_on(curve, &dev->q, key))
+        return schsm_km_fail(err, errlen, "device certificate %s: its key's curve is not known without the root",
+                             dev->chr);
+    return 1;
 }

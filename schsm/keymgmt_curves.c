@@ -7,6 +7,7 @@
 
 #include <openssl/bn.h>
 #include <openssl/ec.h>
+#include <openssl/err.h>
 #include <openssl/obj_mac.h>
 
 #include "keymgmt_formats.h"
@@ -39,4 +40,25 @@ const char *schsm_curve_by_prime(const uint8_t *p, size_t plen)
         EC_GROUP_free(g);
     }
     return found;
+}
+
+const char *schsm_curve_of_point(const uint8_t *q, size_t n)
+{
+    const char *found = NULL;
+    int matches = 0;
+
+    ERR_set_mark(); /* a point off a curve is the expected answer for all but one */
+    for (size_t i = 0; i < sizeof known_curves / sizeof known_curves[0]; i++) {
+        EC_GROUP *g = EC_GROUP_new_by_curve_name(known_curves[i].nid);
+        EC_POINT *pt = g ? EC_POINT_new(g) : NULL;
+        /* oct2point checks that the point lies on the curve */
+        if (pt && EC_POINT_oct2point(g, pt, q, n, NULL) == 1 && !EC_POINT_is_at_infinity(g, pt)) {
+            found = known_curves[i].name;
+            matches++;
+        }
+        EC_POINT_free(pt);
+        EC_GROUP_free(g);
+    }
+    ERR_pop_to_mark();
+    return matches == 1 ? found : NULL;
 }

@@ -97,6 +97,10 @@ int schsm_pwd_parse_hex(const char *text, uint64_t *v, char *err, size_t errlen)
  * prime p (big-endian, leading zeros allowed), or NULL. */
 const char *schsm_curve_by_prime(const uint8_t *p, size_t plen);
 
+/* The one supported curve the encoded point q (04 ‖ x ‖ y) lies on, or NULL (none, or more
+ * than one): for a CV certificate whose domain parameters sit with an issuer we do not have. */
+const char *schsm_curve_of_point(const uint8_t *q, size_t n);
+
 /* ---------------------------------------------------------------------------------------- */
 /* The wrapped-key blob of WRAP KEY / UNWRAP KEY                                            */
 
@@ -181,13 +185,24 @@ int schsm_cvc_parse(const uint8_t *buf, size_t n, schsm_cvc *c, size_t *used, ch
 int schsm_cvc_public_key(const schsm_cvc *c, const schsm_cvc *domain, EVP_PKEY **out, char *err, size_t errlen);
 
 /* Verifies c's inner signature (over its 7F4E TLV) with the issuer key; the hash is the one
- * named by issuer_oid (id-TA-ECDSA-SHA-1/224/256/384/512). */
+ * named by issuer_oid (id-TA-ECDSA-SHA-224/256/384/512, id-TA-RSA-v1-5-SHA-256/512). SHA-1
+ * variants are refused here and in every other CV signature check (docs/smartcard-hsm-keymgmt.md,
+ * "Attestation"). */
 int schsm_cvc_verify(const schsm_cvc *c, EVP_PKEY *issuer, const schsm_bytes *issuer_oid, char *err,
                      size_t errlen);
 
 /* Verifies an authenticated request's outer signature (over 7F21 ‖ 42) with the device key. */
 int schsm_cvc_verify_outer(const schsm_cvc *req, EVP_PKEY *device, const schsm_bytes *device_oid, char *err,
                            size_t errlen);
+
+/* A key generation response (authenticated request) as proof that the card with device
+ * certificate dev (public key device) made the key. SCHSM_GEN_OTHER_DEVICE (err names both)
+ * when its outer CAR is not dev's CHR: another device's response, no proof for this card even
+ * if the signature verified (a key restored from another card's backup carries one); else
+ * SCHSM_GEN_VERIFIED or SCHSM_GEN_INVALID (the outer signature fails or uses SHA-1). */
+enum { SCHSM_GEN_INVALID = 0, SCHSM_GEN_VERIFIED = 1, SCHSM_GEN_OTHER_DEVICE = 2 };
+int schsm_cvc_verify_generated(const schsm_cvc *req, EVP_PKEY *device, const schsm_cvc *dev, char *err,
+                               size_t errlen);
 
 typedef enum {
     SCHSM_CHAIN_VERIFIED = 1,     /* device → DICA → known root, every signature good */
@@ -211,5 +226,13 @@ const schsm_root *schsm_builtin_roots(size_t *n);
 schsm_chain_status schsm_cvc_verify_chain(const uint8_t *devaut, size_t n, const schsm_root *roots, size_t nroots,
                                           EVP_PKEY **device_key, char device_chr[SCHSM_CVC_REF_MAX + 1],
                                           char *err, size_t errlen);
+
+/* The device certificate of EF.C_DevAut and its public key, WITHOUT verifying anything: for a
+ * chain whose root is unknown, so that a key generation response can still be checked against
+ * the key the card claims ("unattested"). An EC key's curve comes from the device certificate,
+ * else the DICA certificate, else the one supported curve its point lies on. dev points into
+ * devaut. */
+int schsm_cvc_device_key_unverified(const uint8_t *devaut, size_t n, schsm_cvc *dev, EVP_PKEY **key, char *err,
+                                    size_t errlen);
 
 #endif

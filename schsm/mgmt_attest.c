@@ -15,8 +15,10 @@
 #define SW_END_OF_FILE 0x6282
 
 /* READ BINARY of a whole file in chunks (54 02 <offset>); *found is 0 when the card has no
- * such file (6A82). Bounded by MAX_FILE. */
-static int read_file(mg_call *m, uint16_t fid, sks_buf *out, int *found)
+ * such file (6A82). Bounded by MAX_FILE. A non-zero first_tag stops after the first chunk
+ * when the file does not start with it (sks list asks this of every key: one APDU for a key
+ * whose CE file holds an X.509 certificate). */
+static int read_file(mg_call *m, uint16_t fid, uint8_t first_tag, sks_buf *out, int *found)
 {
     const size_t chunk = 256;
     uint8_t off[4] = { 0x54, 0x02, 0, 0 };
@@ -42,6 +44,8 @@ static int read_file(mg_call *m, uint16_t fid, sks_buf *out, int *found)
         if (out->len + m->resp.len > MAX_FILE)
             return mg_fail(m, MG_ERROR_EXTERNAL, "file %04X on the card is larger than %d bytes", fid, MAX_FILE);
         sks_buf_put(out, m->resp.data, m->resp.len);
+        if (first_tag != 0 && out->len > 0 && out->data[0] != first_tag)
+            return MG_STEP_OK;
         if (m->sw == SW_END_OF_FILE || m->resp.len < chunk)
             return MG_STEP_OK;
     }
@@ -58,7 +62,7 @@ int mg_device_certificates(mg_call *m, sks_reader *in)
     if ((r = mg_select(m)) != MG_STEP_OK)
         return r;
     sks_buf_init(&file);
-    if ((r = read_file(m, DEVAUT_FID, &file, &found)) == MG_STEP_OK) {
+    if ((r = read_file(m, DEVAUT_FID, 0, &file, &found)) == MG_STEP_OK) {
         if (!found || file.len == 0)
             r = mg_fail(m, MG_ERROR_NOT_ALLOWED, "the card has no device certificate (EF 2F02)");
         else {
@@ -80,7 +84,7 @@ int mg_key_generation_response(mg_call *m, sks_reader *in)
     if ((r = mg_key_request_select(m, in, handle)) != MG_STEP_OK)
         return r;
     sks_buf_init(&file);
-    if ((r = read_file(m, (uint16_t)(CERT_PREFIX << 8 | handle), &file, &found)) == MG_STEP_OK) {
+    if ((r = read_file(m, (uint16_t)(CERT_PREFIX << 8 | handle), 0x67, &file, &found)) == MG_STEP_OK) {
         sks_buf_reset(m->reply);
         sks_buf_byte(m->reply, MG_OK);
         /* only an authenticated CV request (67) is the card's answer; an X.509 certificate

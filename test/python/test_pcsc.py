@@ -10,6 +10,7 @@ Both rig cards run with --allow-management (tests provision through them); the m
 tests put a card without it into slot 0 for a while.
 """
 
+import json
 import os
 import select
 import shutil
@@ -595,6 +596,16 @@ def test_info_names_the_kind_of_card_and_its_reader(rig_ok):
     assert f'card:        SKS card in reader "{READER1}"' in out, out
     out = run([SKS, "--store", rig_ok["store"], "info"], env=rig_ok["env"]).stdout.decode()
     assert "card:" not in out, out
+
+
+def test_an_sks_card_cannot_attest_and_lists_no_attested_field(rig_ok):
+    """sks info --verify on an SKS card says it cannot attest (exit 3); sks list there shows no
+    "attested" (only a SmartCard-HSM carries a device certificate chain)."""
+    res = run([SKS, "--device", "pcsc:", "info", "--verify"], env=rig_ok["env"], check=False)
+    assert res.returncode == 3 and b"cannot attest its keys" in res.stderr, res
+    keys = json.loads(run([SKS, "--device", "pcsc:", "list", "--json"], env=rig_ok["env"]).stdout)
+    assert keys and all("attested" not in k for k in keys), keys
+    assert b"attested" not in run([SKS, "--device", "pcsc:", "list"], env=rig_ok["env"]).stdout
 
 
 def test_concurrent_clients_keep_their_exchanges_whole(rig_ok):

@@ -350,6 +350,18 @@ static void test_roots(void)
     CHECK(schsm_cvc_verify_chain(roots[0].cert, roots[0].len, roots, nroots, &dk, NULL, err, sizeof err) ==
           SCHSM_CHAIN_UNKNOWN_ROOT);
     CHECK(dk == NULL);
+    /* the same root with its key taken as if the domain parameters were elsewhere: the curve is
+     * found by its point alone (the one supported curve it lies on) */
+    schsm_cvc dev;
+    CHECK(schsm_cvc_device_key_unverified(roots[0].cert, roots[0].len, &dev, &dk, err, sizeof err) && dk != NULL);
+    EVP_PKEY_free(dk);
+    CHECK(schsm_cvc_parse(roots[0].cert, roots[0].len, &dev, NULL, err, sizeof err));
+    const char *by_point = schsm_curve_of_point(dev.q.p, dev.q.n);
+    CHECK(by_point != NULL && strcmp(by_point, "brainpoolP256r1") == 0);
+    uint8_t off_curve[65];
+    memcpy(off_curve, dev.q.p, sizeof off_curve);
+    off_curve[64] ^= 1;
+    CHECK(dev.q.n == sizeof off_curve && schsm_curve_of_point(off_curve, sizeof off_curve) == NULL);
 }
 
 static void test_tlv(void)

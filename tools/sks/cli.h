@@ -254,4 +254,30 @@ void cli_print_new_key(uint32_t handle, const char *name, X509 *ee);
 int cli_hsm_verified_device(const char *cmd, const uint8_t *chain, size_t n, const cli_list *root_files,
                             EVP_PKEY **device_key, char chr[17]);
 
+/* What a SmartCard-HSM proves about its keys (sks hsm attest, info --verify, list): the device
+ * chain is read and judged once, then each key's generation response against it. */
+typedef struct cli_attestation cli_attestation;
+typedef enum {
+    CLI_ATTEST_YES,        /* chain to a known root, response signed by the device key */
+    CLI_ATTEST_UNATTESTED, /* response signed by the device key, chain to an unknown root */
+    CLI_ATTEST_NONE,       /* no generation response: imported, restored, unwrapped, certificate over it */
+    CLI_ATTEST_OTHER_DEVICE, /* another device's response (outer CAR): no proof for this card */
+    CLI_ATTEST_INVALID     /* the response or the chain does not verify */
+} cli_attest_verdict;
+
+/* Reads EF.C_DevAut (hsmDeviceCertificates) and judges it against the built-in roots and
+ * root_files. 1 with *a set, or with *a NULL and why saying so when the device cannot attest
+ * (it answers the method with an error status); 0 after printing an error naming cmd. */
+int cli_attestation_open(sks_transport *t, const char *cmd, const cli_list *root_files, cli_attestation **a,
+                         char *why, size_t whylen);
+void cli_attestation_free(cli_attestation *a);
+/* The verdict on the key handle (why: the reason, one line); 0 after printing a link error. */
+int cli_attestation_key(sks_transport *t, const char *cmd, const cli_attestation *a, uint32_t handle,
+                        cli_attest_verdict *v, char *why, size_t whylen);
+/* "yes", "unattested", "no" (NONE, OTHER_DEVICE), "INVALID" (list's words). */
+const char *cli_attest_word(cli_attest_verdict v);
+/* Prints the chain and every key's verdict as sks hsm attest does; the exit code (1 when the
+ * chain or a key's response is INVALID). */
+int cli_attestation_report(sks_transport *t, const char *cmd, const cli_attestation *a);
+
 #endif

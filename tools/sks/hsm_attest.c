@@ -27,8 +27,10 @@ static const char USAGE[] =
     "  --out FILE    write the chain as read from the card to FILE (new file)\n"
     "  --chain FILE  verify the chain in FILE (written by --out) instead of a card's\n"
     "  Prints \"chain: verified\", \"chain: unattested\" (no known root; exit 0) or\n"
-    "  \"chain: INVALID\" (exit 1), and per key \"attested\", \"no generation response\" or\n"
-    "  \"NOT attested\" (exit 1).\n";
+    "  \"chain: INVALID\" (exit 1), and per key \"attested\", \"unattested\" (signed by the\n"
+    "  device key of a chain without a known root), \"no generation response\", \"not\n"
+    "  attested\" (another device's response, e.g. of a key restored from its backup) or\n"
+    "  \"NOT attested\" (its signature fails; exit 1).\n";
 
 typedef struct {
     schsm_root roots[MAX_ROOTS + 2];
@@ -133,84 +135,205 @@ static void chain_root_name(const uint8_t *chain, size_t n, char out[SCHSM_CVC_R
         memcpy(out, c.car, SCHSM_CVC_REF_MAX + 1);
 }
 
-/* The device key's OID (for the hash of the outer signatures): from the device certificate. */
-static int device_key_oid(const uint8_t *chain, size_t n, schsm_cvc *dev)
+/* ---- the shared judgement: hsm attest, info --verify, list ---------------------------------- */
+
+struct cli_attestation {
+    sks_bytes chain;           /* EF.C_DevAut as the card keeps it */
+    schsm_chain_status status; /* of the chain against the roots, dates included */
+    char why[512];             /* the chain's reason when not verified */
+    char root[SCHSM_CVC_REF_MAX + 1];
+    int have_dev;              /* dev parsed (it points into chain) */
+    schsm_cvc dev;
+    /* verified: the device key; unknown root: the key the device certificate claims (nothing
+     * vouches for it); NULL when the chain is invalid or the key unusable (dev_why says) */
+    EVP_PKEY *device_key;
+    char dev_why[512];
+};
+
+/* Judges a->chain against rs once: status, device certificate, device key. */
+static void judge_chain(cli_attestation *a, const root_set *rs)
 {
-    return schsm_cvc_parse(chain, n, dev, NULL, NULL, 0);
+    const uint8_t *chain = a->chain.data;
+    size_t n = a->chain.len;
+
+    a->status = schsm_cvc_verify_chain(chain, n, rs->roots, rs->n, &a->device_key, NULL, a->why, sizeof(a->why));
+    if (a->status == SCHSM_CHAIN_VERIFIED && !chain_in_date(chain, n, a->why, sizeof(a->why))) {
+        EVP_PKEY_free(a->device_key);
+        a->device_key = NULL;
+        a->status = SCHSM_CHAIN_INVALID;
+    }
+    a->have_dev = schsm_cvc_parse(chain, n, &a->dev, NULL, NULL, 0) && !a->dev.authenticated;
+    if (a->status == SCHSM_CHAIN_VERIFIED)
+        chain_root_name(chain, n, a->root);
+    else if (a->status == SCHSM_CHAIN_UNKNOWN_ROOT
+             && !schsm_cvc_device_key_unverified(chain, n, &a->dev, &a->device_key, a->dev_why, sizeof(a->dev_why)))
+        a->device_key = NULL;
 }
 
-/* Prints the chain's verdict; *device_key is set when it is verified. Returns 0 if invalid. */
-static int verify_chain(const uint8_t *chain, size_t n, const root_set *rs, EVP_PKEY **device_key)
+int cli_attestation_open(sks_transport *t, const char *cmd, const cli_list *root_files, cli_attestation **out,
+                         char *why, size_t whylen)
 {
-    char err[512], chr[SCHSM_CVC_REF_MAX + 1] = "", root[SCHSM_CVC_REF_MAX + 1];
-    schsm_chain_status st;
+    static root_set rs;
+    sks_client_error e;
+    cli_attestation *a;
 
-    st = schsm_cvc_verify_chain(chain, n, rs->roots, rs->n, device_key, chr, err, sizeof(err));
-    if (st == SCHSM_CHAIN_VERIFIED && !chain_in_date(chain, n, err, sizeof(err))) {
-        EVP_PKEY_free(*device_key);
-        *device_key = NULL;
-        st = SCHSM_CHAIN_INVALID;
-    }
-    switch (st) {
-    case SCHSM_CHAIN_VERIFIED:
-        chain_root_name(chain, n, root);
-        printf("device:      %s\nchain:       verified (root %s)\n", chr, root);
-        return 1;
-    case SCHSM_CHAIN_UNKNOWN_ROOT:
-        printf("chain:       unattested (%s)\n", err);
-        return 1;
-    default:
-        printf("chain:       INVALID (%s)\n", err);
+    *out = NULL;
+    memset(&rs, 0, sizeof(rs));
+    if (!load_roots(root_files, &rs))
+        return 0;
+    if ((a = OPENSSL_zalloc(sizeof(*a))) == NULL) {
+        cli_error("%s: out of memory", cmd);
         return 0;
     }
+    if (!sks_client_hsm_device_certificates(t, &a->chain, &e)) {
+        OPENSSL_free(a);
+        if (e.status < 0) { /* the link, not the device's answer */
+            cli_client_error(cmd, &e);
+            return 0;
+        }
+        snprintf(why, whylen, "%s (%s)", e.message, sks_client_status_name(e.status));
+        return 1;
+    }
+    judge_chain(a, &rs);
+    *out = a;
+    return 1;
 }
 
-/* One key: 1 attested or nothing to check, 0 when the card's response does not verify. */
-static int attest_key(sks_transport *t, uint32_t handle, EVP_PKEY *device, const schsm_bytes *oid)
+void cli_attestation_free(cli_attestation *a)
+{
+    if (a == NULL)
+        return;
+    EVP_PKEY_free(a->device_key);
+    OPENSSL_free(a->chain.data);
+    OPENSSL_free(a);
+}
+
+const char *cli_attest_word(cli_attest_verdict v)
+{
+    switch (v) {
+    case CLI_ATTEST_YES:
+        return "yes";
+    case CLI_ATTEST_UNATTESTED:
+        return "unattested";
+    case CLI_ATTEST_NONE:
+    case CLI_ATTEST_OTHER_DEVICE:
+        return "no";
+    default:
+        return "INVALID";
+    }
+}
+
+/* The verdict on one generation response req (bytes of CE<kid>; empty: none). */
+static cli_attest_verdict judge_response(const cli_attestation *a, const sks_bytes *req, char *why, size_t whylen)
+{
+    schsm_cvc c;
+
+    why[0] = 0;
+    if (req->len == 0) {
+        snprintf(why, whylen, "no generation response (the card keeps none: an imported, restored or unwrapped key, "
+                              "or a certificate replaced it)");
+        return CLI_ATTEST_NONE;
+    }
+    if (!schsm_cvc_parse(req->data, req->len, &c, NULL, why, whylen) || !c.authenticated) {
+        if (!why[0])
+            snprintf(why, whylen, "not an authenticated CV request");
+        return CLI_ATTEST_INVALID;
+    }
+    if (a->status == SCHSM_CHAIN_INVALID || !a->have_dev) {
+        snprintf(why, whylen, "the device chain is invalid: %s", a->why[0] ? a->why : "no device certificate");
+        return CLI_ATTEST_INVALID;
+    }
+    if (a->device_key == NULL) {
+        snprintf(why, whylen, "%s", a->dev_why);
+        return CLI_ATTEST_INVALID;
+    }
+    switch (schsm_cvc_verify_generated(&c, a->device_key, &a->dev, why, whylen)) {
+    case SCHSM_GEN_VERIFIED:
+        break;
+    case SCHSM_GEN_OTHER_DEVICE:
+        return CLI_ATTEST_OTHER_DEVICE;
+    default:
+        return CLI_ATTEST_INVALID;
+    }
+    if (a->status == SCHSM_CHAIN_VERIFIED) {
+        snprintf(why, whylen, "generated on the card, %s", c.chr);
+        return CLI_ATTEST_YES;
+    }
+    snprintf(why, whylen, "generated by the card's device key %s, %s; its chain has no known root", a->dev.chr, c.chr);
+    return CLI_ATTEST_UNATTESTED;
+}
+
+int cli_attestation_key(sks_transport *t, const char *cmd, const cli_attestation *a, uint32_t handle,
+                        cli_attest_verdict *v, char *why, size_t whylen)
 {
     sks_client_error e;
-    sks_bytes req;
-    schsm_cvc c;
-    char err[512];
-    int ok = 1;
+    sks_bytes req = { NULL, 0 };
 
     if (!sks_client_hsm_key_generation_response(t, handle, &req, &e)) {
-        cli_client_error("hsm attest", &e);
+        cli_client_error(cmd, &e);
         return 0;
     }
-    printf("key %u:       ", handle);
-    memset(&c, 0, sizeof(c));
-    err[0] = 0;
-    if (req.len == 0)
-        printf("no generation response (the card keeps none, e.g. a certificate replaced it)\n");
-    else if (!schsm_cvc_parse(req.data, req.len, &c, NULL, err, sizeof(err)) || !c.authenticated) {
-        printf("NOT attested (%s)\n", err[0] ? err : "not an authenticated CV request");
-        ok = 0;
-    } else if (device == NULL)
-        printf("not attested (the device chain is not verified)\n");
-    else if (!schsm_cvc_verify_outer(&c, device, oid, err, sizeof(err))) {
-        printf("NOT attested (%s)\n", err);
-        ok = 0;
-    } else
-        printf("attested (generated on the card, %s)\n", c.chr);
+    *v = judge_response(a, &req, why, whylen);
     OPENSSL_free(req.data);
-    return ok;
+    return 1;
 }
 
-static int attest_keys(sks_transport *t, EVP_PKEY *device, const schsm_bytes *oid)
+/* "chain: ..." as hsm attest prints it; 0 if the chain is invalid. */
+static int print_chain(const cli_attestation *a)
+{
+    if (a->have_dev && a->status != SCHSM_CHAIN_INVALID)
+        printf("device:      %s\n", a->dev.chr);
+    switch (a->status) {
+    case SCHSM_CHAIN_VERIFIED:
+        printf("chain:       verified (root %s)\n", a->root);
+        return 1;
+    case SCHSM_CHAIN_UNKNOWN_ROOT:
+        printf("chain:       unattested (%s)\n", a->why);
+        return 1;
+    default:
+        printf("chain:       INVALID (%s)\n", a->why);
+        return 0;
+    }
+}
+
+static const char *verdict_text(cli_attest_verdict v)
+{
+    switch (v) {
+    case CLI_ATTEST_YES:
+        return "attested";
+    case CLI_ATTEST_UNATTESTED:
+        return "unattested";
+    case CLI_ATTEST_NONE:
+        return "";
+    case CLI_ATTEST_OTHER_DEVICE:
+        return "not attested";
+    default:
+        return "NOT attested";
+    }
+}
+
+int cli_attestation_report(sks_transport *t, const char *cmd, const cli_attestation *a)
 {
     sks_client_error e;
     uint32_t handle = 0;
-    int ok = 1;
+    int ok = print_chain(a);
 
     for (;;) {
+        cli_attest_verdict v;
+        char why[600];
+
         if (!sks_client_enumerate_keys(t, handle, &handle, NULL, &e)) {
-            cli_client_error("hsm attest", &e);
-            return 0;
+            cli_client_error(cmd, &e);
+            return CLI_EXIT_FAIL;
         }
         if (handle == 0)
-            return ok;
-        ok &= attest_key(t, handle, device, oid);
+            return ok ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+        if (!cli_attestation_key(t, cmd, a, handle, &v, why, sizeof(why)))
+            return CLI_EXIT_FAIL;
+        printf("key %u:       %s%s%s%s\n", handle, verdict_text(v), v == CLI_ATTEST_NONE ? "" : " (", why,
+               v == CLI_ATTEST_NONE ? "" : ")");
+        if (v == CLI_ATTEST_INVALID)
+            ok = 0;
     }
 }
 
@@ -254,12 +377,11 @@ int cli_hsm_attest(cli_store *store, int argc, char **argv)
     const cli_opt opts[] = { { "--root", OPT_LIST, &root_files },
                              { "--out", OPT_VALUE, &out },
                              { "--chain", OPT_VALUE, &chain_file } };
+    static cli_attestation offline;
     static uint8_t file[8192];
-    sks_client_error e;
+    cli_attestation *a = NULL;
     sks_transport *t = NULL;
-    sks_bytes chain = { NULL, 0 };
-    EVP_PKEY *device = NULL;
-    schsm_cvc dev;
+    char why[512];
     size_t n;
     int rc;
 
@@ -271,21 +393,24 @@ int cli_hsm_attest(cli_store *store, int argc, char **argv)
     if (chain_file != NULL) {
         if (!read_whole(chain_file, file, sizeof(file), &n))
             return CLI_EXIT_FAIL;
-        return verify_chain(file, n, &rs, &device) ? (EVP_PKEY_free(device), CLI_EXIT_OK) : CLI_EXIT_FAIL;
+        offline.chain.data = file;
+        offline.chain.len = n;
+        judge_chain(&offline, &rs);
+        rc = print_chain(&offline) ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+        EVP_PKEY_free(offline.device_key);
+        return rc;
     }
     if ((t = cli_open(store, "hsm attest")) == NULL)
         return CLI_EXIT_FAIL;
     rc = CLI_EXIT_FAIL;
-    if (!sks_client_hsm_device_certificates(t, &chain, &e))
-        cli_client_error("hsm attest", &e);
-    else if (out == NULL || write_chain(out, &chain)) {
-        int chain_ok = verify_chain(chain.data, chain.len, &rs, &device);
-        int keys_ok = device_key_oid(chain.data, chain.len, &dev)
-                      && attest_keys(t, device, &dev.key_oid);
-        rc = chain_ok && keys_ok ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+    why[0] = 0;
+    if (cli_attestation_open(t, "hsm attest", &root_files, &a, why, sizeof(why))) {
+        if (a == NULL)
+            cli_error("hsm attest: %s", why);
+        else if (out == NULL || write_chain(out, &a->chain))
+            rc = cli_attestation_report(t, "hsm attest", a);
     }
-    EVP_PKEY_free(device);
-    OPENSSL_free(chain.data);
+    cli_attestation_free(a);
     t->close(t);
     return rc;
 }
