@@ -69,7 +69,8 @@
  * key again as each variant found it: PEM_read_bio_PrivateKey_ex, OSSL_STORE open + load + close
  * on sks:name=p256 (the device's getKeyAttributes and getKeyProtectionInfo),
  * ENGINE_load_private_key; key-load-sha256 the same with sks:sha256=<certificate fingerprint>,
- * which scans the store's keys (the other variants load as in key-load).
+ * which the device answers from its index of certificates (findKeysByCertificate; the other
+ * variants load as in key-load).
  * These are the patterns of an outside harness too (issue 13): a fresh context per operation,
  * one-shot EVP_DigestSign, a fresh EVP_PKEY_CTX per derive, a whole OSSL_STORE load per key
  * load; it signed 64 bytes where this signs 130 (hashing 66 bytes more is the same work in

@@ -752,6 +752,33 @@ int sks_client_enumerate_keys(sks_transport *t, uint32_t after, uint32_t *key_ha
     return ok;
 }
 
+int sks_client_find_keys_by_certificate(sks_transport *t, const uint8_t sha256[32], uint32_t *key_handles,
+                                        size_t max, size_t *count, sks_client_error *err)
+{
+    call_ctx c;
+    size_t i;
+    uint16_t n;
+    int ok;
+
+    *count = 0;
+    call_begin(&c, SKS_METHOD_FIND_KEYS_BY_CERTIFICATE, "findKeysByCertificate", err);
+    sks_buf_array(&c.req, sha256, 32);
+    ok = call_run(&c, t);
+    if (ok) {
+        n = sks_get_ushort(&c.r, "keyHandle count");
+        if (sks_reader_ok(&c.r) && n > max)
+            reader_fail(&c.r, "lists more keys than there is room for", "keyHandle");
+        for (i = 0; i < n && sks_reader_ok(&c.r); i++)
+            key_handles[i] = sks_get_uint(&c.r, "keyHandle");
+        if (sks_reader_ok(&c.r))
+            *count = n;
+    }
+    ok = call_end(&c, ok);
+    if (!ok)
+        *count = 0;
+    return ok;
+}
+
 int sks_client_get_key_attributes(sks_transport *t, uint32_t key_handle, sks_key_attributes *out,
                                   sks_client_error *err)
 {

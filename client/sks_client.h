@@ -96,6 +96,7 @@ enum {
     /* project extensions (docs/skip.md) */
     SKS_METHOD_SKIP_REQUEST = 200,
     SKS_METHOD_SKIP_IMPORT = 201,
+    SKS_METHOD_FIND_KEYS_BY_CERTIFICATE = 202,
     /* project extensions for SmartCard-HSM devices (docs/wire-format.md) */
     SKS_METHOD_HSM_GENERATE_KEY_PAIR = 210,
     SKS_METHOD_HSM_INITIALIZE = 211,
@@ -313,6 +314,13 @@ typedef struct {
 
 int sks_client_get_key_attributes(sks_transport *t, uint32_t key_handle, sks_key_attributes *out,
                                   sks_client_error *err);
+
+/* findKeysByCertificate (project extension): the keys enumerateKeys lists whose end-entity
+ * certificate has this SHA-256, ascending, into key_handles (room for max); *count how many.
+ * A device without the method answers SKS_ERROR_OPTION (unknown method id) or
+ * SKS_ERROR_NOT_AVAILABLE: enumerate the keys instead. */
+int sks_client_find_keys_by_certificate(sks_transport *t, const uint8_t sha256[32], uint32_t *key_handles,
+                                        size_t max, size_t *count, sks_client_error *err);
 void sks_key_attributes_free(sks_key_attributes *a);
 
 typedef struct {

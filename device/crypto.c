@@ -503,19 +503,19 @@ static int der_uint_to_fixed(const uint8_t **p, const uint8_t *end, uint8_t *out
 
 /* DER ECDSA-Sig-Value -> r||s, each left-padded to the field size. Read directly, without
  * ECDSA_SIG and its two BIGNUMs: this runs on every ECDSA signature. */
-static int ecdsa_der_to_raw(EVP_PKEY *key, const uint8_t *der, size_t derlen, sks_buf *out)
+/* DER ECDSA-Sig-Value -> r||s into out[*outlen] (in: its size); 0 if it does not fit. */
+static int ecdsa_der_to_raw(EVP_PKEY *key, const uint8_t *der, size_t derlen, uint8_t *out, size_t *outlen)
 {
     const uint8_t *p = der, *end = der + derlen, *seq;
     size_t fb = ec_field_bytes(key), n;
-    uint8_t buf[2 * 66];
 
-    if (fb > 66 || !der_element(&p, end, 0x30, &seq, &n) || p != end)
+    if (fb > 66 || 2 * fb > *outlen || !der_element(&p, end, 0x30, &seq, &n) || p != end)
         return 0;
     end = seq + n;
-    if (!der_uint_to_fixed(&seq, end, buf, fb) || !der_uint_to_fixed(&seq, end, buf + fb, fb) || seq != end)
+    if (!der_uint_to_fixed(&seq, end, out, fb) || !der_uint_to_fixed(&seq, end, out + fb, fb) || seq != end)
         return 0;
-    sks_buf_put(out, buf, 2 * fb);
-    return !out->failed;
+    *outlen = 2 * fb;
+    return 1;
 }
 
 /* r||s -> DER, for verification. */
@@ -551,7 +551,16 @@ done:
 int sign_hash(EVP_PKEY *key, const EVP_MD *md, int pss, int saltlen, const EVP_MD *mgf1, const uint8_t *data,
               size_t n, sks_buf *sig)
 {
-    return sign_hash_reuse(NULL, key, md, pss, saltlen, mgf1, data, n, sig);
+    uint8_t buf[SKS_MAX_SIGNATURE];
+    size_t len = sizeof(buf);
+    int ok = sign_hash_to(NULL, key, md, pss, saltlen, mgf1, data, n, buf, &len);
+
+    if (ok) {
+        sks_buf_put(sig, buf, len);
+        ok = !sig->failed;
+        OPENSSL_cleanse(buf, len);
+    }
+    return ok;
 }
 
 void key_contexts_free(key_contexts *kc)
@@ -567,12 +576,22 @@ void key_contexts_free(key_contexts *kc)
 
 /* Ed25519 signs the message itself (one-shot). A kept context is used again as it is; should
  * a later OpenSSL refuse a second EVP_DigestSign on one context, it is made afresh once. */
-static int ed25519_sign(EVP_MD_CTX **keep, EVP_PKEY *key, const uint8_t *data, size_t n, uint8_t *out, size_t *len)
+static int ed25519_sign(key_contexts *keep, EVP_PKEY *key, const uint8_t *data, size_t n, uint8_t *out, size_t *len)
 {
-    EVP_MD_CTX *mc = keep != NULL ? *keep : NULL;
+    EVP_MD_CTX *mc = keep != NULL ? keep->ed25519 : NULL;
     size_t cap = *len;
     int fresh, ok;
 
+    if (mc != NULL && keep->ed25519_reusable) {
+        /* This OpenSSL signs again with a used context (seen below): no retry to prepare
+         * for. A failure now is the signature's own; the context goes with it. */
+        if ((ok = EVP_DigestSign(mc, out, len, data, n) == 1) == 0) {
+            EVP_MD_CTX_free(mc);
+            keep->ed25519 = NULL;
+            keep->ed25519_reusable = 0;
+        }
+        return ok;
+    }
     ERR_set_mark();
     for (;;) {
         fresh = mc == NULL;
@@ -592,29 +611,39 @@ static int ed25519_sign(EVP_MD_CTX **keep, EVP_PKEY *key, const uint8_t *data, s
     }
     ERR_clear_last_mark();
     if (keep != NULL && ok) {
-        *keep = mc;
+        keep->ed25519_reusable = !fresh; /* a kept context signed again */
+        keep->ed25519 = mc;
     } else {
-        if (keep != NULL && *keep == mc)
-            *keep = NULL;
+        if (keep != NULL && keep->ed25519 == mc)
+            keep->ed25519 = NULL;
         EVP_MD_CTX_free(mc);
     }
     return ok;
 }
 
-int sign_hash_reuse(key_contexts *keep, EVP_PKEY *key, const EVP_MD *md, int pss, int saltlen, const EVP_MD *mgf1,
-                    const uint8_t *data, size_t n, sks_buf *sig)
+/* The key's type: a kept context already says which it is (EVP_PKEY_get_base_id costs a
+ * few hundred instructions, a tenth of what the device adds to a P-256 signature). */
+static int key_base_id(const key_contexts *keep, EVP_PKEY *key)
 {
-    int type = EVP_PKEY_get_base_id(key);
+    if (keep != NULL && keep->ecdsa != NULL)
+        return EVP_PKEY_EC;
+    if (keep != NULL && keep->ed25519 != NULL)
+        return EVP_PKEY_ED25519;
+    return EVP_PKEY_get_base_id(key);
+}
+
+int sign_hash_to(key_contexts *keep, EVP_PKEY *key, const EVP_MD *md, int pss, int saltlen, const EVP_MD *mgf1,
+                 const uint8_t *data, size_t n, uint8_t *sig, size_t *siglen)
+{
+    int type = key_base_id(keep, key);
     EVP_PKEY_CTX *c = NULL;
-    uint8_t buf[1024];
-    size_t len = sizeof(buf);
+    uint8_t der[2 * 66 + 16]; /* an ECDSA-Sig-Value up to P-521 */
+    uint8_t *buf = type == EVP_PKEY_EC ? der : sig;
+    size_t cap = type == EVP_PKEY_EC ? sizeof(der) : *siglen, len = cap;
     int ok = 0;
 
     if (type == EVP_PKEY_ED25519) {
-        if (ed25519_sign(keep != NULL ? &keep->ed25519 : NULL, key, data, n, buf, &len)) {
-            sks_buf_put(sig, buf, len);
-            ok = !sig->failed;
-        }
+        ok = ed25519_sign(keep, key, data, n, sig, &len);
         goto done;
     }
     if (type == EVP_PKEY_EC && keep != NULL && keep->ecdsa != NULL) {
@@ -646,17 +675,21 @@ int sign_hash_reuse(key_contexts *keep, EVP_PKEY *key, const EVP_MD *md, int pss
         goto done;
     }
     if (EVP_PKEY_sign(c, buf, &len, data, n) != 1) {
-        len = sizeof(buf);
+        len = cap;
         goto done;
     }
-    if (type == EVP_PKEY_EC)
-        ok = ecdsa_der_to_raw(key, buf, len, sig);
-    else {
-        sks_buf_put(sig, buf, len);
-        ok = !sig->failed;
+    if (type == EVP_PKEY_EC) {
+        ok = ecdsa_der_to_raw(key, der, len, sig, siglen);
+        OPENSSL_cleanse(der, len <= sizeof(der) ? len : sizeof(der));
+        goto free_ctx;
     }
+    ok = 1;
 done:
-    OPENSSL_cleanse(buf, len <= sizeof(buf) ? len : sizeof(buf)); /* what was written, not all 1 KiB each time */
+    if (ok)
+        *siglen = len;
+    else
+        OPENSSL_cleanse(buf, len <= cap ? len : cap); /* whatever a failed signature left */
+free_ctx:
     if (keep == NULL || c != keep->ecdsa)
         EVP_PKEY_CTX_free(c);
     return ok;

@@ -61,29 +61,36 @@ void gen_close(sks_device *dev)
     dev->wal_index = NULL; /* SQLite unmaps it when the connection closes */
 }
 
+/* The words of one copy of the header this reads (walformat.html, "The WAL-Index Header"):
+ * iVersion, iChange, isInit (the first byte of word 3), mxFrame, aSalt[0], aSalt[1]. */
+static const int HDR_USED[] = { 0, 2, 3, 4, 8, 9 };
+#define HDR_USED_N (sizeof(HDR_USED) / sizeof(HDR_USED[0]))
+
 int gen_current(const sks_device *dev, store_gen *g)
 {
     const volatile uint32_t *h = dev->wal_index;
-    uint32_t first[WAL_HDR_WORDS], second[WAL_HDR_WORDS];
-    int i;
+    uint32_t first[HDR_USED_N];
+    size_t i;
 
     memset(g, 0, sizeof(*g));
     if (h == NULL)
         return 0;
-    /* A writer stores the second copy, then the first: equal copies are one whole header
-     * (SQLite's own readers check it the same way). */
-    for (i = 0; i < WAL_HDR_WORDS; i++)
-        first[i] = h[i];
+    /* A writer stores the second copy, then the first: a word equal in both copies is that
+     * word of one whole header (SQLite's own readers compare the copies the same way; only the
+     * words used here need to be, and comparing just them is a tenth of a User API call's
+     * overhead less). */
+    for (i = 0; i < HDR_USED_N; i++)
+        first[i] = h[HDR_USED[i]];
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    for (i = 0; i < WAL_HDR_WORDS; i++)
-        second[i] = h[WAL_HDR_WORDS + i];
-    if (memcmp(first, second, sizeof(first)) != 0 || first[0] != WAL_INDEX_FORMAT
-        || ((const uint8_t *)first)[12] == 0 /* isInit */)
+    for (i = 0; i < HDR_USED_N; i++)
+        if (h[WAL_HDR_WORDS + HDR_USED[i]] != first[i])
+            return 0;
+    if (first[0] != WAL_INDEX_FORMAT || ((const uint8_t *)&first[2])[0] == 0 /* isInit */)
         return 0;
-    g->change = first[2]; /* iChange */
-    g->frames = first[4]; /* mxFrame */
-    g->salt[0] = first[8];
-    g->salt[1] = first[9];
+    g->change = first[1];
+    g->frames = first[3];
+    g->salt[0] = first[4];
+    g->salt[1] = first[5];
     g->valid = 1;
     return 1;
 }

@@ -26,11 +26,12 @@ typedef struct {
     EVP_PKEY *pkey;
 } key_cache_entry;
 
-/* Contexts on one private key, kept between operations (crypto.c: sign_hash_reuse,
+/* Contexts on one private key, kept between operations (crypto.c: sign_hash_to,
  * ecdh_z_reuse): making them costs a tenth of a P-256 signature. */
 typedef struct {
     EVP_PKEY_CTX *ecdsa;   /* initialised for signing */
     EVP_MD_CTX *ed25519;   /* initialised for DigestSign */
+    int ed25519_reusable;  /* ed25519 has signed again after its first signature (crypto.c) */
     EVP_PKEY_CTX *ecdh;    /* initialised for derive; the peer is set per call */
     struct ec_key_st *ec;  /* the key as an EC_KEY, for ecdh_z_direct (ecdh_direct.c) */
     int ec_unusable;       /* it cannot be had: ECDH takes the EVP route */
@@ -44,13 +45,21 @@ typedef struct {
 
 /* What the User API needs of a key without PIN protection, kept between calls while the
  * store's version stays put (generation.c). */
-#define SKS_USER_CACHE 32
+#define SKS_USER_CACHE 32 /* an entry lives at handle % SKS_USER_CACHE */
 typedef struct {
     uint32_t handle;
     store_gen gen;
     sks_buf endorsed;
     EVP_PKEY *pkey;
+    key_type type;    /* of pkey */
     key_contexts ctx; /* on pkey, made on first use */
+    /* The algorithm the last call on this key named, for its method class, once it passed the
+     * checks that depend only on the algorithm and the key (known URI of the class, endorsed,
+     * fits the key type): a later call naming the same URI passes them again, as the table,
+     * the key and its endorsed list do not change while the entry lives (user_api.c). */
+    const sks_algorithm *approved;
+    alg_class approved_cls;
+    size_t approved_len; /* strlen(approved->uri) */
 } user_cache_entry;
 
 /* Row integrity (store.c, docs/storage.md): the rows of the protected tables changed by the
@@ -86,6 +95,9 @@ struct sks_device {
     const volatile uint32_t *wal_index; /* SQLite's WAL-index header, NULL if unavailable */
     row_integrity rows;
     user_cache_entry user_cache[SKS_USER_CACHE];
+    /* The entry the dispatcher found for the User API call it is answering from the cache,
+     * so the handler does not read the store's version and look again; NULL otherwise. */
+    user_cache_entry *user_hit;
     key_cache_entry key_cache[SKS_KEY_CACHE];
     unsigned key_cache_next;
     uint8_t master_key[32];
@@ -165,8 +177,9 @@ int gen_equal(const store_gen *a, const store_gen *b);
 
 /* ---- user_api.c ---- */
 
-/* 1 if a User API call on this key can be answered from the cache, without the database. */
-int user_cache_valid(sks_device *dev, uint32_t handle);
+/* The cache entry of this key if a User API call on it can be answered from the cache,
+ * without the database (nothing committed since the entry was filled); else NULL. */
+user_cache_entry *user_cache_current(sks_device *dev, uint32_t handle);
 void user_cache_clear(sks_device *dev);
 
 /* ---- owner.c: key owners ---- */
@@ -234,11 +247,13 @@ int rsa_decrypt(EVP_PKEY *key, int padding, const oaep_params *oaep, const uint8
  * hash length) and MGF1 digest (NULL: md). */
 int sign_hash(EVP_PKEY *key, const EVP_MD *md, int pss, int saltlen, const EVP_MD *mgf1, const uint8_t *data,
               size_t n, sks_buf *sig);
-/* sign_hash for a key that signs again and again: the contexts an ECDSA or Ed25519 signature
- * needs are made on first use into *keep and used again by later calls. The caller frees
- * them with the key (key_contexts_free). */
-int sign_hash_reuse(key_contexts *keep, EVP_PKEY *key, const EVP_MD *md, int pss, int saltlen, const EVP_MD *mgf1,
-                    const uint8_t *data, size_t n, sks_buf *sig);
+/* sign_hash into sig[*siglen] (in: its size, SKS_MAX_SIGNATURE is enough for every key; out:
+ * the signature's length), for a key that signs again and again: the contexts an ECDSA or
+ * Ed25519 signature needs are made on first use into *keep (if not NULL) and used again by
+ * later calls. The caller frees them with the key (key_contexts_free). */
+#define SKS_MAX_SIGNATURE 1024 /* RSA up to 8192 bits */
+int sign_hash_to(key_contexts *keep, EVP_PKEY *key, const EVP_MD *md, int pss, int saltlen, const EVP_MD *mgf1,
+                 const uint8_t *data, size_t n, uint8_t *sig, size_t *siglen);
 void key_contexts_free(key_contexts *sc);
 /* Signs SHA-256(data) the way attestations and authorizations are signed. */
 int sign_sha256(EVP_PKEY *key, const uint8_t *data, size_t n, sks_buf *sig);
@@ -390,6 +405,7 @@ SKS_HANDLER(h_post_unlock_key);
 SKS_HANDLER(h_post_update_key);
 SKS_HANDLER(h_post_clone_key_protection);
 SKS_HANDLER(h_enumerate_keys);
+SKS_HANDLER(h_find_keys_by_certificate);
 SKS_HANDLER(h_get_key_attributes);
 SKS_HANDLER(h_get_key_protection_info);
 SKS_HANDLER(h_get_extension);

@@ -72,6 +72,54 @@ SKS_HANDLER(h_enumerate_keys)
     return SKS_OK;
 }
 
+/*
+ * findKeysByCertificate (project extension, docs/wire-format.md): the keys enumerateKeys would
+ * list whose end-entity certificate has this SHA-256, in handle order. The store keeps that
+ * hash beside every certificate path (keys.ee_sha256, written with it by setCertificatePath,
+ * skipImport and postUpdateKey, and indexed), so this is one indexed query instead of a
+ * getKeyAttributes per key. It only narrows the search: the provider reads each key it names
+ * with getKeyAttributes (row MAC checked) and compares the hash of the certificate it gets.
+ */
+SKS_HANDLER(h_find_keys_by_certificate)
+{
+    sks_span hash = sks_get_array(in, "certificateSha256");
+    sqlite3_stmt *st;
+    sks_buf handles;
+    uint16_t n = 0;
+    int step;
+    sks_status rc;
+
+    sks_reader_expect_end(in);
+    if ((rc = reader_status(call, "findKeysByCertificate", in)) != SKS_OK)
+        return rc;
+    if (hash.n != 32)
+        return sks_fail(call, SKS_ERROR_OPTION, "findKeysByCertificate: \"certificateSha256\" must be 32 bytes, got %zu",
+                        hash.n);
+    st = store_cached(dev, call,
+                      "SELECT k.handle FROM keys k JOIN sessions s ON s.handle = k.session"
+                      " WHERE k.ee_sha256 = ? AND s.open = 0 ORDER BY k.handle");
+    if (st == NULL)
+        return SKS_ERROR_STORAGE;
+    sks_buf_init(&handles);
+    sqlite3_bind_blob(st, 1, hash.p, 32, SQLITE_STATIC);
+    while ((step = sqlite3_step(st)) == SQLITE_ROW && n < 0xFFFF) {
+        uint32_t h = (uint32_t)sqlite3_column_int64(st, 0);
+        if (!owner_may_see(dev, h)) /* others' keys are not even named (owner.c) */
+            continue;
+        sks_buf_uint(&handles, h);
+        n++;
+    }
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        rc = sks_fail(call, SKS_ERROR_STORAGE, "findKeysByCertificate: %s", sqlite3_errmsg(dev->db));
+    store_release(dev, st);
+    if (rc == SKS_OK) {
+        sks_buf_ushort(out, n);
+        sks_buf_put(out, handles.data, handles.len);
+    }
+    sks_buf_free(&handles);
+    return rc;
+}
+
 SKS_HANDLER(h_get_key_attributes)
 {
     uint32_t handle = sks_get_uint(in, "keyHandle");

@@ -23,12 +23,12 @@ typedef struct {
     sks_span authorization;
 } user_args;
 
-static int endorsed_allows(const key_entry *k, sks_span alg)
+static int endorsed_allows(const sks_buf *endorsed, sks_span alg)
 {
     sks_reader r;
     uint16_t n, i;
 
-    sks_reader_init(&r, k->endorsed.data, k->endorsed.len);
+    sks_reader_init(&r, endorsed->data, endorsed->len);
     n = sks_get_ushort(&r, "count");
     if (n == 0)
         return 1; /* only constrained by the key material */
@@ -84,22 +84,19 @@ static const sks_algorithm *algorithm_for(sks_span uri, alg_class cls)
 
 /* ---- the cache of keys without PIN protection ---- */
 
+/* A key has one place in the cache (user_cache_put): one look. */
 static user_cache_entry *user_cache_find(sks_device *dev, uint32_t handle, const store_gen *g)
 {
-    size_t i;
+    user_cache_entry *e = &dev->user_cache[handle % SKS_USER_CACHE];
 
-    for (i = 0; i < SKS_USER_CACHE; i++)
-        if (dev->user_cache[i].pkey != NULL && dev->user_cache[i].handle == handle
-            && gen_equal(&dev->user_cache[i].gen, g))
-            return &dev->user_cache[i];
-    return NULL;
+    return e->pkey != NULL && e->handle == handle && gen_equal(&e->gen, g) ? e : NULL;
 }
 
-int user_cache_valid(sks_device *dev, uint32_t handle)
+user_cache_entry *user_cache_current(sks_device *dev, uint32_t handle)
 {
     store_gen g;
 
-    return gen_current(dev, &g) && user_cache_find(dev, handle, &g) != NULL;
+    return gen_current(dev, &g) ? user_cache_find(dev, handle, &g) : NULL;
 }
 
 void user_cache_clear(sks_device *dev)
@@ -126,6 +123,8 @@ static void user_cache_put(sks_device *dev, const key_entry *k, EVP_PKEY *pkey, 
     EVP_PKEY_free(e->pkey);
     sks_buf_free(&e->endorsed);
     e->pkey = EVP_PKEY_up_ref(pkey) ? pkey : NULL;
+    e->type = key_type_of(pkey);
+    e->approved = NULL;
     e->handle = k->handle;
     e->gen = *g;
     sks_buf_put(&e->endorsed, k->endorsed.data, k->endorsed.len);
@@ -135,41 +134,56 @@ static void user_cache_put(sks_device *dev, const key_entry *k, EVP_PKEY *pkey, 
     }
 }
 
-/* Fills k and *pkey from the cache; the entry on a hit, else NULL. */
-static user_cache_entry *user_cache_get(sks_device *dev, uint32_t handle, key_entry *k, EVP_PKEY **pkey)
+/* The cache entry for this call's key: the one the dispatcher found for this very call
+ * (dev->user_hit), else looked up now; NULL if the key is not cached as of now. */
+static user_cache_entry *user_cache_for_call(sks_device *dev, uint32_t handle)
 {
-    user_cache_entry *e;
-    store_gen g;
+    user_cache_entry *e = dev->user_hit;
 
-    if (!gen_current(dev, &g) || (e = user_cache_find(dev, handle, &g)) == NULL || !EVP_PKEY_up_ref(e->pkey))
-        return NULL;
-    memset(k, 0, sizeof(*k));
-    k->handle = handle;
-    sks_buf_put(&k->endorsed, e->endorsed.data, e->endorsed.len);
-    *pkey = e->pkey;
-    return e;
+    return e != NULL && e->handle == handle ? e : user_cache_current(dev, handle);
 }
 
 static sks_status check_algorithm(sks_call *call, const char *method, alg_class cls, const user_args *a,
-                                  const key_entry *k, const sks_algorithm **alg);
+                                  const sks_buf *endorsed, uint32_t symmetric_length, const sks_algorithm **alg);
+static sks_status check_parameters(sks_call *call, const char *method, alg_class cls, const user_args *a,
+                                   const sks_algorithm *alg);
 
-/* The checks of prepare() for a cached key: it is provisioned, asymmetric and has no PIN. */
-static sks_status check_cached(sks_call *call, const char *method, alg_class cls, const user_args *a,
-                               const key_entry *k, const sks_algorithm **alg, EVP_PKEY *pkey)
+/* 1 if the call names the algorithm that last passed the algorithm checks on this entry
+ * for this class (the URI compared byte for byte with the table's). */
+static int approved_before(const user_cache_entry *e, alg_class cls, sks_span uri)
 {
-    sks_status rc = check_algorithm(call, method, cls, a, k, alg);
+    return e->approved != NULL && e->approved_cls == cls && uri.n == e->approved_len
+        && memcmp(uri.p, e->approved->uri, uri.n) == 0;
+}
 
-    if (rc != SKS_OK)
-        return rc;
-    if (key_type_of(pkey) != (*alg)->key)
-        return sks_fail(call, SKS_ERROR_ALGORITHM, "%s: \"%.*s\" does not fit the type of key #%u", method,
-                        (int)a->algorithm.n, a->algorithm.p, a->handle);
+/* The checks of prepare() for a cached key: it is provisioned, asymmetric and has no PIN.
+ * The same checks in the same order as for a key read from the store; those that depend only
+ * on the algorithm and the key are remembered per entry (approved_before). */
+static sks_status check_cached(sks_call *call, const char *method, alg_class cls, const user_args *a,
+                               user_cache_entry *e, const sks_algorithm **alg)
+{
+    sks_status rc;
+
+    if (approved_before(e, cls, a->algorithm)) {
+        *alg = e->approved;
+        if ((rc = check_parameters(call, method, cls, a, *alg)) != SKS_OK)
+            return rc;
+    } else {
+        if ((rc = check_algorithm(call, method, cls, a, &e->endorsed, 0, alg)) != SKS_OK)
+            return rc;
+        if (e->type != (*alg)->key)
+            return sks_fail(call, SKS_ERROR_ALGORITHM, "%s: \"%.*s\" does not fit the type of key #%u", method,
+                            (int)a->algorithm.n, a->algorithm.p, a->handle);
+        e->approved = *alg;
+        e->approved_cls = cls;
+        e->approved_len = a->algorithm.n;
+    }
     /* No PIN: an authorization or biometric claim is an error, exactly as pin_verify says. */
     if (a->biometric)
-        return sks_fail(call, SKS_ERROR_AUTHORIZATION, "key #%u has no biometric protection", k->handle);
+        return sks_fail(call, SKS_ERROR_AUTHORIZATION, "key #%u has no biometric protection", a->handle);
     if (a->authorization.n != 0)
         return sks_fail(call, SKS_ERROR_AUTHORIZATION, "key #%u is not PIN protected: authorization must be empty",
-                        k->handle);
+                        a->handle);
     return SKS_OK;
 }
 
@@ -189,18 +203,21 @@ static sks_status prepare(sks_device *dev, sks_call *call, const char *method, a
     store_gen g;
     sks_status rc;
 
-    gen_current(dev, &g); /* before the first query of this transaction: the data read is at least as new */
     *pkey = NULL;
     if (hit != NULL)
         *hit = NULL;
-    if (!symmetric_method && (e = user_cache_get(dev, a->handle, k, pkey)) != NULL) {
+    memset(k, 0, sizeof(*k));
+    if (!symmetric_method && (e = user_cache_for_call(dev, a->handle)) != NULL && EVP_PKEY_up_ref(e->pkey)) {
+        k->handle = a->handle;
+        *pkey = e->pkey;
         if (hit != NULL)
             *hit = e;
-        return check_cached(call, method, cls, a, k, alg, *pkey);
+        return check_cached(call, method, cls, a, e, alg);
     }
+    gen_current(dev, &g); /* before the first query of this transaction: the data read is at least as new */
     if ((rc = key_load_usable(dev, call, a->handle, k)) != SKS_OK)
         return rc;
-    if ((rc = check_algorithm(call, method, cls, a, k, alg)) != SKS_OK)
+    if ((rc = check_algorithm(call, method, cls, a, &k->endorsed, k->symmetric_length, alg)) != SKS_OK)
         return rc;
     if (symmetric_method) {
         if ((rc = pin_verify(dev, call, k, a->biometric, a->authorization)) != SKS_OK)
@@ -261,24 +278,31 @@ static int oaep_parameters(sks_span p, oaep_params *out)
 /* The algorithm is of the method's class, endorsed for the key, fits its kind (symmetric or
  * not), and gets parameters only where it takes them. */
 static sks_status check_algorithm(sks_call *call, const char *method, alg_class cls, const user_args *a,
-                                  const key_entry *k, const sks_algorithm **alg)
+                                  const sks_buf *endorsed, uint32_t symmetric_length, const sks_algorithm **alg)
 {
     int symmetric_method = cls == ALG_HMAC || cls == ALG_SYM_ENCRYPT;
 
     if ((*alg = algorithm_for(a->algorithm, cls)) == NULL)
         return sks_fail(call, SKS_ERROR_ALGORITHM, "%s: \"%.*s\" is not %s algorithm", method, (int)a->algorithm.n,
                         a->algorithm.p, class_name(cls));
-    if (!endorsed_allows(k, a->algorithm))
+    if (!endorsed_allows(endorsed, a->algorithm))
         return sks_fail(call, SKS_ERROR_ALGORITHM, "%s: key #%u is not endorsed for \"%.*s\"", method, a->handle,
                         (int)a->algorithm.n, a->algorithm.p);
-    if (symmetric_method != (k->symmetric_length > 0))
+    if (symmetric_method != (symmetric_length > 0))
         return sks_fail(call, SKS_ERROR_ALGORITHM, "%s: key #%u is %s key", method, a->handle,
-                        k->symmetric_length > 0 ? "a symmetric" : "an asymmetric");
-    if (!(cls == ALG_SYM_ENCRYPT && (*alg)->sym == SYM_CBC_PARAM_IV) && !(*alg)->pss && !(*alg)->oaep_params
+                        symmetric_length > 0 ? "a symmetric" : "an asymmetric");
+    return check_parameters(call, method, cls, a, *alg);
+}
+
+/* The parameters fit the algorithm: none where it takes none, well-formed OAEP ones. */
+static sks_status check_parameters(sks_call *call, const char *method, alg_class cls, const user_args *a,
+                                   const sks_algorithm *alg)
+{
+    if (!(cls == ALG_SYM_ENCRYPT && alg->sym == SYM_CBC_PARAM_IV) && !alg->pss && !alg->oaep_params
         && a->parameters.n != 0)
         return sks_fail(call, SKS_ERROR_OPTION, "%s: \"parameters\" must be empty for this algorithm", method);
     /* Checked here, before the PIN: a malformed request costs no PIN try. */
-    if ((*alg)->oaep_params && !oaep_parameters(a->parameters, NULL))
+    if (alg->oaep_params && !oaep_parameters(a->parameters, NULL))
         return sks_fail(call, SKS_ERROR_OPTION, "%s: rsa.oaep \"parameters\" must be string oaepDigest, string"
                         " mgf1Digest (each SHA1, SHA224, SHA256, SHA384 or SHA512) and byte[] label", method);
     return SKS_OK;
@@ -335,7 +359,8 @@ SKS_HANDLER(h_sign_hashed_data)
     const sks_algorithm *alg = NULL;
     EVP_PKEY *pkey = NULL;
     user_cache_entry *hit = NULL;
-    sks_buf sig;
+    uint8_t sig[SKS_MAX_SIGNATURE]; /* no allocation per signature */
+    size_t siglen = sizeof(sig);
     sks_status rc;
 
     read_user_args(in, &a, 0, NULL);
@@ -343,7 +368,6 @@ SKS_HANDLER(h_sign_hashed_data)
     sks_reader_expect_end(in);
     if ((rc = reader_status(call, "signHashedData", in)) != SKS_OK)
         return rc;
-    sks_buf_init(&sig);
     if ((rc = prepare(dev, call, "signHashedData", ALG_SIGN, &a, &k, &alg, &pkey, NULL, &hit)) != SKS_OK)
         goto done;
     if (alg->hash_len != 0 && data.n != alg->hash_len) {
@@ -362,17 +386,17 @@ SKS_HANDLER(h_sign_hashed_data)
     }
     /* a cached key keeps its signing contexts between calls; only RSA needs the digest named
      * (ECDSA and Ed25519 sign what they are given), and looking it up costs on every call */
-    if (!sign_hash_reuse(hit != NULL ? &hit->ctx : NULL, pkey,
-                         alg->md != NULL && alg->key == KEYTYPE_RSA ? EVP_get_digestbyname(alg->md) : NULL,
-                         alg->pss, saltlen, mgf1, data.p, data.n, &sig)) {
+    if (!sign_hash_to(hit != NULL ? &hit->ctx : NULL, pkey,
+                      alg->md != NULL && alg->key == KEYTYPE_RSA ? EVP_get_digestbyname(alg->md) : NULL, alg->pss,
+                      saltlen, mgf1, data.p, data.n, sig, &siglen)) {
         rc = sks_fail(call, SKS_ERROR_CRYPTO, "signHashedData: signing with key #%u failed (data too long for the key?)",
                       a.handle);
         goto done;
     }
-    sks_buf_array(out, sig.data, sig.len);
+    sks_buf_array(out, sig, siglen);
+    OPENSSL_cleanse(sig, siglen);
 done:
     EVP_PKEY_free(pkey);
-    sks_buf_free(&sig);
     key_free(&k);
     return rc;
 }

@@ -372,26 +372,64 @@ static void keep_lowest_handle(store_ctx *s)
         name_hint_put(s->ctx, s->uri.name, lowest);
 }
 
-/* Lists the store once: enumerateKeys, then attributes of each key. */
-static int list_objects(store_ctx *s)
+/* The keys the device names for the URI's certificate hash (findKeysByCertificate), each
+ * then read and checked like a key of a scan (consider_key: its certificate is hashed again).
+ * 1 listed, 0 failed (raised), -1 the device does not have the method: scan instead. */
+static int list_by_certificate(store_ctx *s)
+{
+    uint32_t handles[256];
+    size_t i, n = 0;
+    sks_client_error e;
+    sks_transport *t = sks_conn_acquire(s->ctx);
+    int ok;
+
+    if (t == NULL)
+        return 0;
+    ok = sks_client_find_keys_by_certificate(t, s->uri.sha256, handles, sizeof(handles) / sizeof(handles[0]), &n, &e);
+    sks_conn_release(s->ctx);
+    if (!ok && (e.status == SKS_ERROR_OPTION || e.status == SKS_ERROR_NOT_AVAILABLE))
+        return -1; /* an older sksd, a card: it does not know the method */
+    if (!ok) {
+        sks_raise_client(s->ctx, "findKeysByCertificate", &e);
+        return 0;
+    }
+    for (i = 0; i < n; i++)
+        if (!consider_key(s, handles[i]))
+            return 0;
+    return 1;
+}
+
+/* Every key in turn: enumerateKeys, then the attributes of each. */
+static int scan_keys(store_ctx *s)
 {
     uint32_t handle = 0;
 
-    s->listed = 1;
-    if (!s->uri.has_handle && try_name_hint(s))
-        return 1;
     for (;;) {
-        if (s->uri.has_handle && handle == 0) {
-            /* A handle selects one key: no scan. */
-            return consider_key(s, s->uri.handle);
-        }
         if (!next_key(s->ctx, handle, &handle))
             return 0;
         if (handle == 0)
-            break;
+            return 1;
         if (!consider_key(s, handle))
             return 0;
     }
+}
+
+/* Lists the store once: the keys the URI can select, their attributes and objects. */
+static int list_objects(store_ctx *s)
+{
+    int listed = -1;
+
+    s->listed = 1;
+    if (s->uri.has_handle)
+        return consider_key(s, s->uri.handle); /* A handle selects one key: no scan. */
+    if (try_name_hint(s))
+        return 1;
+    if (s->uri.has_sha256)
+        listed = list_by_certificate(s);
+    if (listed < 0)
+        listed = scan_keys(s);
+    if (!listed)
+        return 0;
     if (s->uri.name != NULL)
         keep_lowest_handle(s);
     if (s->count == 0)

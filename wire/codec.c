@@ -64,9 +64,20 @@ void sks_buf_put(sks_buf *b, const void *p, size_t n)
     b->len += n;
 }
 
+/* Room for n more bytes without growing: the small writes below then store their bytes
+ * directly (through sks_buf_put they cost a call of memcpy each, and every request and reply
+ * is mostly such writes). */
+static int buf_has_room(const sks_buf *b, size_t n)
+{
+    return !b->failed && b->cap - b->len >= n;
+}
+
 void sks_buf_byte(sks_buf *b, uint8_t v)
 {
-    sks_buf_put(b, &v, 1);
+    if (buf_has_room(b, 1))
+        b->data[b->len++] = v;
+    else
+        sks_buf_put(b, &v, 1);
 }
 
 void sks_buf_bool(sks_buf *b, int v)
@@ -77,13 +88,26 @@ void sks_buf_bool(sks_buf *b, int v)
 void sks_buf_ushort(sks_buf *b, uint16_t v)
 {
     uint8_t t[2] = { (uint8_t)(v >> 8), (uint8_t)v };
-    sks_buf_put(b, t, 2);
+
+    if (buf_has_room(b, 2)) {
+        b->data[b->len] = t[0];
+        b->data[b->len + 1] = t[1];
+        b->len += 2;
+    } else {
+        sks_buf_put(b, t, 2);
+    }
 }
 
 void sks_buf_uint(sks_buf *b, uint32_t v)
 {
     uint8_t t[4] = { (uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v };
-    sks_buf_put(b, t, 4);
+
+    if (buf_has_room(b, 4)) {
+        memcpy(b->data + b->len, t, 4); /* a constant size: one store */
+        b->len += 4;
+    } else {
+        sks_buf_put(b, t, 4);
+    }
 }
 
 void sks_buf_array(sks_buf *b, const void *p, size_t n)
@@ -246,10 +270,17 @@ int sks_utf8_valid(const uint8_t *p, size_t n)
     size_t i = 0;
 
     while (i < n) {
-        uint8_t c = p[i];
+        uint8_t c;
         size_t k, more;
         uint32_t cp;
+        uint64_t w;
 
+        /* ASCII (URIs, names: every request has one) eight bytes at a time */
+        if (n - i >= 8 && (memcpy(&w, p + i, 8), (w & UINT64_C(0x8080808080808080)) == 0)) {
+            i += 8;
+            continue;
+        }
+        c = p[i];
         if (c < 0x80) {
             i++;
             continue;

@@ -11,6 +11,7 @@
  */
 #include "../device/internal.h"
 
+#include <pthread.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -77,6 +78,9 @@ static const method METHODS[] = {
      * withdraws it itself after SKIP_MAX_FAILED_UNWRAPS verified packages that do not unwrap). */
     { 200, "skipRequest", h_skip_request, TXN_WRITE, FIRST_OTHER, ADMINS },
     { 201, "skipImport", h_skip_import, TXN_WRITE, FIRST_OTHER, ADMINS },
+    /* The keys enumerateKeys lists that carry one certificate (an sks:sha256= URI): one call
+     * instead of reading every key. */
+    { 202, "findKeysByCertificate", h_find_keys_by_certificate, TXN_READ, FIRST_OTHER, USERS },
 };
 
 /* Project extensions that only a SmartCard-HSM device answers (schsm/manage.c); a store
@@ -114,14 +118,23 @@ static const char *hsm_only_method(uint8_t id)
     return NULL;
 }
 
-static const method *find_method(uint8_t id)
+/* METHODS by id, made once: a search through the table cost a twentieth of what the device
+ * adds to a signature. */
+static const method *BY_ID[256];
+static pthread_once_t by_id_once = PTHREAD_ONCE_INIT;
+
+static void index_methods(void)
 {
     size_t i;
 
     for (i = 0; i < sizeof(METHODS) / sizeof(METHODS[0]); i++)
-        if (METHODS[i].id == id)
-            return &METHODS[i];
-    return NULL;
+        BY_ID[METHODS[i].id] = &METHODS[i];
+}
+
+static const method *find_method(uint8_t id)
+{
+    pthread_once(&by_id_once, index_methods);
+    return BY_ID[id];
 }
 
 int sks_method_open_to_users(uint8_t id)
@@ -221,12 +234,13 @@ static int answer_from_cache(sks_device *dev, const method *m, const uint8_t *re
     sks_call call;
     sks_status rc;
 
-    if (m->txn != TXN_BY_KEY || !user_cache_valid(dev, first_uint(req + 1, reqlen - 1)))
+    if (m->txn != TXN_BY_KEY || (dev->user_hit = user_cache_current(dev, first_uint(req + 1, reqlen - 1))) == NULL)
         return 0;
     call_init(&call);
     sks_reader_init(&in, req + 1, reqlen - 1);
     sks_buf_byte(reply, SKS_OK); /* reply is empty (sks_device_dispatch) */
-    rc = m->handler(dev, &in, reply, &call);
+    rc = m->handler(dev, &in, reply, &call); /* it takes the key from dev->user_hit */
+    dev->user_hit = NULL;
     if (rc == SKS_OK && reply->failed)
         rc = sks_fail(&call, SKS_ERROR_INTERNAL, "%s: out of memory", m->name);
     if (rc != SKS_OK) {

@@ -78,3 +78,45 @@ def test_pin_protected_key_counts_every_try_across_processes(sks_binary, store, 
     with pytest.raises(s.SksError) as e:       # device A must see the lock at once
         device.sign_hashed_data(h, ECDSA_SHA256, b"y" * 32, authorization=b"2468")
     assert "locked" in str(e.value)
+
+
+ECDSA_SHA384 = "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha384"
+ECDH = "https://webpki.github.io/sks/algorithm#ecdh.raw"
+RSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
+
+
+def refused(call, status, text):
+    with pytest.raises(s.SksError) as e:
+        call()
+    assert e.value.status == status and text in str(e.value), str(e.value)
+
+
+def test_cached_key_checks_every_call_after_a_good_one(sks_binary, store, device):
+    """A cached key remembers the algorithm that last passed its checks (user_api.c); every
+    other check still runs on each call, a URI of another method class or one the key is not
+    endorsed for is still refused, and the remembered one keeps working."""
+    run(sks_binary, "--store", str(store), "generate", "--name", "e", "--algorithm", "P-256",
+        "--endorse", ECDSA_SHA256)
+    run(sks_binary, "--store", str(store), "generate", "--name", "any", "--algorithm", "P-256")
+    e, any_key = handle_of(sks_binary, store, "e"), handle_of(sks_binary, store, "any")
+    for h in (e, any_key):
+        for _ in range(3):
+            assert len(sign(device, h)) == 64           # cached, the algorithm remembered
+    refused(lambda: device.sign_hashed_data(e, ECDSA_SHA256, b"x" * 32, parameters=b"\x00"), 0x09,
+            "\"parameters\" must be empty")
+    refused(lambda: device.sign_hashed_data(e, ECDSA_SHA256, b"x" * 32, authorization=b"1234"), 0x01,
+            "not PIN protected")
+    refused(lambda: device.sign_hashed_data(e, ECDSA_SHA256, b"x" * 32, biometric_auth=True), 0x01,
+            "no biometric protection")
+    refused(lambda: device.sign_hashed_data(e, ECDSA_SHA256, b"x" * 31), 0x09, "32-byte hash")
+    refused(lambda: device.sign_hashed_data(e, ECDSA_SHA384, b"x" * 48), 0x08, "not endorsed")
+    # the same URI through another method: not a key agreement algorithm
+    pub = x509.load_pem_x509_certificate(run(sks_binary, "--store", str(store), "cert", "--name", "any").encode())
+    from cryptography.hazmat.primitives import serialization
+    peer = pub.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    refused(lambda: device.key_agreement(any_key, ECDSA_SHA256, peer), 0x08, "is not a key agreement algorithm")
+    refused(lambda: device.sign_hashed_data(any_key, RSA_SHA256, b"x" * 32), 0x08, "does not fit the type")
+    assert len(device.key_agreement(any_key, ECDH, peer)) == 32
+    refused(lambda: device.sign_hashed_data(any_key, ECDH, b"x" * 32), 0x08, "is not a signature algorithm")
+    for h in (e, any_key):
+        assert len(sign(device, h)) == 64
