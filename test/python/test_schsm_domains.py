@@ -190,10 +190,8 @@ def test_bad_outer_signature_on_a_key_generation_response(rig):
     assert "key 1:       NOT attested" in err and "signature" in err, err
 
 
-def test_expired_device_certificate_is_invalid(rig):
-    c = Card(rig, 0, "expired")
-    c.init()
-    root = c.export_root()
+def expire_device_certificate(c):
+    """Re-issues the card's device certificate, correctly signed by its DICA, expired 2 days ago."""
     v = load_vhsm()
 
     def change(d):
@@ -210,8 +208,32 @@ def test_expired_device_certificate_is_invalid(rig):
         dev["device_cert"] = v.tlv(0x7F21, body + v.tlv(0x5F37, v.ecdsa_raw(dica, body))).hex()
 
     c.edit_state(change)
+
+
+def test_expired_device_certificate_is_invalid(rig):
+    c = Card(rig, 0, "expired")
+    c.init()
+    root = c.export_root()
+    expire_device_certificate(c)
     err = c.sks_fails("hsm", "attest", "--root", root)
     assert "chain:       INVALID" in err and "expired" in err, err
+
+
+def test_kdm_issue_refuses_an_expired_device(rig):
+    """The group signer admits no device whose certificate has expired, even if its chain
+    verifies up to the root (kdm issue checks the dates as xkek derive does)."""
+    c = Card(rig, 0, "kdm-expired")
+    c.init()
+    root = c.export_root()
+    expire_device_certificate(c)
+    chain = c.path("expired.cvc")
+    c.sks_fails("hsm", "attest", "--root", root, "--out", chain)
+    assert os.path.getsize(chain) > 0
+    signer = Signer(rig, "expired")
+    kdm = c.path("expired.kdm")
+    res = signer.issue(chain, kdm, "--root", root, check=False)
+    assert res.returncode != 0 and b"expired" in res.stderr, res.stderr
+    assert not os.path.exists(kdm)
 
 
 def test_store_answers_attestation_methods_not_available(tmp_path):

@@ -39,24 +39,6 @@ typedef struct {
     size_t n;
 } root_set;
 
-static int read_whole(const char *path, uint8_t *buf, size_t size, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-
-    if (f == NULL) {
-        cli_error("hsm attest: cannot open %s: %s", path, strerror(errno));
-        return 0;
-    }
-    *n = fread(buf, 1, size, f);
-    if (*n == size || ferror(f)) {
-        cli_error("hsm attest: %s is not a CV certificate file (larger than %zu bytes)", path, size - 1);
-        fclose(f);
-        return 0;
-    }
-    fclose(f);
-    return 1;
-}
-
 /* The built-in roots plus each --root file, named by its CHR. */
 static int load_roots(const cli_list *files, root_set *rs)
 {
@@ -69,7 +51,7 @@ static int load_roots(const cli_list *files, root_set *rs)
     for (i = 0; i < nb && i < 2; i++)
         rs->roots[rs->n++] = builtin[i];
     for (i = 0; i < files->count && i < MAX_ROOTS; i++) {
-        if (!read_whole(files->items[i], rs->files[i], MAX_ROOT_FILE, &len))
+        if (!cli_read_whole("hsm attest", files->items[i], rs->files[i], MAX_ROOT_FILE, &len))
             return 0;
         if (!schsm_cvc_parse(rs->files[i], len, &c, NULL, err, sizeof(err)) || c.authenticated) {
             cli_error("hsm attest: --root %s: not a CV certificate (%s)", files->items[i], err);
@@ -364,7 +346,7 @@ int cli_hsm_verified_device(const char *cmd, const uint8_t *chain, size_t n, con
         return 1;
     EVP_PKEY_free(*device_key);
     *device_key = NULL;
-    cli_error("%s: the peer's device chain is %s: %s%s", cmd, st == SCHSM_CHAIN_UNKNOWN_ROOT ? "unattested" : "invalid",
+    cli_error("%s: the device chain is %s: %s%s", cmd, st == SCHSM_CHAIN_UNKNOWN_ROOT ? "unattested" : "invalid",
               err, st == SCHSM_CHAIN_UNKNOWN_ROOT ? " (give its root with --root)" : "");
     return 0;
 }
@@ -391,7 +373,7 @@ int cli_hsm_attest(cli_store *store, int argc, char **argv)
     if (!load_roots(&root_files, &rs))
         return CLI_EXIT_USAGE;
     if (chain_file != NULL) {
-        if (!read_whole(chain_file, file, sizeof(file), &n))
+        if (!cli_read_whole("hsm attest", chain_file, file, sizeof(file), &n))
             return CLI_EXIT_FAIL;
         offline.chain.data = file;
         offline.chain.len = n;

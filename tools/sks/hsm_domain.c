@@ -353,41 +353,18 @@ done:
 static int device_identity(const uint8_t *chain, size_t n, const cli_list *root_files, EVP_PKEY **dev,
                            schsm_bytes *dev_cert, schsm_bytes *dica_cert)
 {
-    static uint8_t root_data[16][4096];
-    static char root_names[16][SCHSM_CVC_REF_MAX + 1];
-    schsm_root roots[18];
-    const schsm_root *builtin;
+    char chr[SCHSM_CVC_REF_MAX + 1];
     schsm_cvc c;
-    size_t nb, nr = 0, i, len, used = 0;
-    char err[512], chr[SCHSM_CVC_REF_MAX + 1];
+    size_t used = 0;
 
-    builtin = schsm_builtin_roots(&nb);
-    for (i = 0; i < nb && nr < 2; i++)
-        roots[nr++] = builtin[i];
-    for (i = 0; i < root_files->count && i < 16; i++) {
-        if (!cli_read_whole("hsm kdm issue", root_files->items[i], root_data[i], sizeof(root_data[i]), &len))
-            return 0;
-        if (!schsm_cvc_parse(root_data[i], len, &c, NULL, err, sizeof(err))) {
-            cli_error("hsm kdm issue: --root %s: %s", root_files->items[i], err);
-            return 0;
-        }
-        memcpy(root_names[i], c.chr, sizeof(root_names[i]));
-        roots[nr].name = root_names[i];
-        roots[nr].cert = root_data[i];
-        roots[nr++].len = len;
-    }
-    switch (schsm_cvc_verify_chain(chain, n, roots, nr, dev, chr, err, sizeof(err))) {
-    case SCHSM_CHAIN_VERIFIED:
-        break;
-    case SCHSM_CHAIN_UNKNOWN_ROOT:
-        cli_error("hsm kdm issue: --device-id is unattested (%s): give its root with --root", err);
+    /* the same check as xkek derive's: up to a known root, every certificate in date */
+    if (!cli_hsm_verified_device("hsm kdm issue --device-id", chain, n, root_files, dev, chr))
         return 0;
-    default:
-        cli_error("hsm kdm issue: --device-id does not verify: %s", err);
+    if (!schsm_cvc_parse(chain, n, &c, &used, NULL, 0)) {
+        EVP_PKEY_free(*dev);
+        *dev = NULL;
         return 0;
     }
-    if (!schsm_cvc_parse(chain, n, &c, &used, NULL, 0))
-        return 0;
     dev_cert->p = chain;
     dev_cert->n = used;
     dica_cert->p = chain + used;
