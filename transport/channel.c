@@ -308,7 +308,7 @@ int sks_chan_write_reply(sks_chan *c, int sock, const uint8_t *p, size_t n)
     chan_ctl *k = ctl_of(c);
     int via_socket = n > SKS_CHAN_SLOT;
 
-    if (!via_socket)
+    if (!via_socket && n > 0)
         memcpy(reply_slot(c), p, n);
     atomic_store_explicit(&k->rep_len, via_socket ? VIA_SOCKET : (uint32_t)n, memory_order_relaxed);
     /* Published before a frame goes out: the client reads the socket only once it knows a
@@ -412,7 +412,7 @@ int sks_chan_call(sks_chan *c, int sock, const uint8_t *req, size_t n, sks_buf *
     if (atomic_load(&k->rep_word) & CLOSED)
         return 0;
     seq = c->seq = ((c->seq + 1) & SEQ_MASK) ? (c->seq + 1) & SEQ_MASK : 1;
-    if (!via_socket)
+    if (!via_socket && n > 0)
         memcpy(request_slot(c), req, n);
     atomic_store_explicit(&k->req_len, via_socket ? VIA_SOCKET : (uint32_t)n, memory_order_relaxed);
     atomic_store(&k->req_seq, seq);
