@@ -4,7 +4,7 @@
  * A call then writes the request into the page, and sksd writes the reply there: no system
  * call while both sides are running, a futex (client) or a byte on the socket (sksd) when one
  * sleeps. Requests and replies that do not fit a slot go through the socket as frames, and the
- * socket still tells either side when the other is gone. docs/sksd.md "Shared-memory channel".
+ * socket still tells either side when the other is gone. README.md, "sksd".
  *
  * The page is written by both processes, so sksd treats everything the client can write as
  * hostile: the request is copied out once into private memory before anything reads it, its
