@@ -17,6 +17,8 @@
  *   client_asleep  the client sets it before its futex wait; sksd wakes it if it finds it set
  *   taken_seq      sksd: the last request it copied out (a closed channel whose request was
  *                  not taken may be sent again)
+ *   client_cpu, server_cpu   the CPU each side last ran on (a hint, nothing more): spinning
+ *                  for a thread that waits for the spinner's own CPU only delays it
  *
  * Spinning: each side spins for the other only within a budget that adapts (sks_spin), and
  * stops at once if it finds it was preempted while spinning: on a machine whose cores are all
@@ -29,6 +31,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -57,11 +60,13 @@ typedef struct {
     _Atomic uint32_t req_seq;
     _Atomic uint32_t req_len;
     _Atomic uint32_t server_asleep;
-    uint8_t pad0[64 - 12];
+    _Atomic uint32_t client_cpu;
+    uint8_t pad0[64 - 16];
     _Atomic uint32_t rep_word;
     _Atomic uint32_t rep_len;
     _Atomic uint32_t client_asleep;
     _Atomic uint32_t taken_seq;
+    _Atomic uint32_t server_cpu;
 } chan_ctl;
 
 _Static_assert(sizeof(chan_ctl) <= 4096, "control page");
@@ -144,29 +149,45 @@ static void spin_failed(sks_spin *s, int preempted)
         s->budget_ns = 0;
 }
 
-/* Spins while *w == old, at most budget_ns. Returns the value seen last (old if the budget
- * ran out); *preempted: the thread was descheduled while spinning. */
-static uint32_t spin_while(_Atomic uint32_t *w, uint32_t old, long budget_ns, sks_spin *s)
+/* This thread's CPU (glibc reads it from rseq, no system call); -1 if unknown. */
+static uint32_t my_cpu(void)
+{
+    return (uint32_t)sched_getcpu();
+}
+
+/* Spins while *w == old, at most budget_ns, and not at all while the other side last ran on
+ * this CPU (partner_cpu): then it can only answer once this thread stops. Returns the value
+ * seen last (old if spinning gave up). A spin that was preempted (a gap in the clock, also
+ * when the answer was there after it) counts against the budget: the cores are busy. */
+static uint32_t spin_while(_Atomic uint32_t *w, uint32_t old, long budget_ns, sks_spin *s,
+                           _Atomic uint32_t *partner_cpu)
 {
     long start, last, t;
     unsigned i;
-    uint32_t v;
+    uint32_t v, cpu;
 
     v = atomic_load_explicit(w, memory_order_acquire);
     if (v != old || budget_ns <= 0)
+        return v;
+    cpu = my_cpu();
+    if (atomic_load_explicit(partner_cpu, memory_order_relaxed) == cpu)
         return v;
     start = last = now_ns();
     for (i = 1;; i++) {
         cpu_relax();
         v = atomic_load_explicit(w, memory_order_acquire);
         if (v != old) {
-            spin_paid(s, now_ns() - start);
+            t = now_ns();
+            if (t - last > PREEMPTED_NS)
+                spin_failed(s, 1);
+            else
+                spin_paid(s, t - start);
             return v;
         }
         if (i % 32 != 0)
             continue;
         t = now_ns();
-        if (t - last > PREEMPTED_NS) {
+        if (t - last > PREEMPTED_NS || atomic_load_explicit(partner_cpu, memory_order_relaxed) == cpu) {
             spin_failed(s, 1);
             return v;
         }
@@ -273,7 +294,7 @@ int sks_chan_read_request(sks_chan *c, int sock, sks_buf *out, const sks_frame_l
     uint32_t seq, len;
     int r;
 
-    seq = spin_while(&k->req_seq, c->seq, spin_budget(&c->spin), &c->spin);
+    seq = spin_while(&k->req_seq, c->seq, spin_budget(&c->spin), &c->spin, &k->client_cpu);
     while (seq == c->seq) {
         if ((r = sleep_on_socket(k, c->seq, sock, lim, deadline)) != SKS_FRAME_OK)
             return r;
@@ -299,6 +320,7 @@ int sks_chan_read_request(sks_chan *c, int sock, sks_buf *out, const sks_frame_l
         sks_buf_put(out, request_slot(c), len);
         r = out->failed ? SKS_FRAME_ERROR : SKS_FRAME_OK;
     }
+    atomic_store_explicit(&k->server_cpu, my_cpu(), memory_order_relaxed);
     atomic_store(&k->taken_seq, seq);
     return r;
 }
@@ -387,7 +409,7 @@ static uint32_t wait_reply(sks_chan *c, chan_ctl *k, int sock, uint32_t seq, int
     uint32_t w = atomic_load(&k->rep_word);
 
     if ((w & SEQ_MASK) != seq && !(w & CLOSED))
-        w = spin_while(&k->rep_word, w, spin_budget(&c->spin), &c->spin);
+        w = spin_while(&k->rep_word, w, spin_budget(&c->spin), &c->spin, &k->server_cpu);
     while ((w & SEQ_MASK) != seq && !(w & CLOSED)) {
         atomic_store(&k->client_asleep, 1);
         if (atomic_load(&k->rep_word) == w) {
@@ -415,6 +437,7 @@ int sks_chan_call(sks_chan *c, int sock, const uint8_t *req, size_t n, sks_buf *
     if (!via_socket && n > 0)
         memcpy(request_slot(c), req, n);
     atomic_store_explicit(&k->req_len, via_socket ? VIA_SOCKET : (uint32_t)n, memory_order_relaxed);
+    atomic_store_explicit(&k->client_cpu, my_cpu(), memory_order_relaxed);
     atomic_store(&k->req_seq, seq);
     if (atomic_exchange(&k->server_asleep, 0) != 0) {
         uint8_t bell = 0;
