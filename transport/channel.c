@@ -49,6 +49,8 @@
  * page), sksd for the client's next request (the application's own work between calls). */
 #define CLIENT_SPIN_MAX_NS 100000L
 #define SERVER_SPIN_MAX_NS 60000L
+/* A client stops spinning if sksd has not taken its request within this time. */
+#define TAKE_NS 20000L
 /* A gap this long between two looks at the clock while spinning: the spinner was preempted. */
 #define PREEMPTED_NS 40000L
 /* With the budget at zero, every this many calls spin once more with half the most. */
@@ -160,7 +162,7 @@ static uint32_t my_cpu(void)
  * seen last (old if spinning gave up). A spin that was preempted (a gap in the clock, also
  * when the answer was there after it) counts against the budget: the cores are busy. */
 static uint32_t spin_while(_Atomic uint32_t *w, uint32_t old, long budget_ns, sks_spin *s,
-                           _Atomic uint32_t *partner_cpu)
+                           _Atomic uint32_t *partner_cpu, _Atomic uint32_t *taken, uint32_t seq)
 {
     long start, last, t;
     unsigned i;
@@ -189,6 +191,12 @@ static uint32_t spin_while(_Atomic uint32_t *w, uint32_t old, long budget_ns, sk
         t = now_ns();
         if (t - last > PREEMPTED_NS || atomic_load_explicit(partner_cpu, memory_order_relaxed) == cpu) {
             spin_failed(s, 1);
+            return v;
+        }
+        /* The other side has not even taken the request: it is not running but waiting for
+         * a CPU, and this spin keeps this one from going idle and taking it over. */
+        if (taken != NULL && t - start > TAKE_NS && atomic_load(taken) != seq) {
+            spin_failed(s, 0);
             return v;
         }
         if (t - start > budget_ns) {
@@ -294,7 +302,7 @@ int sks_chan_read_request(sks_chan *c, int sock, sks_buf *out, const sks_frame_l
     uint32_t seq, len;
     int r;
 
-    seq = spin_while(&k->req_seq, c->seq, spin_budget(&c->spin), &c->spin, &k->client_cpu);
+    seq = spin_while(&k->req_seq, c->seq, spin_budget(&c->spin), &c->spin, &k->client_cpu, NULL, 0);
     while (seq == c->seq) {
         if ((r = sleep_on_socket(k, c->seq, sock, lim, deadline)) != SKS_FRAME_OK)
             return r;
@@ -409,7 +417,7 @@ static uint32_t wait_reply(sks_chan *c, chan_ctl *k, int sock, uint32_t seq, int
     uint32_t w = atomic_load(&k->rep_word);
 
     if ((w & SEQ_MASK) != seq && !(w & CLOSED))
-        w = spin_while(&k->rep_word, w, spin_budget(&c->spin), &c->spin, &k->server_cpu);
+        w = spin_while(&k->rep_word, w, spin_budget(&c->spin), &c->spin, &k->server_cpu, &k->taken_seq, seq);
     while ((w & SEQ_MASK) != seq && !(w & CLOSED)) {
         atomic_store(&k->client_asleep, 1);
         if (atomic_load(&k->rep_word) == w) {
