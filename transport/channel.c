@@ -21,8 +21,12 @@
  *                  for a thread that waits for the spinner's own CPU only delays it
  *
  * Spinning: each side spins for the other only within a budget that adapts (sks_spin), and
- * stops at once if it finds it was preempted while spinning: on a machine whose cores are all
- * busy, spinning takes the time the other side needs (bench/RESULTS.md, issue 13).
+ * stops at once if it finds it was preempted while spinning, if the other side last ran on this
+ * CPU, or (the client) if sksd has not taken the request within TAKE_NS: on a machine whose
+ * cores are busy, spinning takes the time the other side needs, and keeps a CPU from going idle
+ * and taking over the thread that waits for one (bench/RESULTS.md, issue 13, round 3).
+ * Spinning never calls sched_yield(): on a core shared with a busy process that hands the core
+ * over for a whole time slice.
  */
 #include "channel.h"
 

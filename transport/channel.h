@@ -22,7 +22,7 @@
 #define SKS_CHAN_SIZE (4096u + 2 * SKS_CHAN_SLOT)       /* control page, request slot, reply slot */
 
 /* A spin budget that adapts: grows when a spin found the answer, halves when it did not, and
- * drops to nothing when the spinning thread was preempted (every core busy). */
+ * falls to a quarter when the spinning thread was preempted (the cores are busy). */
 typedef struct {
     long budget_ns, max_ns;
     unsigned idle_calls; /* calls since the budget fell to zero: now and then it is tried again */
