@@ -33,6 +33,7 @@ typedef struct unix_transport {
     sks_chan chan;    /* the shared-memory channel sksd offered on this connection, if any */
     sks_buf refusal;  /* sksd's refusal at accept, the answer to the next call */
     int refused;
+    int plain;        /* the peer closed on the empty frame: frames only, never ask again */
     struct unix_transport *next; /* in the list of open transports */
 } unix_transport;
 
@@ -92,6 +93,8 @@ static void drop_connection(unix_transport *u)
  * it (older, or --no-shared-memory) answers the empty request with an error: the calls then
  * go through the socket. A refusal at accept (not allowed, too many connections) is kept as
  * the answer to the next call, as when it was read in place of that call's reply. */
+static int connect_socket(unix_transport *u, char *err, size_t errlen);
+
 static int negotiate_channel(unix_transport *u, char *err, size_t errlen)
 {
     struct pollfd pfd = { u->fd, POLLIN, 0 };
@@ -117,9 +120,11 @@ static int negotiate_channel(unix_transport *u, char *err, size_t errlen)
                      && (u->refusal.data[0] == SKS_ERROR_NOT_ALLOWED || u->refusal.data[0] == SKS_ERROR_NOT_AVAILABLE);
         return 1;
     }
-    snprintf(err, errlen, "sksd at %s closed the connection: %s", u->path, strerror(errno));
+    /* A peer that speaks frames but not this (a proxy, a test double) may close on an empty
+     * request: connect again and stay on frames. */
     drop_connection(u);
-    return 0;
+    u->plain = 1;
+    return connect_socket(u, err, errlen);
 }
 
 /* The descriptor is made and published in u->fd under the lock, so a fork at any moment
@@ -141,7 +146,7 @@ static int connect_socket(unix_transport *u, char *err, size_t errlen)
     sa.sun_family = AF_UNIX;
     memcpy(sa.sun_path, u->path, strlen(u->path));
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
-        return negotiate_channel(u, err, errlen);
+        return u->plain ? 1 : negotiate_channel(u, err, errlen);
     snprintf(err, errlen, "cannot connect to sksd at %s: %s", u->path, strerror(errno));
     drop_connection(u);
     return 0;
