@@ -11,7 +11,8 @@
 # Targets: fuzz_wire, fuzz_wire_provisioned (the dispatcher), fuzz_uri, fuzz_apdu (the SKS card's
 # APDU layer), fuzz_pcsc_link (the PC/SC link and the card protocols on it, with a fuzzed card and
 # pcscd), fuzz_skip (SKIP packages), fuzz_schsm (the SmartCard-HSM driver with a fuzzed card),
-# fuzz_schsm_prkd (the key description rewriter of sks hsm restore).
+# fuzz_schsm_prkd (the key description rewriter of sks hsm restore), fuzz_channel (sksd's reader of the
+# shared-memory channel a client writes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 long=0

@@ -119,16 +119,31 @@ static int read_full(int fd, uint8_t *p, size_t n, long deadline_ns)
 }
 
 /* Writes all of iov[0..n): a frame goes out in one system call, header and body together,
- * so the reader wakes to a whole frame. */
-static int write_all(int fd, struct iovec *iov, int n)
+ * so the reader wakes to a whole frame. passed_fd (>= 0) rides with the first bytes. */
+static int write_all(int fd, struct iovec *iov, int n, int passed_fd)
 {
     struct msghdr mh;
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ctl;
 
     while (n > 0) {
         ssize_t w;
         memset(&mh, 0, sizeof(mh));
         mh.msg_iov = iov;
         mh.msg_iovlen = (size_t)n;
+        if (passed_fd >= 0) {
+            struct cmsghdr *cm;
+            memset(&ctl, 0, sizeof(ctl));
+            mh.msg_control = ctl.buf;
+            mh.msg_controllen = sizeof(ctl.buf);
+            cm = CMSG_FIRSTHDR(&mh);
+            cm->cmsg_level = SOL_SOCKET;
+            cm->cmsg_type = SCM_RIGHTS;
+            cm->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(cm), &passed_fd, sizeof(int));
+        }
         /* On a socket whose peer is gone, report EPIPE instead of raising SIGPIPE in the
          * application that loaded us; pipes (serve --stdio) fall back to writev(). */
         w = sendmsg(fd, &mh, MSG_NOSIGNAL);
@@ -139,6 +154,7 @@ static int write_all(int fd, struct iovec *iov, int n)
                 continue;
             return 0;
         }
+        passed_fd = -1; /* sent with the first bytes */
         while (n > 0 && (size_t)w >= iov->iov_len) {
             w -= (ssize_t)iov->iov_len;
             iov++;
@@ -225,5 +241,67 @@ int sks_frame_write(int fd, const uint8_t *p, size_t n)
     uint8_t hdr[4] = { (uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n };
     struct iovec iov[2] = { { hdr, 4 }, { (void *)p, n } };
 
-    return n <= SKS_FRAME_MAX && write_all(fd, iov, n > 0 ? 2 : 1);
+    return n <= SKS_FRAME_MAX && write_all(fd, iov, n > 0 ? 2 : 1, -1);
+}
+
+int sks_frame_write_fd(int fd, const uint8_t *p, size_t n, int passed_fd)
+{
+    uint8_t hdr[4] = { (uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n };
+    struct iovec iov[2] = { { hdr, 4 }, { (void *)p, n } };
+
+    return n <= SKS_FRAME_MAX && write_all(fd, iov, n > 0 ? 2 : 1, passed_fd);
+}
+
+/* Takes the first descriptor of an SCM_RIGHTS message (closing any others). */
+static void take_passed_fd(struct msghdr *mh, int *passed_fd)
+{
+    struct cmsghdr *cm;
+
+    for (cm = CMSG_FIRSTHDR(mh); cm != NULL; cm = CMSG_NXTHDR(mh, cm)) {
+        size_t i, k;
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (i = 0; i < k; i++) {
+            int f;
+            memcpy(&f, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+            if (*passed_fd < 0)
+                *passed_fd = f;
+            else
+                close(f);
+        }
+    }
+}
+
+int sks_frame_read_fd(int fd, sks_buf *out, int *passed_fd)
+{
+    uint8_t hdr[4];
+    struct iovec iov = { hdr, 4 };
+    struct msghdr mh;
+    union {
+        char buf[CMSG_SPACE(4 * sizeof(int))];
+        struct cmsghdr align;
+    } ctl;
+    uint32_t n;
+    ssize_t got;
+
+    *passed_fd = -1;
+    memset(&mh, 0, sizeof(mh));
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = ctl.buf;
+    mh.msg_controllen = sizeof(ctl.buf);
+    do
+        got = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+    while (got < 0 && errno == EINTR);
+    if (got > 0)
+        take_passed_fd(&mh, passed_fd);
+    if (got <= 0)
+        return got == 0 ? 0 : -1;
+    if (got < 4 && read_full(fd, hdr + got, 4 - (size_t)got, 0) != 1)
+        return -1;
+    n = header_length(hdr);
+    if (n > SKS_FRAME_MAX)
+        return -1;
+    return read_body(fd, out, n, 0);
 }

@@ -78,5 +78,10 @@ typedef struct {
 #define SKS_FRAME_TOO_LONG (-4) /* its header announced more than max */
 int sks_frame_read_bounded(int fd, sks_buf *out, const sks_frame_limits *lim);
 int sks_frame_write(int fd, const uint8_t *p, size_t n);
+/* The same, with a descriptor passed along (SCM_RIGHTS) on a Unix socket. */
+int sks_frame_write_fd(int fd, const uint8_t *p, size_t n, int passed_fd);
+/* sks_frame_read that also takes a descriptor passed with the frame (*passed_fd, else -1);
+ * descriptors beyond the first are closed. */
+int sks_frame_read_fd(int fd, sks_buf *out, int *passed_fd);
 
 #endif

@@ -12,6 +12,7 @@
  * afresh, with the child's own credentials.
  */
 #include "transport.h"
+#include "channel.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -29,6 +30,10 @@ typedef struct unix_transport {
     sks_transport base;
     char path[108];
     int fd;
+    sks_chan chan;    /* the shared-memory channel sksd offered on this connection, if any */
+    sks_buf refusal;  /* sksd's refusal at accept, the answer to the next call */
+    int refused;
+    int plain;        /* the peer closed on the empty frame: frames only, never ask again */
     struct unix_transport *next; /* in the list of open transports */
 } unix_transport;
 
@@ -54,11 +59,14 @@ static void child_after_fork(void)
 {
     unix_transport *u;
 
-    for (u = open_list; u != NULL; u = u->next)
+    for (u = open_list; u != NULL; u = u->next) {
         if (u->fd >= 0) {
             close(u->fd);
             u->fd = -1;
         }
+        u->chan.map = NULL; /* mapped MADV_DONTFORK: the child never had it */
+        u->refused = 0;
+    }
     pthread_mutex_init(&open_lock, NULL);
 }
 
@@ -76,7 +84,47 @@ static void drop_connection(unix_transport *u)
     if (u->fd >= 0)
         close(u->fd);
     u->fd = -1;
+    sks_chan_close_client(&u->chan);
+    u->refused = 0;
     pthread_mutex_unlock(&open_lock);
+}
+
+/* Asks sksd for the shared-memory channel (transport/channel.h). An sksd that does not offer
+ * it (older, or --no-shared-memory) answers the empty request with an error: the calls then
+ * go through the socket. A refusal at accept (not allowed, too many connections) is kept as
+ * the answer to the next call, as when it was read in place of that call's reply. */
+static int connect_socket(unix_transport *u, char *err, size_t errlen);
+
+static int negotiate_channel(unix_transport *u, char *err, size_t errlen)
+{
+    struct pollfd pfd = { u->fd, POLLIN, 0 };
+    int r = 0;
+
+    sks_buf_reset(&u->refusal);
+    /* The wait for sksd's answer runs without the lock (a slow sksd must not hold up fork()
+     * elsewhere); taking the descriptor and mapping it runs under it, so a child never
+     * inherits either (the mapping is MADV_DONTFORK from then on). */
+    sks_chan_ask(u->fd); /* if sksd refused us and closed, its answer is still to be read */
+    while (r == 0 && poll(&pfd, 1, -1) < 0)
+        if (errno != EINTR)
+            r = -1;
+    if (r == 0) {
+        pthread_mutex_lock(&open_lock);
+        r = sks_chan_take_offer(&u->chan, u->fd, &u->refusal);
+        pthread_mutex_unlock(&open_lock);
+    }
+    if (r == 1)
+        return 1;
+    if (r == 0) {
+        u->refused = u->refusal.len > 0 && !u->refusal.failed
+                     && (u->refusal.data[0] == SKS_ERROR_NOT_ALLOWED || u->refusal.data[0] == SKS_ERROR_NOT_AVAILABLE);
+        return 1;
+    }
+    /* A peer that speaks frames but not this (a proxy, a test double) may close on an empty
+     * request: connect again and stay on frames. */
+    drop_connection(u);
+    u->plain = 1;
+    return connect_socket(u, err, errlen);
 }
 
 /* The descriptor is made and published in u->fd under the lock, so a fork at any moment
@@ -98,7 +146,7 @@ static int connect_socket(unix_transport *u, char *err, size_t errlen)
     sa.sun_family = AF_UNIX;
     memcpy(sa.sun_path, u->path, strlen(u->path));
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
-        return 1;
+        return u->plain ? 1 : negotiate_channel(u, err, errlen);
     snprintf(err, errlen, "cannot connect to sksd at %s: %s", u->path, strerror(errno));
     drop_connection(u);
     return 0;
@@ -121,6 +169,22 @@ static int unix_call(sks_transport *t, const uint8_t *req, size_t n, sks_buf *re
     for (attempt = 0; attempt < 3; attempt++) {
         if (u->fd < 0 && !connect_socket(u, err, errlen))
             return 0;
+        if (u->refused) {
+            sks_buf_reset(reply);
+            sks_buf_put(reply, u->refusal.data, u->refusal.len);
+            drop_connection(u);
+            return !reply->failed;
+        }
+        if (u->chan.map != NULL) {
+            r = sks_chan_call(&u->chan, u->fd, req, n, reply);
+            if (r == 1)
+                return 1;
+            drop_connection(u);
+            if (r == 0)
+                continue; /* sksd let go (idle timeout, restart) before it took the request */
+            snprintf(err, errlen, "sksd at %s closed the connection during the call", u->path);
+            return 0;
+        }
         /* A write to a socket sksd closed must fail with EPIPE, not kill the application. */
         if (!sks_frame_write(u->fd, req, n)) {
             int answered = read_early_answer(u, reply);
@@ -161,7 +225,9 @@ static void unix_close(sks_transport *t)
     if (u->fd >= 0)
         close(u->fd);
     u->fd = -1;
+    sks_chan_close_client(&u->chan);
     pthread_mutex_unlock(&open_lock);
+    sks_buf_free(&u->refusal);
     OPENSSL_free(u);
 }
 
@@ -178,6 +244,7 @@ sks_transport *sks_transport_open_unix(const char *socket_path, char *err, size_
         return NULL;
     memcpy(u->path, socket_path, strlen(socket_path) + 1);
     u->fd = -1;
+    sks_buf_init(&u->refusal);
     u->base.call = unix_call;
     u->base.close = unix_close;
     pthread_once(&atfork_once, register_atfork);

@@ -112,6 +112,31 @@ static int attack_every_socket(uint32_t handle, const char *when)
     return wins;
 }
 
+/* Is the shared-memory channel with sksd (transport/channel.c) mapped in this process? */
+static int channel_mapped(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    int found = 0;
+
+    if (f == NULL)
+        return 0;
+    while (fgets(line, sizeof(line), f) != NULL)
+        found |= strstr(line, "sksd-channel") != NULL;
+    fclose(f);
+    return found;
+}
+
+/* The parent's channel must not be mapped in the child: a request posted there would run
+ * with the parent's rights. 1 if it is. */
+static int inherited_channel(void)
+{
+    if (!channel_mapped())
+        return 0;
+    printf("inherited: the parent's channel mapping SUCCEEDED\n");
+    return 1;
+}
+
 static int child(EVP_PKEY *key, uint32_t handle, uid_t uid, gid_t gid)
 {
     int wins;
@@ -120,7 +145,8 @@ static int child(EVP_PKEY *key, uint32_t handle, uid_t uid, gid_t gid)
         printf("cannot drop privileges: %s\n", strerror(errno));
         return 1;
     }
-    wins = attack_every_socket(handle, "inherited");
+    wins = inherited_channel();
+    wins += attack_every_socket(handle, "inherited");
     if (!sign(key, "signed by the child")) {
         printf("the child cannot sign\n");
         return 4;
@@ -146,6 +172,8 @@ int main(int argc, char **argv)
         printf("setup failed\n");
         return 1;
     }
+    if (channel_mapped())
+        printf("the parent has a shared-memory channel\n");
     fflush(NULL);
     pid = fork();
     if (pid < 0)

@@ -246,6 +246,9 @@ def test_forked_child_cannot_use_the_parents_root_connection(store):
         assert res.returncode == 0, out + res.stderr.decode()
         assert "the child signed on its own connection" in out
         assert "own: fd" in out  # the child's own connection was attacked too, and refused
+        # The parent's calls went through sksd's shared-memory channel, which the child
+        # must not inherit either (transport/channel.c: MADV_DONTFORK).
+        assert "the parent has a shared-memory channel" in out
     finally:
         d.stop()
     assert {"forkkey", "victim"} <= keys_exist(store)

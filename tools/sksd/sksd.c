@@ -44,6 +44,7 @@
 #include "../common/daemon_log.h"
 #include "../../device/sks_device.h"
 #include "../../transport/transport.h"
+#include "../../transport/channel.h"
 
 #define MAX_IDS 32
 #define MAX_KEY_OWNERS 64
@@ -80,6 +81,7 @@ typedef struct {
     key_owner owners[MAX_KEY_OWNERS];
     int n_owners;
     long max_clients, max_per_uid, idle_timeout, frame_timeout, max_frame;
+    int no_shared_memory; /* --no-shared-memory: answer every client through the socket */
 } config;
 
 typedef struct {
@@ -267,13 +269,40 @@ static void run_as_batch(void)
     pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
 }
 
+/* The next request, from the shared page once the client has the channel, else a frame. */
+static int read_request(const client *cl, sks_chan *ch, sks_buf *req, const sks_frame_limits *lim)
+{
+    return ch->map != NULL ? sks_chan_read_request(ch, cl->fd, req, lim) : sks_frame_read_bounded(cl->fd, req, lim);
+}
+
+static int write_reply(const client *cl, sks_chan *ch, const sks_buf *reply)
+{
+    return ch->map != NULL ? sks_chan_write_reply(ch, cl->fd, reply->data, reply->len)
+                           : sks_frame_write(cl->fd, reply->data, reply->len);
+}
+
+/* A client's first frame, if empty, asks for the shared-memory channel (transport/channel.h).
+ * 1 if it is now in use. Otherwise (--no-shared-memory, no memory) the empty request is
+ * answered as any other, with an error, and the client stays on the socket. */
+static int offer_channel(const client *cl, sks_chan *ch)
+{
+    if (cl->cfg->no_shared_memory)
+        return 0;
+    if (sks_chan_offer(ch, cl->fd))
+        return 1;
+    daemon_log("cannot set up shared memory for uid %u pid %d: %s", (unsigned)cl->peer.uid, (int)cl->peer.pid,
+               strerror(errno));
+    return 0;
+}
+
 static void *serve_client(void *arg)
 {
     client *cl = arg;
     sks_device *dev = NULL;
     sks_frame_limits lim;
+    sks_chan ch;
     sks_buf req, reply;
-    int r = SKS_FRAME_END;
+    int r = SKS_FRAME_END, first = 1;
 
     lim.idle_ms = cl->cfg->idle_timeout * 1000;
     lim.frame_ms = cl->cfg->frame_timeout * 1000;
@@ -281,9 +310,15 @@ static void *serve_client(void *arg)
     lim.stop_on_signal = 0; /* SIGTERM goes to the main thread; clients finish their call */
     lim.idle_by_rcvtimeo = 1; /* take_client set SO_RCVTIMEO */
     run_as_batch();
+    memset(&ch, 0, sizeof(ch));
     sks_buf_init(&req);
     sks_buf_init(&reply);
-    while (!stopping && (r = sks_frame_read_bounded(cl->fd, &req, &lim)) == SKS_FRAME_OK) {
+    while (!stopping && (r = read_request(cl, &ch, &req, &lim)) == SKS_FRAME_OK) {
+        if (first && req.len == 0 && offer_channel(cl, &ch)) {
+            first = 0;
+            continue;
+        }
+        first = 0;
         if (dev == NULL && (dev = open_for(cl)) == NULL)
             break;
         if (req.len > 0 && !cl->admin && !sks_method_open_to_users(req.data[0])) {
@@ -299,7 +334,7 @@ static void *serve_client(void *arg)
         /* The call is complete (committed or rolled back) before the reply is written: a
          * client that has gone away loses only the reply. A client that does not take its
          * reply within the frame timeout is disconnected (SO_SNDTIMEO). */
-        if (!sks_frame_write(cl->fd, reply.data, reply.len))
+        if (!write_reply(cl, &ch, &reply))
             break;
     }
     log_end(cl, r);
@@ -308,8 +343,9 @@ static void *serve_client(void *arg)
         char msg[120];
         snprintf(msg, sizeof(msg), "sksd: request longer than the limit of %zu bytes", lim.max);
         refuse(&reply, 0x09 /* ERROR_OPTION */, msg);
-        sks_frame_write(cl->fd, reply.data, reply.len);
+        write_reply(cl, &ch, &reply);
     }
+    sks_chan_close_server(&ch);
     sks_buf_free(&req);
     sks_buf_free(&reply);
     sks_device_close(dev);
@@ -404,6 +440,7 @@ static void usage(FILE *f)
             "            [--allow-uid UID]... [--allow-gid GID]... [--admin-uid UID]... [--admin-gid GID]...\n"
             "            [--key-owner KEY=USER[:GROUP]]... [--max-clients N] [--max-clients-per-uid N]\n"
             "            [--idle-timeout SECONDS] [--frame-timeout SECONDS] [--max-frame BYTES]\n"
+            "            [--no-shared-memory]\n"
             "       sksd --store PATH [--master-key PATH] --key-owner KEY=USER[:GROUP]...   (set owners, exit)\n"
             "Serves the store on a Unix socket (4-byte big-endian length frames, docs/wire-format.md).\n"
             "Runs in the foreground; stops cleanly on SIGTERM/SIGINT.\n"
@@ -417,7 +454,9 @@ static void usage(FILE *f)
             "  --max-clients-per-uid N  connected clients per uid (default %d)\n"
             "  --idle-timeout S         disconnect a client idle this long between requests (default %d)\n"
             "  --frame-timeout S        a request must arrive whole, and a reply be taken, within S (default %d)\n"
-            "  --max-frame BYTES        largest administrator request (default %u; others: %u)\n",
+            "  --max-frame BYTES        largest administrator request (default %u; others: %u)\n"
+            "  --no-shared-memory       serve every call through the socket; by default a client may ask\n"
+            "                           for a shared-memory channel (calls without system calls)\n",
             DEFAULT_MAX_CLIENTS, DEFAULT_MAX_CLIENTS_PER_UID, DEFAULT_IDLE_TIMEOUT, DEFAULT_FRAME_TIMEOUT,
             DEFAULT_MAX_FRAME, USER_MAX_FRAME);
 }
@@ -475,6 +514,10 @@ static int parse_args(int argc, char **argv, config *c)
         }
         if (strcmp(a, "--foreground") == 0)
             continue;
+        if (strcmp(a, "--no-shared-memory") == 0) {
+            c->no_shared_memory = 1;
+            continue;
+        }
         if (v == NULL) {
             fprintf(stderr, "sksd: %s needs a value\n", a);
             return 0;
