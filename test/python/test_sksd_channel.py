@@ -140,6 +140,58 @@ ATTACK = textwrap.dedent("""
         r = c.wait()
         out["big"] = r[0] if isinstance(r, bytes) else r
         out["after"] = c.call(sign_req(handle, b"\\x06" * 32))
+    elif kind == "holes":
+        # No seal can be added (F_SEAL_SEAL), and punching the pages out of the file (which the
+        # size seals do not stop) gives sksd fresh zero pages on its next access, not a SIGBUS.
+        import fcntl
+        F_ADD_SEALS, F_GET_SEALS = 1033, 1034
+        out["seals"] = fcntl.fcntl(c.fd, F_GET_SEALS)
+        res = []
+        for seal in (0x0008, 0x0010):  # F_SEAL_WRITE, F_SEAL_FUTURE_WRITE
+            try:
+                fcntl.fcntl(c.fd, F_ADD_SEALS, seal); res.append("sealed")
+            except OSError as e:
+                res.append(errno.errorcode[e.errno])
+        out["add_seal"] = res
+        time.sleep(0.2)  # sksd asleep on the socket
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+        out["punch"] = libc.fallocate(c.fd, 0x01 | 0x02, 0, SIZE)  # FALLOC_FL_KEEP_SIZE | PUNCH_HOLE
+        out["zeroed"] = c.get(64)
+        # The punch also cleared sksd's "asleep" flag: ring the doorbell by hand.
+        req = sign_req(handle, b"\\x07" * 32)
+        c.mm[REQ:REQ + len(req)] = req
+        c.put(4, len(req)); c.seq += 1; c.put(0, c.seq)
+        atomic(c.base + 8, 0, 5); c.so.send(b"\\0")
+        r = c.wait()
+        out["after_punch"] = r[0] if isinstance(r, bytes) else r
+    elif kind == "churn":
+        # Connections that take the channel and go away at every step of its life.
+        for i in range(45):
+            so = socket.socket(socket.AF_UNIX); so.settimeout(20); so.connect(path)
+            so.sendall(struct.pack(">I", 0))
+            if i % 3 == 0:      # never reads the offer (the descriptor stays in flight)
+                so.close(); continue
+            msg, fds, _, _ = socket.recv_fds(so, 64, 4)
+            if i % 3 == 1:      # takes the descriptor, closes everything
+                os.close(fds[0]); so.close(); continue
+            mm = mmap.mmap(fds[0], SIZE); os.close(fds[0])
+            req = sign_req(handle, b"\\x08" * 32)
+            mm[REQ:REQ + len(req)] = req
+            struct.pack_into("=I", mm, 4, len(req)); struct.pack_into("=I", mm, 0, 1)
+            base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+            if atomic(base + 8, 0, 5) == 1:
+                so.send(b"\\0")
+            so.close()          # gone before its reply
+        out["churn"] = "done"
+    elif kind == "idle":
+        # Channels held open and idle: sksd's threads must sleep, not spin.
+        chans = [Chan() for _ in range(8)]
+        for ch in chans:
+            ch.call(sign_req(handle, b"\\x09" * 32))
+        print(json.dumps({"ready": len(chans)}), flush=True)
+        sys.stdin.readline()
+        out["idle"] = "done"
     elif kind == "socket":
         # Announce a request through the socket and send nothing: sksd gives up after the frame timeout.
         c.post(b"", 0xFFFFFFFF)
@@ -288,4 +340,71 @@ def test_request_larger_than_the_page_goes_through_the_socket(store, daemon):
     assert out["sign"] == 0
     assert out["big"] not in (None, "timeout"), out  # answered (trailing bytes: an error)
     assert out["after"] == 0, out
+    still_serving(store, daemon)
+
+
+def test_seals_cannot_be_added_and_punched_pages_do_not_fault_sksd(store, daemon):
+    """The memfd carries F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL: the client can add no seal
+    of its own, and punching every page out of the file (which size seals allow) leaves sksd
+    with zero pages, not a SIGBUS: it keeps serving, this client included."""
+    h = store["handles"]
+    out = attack(daemon, UID_A, "holes", h["alice"], 0)
+    assert out["sign"] == 0
+    assert out["seals"] == 0x0001 | 0x0002 | 0x0004, out  # F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW
+    assert out["add_seal"] == ["EPERM", "EPERM"], out
+    assert out["punch"] == 0 and out["zeroed"] == 0, out
+    assert out["after_punch"] == 0, out
+    assert daemon.proc.poll() is None
+    still_serving(store, daemon)
+
+
+def sksd_resources(d):
+    """sksd's open descriptors and its mappings of channel memory."""
+    fds = len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+    with open(f"/proc/{d.proc.pid}/maps") as f:
+        maps = sum(1 for line in f if "sksd-channel" in line)
+    return fds, maps
+
+
+def sksd_cpu_seconds(d):
+    with open(f"/proc/{d.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_channels_of_vanished_clients_leave_nothing_behind(store, daemon):
+    """45 connections that ask for the channel and go away: before reading the offer (the
+    descriptor still in flight), right after taking it, and with a request posted but its
+    reply not awaited. sksd is back to the descriptors and mappings it had before."""
+    h = store["handles"]
+    still_serving(store, daemon)
+    time.sleep(0.5)
+    before = sksd_resources(daemon)
+    assert attack(daemon, UID_A, "churn", h["alice"], 0)["churn"] == "done"
+    for _ in range(100):
+        after = sksd_resources(daemon)
+        if after == before:
+            break
+        time.sleep(0.1)
+    assert after == before, (before, after)
+    still_serving(store, daemon)
+
+
+def test_idle_channels_cost_sksd_no_cpu(store, daemon):
+    """Eight channels held open after a call each: sksd's threads sleep on their sockets
+    (the spin budget is bounded), so two idle seconds cost it almost no CPU."""
+    h = store["handles"]
+    proc = subprocess.Popen(as_uid(UID_A) + [sys.executable, "-c", ATTACK, daemon.socket, str(h["alice"]), "0",
+                                              "idle"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(proc.stdout.readline()) == {"ready": 8}
+        time.sleep(0.2)
+        t0 = sksd_cpu_seconds(daemon)
+        time.sleep(2)
+        spent = sksd_cpu_seconds(daemon) - t0
+    finally:
+        proc.stdin.write("\n")
+        proc.stdin.close()
+        proc.wait(30)
+    assert spent < 0.2, spent
     still_serving(store, daemon)
