@@ -211,6 +211,30 @@ int mg_delete_file(mg_call *m, uint16_t fid)
     return MG_STEP_OK;
 }
 
+/* A key just put into kid that is refused after all (it does not match its description, or its
+ * description or certificate could not be written): its key object, PrKD and certificate file
+ * are deleted (files not there are deleted already), keeping the refusal already written. */
+int mg_drop_new_key(mg_call *m, uint8_t kid, int r)
+{
+    static const uint16_t prefix[] = { 0xCE00, 0xC400, 0xCC00 };
+    sks_buf keep;
+    size_t i;
+
+    if (r == MG_STEP_LINK)
+        return r;
+    sks_buf_init(&keep);
+    sks_buf_put(&keep, m->reply->data, m->reply->len);
+    for (i = 0; i < sizeof(prefix) / sizeof(prefix[0]) && r != MG_STEP_LINK; i++)
+        if (mg_delete_file(m, (uint16_t)(prefix[i] | kid)) == MG_STEP_LINK)
+            r = MG_STEP_LINK;
+    if (r != MG_STEP_LINK) {
+        sks_buf_reset(m->reply);
+        sks_buf_put(m->reply, keep.data, keep.len);
+    }
+    sks_buf_free(&keep);
+    return r;
+}
+
 int mg_free_key_reference(mg_call *m, uint8_t *kid)
 {
     uint8_t used[256];

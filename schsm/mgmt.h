@@ -129,6 +129,9 @@ int mg_write_file(mg_call *m, uint16_t fid, const uint8_t *data, size_t n);
 int mg_delete_file(mg_call *m, uint16_t fid);
 /* ENUMERATE OBJECTS: the first key reference 1..255 without a CC file. */
 int mg_free_key_reference(mg_call *m, uint8_t *kid);
+/* Deletes a key just made in kid (key, PrKD, certificate) after a refusal; returns r, or
+ * MG_STEP_LINK if the card went away meanwhile. */
+int mg_drop_new_key(mg_call *m, uint8_t kid, int r);
 
 /* ---- generate.c: new keys, shared with key domains and migration ---- */
 

@@ -408,12 +408,17 @@ int mg_unwrap_key(mg_call *m, sks_reader *in)
         && (r = mg_select(m)) == MG_STEP_OK && (r = mg_verify_pin(m, u.pin)) == MG_STEP_OK
         && (r = check_kcv(m, u.blob)) == MG_STEP_OK && (r = mg_free_key_reference(m, &kid)) == MG_STEP_OK
         && (r = prkd_for(m, &u, kid)) == MG_STEP_OK && (r = mg_delete_file(m, 0xC400 | kid)) == MG_STEP_OK
-        && (r = unwrap_on_card(m, kid, u.blob)) == MG_STEP_OK
-        && (r = mg_write_file(m, 0xC400 | kid, u.new_prkd.data, u.new_prkd.len)) == MG_STEP_OK
-        && (r = write_certificate(m, &u, kid)) == MG_STEP_OK) {
-        sks_buf_reset(m->reply);
-        sks_buf_byte(m->reply, MG_OK);
-        sks_buf_uint(m->reply, kid);
+        && (r = unwrap_on_card(m, kid, u.blob)) == MG_STEP_OK) {
+        /* a refusal from here on (the key is not its CV request's, a file cannot be written)
+         * leaves no half-restored key behind */
+        if ((r = mg_write_file(m, 0xC400 | kid, u.new_prkd.data, u.new_prkd.len)) == MG_STEP_OK
+            && (r = write_certificate(m, &u, kid)) == MG_STEP_OK) {
+            sks_buf_reset(m->reply);
+            sks_buf_byte(m->reply, MG_OK);
+            sks_buf_uint(m->reply, kid);
+        } else {
+            r = mg_drop_new_key(m, kid, r);
+        }
     }
     EVP_PKEY_free(u.request_key);
     sks_buf_free(&u.new_prkd);

@@ -225,25 +225,6 @@ done:
     return r;
 }
 
-/* Deletes the key just unwrapped, keeping the refusal already written. */
-static int drop_unwrapped(mg_call *m, uint8_t kid, int r)
-{
-    sks_buf keep;
-
-    if (r == MG_STEP_LINK)
-        return r;
-    sks_buf_init(&keep);
-    sks_buf_put(&keep, m->reply->data, m->reply->len);
-    if (mg_delete_file(m, 0xCC00 | kid) == MG_STEP_LINK)
-        r = MG_STEP_LINK;
-    else {
-        sks_buf_reset(m->reply);
-        sks_buf_put(m->reply, keep.data, keep.len);
-    }
-    sks_buf_free(&keep);
-    return r;
-}
-
 int mg_domain_unwrap_key(mg_call *m, sks_reader *in)
 {
     unwrap_request u;
@@ -265,7 +246,7 @@ int mg_domain_unwrap_key(mg_call *m, sks_reader *in)
         if ((r = mg_key_matches(m, kid, pub)) == MG_STEP_OK)
             r = describe_unwrapped(m, kid, &u, &ks, pub);
         else
-            r = drop_unwrapped(m, kid, r);
+            r = mg_drop_new_key(m, kid, r);
     }
 done:
     EVP_PKEY_free(pub);

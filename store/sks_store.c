@@ -387,8 +387,11 @@ static int list_by_certificate(store_ctx *s)
         return 0;
     ok = sks_client_find_keys_by_certificate(t, s->uri.sha256, handles, sizeof(handles) / sizeof(handles[0]), &n, &e);
     sks_conn_release(s->ctx);
-    if (!ok && (e.status == SKS_ERROR_OPTION || e.status == SKS_ERROR_NOT_AVAILABLE))
-        return -1; /* an older sksd, a card: it does not know the method */
+    /* an older sksd (which refuses a method it does not know to non-administrators as not
+     * allowed), a card: it does not know the method; the scan's methods are open to users */
+    if (!ok && (e.status == SKS_ERROR_OPTION || e.status == SKS_ERROR_NOT_AVAILABLE
+                || e.status == SKS_ERROR_NOT_ALLOWED))
+        return -1;
     if (!ok) {
         sks_raise_client(s->ctx, "findKeysByCertificate", &e);
         return 0;

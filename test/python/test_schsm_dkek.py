@@ -431,6 +431,50 @@ def test_wrong_cmac_and_unknown_key_type_are_refused_and_b_is_unchanged(ab, rig)
     assert ab.b.keys() == before
 
 
+def der_children(data):
+    """The DER TLVs (whole, header included) inside the SEQUENCE that is data."""
+    def header(buf, i):
+        n = buf[i + 1]
+        if n & 0x80:
+            k = n & 0x7F
+            return 2 + k, int.from_bytes(buf[i + 2:i + 2 + k], "big")
+        return 2, n
+    h, n = header(data, 0)
+    out, i = [], h
+    while i < h + n:
+        hh, nn = header(data, i)
+        out.append(bytes(data[i:i + hh + nn]))
+        i += hh + nn
+    return out
+
+
+def der_sequence(children):
+    body = b"".join(children)
+    n = len(body)
+    length = bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return b"\x30" + length + body
+
+
+def test_restore_with_another_keys_request_is_refused_and_leaves_no_key(ab, rig):
+    """A backup whose CV request (in the certificate's place) is another key's: the card signs
+    a challenge with the unwrapped key, it does not verify with the request's key, the restore
+    is refused, and the key it had already unwrapped is deleted again with its description."""
+    for name in ("swap-x", "swap-y"):
+        ab.a.sks("generate", "--name", name, "--algorithm", "P-256", "--pin-file", "-", input=f"{PIN}\n".encode())
+        ab.a.sks("hsm", "backup", "--name", name, "--out", ab.a.path(name + ".wrap"), "--pin-file", "-",
+                 input=f"{PIN}\n".encode())
+    x = der_children(open(ab.a.path("swap-x.wrap"), "rb").read())
+    y = der_children(open(ab.a.path("swap-y.wrap"), "rb").read())
+    assert x[-1][0] == 0x67 and y[-1][0] == 0x67, "backups of keys without certificates carry CV requests"
+    spliced = ab.a.write("swap.wrap", der_sequence(x[:-1] + [y[-1]]))
+    before = ab.b.keys()
+    since = rig.pcscd.log_size()
+    err = ab.b.sks_fails("hsm", "restore", spliced, "--name", "swapped", "--pin-file", "-", input=f"{PIN}\n".encode())
+    assert "not the key of the CV request" in err, err
+    assert any(a.startswith("8074") for a in ab.b.apdus_since(since)), "the key was unwrapped before the check"
+    assert ab.b.keys() == before
+
+
 # ---- keys made elsewhere: sks hsm wrap + sks hsm restore ----
 
 @pytest.mark.parametrize("alg,genopts", [
