@@ -1021,9 +1021,9 @@ int seal_new_row(sks_device *dev, const char *table, const char *column, const u
              "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '%s'), 0),"
              " coalesce((SELECT max(handle) FROM %s), 0)) + 1",
              table, table);
-    if (sqlite3_prepare_v2(dev->db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+    if ((st = store_cached(dev, NULL, sql)) != NULL && sqlite3_step(st) == SQLITE_ROW)
         next = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
+    store_release(dev, st);
     return next > 0 && seal_row(dev, table, column, next, in, n, out);
 }
 
@@ -1221,19 +1221,19 @@ static int row_mac_renew(sks_device *dev, int table, int64_t id, const uint8_t m
     sqlite3_stmt *st = NULL;
     int ok;
 
-    if (sqlite3_prepare_v2(dev->db,
+    /* kept statements: a commit renews one MAC per changed row (ten for a SKIP import) */
+    if ((st = store_cached(dev, NULL,
                            exists ? "INSERT INTO row_macs (tbl, id, mac) VALUES (?1, ?2, ?3)"
                                     " ON CONFLICT (tbl, id) DO UPDATE SET mac = excluded.mac"
-                                  : "DELETE FROM row_macs WHERE tbl = ?1 AND id = ?2",
-                           -1, &st, NULL)
-        != SQLITE_OK)
+                                  : "DELETE FROM row_macs WHERE tbl = ?1 AND id = ?2"))
+        == NULL)
         return 0;
     sqlite3_bind_text(st, 1, ROW_TABLES[table], -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, id);
     if (exists)
         sqlite3_bind_blob(st, 3, mac, 32, SQLITE_STATIC);
     ok = sqlite3_step(st) == SQLITE_DONE;
-    sqlite3_finalize(st);
+    store_release(dev, st);
     return ok;
 }
 
