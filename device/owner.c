@@ -47,13 +47,9 @@ static int key_identity(sks_device *dev, sqlite3 *db, int64_t handle, uint8_t id
     sqlite3_stmt *st = NULL;
     int rc;
 
-    /* On the device's connection a kept statement: every commit runs this for each key it
+    /* A kept statement (on either connection): every commit runs this twice for each key it
      * wrote (a SKIP import, 9 keys). */
-    if (db == dev->db)
-        st = store_cached(dev, NULL, SQL);
-    else if (sqlite3_prepare_v2(db, SQL, -1, &st, NULL) != SQLITE_OK)
-        st = NULL;
-    if (st == NULL)
+    if ((st = store_cached_on(dev, db, NULL, SQL)) == NULL)
         return -1;
     sqlite3_bind_int64(st, 1, handle);
     rc = sqlite3_step(st);
@@ -61,10 +57,7 @@ static int key_identity(sks_device *dev, sqlite3 *db, int64_t handle, uint8_t id
         rc = sha256(sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), id) ? 1 : -1;
     else
         rc = rc == SQLITE_DONE ? 0 : -1;
-    if (db == dev->db)
-        store_release(dev, st);
-    else
-        sqlite3_finalize(st);
+    store_release(dev, st);
     return rc;
 }
 
