@@ -112,8 +112,72 @@ static int container_cipher(asn1_node el, size_t i, int *bits, char *err, size_t
     return 1;
 }
 
-static int parse_one_container(asn1_node el, const uint8_t *der, size_t n, size_t i, skip_container *c, char *err,
-                               size_t errlen)
+/* The SubjectPublicKeyInfo DER of each certificate, encoded once (NULL entries where it
+ * cannot be), for finding the certificate that carries a given key by its bytes. */
+typedef struct {
+    unsigned char **der;
+    int *len;
+    X509 **cert;
+    int n;
+} cert_keys;
+
+static void cert_keys_free(cert_keys *k)
+{
+    int j;
+
+    for (j = 0; j < k->n; j++)
+        OPENSSL_free(k->der[j]);
+    OPENSSL_free(k->der);
+    OPENSSL_free(k->len);
+    OPENSSL_free(k->cert);
+    memset(k, 0, sizeof(*k));
+}
+
+static int cert_keys_encode(STACK_OF(X509) *certs, cert_keys *k)
+{
+    int j, n = sk_X509_num(certs);
+
+    memset(k, 0, sizeof(*k));
+    if (n <= 0)
+        return 1;
+    k->der = OPENSSL_zalloc(sizeof(*k->der) * (size_t)n);
+    k->len = OPENSSL_zalloc(sizeof(*k->len) * (size_t)n);
+    k->cert = OPENSSL_zalloc(sizeof(*k->cert) * (size_t)n);
+    if (k->der == NULL || k->len == NULL || k->cert == NULL) {
+        cert_keys_free(k);
+        return 0;
+    }
+    k->n = n;
+    for (j = 0; j < n; j++) {
+        k->cert[j] = sk_X509_value(certs, j);
+        k->len[j] = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(k->cert[j]), &k->der[j]);
+    }
+    ERR_clear_error();
+    return 1;
+}
+
+/* The key a certificate of the package already carries in exactly these SubjectPublicKeyInfo
+ * bytes (OpenSSL decoded it with the certificate: X509_get0_pubkey), with a reference of the
+ * caller's; NULL if none does. The same bytes are the same key, so the container's key need
+ * not be decoded a second time (each decoding builds the curve's group anew: 16 of them were
+ * 5% of an 8-key import, client and device). */
+static EVP_PKEY *key_of_a_certificate(const cert_keys *k, const uint8_t *spki, size_t n)
+{
+    int j;
+
+    for (j = 0; k != NULL && j < k->n; j++) {
+        EVP_PKEY *pub;
+        if (k->len[j] <= 0 || (size_t)k->len[j] != n || memcmp(k->der[j], spki, n) != 0)
+            continue;
+        if ((pub = X509_get0_pubkey(k->cert[j])) != NULL && EVP_PKEY_up_ref(pub) == 1)
+            return pub;
+    }
+    ERR_clear_error();
+    return NULL;
+}
+
+static int parse_one_container(asn1_node el, const uint8_t *der, size_t n, size_t i, const cert_keys *keys,
+                               skip_container *c, char *err, size_t errlen)
 {
     char name[64];
 
@@ -127,7 +191,8 @@ static int parse_one_container(asn1_node el, const uint8_t *der, size_t n, size_
         return 0;
     /* Plain EC and Ed25519 keys without OpenSSL's decoder chain (a third of a package's
      * parsing went there); anything else the long way, with the same result. */
-    c->public_key = spki_parse(c->spki, c->spki_len);
+    if ((c->public_key = key_of_a_certificate(keys, c->spki, c->spki_len)) == NULL)
+        c->public_key = spki_parse(c->spki, c->spki_len);
     if (c->public_key == NULL)
         return fail(err, errlen, "container %zu: the public key is not a SubjectPublicKeyInfo OpenSSL can read", i);
     if (!skip_key_supported(c->public_key, 1)) {
@@ -164,8 +229,8 @@ static int decode_containers(asn1_node *el, const uint8_t *der, size_t n, int *c
     return ok;
 }
 
-int skip_containers_parse(const uint8_t *der, size_t n, skip_container **out, size_t *count, char *err,
-                          size_t errlen)
+static int containers_parse(const uint8_t *der, size_t n, const cert_keys *keys, skip_container **out, size_t *count,
+                            char *err, size_t errlen)
 {
     asn1_node el = NULL;
     skip_container *c = NULL;
@@ -183,7 +248,7 @@ int skip_containers_parse(const uint8_t *der, size_t n, skip_container **out, si
         goto done;
     }
     for (i = 0; i < (size_t)num; i++)
-        if (!parse_one_container(el, der, n, i + 1, &c[i], err, errlen))
+        if (!parse_one_container(el, der, n, i + 1, keys, &c[i], err, errlen))
             goto done;
     *out = c;
     *count = (size_t)num;
@@ -193,6 +258,12 @@ done:
     skip_containers_free(c, (size_t)num);
     asn1_delete_structure(&el);
     return ok;
+}
+
+int skip_containers_parse(const uint8_t *der, size_t n, skip_container **out, size_t *count, char *err,
+                          size_t errlen)
+{
+    return containers_parse(der, n, NULL, out, count, err, errlen);
 }
 
 void skip_containers_free(skip_container *c, size_t count)
@@ -281,9 +352,15 @@ static int take_content(skip_package *p, char *err, size_t errlen)
 /* Every container must use the same cipher: there is one AES key per package. */
 static int take_containers(skip_package *p, char *err, size_t errlen)
 {
+    cert_keys keys;
     size_t i;
+    int ok;
 
-    if (!skip_containers_parse(p->content, p->content_len, &p->keys, &p->nkeys, err, errlen))
+    if (!cert_keys_encode(p->certs, &keys))
+        return fail(err, errlen, "out of memory");
+    ok = containers_parse(p->content, p->content_len, &keys, &p->keys, &p->nkeys, err, errlen);
+    cert_keys_free(&keys);
+    if (!ok)
         return 0;
     p->aes_bits = p->keys[0].aes_bits;
     for (i = 1; i < p->nkeys; i++)

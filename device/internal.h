@@ -84,6 +84,7 @@ typedef struct {
 #define SKS_STMT_CACHE 32
 typedef struct {
     char *sql;
+    sqlite3 *db; /* the device's connection, or the committed-state one (row integrity) */
     sqlite3_stmt *st;
     int busy; /* handed out and not yet released */
 } stmt_cache_entry;
@@ -140,6 +141,8 @@ sqlite3_stmt *store_prepare(sks_device *dev, sks_call *call, const char *sql);
  * (schema changes re-prepare it, as SQLite does for any statement). Give it back with
  * store_release, on every path, instead of sqlite3_finalize. call may be NULL. */
 sqlite3_stmt *store_cached(sks_device *dev, sks_call *call, const char *sql);
+/* The same on `db`: the device's connection or its read-only committed-state connection. */
+sqlite3_stmt *store_cached_on(sks_device *dev, sqlite3 *db, sks_call *call, const char *sql);
 void store_release(sks_device *dev, sqlite3_stmt *st);
 void store_cached_clear(sks_device *dev);
 /* Runs a statement without results; binds are done by the caller. SQLITE_DONE -> 1. */

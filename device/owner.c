@@ -41,12 +41,15 @@ static void put_be32(uint8_t *p, uint32_t v)
 
 /* The key's identity: SHA-256 of its public key as `db` holds it. 1 found, 0 no such key,
  * -1 an SQLite error. */
-static int key_identity(sqlite3 *db, int64_t handle, uint8_t id[32])
+static int key_identity(sks_device *dev, sqlite3 *db, int64_t handle, uint8_t id[32])
 {
+    static const char SQL[] = "SELECT public_key FROM keys WHERE handle = ?";
     sqlite3_stmt *st = NULL;
     int rc;
 
-    if (sqlite3_prepare_v2(db, "SELECT public_key FROM keys WHERE handle = ?", -1, &st, NULL) != SQLITE_OK)
+    /* A kept statement (on either connection): every commit runs this twice for each key it
+     * wrote (a SKIP import, 9 keys). */
+    if ((st = store_cached_on(dev, db, NULL, SQL)) == NULL)
         return -1;
     sqlite3_bind_int64(st, 1, handle);
     rc = sqlite3_step(st);
@@ -54,7 +57,7 @@ static int key_identity(sqlite3 *db, int64_t handle, uint8_t id[32])
         rc = sha256(sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), id) ? 1 : -1;
     else
         rc = rc == SQLITE_DONE ? 0 : -1;
-    sqlite3_finalize(st);
+    store_release(dev, st);
     return rc;
 }
 
@@ -90,13 +93,13 @@ int sks_device_set_caller(sks_device *dev, const sks_caller *caller, char *err, 
 
 /* The key's owner, as `db` holds it, from a row whose MAC holds for the key there; 0 if
  * there is none (then the key is root's). */
-static int owner_lookup(const sks_device *dev, sqlite3 *db, uint32_t handle, uint32_t *uid, uint32_t *gid)
+static int owner_lookup(sks_device *dev, sqlite3 *db, uint32_t handle, uint32_t *uid, uint32_t *gid)
 {
     sqlite3_stmt *st = NULL;
     uint8_t id[32], mac[32];
     int found = 0;
 
-    if (key_identity(db, handle, id) != 1
+    if (key_identity(dev, db, handle, id) != 1
         || sqlite3_prepare_v2(db, "SELECT uid, gid, mac FROM key_owners WHERE handle = ?", -1, &st, NULL) != SQLITE_OK)
         return 0;
     sqlite3_bind_int64(st, 1, handle);
@@ -118,15 +121,15 @@ static int owner_write(sks_device *dev, uint32_t handle, uint32_t uid, uint32_t 
     int ok;
 
     if (!owner_mac(dev, handle, uid, gid, id, mac)
-        || sqlite3_prepare_v2(dev->db, "INSERT OR REPLACE INTO key_owners (handle, uid, gid, mac) VALUES (?, ?, ?, ?)",
-                              -1, &st, NULL) != SQLITE_OK)
+        || (st = store_cached(dev, NULL, "INSERT OR REPLACE INTO key_owners (handle, uid, gid, mac) VALUES (?, ?, ?, ?)"))
+               == NULL)
         return 0;
     sqlite3_bind_int64(st, 1, handle);
     sqlite3_bind_int64(st, 2, uid);
     sqlite3_bind_int64(st, 3, gid);
     sqlite3_bind_blob(st, 4, mac, sizeof(mac), SQLITE_TRANSIENT);
     ok = sqlite3_step(st) == SQLITE_DONE;
-    sqlite3_finalize(st);
+    store_release(dev, st);
     return ok;
 }
 
@@ -135,11 +138,11 @@ static int owner_delete(sks_device *dev, int64_t handle)
     sqlite3_stmt *st = NULL;
     int ok;
 
-    if (sqlite3_prepare_v2(dev->db, "DELETE FROM key_owners WHERE handle = ?", -1, &st, NULL) != SQLITE_OK)
+    if ((st = store_cached(dev, NULL, "DELETE FROM key_owners WHERE handle = ?")) == NULL)
         return 0;
     sqlite3_bind_int64(st, 1, handle);
     ok = sqlite3_step(st) == SQLITE_DONE;
-    sqlite3_finalize(st);
+    store_release(dev, st);
     return ok;
 }
 
@@ -147,13 +150,13 @@ int owner_follow_key(sks_device *dev, sqlite3 *committed, int64_t handle)
 {
     uint8_t now[32], before[32];
     uint32_t uid, gid;
-    int exists = key_identity(dev->db, handle, now), existed;
+    int exists = key_identity(dev, dev->db, handle, now), existed;
 
     if (exists < 0)
         return 0;
     if (exists == 0 || handle <= 0 || handle > UINT32_MAX)
         return owner_delete(dev, handle); /* the key is gone: so is its owner */
-    if ((existed = key_identity(committed, handle, before)) < 0)
+    if ((existed = key_identity(dev, committed, handle, before)) < 0)
         return 0;
     if (existed == 0) /* created by this call: its caller's, else nobody's (root) */
         return dev->has_caller ? owner_write(dev, (uint32_t)handle, dev->caller.uid, SKS_NO_GROUP, now)
@@ -239,7 +242,7 @@ int sks_device_set_key_owner(sks_device *dev, const char *key, uint32_t uid, uin
         store_rollback(dev);
         return 0;
     }
-    if (key_identity(dev->db, handle, id) != 1 || !owner_write(dev, handle, uid, gid, id) || !store_commit(dev)) {
+    if (key_identity(dev, dev->db, handle, id) != 1 || !owner_write(dev, handle, uid, gid, id) || !store_commit(dev)) {
         snprintf(err, errlen, "cannot record the owner of %s: %s", key, store_error(dev));
         store_rollback(dev);
         return 0;

@@ -20,6 +20,7 @@
  * before it returns.
  */
 #include "internal.h"
+#include "../cms/key_der.h"
 #include "../cms/skip_common.h"
 #include "../cms/skip_package.h"
 
@@ -673,6 +674,22 @@ static sks_status name_key(sks_device *dev, sks_call *call, uint32_t handle, X50
     return step_done_cached(dev, call, st) ? SKS_OK : SKS_ERROR_STORAGE;
 }
 
+/* The public key to store, as spki_der writes it. A container's SubjectPublicKeyInfo in the
+ * plain form (named curve and uncompressed point, or Ed25519) is already those bytes:
+ * unwrap_private_key checked that it is priv's public key, and the plain form has one
+ * encoding per key. */
+static int container_spki(EVP_PKEY *priv, const skip_container *c, sks_buf *out)
+{
+    const uint8_t *key;
+    size_t key_len;
+    int curve;
+
+    if (!spki_split(c->spki, c->spki_len, &curve, &key, &key_len))
+        return spki_der(priv, out);
+    sks_buf_put(out, c->spki, c->spki_len);
+    return !out->failed;
+}
+
 /* Seals an unwrapped private key and stores it with its verified certificate path. */
 static sks_status store_device_key(sks_device *dev, sks_call *call, uint32_t session, unsigned idx, EVP_PKEY *priv,
                                    const skip_container *c, uint32_t *handle)
@@ -689,7 +706,7 @@ static sks_status store_device_key(sks_device *dev, sks_call *call, uint32_t ses
     sks_buf_init(&sealed);
     sks_buf_init(&path);
     encode_path(c->path, &path);
-    if (!cert_sha256(c->cert, ee_hash) || !spki_der(priv, &spki) || !pkcs8_der(priv, &pkcs8)
+    if (!cert_sha256(c->cert, ee_hash) || !container_spki(priv, c, &spki) || !pkcs8_der(priv, &pkcs8)
         || !seal_new_row(dev, "keys", "private_key", pkcs8.data, pkcs8.len, &sealed) || path.failed) {
         rc = sks_fail(call, SKS_ERROR_INTERNAL, "skipImport: cannot seal the key of container %u", idx);
         goto done;

@@ -655,9 +655,9 @@ void sks_device_close(sks_device *dev)
         return;
     key_cache_clear(dev);
     user_cache_clear(dev);
+    store_cached_clear(dev); /* before the connections: SQLite keeps them open while statements live */
     rows_close(dev);
     gen_close(dev);
-    store_cached_clear(dev); /* before the connection: SQLite keeps it open while statements live */
     sqlite3_close(dev->db);
     EVP_PKEY_free(dev->device_key);
     OPENSSL_free(dev->device_cert);
@@ -792,12 +792,17 @@ sqlite3_stmt *store_prepare(sks_device *dev, sks_call *call, const char *sql)
 
 sqlite3_stmt *store_cached(sks_device *dev, sks_call *call, const char *sql)
 {
+    return store_cached_on(dev, dev->db, call, sql);
+}
+
+sqlite3_stmt *store_cached_on(sks_device *dev, sqlite3 *db, sks_call *call, const char *sql)
+{
     stmt_cache_entry *e = NULL;
     sqlite3_stmt *st = NULL;
     size_t i;
 
     for (i = 0; i < SKS_STMT_CACHE; i++)
-        if (dev->stmts[i].sql != NULL && strcmp(dev->stmts[i].sql, sql) == 0) {
+        if (dev->stmts[i].sql != NULL && dev->stmts[i].db == db && strcmp(dev->stmts[i].sql, sql) == 0) {
             if (dev->stmts[i].busy)
                 break; /* in use further up the stack: a statement of its own below */
             dev->stmts[i].busy = 1;
@@ -815,10 +820,10 @@ sqlite3_stmt *store_cached(sks_device *dev, sks_call *call, const char *sql)
         if (i < SKS_STMT_CACHE)
             e = &dev->stmts[i];
     }
-    if (sqlite3_prepare_v3(dev->db, sql, -1, e != NULL ? SQLITE_PREPARE_PERSISTENT : 0, &st, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v3(db, sql, -1, e != NULL ? SQLITE_PREPARE_PERSISTENT : 0, &st, NULL) != SQLITE_OK) {
         sqlite3_finalize(st);
         if (call != NULL)
-            sks_fail(call, SKS_ERROR_STORAGE, "storage error: %s", sqlite3_errmsg(dev->db));
+            sks_fail(call, SKS_ERROR_STORAGE, "storage error: %s", sqlite3_errmsg(db));
         return NULL;
     }
     if (e != NULL) {
@@ -828,6 +833,7 @@ sqlite3_stmt *store_cached(sks_device *dev, sks_call *call, const char *sql)
         OPENSSL_free(e->sql);
         sqlite3_finalize(e->st);
         e->sql = copy;
+        e->db = db;
         e->st = st;
         e->busy = 1;
     }
@@ -1021,9 +1027,9 @@ int seal_new_row(sks_device *dev, const char *table, const char *column, const u
              "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '%s'), 0),"
              " coalesce((SELECT max(handle) FROM %s), 0)) + 1",
              table, table);
-    if (sqlite3_prepare_v2(dev->db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+    if ((st = store_cached(dev, NULL, sql)) != NULL && sqlite3_step(st) == SQLITE_ROW)
         next = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
+    store_release(dev, st);
     return next > 0 && seal_row(dev, table, column, next, in, n, out);
 }
 
@@ -1079,11 +1085,8 @@ static int row_mac(sks_device *dev, sqlite3 *db, int table, int64_t id, uint8_t 
     size_t outlen = 0;
 
     snprintf(sql, sizeof(sql), "SELECT * FROM %s WHERE rowid = ?", ROW_TABLES[table]);
-    if (db == dev->db)
-        st = store_cached(dev, NULL, sql);
-    else if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
-        st = NULL;
-    if (st == NULL)
+    /* kept on both connections: a commit reads each changed row in both states */
+    if ((st = store_cached_on(dev, db, NULL, sql)) == NULL)
         return 0;
     sqlite3_bind_int64(st, 1, id);
     step = sqlite3_step(st);
@@ -1118,10 +1121,7 @@ static int row_mac(sks_device *dev, sqlite3 *db, int table, int64_t id, uint8_t 
     ok = EVP_MAC_final(m, out, &outlen, 32) == 1 && outlen == 32;
 done:
     EVP_MAC_CTX_free(m);
-    if (db == dev->db)
-        store_release(dev, st);
-    else
-        sqlite3_finalize(st);
+    store_release(dev, st);
     return ok;
 }
 
@@ -1132,11 +1132,7 @@ static int row_mac_stored(sks_device *dev, sqlite3 *db, int table, int64_t id, u
     sqlite3_stmt *st = NULL;
     int ok = 0;
 
-    if (db == dev->db)
-        st = store_cached(dev, NULL, SQL);
-    else if (sqlite3_prepare_v2(db, SQL, -1, &st, NULL) != SQLITE_OK)
-        st = NULL;
-    if (st == NULL)
+    if ((st = store_cached_on(dev, db, NULL, SQL)) == NULL)
         return 0;
     sqlite3_bind_text(st, 1, ROW_TABLES[table], -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, id);
@@ -1144,10 +1140,7 @@ static int row_mac_stored(sks_device *dev, sqlite3 *db, int table, int64_t id, u
         memcpy(out, sqlite3_column_blob(st, 0), 32);
         ok = 1;
     }
-    if (db == dev->db)
-        store_release(dev, st);
-    else
-        sqlite3_finalize(st);
+    store_release(dev, st);
     return ok;
 }
 
@@ -1221,19 +1214,19 @@ static int row_mac_renew(sks_device *dev, int table, int64_t id, const uint8_t m
     sqlite3_stmt *st = NULL;
     int ok;
 
-    if (sqlite3_prepare_v2(dev->db,
+    /* kept statements: a commit renews one MAC per changed row (ten for a SKIP import) */
+    if ((st = store_cached(dev, NULL,
                            exists ? "INSERT INTO row_macs (tbl, id, mac) VALUES (?1, ?2, ?3)"
                                     " ON CONFLICT (tbl, id) DO UPDATE SET mac = excluded.mac"
-                                  : "DELETE FROM row_macs WHERE tbl = ?1 AND id = ?2",
-                           -1, &st, NULL)
-        != SQLITE_OK)
+                                  : "DELETE FROM row_macs WHERE tbl = ?1 AND id = ?2"))
+        == NULL)
         return 0;
     sqlite3_bind_text(st, 1, ROW_TABLES[table], -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, id);
     if (exists)
         sqlite3_bind_blob(st, 3, mac, 32, SQLITE_STATIC);
     ok = sqlite3_step(st) == SQLITE_DONE;
-    sqlite3_finalize(st);
+    store_release(dev, st);
     return ok;
 }
 
