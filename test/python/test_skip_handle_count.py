@@ -58,6 +58,10 @@ class LyingDevice:
                 if hdr is None:
                     return
                 req = self._read(conn, struct.unpack(">I", hdr)[0])
+                if not req:
+                    # sksd's shared-memory channel is asked for with an empty frame: this proxy
+                    # speaks frames only and closes, so the client reconnects on frames alone
+                    return
                 with self.lock:
                     reply = self.device.transact(req)
                 if req[0] == 201 and reply[0] == sksissuer.OK:
