@@ -264,8 +264,7 @@ static int describe_key(mg_call *m, const gen_request *g, uint8_t kid)
         goto done;
     if (g->name != NULL
         && ((r = mg_make_certificate(m, kid, pub, g->name, g->days, &cert)) != MG_STEP_OK
-            || (r = mg_delete_file(m, 0xCE00 | kid)) != MG_STEP_OK
-            || (r = mg_write_file(m, 0xCE00 | kid, cert.data, cert.len)) != MG_STEP_OK))
+            || (r = mg_replace_certificate(m, kid, cert.data, cert.len)) != MG_STEP_OK))
         goto done;
     r = mg_answer_key(m, kid, pub, &cert);
 done:

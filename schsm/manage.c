@@ -235,6 +235,17 @@ int mg_drop_new_key(mg_call *m, uint8_t kid, int r)
     return r;
 }
 
+int mg_replace_certificate(mg_call *m, uint8_t kid, const uint8_t *cert, size_t n)
+{
+    int r;
+
+    /* UPDATE BINARY writes at offsets: a longer file already there (the card's CV request)
+     * would keep its tail, so the old file goes first */
+    if ((r = mg_delete_file(m, (uint16_t)(0xCE00 | kid))) != MG_STEP_OK)
+        return r;
+    return mg_write_file(m, (uint16_t)(0xCE00 | kid), cert, n);
+}
+
 int mg_free_key_reference(mg_call *m, uint8_t *kid)
 {
     uint8_t used[256];

@@ -129,6 +129,8 @@ int mg_write_file(mg_call *m, uint16_t fid, const uint8_t *data, size_t n);
 int mg_delete_file(mg_call *m, uint16_t fid);
 /* ENUMERATE OBJECTS: the first key reference 1..255 without a CC file. */
 int mg_free_key_reference(mg_call *m, uint8_t *kid);
+/* CE<kid> replaced by cert (deleted first, so nothing of a longer old file remains). */
+int mg_replace_certificate(mg_call *m, uint8_t kid, const uint8_t *cert, size_t n);
 /* Deletes a key just made in kid (key, PrKD, certificate) after a refusal; returns r, or
  * MG_STEP_LINK if the card went away meanwhile. */
 int mg_drop_new_key(mg_call *m, uint8_t kid, int r);

@@ -389,8 +389,8 @@ static int write_certificate(mg_call *m, unwrap_request *u, uint8_t kid)
         r = MG_STEP_OK;
     }
     /* the card may have put a CV request there; the certificate replaces it */
-    if (r == MG_STEP_OK && (r = mg_delete_file(m, 0xCE00 | kid)) == MG_STEP_OK)
-        r = mg_write_file(m, 0xCE00 | kid, cert.data, cert.len);
+    if (r == MG_STEP_OK)
+        r = mg_replace_certificate(m, kid, cert.data, cert.len);
     sks_buf_free(&cert);
     return r;
 }

@@ -217,8 +217,7 @@ static int describe_unwrapped(mg_call *m, uint8_t kid, const unwrap_request *u, 
     else if ((r = mg_make_certificate(m, kid, pub, u->name, u->days, &cert)) != MG_STEP_OK)
         goto done;
     if ((r = mg_write_prkd(m, ks, u->label, kid, pub)) == MG_STEP_OK
-        && (r = mg_delete_file(m, 0xCE00 | kid)) == MG_STEP_OK
-        && (r = mg_write_file(m, 0xCE00 | kid, cert.data, cert.len)) == MG_STEP_OK)
+        && (r = mg_replace_certificate(m, kid, cert.data, cert.len)) == MG_STEP_OK)
         r = mg_answer_key(m, kid, pub, &cert);
 done:
     sks_buf_free(&cert);
