@@ -10,10 +10,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 ./scripts/build.sh
-B="$PWD/build"
-SKS="$B/tools/sks/sks"
 work=$(mktemp -d /tmp/sks-demo.XXXXXX)
 chmod 755 "$work"
+# nginx's workers and the sksd client below run as nobody, who may not reach a checkout under
+# /root or a 0700 temporary directory: the programs and modules they run are copied beside the
+# demo's files (they link no library of the build tree).
+B="$work/build"
+install -d -m 755 "$B" "$B/engines" "$B/tools/sks" "$B/tools/sksd"
+install -m 755 build/sks.so "$B/sks.so"
+install -m 755 build/engines/sks.so "$B/engines/sks.so"
+install -m 755 build/tools/sks/sks "$B/tools/sks/sks"
+install -m 755 build/tools/sksd/sksd "$B/tools/sksd/sksd"
+SKS="$B/tools/sks/sks"
 export SKS_STORE="$work/store/store.db" OPENSSL_MODULES="$B" OPENSSL_ENGINES="$B/engines"
 P=(-provider default -provider sks)
 step() { printf '\n== %s\n' "$*"; }
