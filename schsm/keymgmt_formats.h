@@ -59,7 +59,11 @@ typedef struct schsm_pwd_share {
     uint64_t value; /* f(x) mod prime: secret */
 } schsm_pwd_share;
 
-/* 8 random bytes with the top bit cleared (so the password is below any 64-bit prime). */
+/* Makes 8 random bytes a password sc-hsm-tool can rebuild from its shares: top bit cleared (below
+ * any 64-bit prime), first byte not zero (sc-hsm-tool drops a leading zero byte). */
+int schsm_pwd_shape(uint8_t password[SCHSM_PWD_LEN], char *err, size_t errlen);
+
+/* 8 random bytes from the host, shaped by schsm_pwd_shape. */
 int schsm_pwd_random(uint8_t password[SCHSM_PWD_LEN], char *err, size_t errlen);
 
 /* Splits password into total shares of which any threshold recover it (2 <= threshold <=

@@ -41,12 +41,27 @@ static int bn_set_u64(BIGNUM *b, uint64_t v)
     return ok;
 }
 
+/*
+ * 8 random bytes made into a password sc-hsm-tool can rebuild: below 2^63 (so below any 64-bit
+ * prime) and without a leading zero byte, which its BN_bn2bin drops (one split in 128 then could
+ * not be opened with sc-hsm-tool). A zero first byte is drawn again from the host's generator.
+ */
+int schsm_pwd_shape(uint8_t password[SCHSM_PWD_LEN], char *err, size_t errlen)
+{
+    password[0] &= 0x7f;
+    while (password[0] == 0) {
+        if (RAND_priv_bytes(password, 1) != 1)
+            return schsm_km_fail(err, errlen, "no random bytes for the share password");
+        password[0] &= 0x7f;
+    }
+    return 1;
+}
+
 int schsm_pwd_random(uint8_t password[SCHSM_PWD_LEN], char *err, size_t errlen)
 {
     if (RAND_priv_bytes(password, SCHSM_PWD_LEN) != 1)
         return schsm_km_fail(err, errlen, "no random bytes for the share password");
-    password[0] &= 0x7f;
-    return 1;
+    return schsm_pwd_shape(password, err, errlen);
 }
 
 /* y = f(x) mod p by Horner's rule; coef[0] is the secret. */

@@ -203,15 +203,16 @@ class PcscRig:
         self.cards[slot] = card
         return card.insert()
 
-    def reinsert(self, slot, state=None):
-        """Pulls the card in `slot` and inserts sks-vhsm with `state` (default: the same file)."""
+    def reinsert(self, slot, state=None, fault=None):
+        """Pulls the card in `slot` and inserts sks-vhsm with `state` (default: the same file);
+        a new state or a fault makes it another card (sks-vhsm --fault)."""
         old = self.cards[slot]
         old.pull()
         self.wait_for_card(slot, present=False)
-        if state is None or state == old.state:
+        if (state is None or state == old.state) and fault is None:
             self.cards[slot] = old.insert()
         else:
-            self.vhsm(slot, state=state)
+            self.vhsm(slot, state=state or old.state, fault=fault)
         self.wait_for_card(slot)
         return self.cards[slot]
 

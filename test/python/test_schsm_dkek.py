@@ -35,8 +35,8 @@ PW = "share password 1"
 class Card:
     """The virtual SmartCard-HSM with state file `state` in `slot`."""
 
-    def __init__(self, rig, slot, tag):
-        self.rig, self.slot, self.tag = rig, slot, tag
+    def __init__(self, rig, slot, tag, fault=None):
+        self.rig, self.slot, self.tag, self.fault = rig, slot, tag, fault
         self.state = rig.path(f"{tag}.json")
         self.tmp = tempfile.mkdtemp(prefix=f"sks-dkek-{tag}-", dir=rig.base)
         self.env = dict(rig.env, HOME=rig.home, OPENSSL_MODULES=BUILD)
@@ -47,9 +47,9 @@ class Card:
         if old is not None and old.state == self.state and old.running():
             return self
         if old is not None and old.running():
-            self.rig.reinsert(self.slot, state=self.state)
+            self.rig.reinsert(self.slot, state=self.state, fault=self.fault)
         else:
-            self.rig.vhsm(self.slot, state=self.state)
+            self.rig.vhsm(self.slot, state=self.state, fault=self.fault)
             self.rig.wait_for_card(self.slot)
         self.dev = "pcsc:" + self.rig.reader(self.slot)
         return self
@@ -141,8 +141,8 @@ def ab(pair):
     return pair
 
 
-def fresh(rig, slot, tag):
-    return Card(rig, slot, tag + "-" + os.urandom(4).hex())
+def fresh(rig, slot, tag, fault=None):
+    return Card(rig, slot, tag + "-" + os.urandom(4).hex(), fault)
 
 
 # ---- shares and KCVs: sc-hsm-tool and sks agree ----
@@ -191,13 +191,8 @@ def custodian_blocks(text):
     return blocks
 
 
-def test_n_of_m_shares_of_sks_open_with_sc_hsm_tool(rig):
-    c = fresh(rig, 0, "N")
-    c.init(1)
-    share = c.path("nofm.share")
-    out = c.sks("hsm", "dkek", "create-share", share, "--threshold", "2", "--shares", "3")
-    blocks = custodian_blocks(out)
-    assert len(blocks) == 3, out
+def open_with_sc_hsm_tool(c, share, blocks):
+    """sc-hsm-tool imports the share with custodians 1 and 3 of the printed blocks; its KCV."""
     # sc-hsm-tool asks for T shares interactively: prime once, then id and value per share
     prime = re.search(r"Prime\s*:\s*(\S+)", blocks[0]).group(1)
     answers = [prime]
@@ -207,8 +202,38 @@ def test_n_of_m_shares_of_sks_open_with_sc_hsm_tool(rig):
         answers.append(re.search(r"Share value\s*:\s*(\S+)", b).group(1))
     text = c.tool("--import-dkek-share", share, "--pwd-shares-total", "2", input=("\n".join(answers) + "\n").encode())
     tool_kcv, status = c.tool_kcv()
+    return tool_kcv, text + status
+
+
+def test_n_of_m_shares_of_sks_open_with_sc_hsm_tool(rig):
+    c = fresh(rig, 0, "N")
+    c.init(1)
+    share = c.path("nofm.share")
+    out = c.sks("hsm", "dkek", "create-share", share, "--threshold", "2", "--shares", "3")
+    blocks = custodian_blocks(out)
+    assert len(blocks) == 3, out
+    tool_kcv, text = open_with_sc_hsm_tool(c, share, blocks)
     kcv, _ = c.sks_kcv()
-    assert tool_kcv and tool_kcv == kcv and kcv != "0" * 16, text + status
+    assert tool_kcv and tool_kcv == kcv and kcv != "0" * 16, text
+
+
+def test_a_card_whose_generator_answers_zeros_still_gets_a_secret_share_sc_hsm_tool_opens(rig):
+    """A card whose GET CHALLENGE answers zeros (broken or rigged) must not make the DKEK share,
+    its salt or its n-of-m password predictable: sks mixes in the host's generator. It is also the
+    deterministic form of a one-in-128 failure: a password starting with a zero byte, which
+    sc-hsm-tool drops when it rebuilds the password, so the share never opened there."""
+    c = fresh(rig, 0, "zero", fault="zero-random")
+    c.init(1)
+    share = c.path("zero.share")
+    out = c.sks("hsm", "dkek", "create-share", share, "--threshold", "2", "--shares", "3")
+    blocks = custodian_blocks(out)
+    assert len(blocks) == 3, out
+    data = open(share, "rb").read()
+    assert data[:8] == b"Salted__" and data[8:16] != bytes(8), "the salt is the card's zeros"
+    tool_kcv, text = open_with_sc_hsm_tool(c, share, blocks)
+    kcv, _ = c.sks_kcv()
+    assert tool_kcv and tool_kcv == kcv, text
+    assert kcv != hashlib.sha256(bytes(32)).hexdigest()[:16], "the DKEK share is the card's zeros"
 
 
 def test_n_of_m_shares_of_sc_hsm_tool_open_with_sks(rig):

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 
 #include "../../schsm/keymgmt_formats.h"
 #include "../../schsm/mgmt_dkek.h"
@@ -223,16 +224,32 @@ static void print_dkek_status(const sks_hsm_dkek_status *st)
 
 /* ---- create-share ---- */
 
-/* Random bytes from the card (GET CHALLENGE), as sc-hsm-tool takes them. */
-static int card_random(sks_transport *t, const char *cmd, uint8_t *out, size_t n)
+/*
+ * Random bytes for a new share: the card's (GET CHALLENGE, as sc-hsm-tool takes them) XOR the
+ * host's. Either generator alone suffices, so a card whose generator is broken or rigged
+ * (all zeros, say) does not make the DKEK share or its password guessable.
+ */
+static int share_random(sks_transport *t, const char *cmd, uint8_t *out, size_t n)
 {
+    uint8_t host[SCHSM_DKEK_LEN + 8 + SCHSM_PWD_LEN];
     sks_client_error e;
+    size_t i;
 
-    if (sks_client_hsm_get_challenge(t, out, n, &e))
-        return 1;
-    cli_client_error(cmd, &e);
-    return 0;
+    if (n > sizeof(host) || RAND_priv_bytes(host, (int)n) != 1) {
+        cli_error("%s: no random bytes from the host", cmd);
+        return 0;
+    }
+    if (!sks_client_hsm_get_challenge(t, out, n, &e)) {
+        cli_client_error(cmd, &e);
+        OPENSSL_cleanse(host, sizeof(host));
+        return 0;
+    }
+    for (i = 0; i < n; i++)
+        out[i] ^= host[i];
+    OPENSSL_cleanse(host, sizeof(host));
+    return 1;
 }
+
 
 static int print_custodian_shares(const char *cmd, const uint8_t pwd[SCHSM_PWD_LEN], unsigned t, unsigned m)
 {
@@ -309,9 +326,12 @@ static int dkek_create_share(cli_store *store, int argc, char **argv)
     if ((tr = cli_open(store, CMD)) == NULL)
         return CLI_EXIT_FAIL;
     rc = CLI_EXIT_FAIL;
-    if (!card_random(tr, CMD, random, sizeof(random)))
+    if (!share_random(tr, CMD, random, sizeof(random)))
         goto done;
-    pwd[0] &= 0x7F; /* below any 64-bit prime, as sc-hsm-tool */
+    if (m > 0 && !schsm_pwd_shape(pwd, err, sizeof(err))) {
+        cli_error("%s: %s", CMD, err);
+        goto done;
+    }
     if (!schsm_share_encrypt(share, m ? pwd : (const uint8_t *)a.password, m ? SCHSM_PWD_LEN : strlen(a.password),
                              salt, 0, say_deriving, "hsm dkek create-share: encrypting the share", file, err, sizeof(err))) {
         cli_error("%s: %s", CMD, err);
