@@ -1209,35 +1209,45 @@ int sks_client_skip_import(sks_transport *t, uint32_t provisioning_handle, sks_s
 
 /* ------------------------------------------------------------------ SmartCard-HSM */
 
+/* The reply of the card methods that make a key: keyHandle, publicKey and one more array
+ * (certificate or request). On failure nothing is left allocated and the handle is 0. */
+static int call_key_reply(call_ctx *c, sks_transport *t, uint32_t *key_handle, sks_bytes *public_key,
+                          sks_bytes *second, const char *second_name)
+{
+    int ok;
+
+    *key_handle = 0;
+    memset(public_key, 0, sizeof(*public_key));
+    memset(second, 0, sizeof(*second));
+    ok = call_run(c, t);
+    if (ok) {
+        *key_handle = sks_get_uint(&c->r, "keyHandle");
+        take_bytes(&c->r, sks_get_array(&c->r, "publicKey"), public_key, "publicKey");
+        take_bytes(&c->r, sks_get_array(&c->r, second_name), second, second_name);
+    }
+    ok = call_end(c, ok);
+    if (!ok) {
+        *key_handle = 0;
+        bytes_free(public_key);
+        bytes_free(second);
+    }
+    return ok;
+}
+
 int sks_client_hsm_generate_key_pair(sks_transport *t, sks_span authorization, const char *friendly_name,
                                      const char *key_algorithm, sks_span subject_der, uint32_t validity_days,
                                      uint32_t *key_handle, sks_bytes *public_key, sks_bytes *certificate,
                                      sks_client_error *err)
 {
     call_ctx c;
-    int ok;
 
-    *key_handle = 0;
-    memset(public_key, 0, sizeof(*public_key));
-    memset(certificate, 0, sizeof(*certificate));
     call_begin(&c, SKS_METHOD_HSM_GENERATE_KEY_PAIR, "hsmGenerateKeyPair", err);
     put_span(&c.req, authorization);
     put_str(&c.req, friendly_name);
     put_str(&c.req, key_algorithm);
     put_span(&c.req, subject_der);
     sks_buf_uint(&c.req, validity_days);
-    ok = call_run(&c, t);
-    if (ok) {
-        *key_handle = sks_get_uint(&c.r, "keyHandle");
-        take_bytes(&c.r, sks_get_array(&c.r, "publicKey"), public_key, "publicKey");
-        take_bytes(&c.r, sks_get_array(&c.r, "certificate"), certificate, "certificate");
-    }
-    ok = call_end(&c, ok);
-    if (!ok) {
-        bytes_free(public_key);
-        bytes_free(certificate);
-    }
-    return ok;
+    return call_key_reply(&c, t, key_handle, public_key, certificate, "certificate");
 }
 
 int sks_client_hsm_initialize(sks_transport *t, sks_span so_pin, sks_span user_pin, const sks_hsm_init_args *a,
@@ -1516,29 +1526,14 @@ int sks_client_hsm_generate_domain_key(sks_transport *t, sks_span authorization,
                                        sks_client_error *err)
 {
     call_ctx c;
-    int ok;
 
-    *key_handle = 0;
-    memset(public_key, 0, sizeof(*public_key));
-    memset(request, 0, sizeof(*request));
     call_begin(&c, SKS_METHOD_HSM_GENERATE_DOMAIN_KEY, "hsmGenerateDomainKey", err);
     put_span(&c.req, authorization);
     put_str(&c.req, friendly_name);
     put_str(&c.req, key_algorithm);
     sks_buf_byte(&c.req, domain);
     put_span(&c.req, algorithms);
-    ok = call_run(&c, t);
-    if (ok) {
-        *key_handle = sks_get_uint(&c.r, "keyHandle");
-        take_bytes(&c.r, sks_get_array(&c.r, "publicKey"), public_key, "publicKey");
-        take_bytes(&c.r, sks_get_array(&c.r, "request"), request, "request");
-    }
-    ok = call_end(&c, ok);
-    if (!ok) {
-        bytes_free(public_key);
-        bytes_free(request);
-    }
-    return ok;
+    return call_key_reply(&c, t, key_handle, public_key, request, "request");
 }
 
 int sks_client_hsm_derive_xkek(sks_transport *t, sks_span authorization, uint32_t key_handle, sks_span peer_request,
@@ -1571,11 +1566,7 @@ int sks_client_hsm_domain_unwrap_key(sks_transport *t, sks_span authorization, c
                                      sks_bytes *stored_certificate, sks_client_error *err)
 {
     call_ctx c;
-    int ok;
 
-    *key_handle = 0;
-    memset(public_key, 0, sizeof(*public_key));
-    memset(stored_certificate, 0, sizeof(*stored_certificate));
     call_begin(&c, SKS_METHOD_HSM_DOMAIN_UNWRAP_KEY, "hsmDomainUnwrapKey", err);
     put_span(&c.req, authorization);
     put_str(&c.req, friendly_name);
@@ -1584,16 +1575,5 @@ int sks_client_hsm_domain_unwrap_key(sks_transport *t, sks_span authorization, c
     put_span(&c.req, certificate);
     put_span(&c.req, subject_der);
     sks_buf_uint(&c.req, validity_days);
-    ok = call_run(&c, t);
-    if (ok) {
-        *key_handle = sks_get_uint(&c.r, "keyHandle");
-        take_bytes(&c.r, sks_get_array(&c.r, "publicKey"), public_key, "publicKey");
-        take_bytes(&c.r, sks_get_array(&c.r, "certificate"), stored_certificate, "certificate");
-    }
-    ok = call_end(&c, ok);
-    if (!ok) {
-        bytes_free(public_key);
-        bytes_free(stored_certificate);
-    }
-    return ok;
+    return call_key_reply(&c, t, key_handle, public_key, stored_certificate, "certificate");
 }
