@@ -77,12 +77,11 @@ static int xkek_request(cli_store *store, int argc, char **argv)
         cli_error("hsm xkek request: give --domain D and --out FILE");
         return CLI_EXIT_USAGE;
     }
-    if (!cli_parse_number("hsm xkek request", "--domain", domain, 0, 254, &d)
-        || !cli_need_secret("hsm xkek request", "--pin", "the card's user PIN", 0, &pin))
+    if (!cli_parse_number("hsm xkek request", "--domain", domain, 0, 254, &d))
         return CLI_EXIT_USAGE;
     snprintf(label, sizeof(label), "xkek-%lu", d);
-    if ((t = cli_open(store, "hsm xkek request")) == NULL)
-        return CLI_EXIT_FAIL;
+    if ((t = cli_open_with_pin(store, "hsm xkek request", &pin, &rc)) == NULL)
+        return rc;
     rc = CLI_EXIT_FAIL;
     sks_buf_init(&file);
     if (!sks_client_hsm_device_certificates(t, &chain, &e)
@@ -174,10 +173,8 @@ static int xkek_derive(cli_store *store, int argc, char **argv)
         return CLI_EXIT_USAGE;
     if (!cli_read_whole("hsm xkek derive", path, file, sizeof(file), &n) || !verify_peer(file, n, &roots, &req_len))
         return CLI_EXIT_FAIL;
-    if (!cli_need_secret("hsm xkek derive", "--pin", "the card's user PIN", 0, &pin))
-        return CLI_EXIT_USAGE;
-    if ((t = cli_open(store, "hsm xkek derive")) == NULL)
-        return CLI_EXIT_FAIL;
+    if ((t = cli_open_with_pin(store, "hsm xkek derive", &pin, &rc)) == NULL)
+        return rc;
     peer.p = file;
     peer.n = req_len;
     rc = CLI_EXIT_FAIL;
@@ -222,11 +219,10 @@ static int xkek_generate(cli_store *store, int argc, char **argv)
         cli_error("hsm xkek generate: give --domain D and --name LABEL");
         return CLI_EXIT_USAGE;
     }
-    if (!cli_parse_number("hsm xkek generate", "--domain", domain, 0, 254, &d)
-        || !cli_need_secret("hsm xkek generate", "--pin", "the card's user PIN", 0, &pin))
+    if (!cli_parse_number("hsm xkek generate", "--domain", domain, 0, 254, &d))
         return CLI_EXIT_USAGE;
-    if ((t = cli_open(store, "hsm xkek generate")) == NULL)
-        return CLI_EXIT_FAIL;
+    if ((t = cli_open_with_pin(store, "hsm xkek generate", &pin, &rc)) == NULL)
+        return rc;
     rc = CLI_EXIT_FAIL;
     if (!sks_client_hsm_generate_domain_key(t, cli_span(pin), name, MIGRATABLE_KEY_URI, (uint8_t)d, algs, &handle,
                                             &pub, &req, &e)) {
@@ -267,11 +263,10 @@ static int xkek_wrap(cli_store *store, int argc, char **argv)
         cli_error("hsm xkek wrap: give --key HANDLE and --out FILE");
         return CLI_EXIT_USAGE;
     }
-    if (!cli_parse_number("hsm xkek wrap", "--key", key, 1, 255, &handle)
-        || !cli_need_secret("hsm xkek wrap", "--pin", "the card's user PIN", 0, &pin))
+    if (!cli_parse_number("hsm xkek wrap", "--key", key, 1, 255, &handle))
         return CLI_EXIT_USAGE;
-    if ((t = cli_open(store, "hsm xkek wrap")) == NULL)
-        return CLI_EXIT_FAIL;
+    if ((t = cli_open_with_pin(store, "hsm xkek wrap", &pin, &rc)) == NULL)
+        return rc;
     rc = CLI_EXIT_FAIL;
     if (!sks_client_hsm_domain_wrap_key(t, cli_span(pin), (uint32_t)handle, &blob, &e)
         || !sks_client_hsm_key_generation_response(t, (uint32_t)handle, &req, &e))
@@ -437,12 +432,9 @@ static int xkek_unwrap(cli_store *store, int argc, char **argv)
     rc = CLI_EXIT_FAIL;
     if (!cli_read_whole("hsm xkek unwrap", path, file, sizeof(file), &n) || !unwrap_parts(path, file, n, &blob, &req, &carried))
         goto out;
-    if (!cli_need_secret("hsm xkek unwrap", "--pin", "the card's user PIN", 0, &pin)) {
-        rc = CLI_EXIT_USAGE;
+    if ((t = cli_open_with_pin(store, "hsm xkek unwrap", &pin, &rc)) == NULL)
         goto out;
-    }
-    if ((t = cli_open(store, "hsm xkek unwrap")) == NULL)
-        goto out;
+    rc = CLI_EXIT_FAIL;
     dnspan.p = dn;
     dnspan.n = dn_len > 0 ? (size_t)dn_len : 0;
     if (sks_client_hsm_domain_unwrap_key(t, cli_span(pin), name, blob, req, carried, dnspan, (uint32_t)ndays, &handle,
