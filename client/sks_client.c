@@ -1367,8 +1367,8 @@ int sks_client_hsm_wrap_key(sks_transport *t, sks_span authorization, uint32_t k
 }
 
 int sks_client_hsm_unwrap_key(sks_transport *t, sks_span authorization, sks_span blob, sks_span key_description,
-                              sks_span certificate, const char *friendly_name, uint32_t *key_handle,
-                              sks_client_error *err)
+                              sks_span certificate, const char *friendly_name, sks_span subject_der,
+                              uint32_t validity_days, uint32_t *key_handle, sks_client_error *err)
 {
     call_ctx c;
     int ok;
@@ -1380,6 +1380,8 @@ int sks_client_hsm_unwrap_key(sks_transport *t, sks_span authorization, sks_span
     put_span(&c.req, key_description);
     put_span(&c.req, certificate);
     put_str(&c.req, friendly_name);
+    put_span(&c.req, subject_der);
+    sks_buf_uint(&c.req, validity_days);
     ok = call_run(&c, t);
     if (ok)
         *key_handle = sks_get_uint(&c.r, "keyHandle");

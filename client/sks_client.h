@@ -522,10 +522,12 @@ int sks_client_hsm_wrap_key(sks_transport *t, sks_span authorization, uint32_t k
                             sks_bytes *key_description, sks_bytes *certificate, sks_client_error *err);
 
 /* hsmUnwrapKey: a blob (with the description and certificate of hsmWrapKey, either may be
- * empty) into a free key reference; friendly_name "" keeps the description's label. */
+ * empty) into a free key reference; friendly_name "" keeps the description's label. When
+ * certificate is the key's CV request, the card signs a certificate for the key: subject_der
+ * (a DER Name; empty: CN=<label>), valid validity_days (1..36500). */
 int sks_client_hsm_unwrap_key(sks_transport *t, sks_span authorization, sks_span blob, sks_span key_description,
-                              sks_span certificate, const char *friendly_name, uint32_t *key_handle,
-                              sks_client_error *err);
+                              sks_span certificate, const char *friendly_name, sks_span subject_der,
+                              uint32_t validity_days, uint32_t *key_handle, sks_client_error *err);
 
 /* hsmGetChallenge: n (1..1024) random bytes from the card's generator into out. */
 int sks_client_hsm_get_challenge(sks_transport *t, uint8_t *out, size_t n, sks_client_error *err);

@@ -86,6 +86,8 @@ static void add_dkek_request(unsigned which, sks_buf *req)
         sks_buf_array(req, PRKD, sizeof(PRKD));
         sks_buf_array(req, "", 0);
         sks_buf_string(req, "");
+        sks_buf_array(req, "", 0); /* subjectDER: CN=<label> */
+        sks_buf_uint(req, 365);
         break;
     case 5:
         sks_buf_byte(req, 217);

@@ -13,7 +13,6 @@
 #include "mgmt.h"
 
 #define MAX_LABEL 64
-#define MAX_DAYS 36500
 
 typedef struct {
     sks_span pin;
@@ -27,8 +26,6 @@ typedef struct {
 
 static int parse_request(mg_call *m, sks_reader *in, gen_request *g)
 {
-    const uint8_t *p;
-
     g->pin = sks_get_array(in, "authorization");
     g->label = sks_get_string(in, "friendlyName");
     g->uri = sks_get_uri(in, "keyAlgorithm");
@@ -43,14 +40,8 @@ static int parse_request(mg_call *m, sks_reader *in, gen_request *g)
                        (const char *)g->uri.p);
     if (g->label.n == 0 || g->label.n > MAX_LABEL)
         return mg_fail(m, MG_ERROR_OPTION, "the friendly name (the key's label) must be 1..%d bytes", MAX_LABEL);
-    if (g->subject.n > 0) {
-        p = g->subject.p;
-        g->name = d2i_X509_NAME(NULL, &p, (long)g->subject.n);
-        if (g->name == NULL || p != g->subject.p + g->subject.n)
-            return mg_fail(m, MG_ERROR_OPTION, "subjectDER is not a DER X.509 Name");
-        if (g->days < 1 || g->days > MAX_DAYS)
-            return mg_fail(m, MG_ERROR_OPTION, "validityDays must be 1..%d, got %u", MAX_DAYS, g->days);
-    }
+    if (g->subject.n > 0)
+        return mg_certificate_subject(m, g->subject, NULL, 0, g->days, &g->name);
     return MG_STEP_OK;
 }
 
@@ -162,6 +153,33 @@ static X509 *certificate_template(EVP_PKEY *pub, X509_NAME *name, uint32_t days)
         return NULL;
     }
     return x;
+}
+
+int mg_certificate_subject(mg_call *m, sks_span subject_der, const uint8_t *label, size_t label_len, uint32_t days,
+                           X509_NAME **name)
+{
+    const unsigned char *p = subject_der.p;
+
+    *name = NULL;
+    if (subject_der.n > 0) {
+        *name = d2i_X509_NAME(NULL, &p, (long)subject_der.n);
+        if (*name == NULL || p != subject_der.p + subject_der.n) {
+            X509_NAME_free(*name);
+            *name = NULL;
+            return mg_fail(m, MG_ERROR_OPTION, "subjectDER is not a DER X.509 Name");
+        }
+    } else if (label_len == 0 || (*name = X509_NAME_new()) == NULL
+               || !X509_NAME_add_entry_by_txt(*name, "CN", MBSTRING_UTF8, label, (int)label_len, -1, 0)) {
+        X509_NAME_free(*name);
+        *name = NULL;
+        return mg_fail(m, MG_ERROR_OPTION, "no subject for the key's certificate: give subjectDER (the key has no label)");
+    }
+    if (days < 1 || days > MG_MAX_CERT_DAYS) {
+        X509_NAME_free(*name);
+        *name = NULL;
+        return mg_fail(m, MG_ERROR_OPTION, "validityDays must be 1..%d, got %u", MG_MAX_CERT_DAYS, days);
+    }
+    return MG_STEP_OK;
 }
 
 int mg_make_certificate(mg_call *m, uint8_t kid, EVP_PKEY *pub, X509_NAME *name, uint32_t days, sks_buf *der)

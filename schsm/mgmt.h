@@ -160,6 +160,12 @@ int mg_sign_sha256(mg_call *m, uint8_t kid, EVP_PKEY *pub, const uint8_t *data, 
  * card's key kid whose public key is pub, signed by that key on the card and verified with pub;
  * its DER appended to der. */
 int mg_make_certificate(mg_call *m, uint8_t kid, EVP_PKEY *pub, X509_NAME *name, uint32_t days, sks_buf *der);
+#define MG_MAX_CERT_DAYS 36500
+/* The subject of a certificate the card is to sign: subject_der (exactly one DER Name), else
+ * CN=<label>; and days checked (1..MG_MAX_CERT_DAYS). MG_STEP_OK with *name the caller's to
+ * free, else answered (ERROR_OPTION, naming what is wrong). */
+int mg_certificate_subject(mg_call *m, sks_span subject_der, const uint8_t *label, size_t label_len, uint32_t days,
+                           X509_NAME **name);
 /* The OK reply: kid, the public key (SubjectPublicKeyInfo) and, if given, trailer as an array. */
 int mg_answer_key(mg_call *m, uint8_t kid, EVP_PKEY *pub, const sks_buf *trailer);
 

@@ -13,7 +13,6 @@
 #include "keymgmt_formats.h"
 
 #define MAX_LABEL 64
-#define RESTORED_CERT_DAYS 365 /* the certificate the card signs for a restored key */
 #define MAX_FILE 8192       /* PrKD or certificate read back from the card */
 #define MAX_CHALLENGE 1024  /* what one hsmGetChallenge returns at most */
 #define SHARE_LEN 32
@@ -238,6 +237,8 @@ int mg_wrap_key(mg_call *m, sks_reader *in)
 
 typedef struct {
     sks_span pin, blob, prkd, cert, name;
+    sks_span subject; /* for the certificate the card signs for a CV request's key; empty: CN=<label> */
+    uint32_t days;
     sks_buf new_prkd;
     EVP_PKEY *request_key; /* the key of a CV request in the certificate's place */
     schsm_keyspec ks;
@@ -327,9 +328,20 @@ static int parse_unwrap(mg_call *m, sks_reader *in, unwrap_request *u)
     u->prkd = sks_get_array(in, "keyDescription");
     u->cert = sks_get_array(in, "certificate");
     u->name = sks_get_string(in, "friendlyName");
+    u->subject = sks_get_array(in, "subjectDER");
+    u->days = sks_get_uint(in, "validityDays");
     sks_reader_expect_end(in);
     if (!sks_reader_ok(in))
         return malformed(m, in);
+    if (u->days < 1 || u->days > MG_MAX_CERT_DAYS)
+        return mg_fail(m, MG_ERROR_OPTION, "validityDays must be 1..%d, got %u", MG_MAX_CERT_DAYS, u->days);
+    if (u->subject.n > 0) { /* refused before anything is sent, not after the unwrap */
+        X509_NAME *name;
+        int r = mg_certificate_subject(m, u->subject, NULL, 0, u->days, &name);
+        X509_NAME_free(name);
+        if (r != MG_STEP_OK)
+            return r;
+    }
     if (u->name.n > MAX_LABEL)
         return mg_fail(m, MG_ERROR_OPTION, "the friendly name (the key's label) must be 1..%d bytes", MAX_LABEL);
     if (u->blob.n < SCHSM_KCV_LEN + 1 + 16 + 16)
@@ -344,19 +356,20 @@ static int parse_unwrap(mg_call *m, sks_reader *in, unwrap_request *u)
 /* A CV request in the certificate's place (a key generated without a certificate, backed up as
  * sks and OpenSC keep it) is not a certificate, and the driver offers the provider only keys with
  * one: its key must be the unwrapped key (the card signs a challenge), and the card signs a
- * self-signed certificate for it (CN = the key's label) that goes to CE<kid> instead. */
+ * self-signed certificate for it (subjectDER, else CN = the key's label; validityDays) that goes
+ * to CE<kid> instead. */
 static int certify_request_key(mg_call *m, unwrap_request *u, uint8_t kid, sks_buf *cert)
 {
     const uint8_t *label = NULL;
     size_t label_len = 0;
-    X509_NAME *name = X509_NAME_new();
+    X509_NAME *name = NULL;
     int r;
 
-    if (name == NULL || !schsm_prkd_label(u->new_prkd.data, u->new_prkd.len, &label, &label_len) || label_len == 0
-        || !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, label, (int)label_len, -1, 0))
-        r = mg_fail(m, MG_ERROR_OPTION, "the restored key has no label to name its certificate after");
-    else if ((r = mg_key_matches(m, kid, u->request_key)) == MG_STEP_OK)
-        r = mg_make_certificate(m, kid, u->request_key, name, RESTORED_CERT_DAYS, cert);
+    if (!schsm_prkd_label(u->new_prkd.data, u->new_prkd.len, &label, &label_len))
+        label_len = 0;
+    if ((r = mg_certificate_subject(m, u->subject, label, label_len, u->days, &name)) == MG_STEP_OK
+        && (r = mg_key_matches(m, kid, u->request_key)) == MG_STEP_OK)
+        r = mg_make_certificate(m, kid, u->request_key, name, u->days, cert);
     X509_NAME_free(name);
     return r;
 }
@@ -365,7 +378,10 @@ static int certify_request_key(mg_call *m, unwrap_request *u, uint8_t kid, sks_b
 static int take_request_key(mg_call *m, unwrap_request *u)
 {
     if (u->cert.n == 0 || u->cert.p[0] != 0x67)
-        return MG_STEP_OK;
+        return u->subject.n == 0 ? MG_STEP_OK
+                                 : mg_fail(m, MG_ERROR_OPTION, "subjectDER is only for a key backed up with its CV "
+                                                               "request; this backup carries %s",
+                                           u->cert.n == 0 ? "no certificate" : "the key's certificate");
     u->request_key = mg_cv_request_public_key(m, u->cert, &u->ks);
     return u->request_key != NULL ? MG_STEP_OK : MG_STEP_ANSWERED;
 }

@@ -22,7 +22,6 @@
 #include "mgmt.h"
 
 #define MAX_LABEL 64
-#define MAX_DAYS 36500
 
 int mg_domain_wrap_key(mg_call *m, sks_reader *in)
 {
@@ -131,29 +130,6 @@ typedef struct {
     X509_NAME *name; /* the subject of the certificate the card signs; NULL: cert is stored */
 } unwrap_request;
 
-/* subjectDER, or CN=<friendlyName> when it is empty. */
-static X509_NAME *subject_name(const unwrap_request *u)
-{
-    const unsigned char *q = u->subject.p;
-    X509_NAME *name;
-
-    if (u->subject.n > 0) {
-        name = d2i_X509_NAME(NULL, &q, (long)u->subject.n);
-        if (name != NULL && q != u->subject.p + u->subject.n) {
-            X509_NAME_free(name);
-            name = NULL;
-        }
-        return name;
-    }
-    name = X509_NAME_new();
-    if (name != NULL
-        && !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, u->label.p, (int)u->label.n, -1, 0)) {
-        X509_NAME_free(name);
-        name = NULL;
-    }
-    return name;
-}
-
 static int parse_unwrap(mg_call *m, sks_reader *in, unwrap_request *u)
 {
     u->pin = sks_get_array(in, "authorization");
@@ -174,11 +150,7 @@ static int parse_unwrap(mg_call *m, sks_reader *in, unwrap_request *u)
         return mg_fail(m, MG_ERROR_OPTION, "give the key's CV request or its X.509 certificate");
     if (u->cert.n > 0 && u->subject.n == 0)
         return MG_STEP_OK; /* the certificate given is stored */
-    if ((u->name = subject_name(u)) == NULL)
-        return mg_fail(m, MG_ERROR_OPTION, "subjectDER is not a DER X.509 Name");
-    if (u->days < 1 || u->days > MAX_DAYS)
-        return mg_fail(m, MG_ERROR_OPTION, "validityDays must be 1..%d, got %u", MAX_DAYS, u->days);
-    return MG_STEP_OK;
+    return mg_certificate_subject(m, u->subject, u->label.p, u->label.n, u->days, &u->name);
 }
 
 /* The key the unwrapped one must be: the CV request's, or the certificate's; given both, the

@@ -363,6 +363,46 @@ def test_key_without_certificate_restores_with_one_and_signs_through_the_provide
     assert b"Signature Verified Successfully" in res.stdout
 
 
+def test_restore_names_the_certificate_the_card_signs_with_subject_and_days(ab):
+    """`sks hsm restore --subject --days` of a key backed up with only its CV request: the card's
+    certificate has that subject and validity, for the key OpenSC reads on A; the signature
+    verifies with the certificate's own key (OpenSSL's default provider)."""
+    name = "nocert-subject"
+    ab.a.sks("generate", "--name", name, "--algorithm", "P-256", "--pin-file", "-", input=f"{PIN}\n".encode())
+    pub = public_key_opensc_reads(ab.a, name)
+    wrapped = ab.a.path(name + ".wrap")
+    ab.a.sks("hsm", "backup", "--name", name, "--out", wrapped, "--pin-file", "-", input=f"{PIN}\n".encode())
+    out = ab.b.sks("hsm", "restore", wrapped, "--subject", "/O=Example Org/CN=restored key", "--days", "30",
+                   "--pin-file", "-", input=f"{PIN}\n".encode())
+    assert f"restored '{name}'" in out, out
+    pem = ab.b.sks_run("cert", "--name", name).stdout
+    cert = x509.load_pem_x509_certificate(pem)
+    assert cert.subject.rfc4514_string() == "CN=restored key,O=Example Org"
+    assert cert.issuer == cert.subject
+    assert (cert.not_valid_after - cert.not_valid_before).days == 30
+    with open(pub, "rb") as f:
+        assert cert.public_key().public_numbers() == serialization.load_pem_public_key(f.read()).public_numbers()
+    certfile = ab.b.write(name + ".pem", pem)
+    res = pt.plain_openssl("verify", "-CAfile", certfile, "-check_ss_sig", "-partial_chain", certfile)
+    assert b"OK" in res.stdout, res.stdout
+
+
+def test_restore_subject_is_refused_for_a_backup_with_its_certificate(ab):
+    """A backup that carries the key's X.509 certificate restores it as it is: --subject / --days
+    are refused before the card is touched (nothing sent, no key made), naming the file."""
+    name = "withcert-subject"
+    cert_from_generate(ab.a, name, "P-256")
+    wrapped = ab.a.path(name + ".wrap")
+    ab.a.sks("hsm", "backup", "--name", name, "--out", wrapped, "--pin-file", "-", input=f"{PIN}\n".encode())
+    before = ab.b.keys()
+    res = pt.run([SKS, "--device", ab.b.dev, "hsm", "restore", wrapped, "--subject", "/CN=other", "--pin-file", "-"],
+                 env=ab.b.env, input=f"{PIN}\n".encode(), check=False)
+    err = pt._text(res.stderr)
+    assert res.returncode == 2, err
+    assert "--subject" in err and wrapped in err and "certificate" in err, err
+    assert ab.b.keys() == before
+
+
 def test_sc_hsm_tool_wrap_file_restores_with_sks_and_sks_backup_unwraps_with_sc_hsm_tool(ab):
     cert = cert_from_generate(ab.a, "toolmig", "P-256")
     listing = ab.a.sks("list")

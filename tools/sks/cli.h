@@ -151,6 +151,10 @@ int cli_one_key(const char *cmd, const char *name, const char *handle);
 int cli_parse_number(const char *cmd, const char *opt, const char *s, unsigned long min, unsigned long max,
                      unsigned long *out);
 
+/* --subject (a DN as `sks issuer` takes it) appended to out as a DER Name; nothing for NULL.
+ * 0 with "<cmd>: --subject: <why>" printed. */
+int cli_subject_der(const char *cmd, const char *subject, sks_buf *out);
+
 /* A byte span over a NUL-terminated string (NULL gives the empty span). */
 sks_span cli_span(const char *s);
 

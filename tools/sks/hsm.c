@@ -87,10 +87,8 @@ void cli_hsm_print_status(const sks_hsm_status *st)
 int cli_hsm_generate(sks_transport *t, const char *name, const char *uri, const char *subject, int days,
                      const char *pin)
 {
-    char err[512];
-    unsigned char *der = NULL;
-    int der_len = 0, ok;
-    X509_NAME *dn = NULL;
+    sks_buf der;
+    int ok;
     X509 *cert = NULL;
     sks_bytes pub, certificate;
     sks_client_error e;
@@ -98,28 +96,21 @@ int cli_hsm_generate(sks_transport *t, const char *name, const char *uri, const 
     uint32_t handle;
     const unsigned char *q;
 
-    if (subject != NULL) {
-        if ((dn = issuer_parse_dn(subject, err, sizeof(err))) == NULL) {
-            cli_error("generate: --subject: %s", err);
-            return CLI_EXIT_USAGE;
-        }
-        der_len = i2d_X509_NAME(dn, &der);
-        X509_NAME_free(dn);
-        if (der_len <= 0) {
-            cli_error("generate: --subject cannot be encoded");
-            return CLI_EXIT_USAGE;
-        }
+    sks_buf_init(&der);
+    if (!cli_subject_der("generate", subject, &der)) {
+        sks_buf_free(&der);
+        return CLI_EXIT_USAGE;
     }
     if (!cli_check_new_name(t, "generate", name)
         || !cli_need_secret("generate", "--pin", "the card's user PIN", 0, &pin)) {
-        OPENSSL_free(der);
+        sks_buf_free(&der);
         return CLI_EXIT_FAIL;
     }
-    subject_der.p = der;
-    subject_der.n = der_len > 0 ? (size_t)der_len : 0;
+    subject_der.p = der.data;
+    subject_der.n = der.len;
     ok = sks_client_hsm_generate_key_pair(t, cli_span(pin), name, uri, subject_der, (uint32_t)days, &handle, &pub,
                                           &certificate, &e);
-    OPENSSL_free(der);
+    sks_buf_free(&der);
     if (!ok) {
         cli_client_error("generate", &e);
         return CLI_EXIT_FAIL;

@@ -49,9 +49,11 @@ static const char DKEK_USAGE[] =
     "  --pin-file FILE       the user PIN, for cards that report the KCV only after VERIFY\n"
     "  Opening or creating a share takes several seconds (10,000,000 hash rounds).\n";
 
+#define RESTORED_CERT_DAYS 365 /* default validity of the certificate the card signs for a restored key */
+
 static const char BACKUP_USAGE[] =
     "usage: sks hsm backup --name NAME --out FILE [--pin-file FILE]\n"
-    "       sks hsm restore FILE [--name NAME] [--pin-file FILE]\n"
+    "       sks hsm restore FILE [--name NAME] [--subject DN] [--days N] [--pin-file FILE]\n"
     "  On a SmartCard-HSM (--device pcsc:[READER]) with a complete DKEK (sks hsm dkek).\n"
     "  backup: the key NAME wrapped under the card's DKEK (WRAP KEY), with its PKCS#15\n"
     "  description and its certificate, into FILE as sc-hsm-tool --wrap-key writes it (refused\n"
@@ -61,6 +63,9 @@ static const char BACKUP_USAGE[] =
     "  description and certificate written back. A file whose KCV differs from the card's is\n"
     "  refused before anything is sent.\n"
     "  --name NAME           backup: the key; restore: a new name (default: the file's label)\n"
+    "  --subject DN          restore of a key backed up with its CV request (no certificate):\n"
+    "                        the subject of the certificate the card signs for it (default CN=NAME)\n"
+    "  --days N              ... and its validity in days (1..36500, default 365)\n"
     "  --out FILE            the wrap file to write\n"
     "  --pin-file FILE       the user PIN (first line; \"-\" stdin); asked on the terminal if not\n"
     "                        given (--pin PIN also works, but shows it to ps)\n";
@@ -581,16 +586,20 @@ static int restore_name(sks_transport *t, const char *cmd, const char *name, con
 int cli_hsm_restore(cli_store *store, int argc, char **argv)
 {
     static const char CMD[] = "hsm restore";
-    const char *name = NULL, *pin = NULL;
+    const char *name = NULL, *pin = NULL, *subject = NULL, *days = NULL;
     const cli_opt opts[] = {
         { "--name", OPT_VALUE, &name },
         { "--pin", OPT_SECRET, &pin },
+        { "--subject", OPT_VALUE, &subject },
+        { "--days", OPT_VALUE, &days },
     };
+    unsigned long ndays = RESTORED_CERT_DAYS;
+    sks_buf dn;
     static uint8_t file[MAX_WRAP_FILE + 1];
     const uint8_t *blob, *prkd, *cert;
     size_t n = 0, bloblen, prkdlen, certlen;
     char err[256], label[256];
-    sks_span sblob, sprkd, scert;
+    sks_span sblob, sprkd, scert, sdn;
     sks_client_error e;
     sks_transport *t;
     uint32_t handle;
@@ -617,20 +626,37 @@ int cli_hsm_restore(cli_store *store, int argc, char **argv)
         cert = prkd, certlen = prkdlen;
         prkd = NULL, prkdlen = 0;
     }
-    if (!cli_need_secret(CMD, "--pin", "the card's user PIN", 0, &pin) || (t = cli_open(store, CMD)) == NULL)
-        return CLI_EXIT_FAIL;
+    if ((subject != NULL || days != NULL) && (cert == NULL || certlen == 0 || cert[0] != 0x67)) {
+        cli_error("%s: --subject and --days are for a key backed up with its CV request; %s carries %s", CMD,
+                  argv[2], cert != NULL && certlen > 0 ? "the key's certificate, which is restored as it is"
+                                                       : "no certificate");
+        return CLI_EXIT_USAGE;
+    }
+    sks_buf_init(&dn);
+    if ((days != NULL && !cli_parse_number(CMD, "--days", days, 1, 36500, &ndays))
+        || !cli_subject_der(CMD, subject, &dn)) {
+        sks_buf_free(&dn);
+        return CLI_EXIT_USAGE;
+    }
+    if ((t = cli_open_with_pin(store, CMD, &pin, &rc)) == NULL) {
+        sks_buf_free(&dn);
+        return rc;
+    }
     rc = CLI_EXIT_FAIL;
     if (restore_name(t, CMD, name, prkd, prkdlen, label, sizeof(label))) {
         sblob.p = blob, sblob.n = bloblen;
         sprkd.p = prkd, sprkd.n = prkdlen;
         scert.p = cert, scert.n = certlen;
-        if (sks_client_hsm_unwrap_key(t, cli_span(pin), sblob, sprkd, scert, name ? name : "", &handle, &e)) {
+        sdn.p = dn.data, sdn.n = dn.len;
+        if (sks_client_hsm_unwrap_key(t, cli_span(pin), sblob, sprkd, scert, name ? name : "", sdn,
+                                      (uint32_t)ndays, &handle, &e)) {
             printf("restored '%s' as key #%u\n", label, handle);
             rc = CLI_EXIT_OK;
         } else {
             cli_client_error(CMD, &e);
         }
     }
+    sks_buf_free(&dn);
     t->close(t);
     return rc;
 }

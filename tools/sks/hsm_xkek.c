@@ -360,29 +360,6 @@ static int unwrap_parts(const char *path, const uint8_t *file, size_t n, sks_spa
     return 1;
 }
 
-/* --subject as a DER Name (*der: the caller's to free); none given: empty (CN=<label>). */
-static int subject_der(const char *subject, unsigned char **der, int *len)
-{
-    char err[512];
-    X509_NAME *dn;
-
-    *der = NULL;
-    *len = 0;
-    if (subject == NULL)
-        return 1;
-    if ((dn = issuer_parse_dn(subject, err, sizeof(err))) == NULL) {
-        cli_error("hsm xkek unwrap: --subject: %s", err);
-        return 0;
-    }
-    *len = i2d_X509_NAME(dn, der);
-    X509_NAME_free(dn);
-    if (*len <= 0) {
-        cli_error("hsm xkek unwrap: --subject cannot be encoded");
-        return 0;
-    }
-    return 1;
-}
-
 static void print_unwrapped(uint32_t handle, const char *name, const sks_bytes *cert, int carried)
 {
     const unsigned char *q = cert->data;
@@ -408,8 +385,7 @@ static int xkek_unwrap(cli_store *store, int argc, char **argv)
                              { "--subject", OPT_VALUE, &subject },
                              { "--days", OPT_VALUE, &days } };
     unsigned long ndays = DEFAULT_DAYS;
-    unsigned char *dn = NULL;
-    int dn_len = 0;
+    sks_buf dn;
     size_t n;
     sks_bytes pub = { NULL, 0 }, cert = { NULL, 0 };
     sks_client_error e;
@@ -426,17 +402,20 @@ static int xkek_unwrap(cli_store *store, int argc, char **argv)
         cli_error("hsm xkek unwrap: give --name LABEL and the wrap file");
         return CLI_EXIT_USAGE;
     }
+    sks_buf_init(&dn);
     if ((days != NULL && !cli_parse_number("hsm xkek unwrap", "--days", days, 1, 36500, &ndays))
-        || !subject_der(subject, &dn, &dn_len))
+        || !cli_subject_der("hsm xkek unwrap", subject, &dn)) {
+        sks_buf_free(&dn);
         return CLI_EXIT_USAGE;
+    }
     rc = CLI_EXIT_FAIL;
     if (!cli_read_whole("hsm xkek unwrap", path, file, sizeof(file), &n) || !unwrap_parts(path, file, n, &blob, &req, &carried))
         goto out;
     if ((t = cli_open_with_pin(store, "hsm xkek unwrap", &pin, &rc)) == NULL)
         goto out;
     rc = CLI_EXIT_FAIL;
-    dnspan.p = dn;
-    dnspan.n = dn_len > 0 ? (size_t)dn_len : 0;
+    dnspan.p = dn.data;
+    dnspan.n = dn.len;
     if (sks_client_hsm_domain_unwrap_key(t, cli_span(pin), name, blob, req, carried, dnspan, (uint32_t)ndays, &handle,
                                          &pub, &cert, &e)) {
         print_unwrapped(handle, name, &cert, carried.n > 0 && subject == NULL);
@@ -448,7 +427,7 @@ static int xkek_unwrap(cli_store *store, int argc, char **argv)
     OPENSSL_free(cert.data);
     t->close(t);
 out:
-    OPENSSL_free(dn);
+    sks_buf_free(&dn);
     return rc;
 }
 

@@ -255,6 +255,32 @@ int cli_parse_number(const char *cmd, const char *opt, const char *s, unsigned l
     return 1;
 }
 
+int cli_subject_der(const char *cmd, const char *subject, sks_buf *out)
+{
+    char err[512];
+    X509_NAME *dn;
+    unsigned char *der = NULL;
+    int len;
+
+    if (subject == NULL)
+        return 1;
+    if ((dn = issuer_parse_dn(subject, err, sizeof(err))) == NULL) {
+        cli_error("%s: --subject: %s", cmd, err);
+        return 0;
+    }
+    len = i2d_X509_NAME(dn, &der);
+    X509_NAME_free(dn);
+    if (len <= 0) {
+        cli_error("%s: --subject cannot be encoded", cmd);
+        return 0;
+    }
+    sks_buf_put(out, der, (size_t)len);
+    OPENSSL_free(der);
+    if (out->failed)
+        cli_error("%s: out of memory", cmd);
+    return !out->failed;
+}
+
 sks_span cli_span(const char *s)
 {
     sks_span sp = { (const uint8_t *)s, s ? strlen(s) : 0 };

@@ -178,23 +178,6 @@ int skip_read_anchors(const char *path, skip_anchor_ders *a)
     return 0;
 }
 
-int skip_subject_der(const char *dn, sks_buf *out)
-{
-    char err[512];
-    X509_NAME *name = issuer_parse_dn(dn, err, sizeof(err));
-    unsigned char *der = NULL;
-    int len = name ? i2d_X509_NAME(name, &der) : -1;
-
-    X509_NAME_free(name);
-    if (len <= 0) {
-        cli_error("skip request: --subject: %s", name == NULL ? err : "cannot encode it");
-        return 0;
-    }
-    sks_buf_put(out, der, (size_t)len);
-    OPENSSL_free(der);
-    return !out->failed;
-}
-
 /* The request as PEM, to the file or to stdout. */
 static int write_request(const request_args *a, const sks_bytes *pkcs10)
 {
@@ -264,7 +247,7 @@ static int cmd_request(cli_store *store, int argc, char **argv)
     }
     sks_buf_init(&subject);
     if ((type = skip_find_key_type("skip request", "--curve", a.curve, 1)) == NULL
-        || !skip_subject_der(a.subject, &subject)) {
+        || !cli_subject_der("skip request", a.subject, &subject)) {
         sks_buf_free(&subject);
         return CLI_EXIT_USAGE;
     }

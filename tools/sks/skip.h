@@ -37,8 +37,6 @@ typedef struct {
 
 int skip_read_anchors(const char *path, skip_anchor_ders *a);
 void skip_anchor_ders_free(skip_anchor_ders *a);
-/* A subject DN as DER X509_NAME, for skipRequest. */
-int skip_subject_der(const char *dn, sks_buf *out);
 void skip_print_result(sks_transport *t, const char *path, const skip_import_result *r);
 /* A private key through the sks provider (skip_issue.c), for an sks: URI. */
 EVP_PKEY *skip_load_sks_key(const cli_store *store, const char *cmd, const char *uri);

@@ -116,7 +116,7 @@ static int pending_request(cli_store *store, const enroll_args *a, sks_buf *der,
     if (type == NULL)
         return 0;
     sks_buf_init(&subject);
-    if (!skip_subject_der(a->subject, &subject) || !skip_read_anchors(a->trust, &anchors)) {
+    if (!cli_subject_der(CMD_ENROLL, a->subject, &subject) || !skip_read_anchors(a->trust, &anchors)) {
         sks_buf_free(&subject);
         return 0;
     }
