@@ -34,10 +34,17 @@ ENGINES = os.path.join(BUILD, "engines")
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 
-def free_port():
-    with socket.socket() as so:
-        so.bind(("127.0.0.1", 0))
-        return so.getsockname()[1]
+def free_ports(n):
+    """n distinct free ports: each socket stays bound until all are picked (two calls of
+    bind to port 0 in a row may give the same port, and nginx then cannot listen on both)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for so in socks:
+            so.bind(("127.0.0.1", 0))
+        return [so.getsockname()[1] for so in socks]
+    finally:
+        for so in socks:
+            so.close()
 
 
 def run(cmd, env=None, check=True, timeout=120, **kw):
@@ -352,7 +359,7 @@ def nginx(env):
         pytest.fail("nginx is not installed (scripts/install-deps.sh installs it)")
     base = env["base"]
     os.makedirs(os.path.join(base, "tmp"), exist_ok=True)
-    port, upstream = free_port(), free_port()
+    port, upstream = free_ports(2)
     conf = os.path.join(base, "nginx.conf")
     with open(conf, "w") as f:
         f.write(_nginx_conf(base, port, upstream, env["device"]))
