@@ -41,9 +41,14 @@ for target in "${targets[@]}"; do
   # Requests valid for this template only (its keys are new each time): see make_template.py.
   [ "$name" != fuzz_wire_provisioned ] || cp "$SKS_FUZZ_TEMPLATE"/seeds/* "$work"/
   echo "fuzz: $name for ${seconds}s"
-  "$target" -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="build-fuzz/artifacts/$name-" \
-    "$work" 2>&1 | grep -E "^stat::number_of_executed_units|ERROR|SUMMARY" || true
-  test "${PIPESTATUS[0]}" -eq 0
+  # The target's status decides (pipefail; grep finding nothing is no failure). The former
+  # `grep ... || true; test "${PIPESTATUS[0]}" -eq 0` read the status of `true`, so a crash
+  # never failed the run.
+  if ! "$target" -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="build-fuzz/artifacts/$name-" \
+    "$work" 2>&1 | { grep -E "^stat::number_of_executed_units|ERROR|SUMMARY" || true; }; then
+    echo "fuzz: $name FAILED; the input is in build-fuzz/artifacts/$name-*" >&2
+    exit 1
+  fi
   if [ "$long" = 1 ]; then
     before=$(ls "$corpus" | wc -l)
     "$target" -merge=1 "$corpus" "$work" >"build-fuzz/$name.merge.log" 2>&1

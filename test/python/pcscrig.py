@@ -25,7 +25,10 @@ VPCD_DRIVER = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
 READERS = ("Virtual PCD 00 00", "Virtual PCD 00 01")
 HERE = os.path.dirname(os.path.abspath(__file__))
 VHSM = os.path.normpath(os.path.join(HERE, "..", "..", "tools", "sks-vhsm", "sks-vhsm"))
-WAIT = 15
+# Deadline for a daemon or card to come up or go away (a limit, not a pause). 15 s was too
+# short on a loaded 2-core machine: with a benchmark running (load 7), a new virtual card
+# (Python, its keys made on first start) took 12 s to appear in slot 0 and over 15 s in slot 1.
+WAIT = 60
 SELECT_HSM = "00A4040C0BE82B0601040181C31F0201"
 
 

@@ -106,13 +106,18 @@ def plain_openssl(*args, input=None, check=True, cwd=None):
     return run([OPENSSL, *args], env=clean_env(), input=input, check=check, cwd=cwd)
 
 
+# Deadline for a server to come up or print what is waited for (a limit, not a pause): on a
+# loaded 2-core machine a start can take many seconds (a virtual card took 12 s under load 7).
+START_WAIT = 60
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def wait_port(port, proc=None, timeout=15):
+def wait_port(port, proc=None, timeout=START_WAIT):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -146,7 +151,7 @@ class Daemon:
         except OSError:
             return ""
 
-    def wait_for(self, pattern, timeout=15, also=None):
+    def wait_for(self, pattern, timeout=START_WAIT, also=None):
         """Waits until the log matches pattern (regex, multiline). also: another Daemon or
         Popen whose exit ends the wait early. Fails the test on timeout or early exit."""
         rx = re.compile(pattern, re.M)
@@ -392,7 +397,7 @@ class TlsResult:
 
 
 def tls_handshake(tmp, *, server_args, server_env, client_args, client_env, wrap_client=(), wrap_server=(),
-                  timeout=20, expect_ok=True):
+                  timeout=START_WAIT, expect_ok=True):
     """One s_server (-naccept 1) and one s_client on 127.0.0.1; returns both outputs after
     the handshake, one line of application data from client to server, and a clean close."""
     tmp = Path(tmp)

@@ -39,7 +39,10 @@ PIPE = os.path.join(BUILD, "test", "helpers", "sks_transport_pipe")
 READER0, READER1 = READERS
 PROV = ["-provider", "default", "-provider", "sks"]
 KEYS = [("ec", "P-256", "/CN=localhost"), ("rsa", "RSA-2048", "/CN=rsa on a card"), ("ed", "Ed25519", "/CN=ed")]
-WAIT = 15
+# Deadline for a daemon or card to come up or go away (a limit, not a pause). 15 s was too
+# short on a loaded 2-core machine: with a benchmark running (load 7), a new virtual card
+# (Python, its keys made on first start) took 12 s to appear in slot 0 and over 15 s in slot 1.
+WAIT = 60
 
 
 def run(cmd, env=None, check=True, timeout=60, **kw):

@@ -19,7 +19,10 @@ from test_schsm import SKS, SignLoop, hsm, run, uri, verify_ecdsa  # noqa: E402,
 
 READER0 = "Virtual PCD 00 00"
 READER1 = "Virtual PCD 00 01"
-WAIT = 15
+# Deadline for a daemon or card to come up or go away (a limit, not a pause). 15 s was too
+# short on a loaded 2-core machine: with a benchmark running (load 7), a new virtual card
+# (Python, its keys made on first start) took 12 s to appear in slot 0 and over 15 s in slot 1.
+WAIT = 60
 
 
 def info(env, spec):

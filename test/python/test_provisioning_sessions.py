@@ -253,14 +253,22 @@ def test_interleaved_sessions(new_issuer, device):
     sign_and_verify(device, kb, pin=b"2222")
 
 
+# A short sessionLifeTime, and a wait that surely outlasts it. The device counts whole seconds
+# (created + lifetime < now, both truncated), so a session lives between SHORT_LIFE and
+# SHORT_LIFE + 1 s. With 1 s, a test whose calls on the stale session took over a second (an
+# fsync stalled on a busy disk) found it expired too early; 2 s leaves room.
+SHORT_LIFE = 2
+PAST_SHORT_LIFE = SHORT_LIFE + 1.2
+
+
 def test_expired_open_session_is_removed(new_issuer, device):
     """An open session past its sessionLifeTime (by the device's clock) is abandoned
     provisioning: the next createProvisioningSession removes it with its keys."""
-    stale = new_issuer(session_life_time=1)
+    stale = new_issuer(session_life_time=SHORT_LIFE)
     key = stale.provision_key()
     fresh = new_issuer()
     assert_session_state(device, stale, True)   # not yet expired
-    time.sleep(2.2)
+    time.sleep(PAST_SHORT_LIFE)
     later = new_issuer()
     open_handles = [x.provisioning_handle for x in device.list_sessions(True)]
     assert stale.handle not in open_handles
@@ -271,9 +279,9 @@ def test_expired_open_session_is_removed(new_issuer, device):
 def test_expired_session_is_unusable_at_once(new_issuer, device):
     """The attack: keep using an open session past its sessionLifeTime, while no new session is
     created. Every call on it (session or key) is refused, and the session is removed."""
-    stale = new_issuer(session_life_time=1)
+    stale = new_issuer(session_life_time=SHORT_LIFE)
     key = stale.provision_key()          # key entry with certificate, session still open
-    time.sleep(2.2)
+    time.sleep(PAST_SHORT_LIFE)
     with pytest.raises(s.SksError) as e:
         stale.create_key_entry()         # names the session
     assert e.value.status == s.ERROR_NO_SESSION and "expired" in e.value.message
@@ -282,9 +290,9 @@ def test_expired_session_is_unusable_at_once(new_issuer, device):
 
 
 def test_expired_session_key_calls_are_refused(new_issuer, device):
-    stale = new_issuer(session_life_time=1)
+    stale = new_issuer(session_life_time=SHORT_LIFE)
     key = stale.create_key_entry()
-    time.sleep(2.2)
+    time.sleep(PAST_SHORT_LIFE)
     with pytest.raises(s.SksError) as e:
         stale.set_certificate_path(key)  # names the key of the expired session
     assert e.value.status == s.ERROR_NO_SESSION and "expired" in e.value.message
@@ -292,9 +300,9 @@ def test_expired_session_key_calls_are_refused(new_issuer, device):
 
 
 def test_expired_session_cannot_be_closed(new_issuer, device):
-    stale = new_issuer(session_life_time=1)
+    stale = new_issuer(session_life_time=SHORT_LIFE)
     key = stale.provision_key()
-    time.sleep(2.2)
+    time.sleep(PAST_SHORT_LIFE)
     with pytest.raises(s.SksError) as e:
         stale.close()
     assert e.value.status == s.ERROR_NO_SESSION
@@ -315,7 +323,7 @@ def test_ordinary_session_claiming_skip_issuer_is_no_skip_session(new_issuer, de
     """An ordinary session whose issuerUri is made urn:sks:skip by editing the store file (stores
     from before the reservation are refused whole, schema sks-1): the row no longer matches its
     MAC, so it neither passes for a SKIP request nor escapes its lifetime."""
-    claimant = new_issuer(session_life_time=1)
+    claimant = new_issuer(session_life_time=SHORT_LIFE)
     con = sqlite3.connect(str(store), isolation_level=None, timeout=30)
     try:
         con.execute("UPDATE sessions SET issuer_uri = 'urn:sks:skip' WHERE handle = ?", (claimant.handle,))
@@ -324,6 +332,6 @@ def test_ordinary_session_claiming_skip_issuer_is_no_skip_session(new_issuer, de
     with pytest.raises(s.SksError) as e:
         device.call(201, s.uint(claimant.handle) + s.blob(b"a package"), "skipImport")
     assert e.value.status == s.ERROR_STORAGE and "integrity error" in e.value.message, e.value
-    time.sleep(2.2)
+    time.sleep(PAST_SHORT_LIFE)
     new_issuer()                         # removes expired sessions
     assert claimant.handle not in [x.provisioning_handle for x in device.list_sessions(True)]

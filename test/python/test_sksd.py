@@ -34,10 +34,22 @@ ENGINES = os.path.join(BUILD, "engines")
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 
-def free_port():
-    with socket.socket() as so:
-        so.bind(("127.0.0.1", 0))
-        return so.getsockname()[1]
+# How long a daemon (sksd, nginx's workers) may take to come up: on a loaded 2-core machine
+# far more than the usual tens of milliseconds, and waiting costs nothing when it is quick.
+START_WAIT = 15
+
+
+def free_ports(n):
+    """n distinct free ports: each socket stays bound until all are picked (two calls of
+    bind to port 0 in a row may give the same port, and nginx then cannot listen on both)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for so in socks:
+            so.bind(("127.0.0.1", 0))
+        return [so.getsockname()[1] for so in socks]
+    finally:
+        for so in socks:
+            so.close()
 
 
 def run(cmd, env=None, check=True, timeout=120, **kw):
@@ -62,7 +74,8 @@ class Daemon:
     def start(self):
         self.logf = open(self.log, "ab")
         self.proc = subprocess.Popen(self.args, stderr=self.logf)
-        for _ in range(100):
+        deadline = time.monotonic() + START_WAIT
+        while time.monotonic() < deadline:
             if os.path.exists(self.socket):
                 return self
             time.sleep(0.05)
@@ -352,7 +365,7 @@ def nginx(env):
         pytest.fail("nginx is not installed (scripts/install-deps.sh installs it)")
     base = env["base"]
     os.makedirs(os.path.join(base, "tmp"), exist_ok=True)
-    port, upstream = free_port(), free_port()
+    port, upstream = free_ports(2)
     conf = os.path.join(base, "nginx.conf")
     with open(conf, "w") as f:
         f.write(_nginx_conf(base, port, upstream, env["device"]))
@@ -393,9 +406,12 @@ def test_nginx_worker_killed_and_respawned_still_serves(env, nginx):
     before = _workers(nginx["proc"].pid)
     for pid, _ in before:
         os.kill(pid, signal.SIGKILL)
-    for _ in range(50):
+    deadline = time.monotonic() + START_WAIT
+    while True:
         after = _workers(nginx["proc"].pid)
         if len(after) == len(before) and not set(p for p, _ in after) & set(p for p, _ in before):
+            break
+        if time.monotonic() > deadline:
             break
         time.sleep(0.1)
     assert after and not set(p for p, _ in after) & set(p for p, _ in before)
@@ -448,9 +464,8 @@ def test_socket_appears_complete_and_no_path_is_chmodded(env, tmp_path):
                              SKSD, "--store", env["store"], "--socket", str(sock), "--mode", "0660",
                              "--group", "nogroup", "--allow-gid", "nogroup"], stderr=subprocess.DEVNULL)
     try:
-        for _ in range(200):
-            if sock.exists():
-                break
+        deadline = time.monotonic() + START_WAIT   # strace slows sksd's start
+        while not sock.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
         st = os.stat(sock)
         assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == 65534, oct(st.st_mode)
