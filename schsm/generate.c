@@ -161,6 +161,8 @@ int mg_certificate_subject(mg_call *m, sks_span subject_der, const uint8_t *labe
     const unsigned char *p = subject_der.p;
 
     *name = NULL;
+    if (subject_der.n > MG_MAX_SUBJECT_DER)
+        return mg_fail(m, MG_ERROR_OPTION, "subjectDER is %zu bytes; at most %d", subject_der.n, MG_MAX_SUBJECT_DER);
     if (subject_der.n > 0) {
         *name = d2i_X509_NAME(NULL, &p, (long)subject_der.n);
         if (*name == NULL || p != subject_der.p + subject_der.n) {
@@ -172,7 +174,10 @@ int mg_certificate_subject(mg_call *m, sks_span subject_der, const uint8_t *labe
                || !X509_NAME_add_entry_by_txt(*name, "CN", MBSTRING_UTF8, label, (int)label_len, -1, 0)) {
         X509_NAME_free(*name);
         *name = NULL;
-        return mg_fail(m, MG_ERROR_OPTION, "no subject for the key's certificate: give subjectDER (the key has no label)");
+        return mg_fail(m, MG_ERROR_OPTION,
+                       label_len == 0 ? "no subject for the key's certificate: give subjectDER (the key has no label)"
+                                      : "the key's label cannot be the CN of its certificate (over 64 characters, or "
+                                        "not UTF-8): give subjectDER");
     }
     if (days < 1 || days > MG_MAX_CERT_DAYS) {
         X509_NAME_free(*name);

@@ -239,6 +239,7 @@ typedef struct {
     sks_span pin, blob, prkd, cert, name;
     sks_span subject; /* for the certificate the card signs for a CV request's key; empty: CN=<label> */
     uint32_t days;
+    X509_NAME *cert_name; /* that certificate's subject, settled before anything is sent */
     sks_buf new_prkd;
     EVP_PKEY *request_key; /* the key of a CV request in the certificate's place */
     schsm_keyspec ks;
@@ -335,13 +336,6 @@ static int parse_unwrap(mg_call *m, sks_reader *in, unwrap_request *u)
         return malformed(m, in);
     if (u->days < 1 || u->days > MG_MAX_CERT_DAYS)
         return mg_fail(m, MG_ERROR_OPTION, "validityDays must be 1..%d, got %u", MG_MAX_CERT_DAYS, u->days);
-    if (u->subject.n > 0) { /* refused before anything is sent, not after the unwrap */
-        X509_NAME *name;
-        int r = mg_certificate_subject(m, u->subject, NULL, 0, u->days, &name);
-        X509_NAME_free(name);
-        if (r != MG_STEP_OK)
-            return r;
-    }
     if (u->name.n > MAX_LABEL)
         return mg_fail(m, MG_ERROR_OPTION, "the friendly name (the key's label) must be 1..%d bytes", MAX_LABEL);
     if (u->blob.n < SCHSM_KCV_LEN + 1 + 16 + 16)
@@ -360,18 +354,23 @@ static int parse_unwrap(mg_call *m, sks_reader *in, unwrap_request *u)
  * to CE<kid> instead. */
 static int certify_request_key(mg_call *m, unwrap_request *u, uint8_t kid, sks_buf *cert)
 {
+    int r;
+
+    if ((r = mg_key_matches(m, kid, u->request_key)) == MG_STEP_OK)
+        r = mg_make_certificate(m, kid, u->request_key, u->cert_name, u->days, cert);
+    return r;
+}
+
+/* The subject of the certificate the card will sign for a CV request's key: subjectDER, else
+ * CN=<the label of the PrKD to be written>; refused before anything is sent if it cannot be one. */
+static int request_certificate_subject(mg_call *m, unwrap_request *u)
+{
     const uint8_t *label = NULL;
     size_t label_len = 0;
-    X509_NAME *name = NULL;
-    int r;
 
     if (!schsm_prkd_label(u->new_prkd.data, u->new_prkd.len, &label, &label_len))
         label_len = 0;
-    if ((r = mg_certificate_subject(m, u->subject, label, label_len, u->days, &name)) == MG_STEP_OK
-        && (r = mg_key_matches(m, kid, u->request_key)) == MG_STEP_OK)
-        r = mg_make_certificate(m, kid, u->request_key, name, u->days, cert);
-    X509_NAME_free(name);
-    return r;
+    return mg_certificate_subject(m, u->subject, label, label_len, u->days, &u->cert_name);
 }
 
 /* The key of a CV request in the certificate's place, refused before anything is sent if unusable. */
@@ -383,7 +382,9 @@ static int take_request_key(mg_call *m, unwrap_request *u)
                                                                "request; this backup carries %s",
                                            u->cert.n == 0 ? "no certificate" : "the key's certificate");
     u->request_key = mg_cv_request_public_key(m, u->cert, &u->ks);
-    return u->request_key != NULL ? MG_STEP_OK : MG_STEP_ANSWERED;
+    if (u->request_key == NULL)
+        return MG_STEP_ANSWERED;
+    return request_certificate_subject(m, u);
 }
 
 /* CE<kid>: the file's certificate, or one the card signs for the key of its CV request. A key
@@ -398,8 +399,9 @@ static int write_certificate(mg_call *m, unwrap_request *u, uint8_t kid)
     sks_buf_init(&cert);
     if (u->request_key != NULL)
         r = certify_request_key(m, u, kid, &cert);
-    if (u->request_key == NULL || (r == MG_STEP_ANSWERED && m->sw != 0x9000 && m->sw != 0)) {
-        /* no request, or the card refused to SIGN with the key (the SW of that SIGN is kept) */
+    if (u->request_key == NULL || (r == MG_STEP_ANSWERED && m->sw != 0x9000 && m->sw != 0 && u->subject.n == 0)) {
+        /* no request, or the card refused to SIGN with the key (the SW of that SIGN is kept):
+         * the request is stored, unless a subject was asked for (then the key is refused) */
         sks_buf_reset(&cert);
         sks_buf_put(&cert, u->cert.p, u->cert.n);
         r = MG_STEP_OK;
@@ -437,6 +439,7 @@ int mg_unwrap_key(mg_call *m, sks_reader *in)
         }
     }
     EVP_PKEY_free(u.request_key);
+    X509_NAME_free(u.cert_name);
     sks_buf_free(&u.new_prkd);
     return r;
 }

@@ -213,10 +213,11 @@ int mg_domain_unwrap_key(mg_call *m, sks_reader *in)
     }
     if ((r = mg_select(m)) == MG_STEP_OK && (r = mg_verify_pin(m, u.pin)) == MG_STEP_OK
         && (r = mg_free_key_reference(m, &kid)) == MG_STEP_OK && (r = unwrap_on_card(m, kid, u.blob)) == MG_STEP_OK) {
-        /* a key that does not match its description is not kept */
+        /* a key that does not match its description, or whose description or certificate
+         * cannot be written, is not kept */
         if ((r = mg_key_matches(m, kid, pub)) == MG_STEP_OK)
             r = describe_unwrapped(m, kid, &u, &ks, pub);
-        else
+        if (r != MG_STEP_OK)
             r = mg_drop_new_key(m, kid, r);
     }
 done:

@@ -191,6 +191,24 @@ def custodian_blocks(text):
     return blocks
 
 
+def password_from_shares(blocks):
+    """The share file's password from custodian blocks (Lagrange interpolation at 0 mod the prime)."""
+    def hexnum(text):
+        return int(text.replace(":", ""), 16)
+    prime = hexnum(re.search(r"Prime\s*:\s*(\S+)", blocks[0]).group(1))
+    points = [(int(re.search(r"Share ID\s*:\s*(\d+)", b).group(1)),
+               hexnum(re.search(r"Share value\s*:\s*(\S+)", b).group(1))) for b in blocks]
+    secret = 0
+    for i, (xi, yi) in enumerate(points):
+        num = den = 1
+        for j, (xj, _) in enumerate(points):
+            if i != j:
+                num = num * xj % prime
+                den = den * (xj - xi) % prime
+        secret = (secret + yi * num * pow(den, -1, prime)) % prime
+    return secret.to_bytes(8, "big")
+
+
 def open_with_sc_hsm_tool(c, share, blocks):
     """sc-hsm-tool imports the share with custodians 1 and 3 of the printed blocks; its KCV."""
     # sc-hsm-tool asks for T shares interactively: prime once, then id and value per share
@@ -219,9 +237,10 @@ def test_n_of_m_shares_of_sks_open_with_sc_hsm_tool(rig):
 
 def test_a_card_whose_generator_answers_zeros_still_gets_a_secret_share_sc_hsm_tool_opens(rig):
     """A card whose GET CHALLENGE answers zeros (broken or rigged) must not make the DKEK share,
-    its salt or its n-of-m password predictable: sks mixes in the host's generator. It is also the
-    deterministic form of a one-in-128 failure: a password starting with a zero byte, which
-    sc-hsm-tool drops when it rebuilds the password, so the share never opened there."""
+    its salt or its n-of-m password predictable: sks mixes in the host's generator. The password
+    (rebuilt here from two custodians' shares) is random, and its first byte is not zero, which
+    sc-hsm-tool would drop (the unit test forces that case; once in 128 splits the share did not
+    open with sc-hsm-tool)."""
     c = fresh(rig, 0, "zero", fault="zero-random")
     c.init(1)
     share = c.path("zero.share")
@@ -230,6 +249,8 @@ def test_a_card_whose_generator_answers_zeros_still_gets_a_secret_share_sc_hsm_t
     assert len(blocks) == 3, out
     data = open(share, "rb").read()
     assert data[:8] == b"Salted__" and data[8:16] != bytes(8), "the salt is the card's zeros"
+    password = password_from_shares([blocks[0], blocks[2]])
+    assert password[0] != 0 and password[1:] != bytes(7), "the password is the card's zeros"
     tool_kcv, text = open_with_sc_hsm_tool(c, share, blocks)
     kcv, _ = c.sks_kcv()
     assert tool_kcv and tool_kcv == kcv, text
