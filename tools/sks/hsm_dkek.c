@@ -242,6 +242,7 @@ static int share_random(sks_transport *t, const char *cmd, uint8_t *out, size_t 
 
     if (n > sizeof(host) || RAND_priv_bytes(host, (int)n) != 1) {
         cli_error("%s: no random bytes from the host", cmd);
+        OPENSSL_cleanse(host, sizeof(host));
         return 0;
     }
     if (!sks_client_hsm_get_challenge(t, out, n, &e)) {
@@ -254,7 +255,6 @@ static int share_random(sks_transport *t, const char *cmd, uint8_t *out, size_t 
     OPENSSL_cleanse(host, sizeof(host));
     return 1;
 }
-
 
 static int print_custodian_shares(const char *cmd, const uint8_t pwd[SCHSM_PWD_LEN], unsigned t, unsigned m)
 {
