@@ -5,7 +5,8 @@
  * (61xx and GET RESPONSE, 6Cxx, SELECT answers, chaining) and its recovery must hold up.
  *
  * pcsc-lite is replaced by the functions below, so no pcscd is needed. Input: one byte of
- * options (bit 0: the reader reports short APDUs only), then the script the fake pcscd reads
+ * options (bit 0: the reader reports short APDUs only; bit 1: the second and fourth requests are
+ * enumerateKeys instead of a long signHashedData), then the script the fake pcscd reads
  * from each time it is asked: for SCardBeginTransaction and SCardTransmit one event byte (see
  * next_event), and for an answered APDU a 2-byte big-endian length and the response APDU.
  *
@@ -239,6 +240,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const pcsc_app *const apps[] = { &pcsc_app_sks, &pcsc_app_schsm };
     static uint8_t big[700];
     static const uint8_t small[] = { 0x01 };
+    /* enumerateKeys after handle 0: the SmartCard-HSM driver answers getDeviceInfo from its
+     * SELECT and refuses the long request before sending anything, so without this request
+     * none of its APDUs (key list, descriptions, certificates) went over the link */
+    static const uint8_t enumerate[] = { 70, 0, 0, 0, 0 };
     char err[1024];
     sks_buf reply;
     pcsc_link *l;
@@ -256,8 +261,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     sks_buf_init(&reply);
     for (i = 0; i < 4 && card.n > 0; i++) {
-        int ok = i % 2 ? pcsc_link_call(l, big, sizeof(big), &reply, err, sizeof(err))
-                       : pcsc_link_call(l, small, sizeof(small), &reply, err, sizeof(err));
+        int ok = i % 2 == 0 ? pcsc_link_call(l, small, sizeof(small), &reply, err, sizeof(err))
+                 : data[0] & 2 ? pcsc_link_call(l, enumerate, sizeof(enumerate), &reply, err, sizeof(err))
+                               : pcsc_link_call(l, big, sizeof(big), &reply, err, sizeof(err));
         if (ok && reply.len > 16u * 1024 * 1024)
             abort();
     }

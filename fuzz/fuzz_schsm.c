@@ -5,7 +5,8 @@
  * status words) see whatever a broken or hostile card could send. The requests come through
  * the typed client (client/sks_client.h), as the provider sends them: getDeviceInfo,
  * enumerateKeys, getKeyAttributes, getKeyProtectionInfo, signatures (ECDSA, RSA PKCS#1, PSS),
- * decryption (PKCS#1, OAEP), keyAgreement.
+ * decryption (PKCS#1, OAEP), keyAgreement, then the key management methods the driver serves
+ * (changePin, unlockKey with the SO-PIN, deleteKey last, as it drops the key list).
  *
  * Input: one byte of options (bit 0: extended length; bits 1-7: the key handle asked for),
  * then the card's answers, each: 2-byte big-endian length (at most 9000), the data, 2 bytes of
@@ -112,6 +113,20 @@ static void sign(sks_transport *t, sks_user_args *a, const char *uri, const uint
     sks_buf_free(&out);
 }
 
+/* PIN change (VERIFY status, CHANGE REFERENCE DATA), PIN unblock (RESET RETRY COUNTER with the
+ * SO-PIN), key deletion (DELETE FILE of the key and its descriptions): without them the
+ * driver's answers to these APDUs were never fuzzed. */
+static void manage_calls(sks_transport *t, uint32_t handle, sks_span pin)
+{
+    static const char SO_PIN[] = "3537363231383039";
+    sks_span new_pin = { (const uint8_t *)"123456", 6 }, so = { (const uint8_t *)SO_PIN, 16 };
+    sks_client_error e;
+
+    sks_client_change_pin(t, handle, pin, new_pin, &e);
+    sks_client_unlock_key(t, handle, so, &e);
+    sks_client_delete_key(t, handle, pin, &e);
+}
+
 static void user_calls(sks_transport *t, uint32_t handle)
 {
     static const uint8_t oaep[] = { 0, 6, 'S', 'H', 'A', '2', '5', '6', 0, 4, 'S', 'H', 'A', '1', 0, 0 };
@@ -160,6 +175,7 @@ static void user_calls(sks_transport *t, uint32_t handle)
         sks_client_key_agreement(t, &a, peer, &out, &e);
     }
     sks_buf_free(&out);
+    manage_calls(t, handle, a.authorization);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
