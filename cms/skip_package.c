@@ -115,9 +115,9 @@ static int container_cipher(asn1_node el, size_t i, int *bits, char *err, size_t
 /* The SubjectPublicKeyInfo DER of each certificate, encoded once (NULL entries where it
  * cannot be), for finding the certificate that carries a given key by its bytes. */
 typedef struct {
+    STACK_OF(X509) *certs; /* the package's, not owned */
     unsigned char **der;
     int *len;
-    X509 **cert;
     int n;
 } cert_keys;
 
@@ -129,7 +129,6 @@ static void cert_keys_free(cert_keys *k)
         OPENSSL_free(k->der[j]);
     OPENSSL_free(k->der);
     OPENSSL_free(k->len);
-    OPENSSL_free(k->cert);
     memset(k, 0, sizeof(*k));
 }
 
@@ -142,16 +141,14 @@ static int cert_keys_encode(STACK_OF(X509) *certs, cert_keys *k)
         return 1;
     k->der = OPENSSL_zalloc(sizeof(*k->der) * (size_t)n);
     k->len = OPENSSL_zalloc(sizeof(*k->len) * (size_t)n);
-    k->cert = OPENSSL_zalloc(sizeof(*k->cert) * (size_t)n);
-    if (k->der == NULL || k->len == NULL || k->cert == NULL) {
+    if (k->der == NULL || k->len == NULL) {
         cert_keys_free(k);
         return 0;
     }
+    k->certs = certs;
     k->n = n;
-    for (j = 0; j < n; j++) {
-        k->cert[j] = sk_X509_value(certs, j);
-        k->len[j] = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(k->cert[j]), &k->der[j]);
-    }
+    for (j = 0; j < n; j++)
+        k->len[j] = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(sk_X509_value(certs, j)), &k->der[j]);
     ERR_clear_error();
     return 1;
 }
@@ -169,7 +166,7 @@ static EVP_PKEY *key_of_a_certificate(const cert_keys *k, const uint8_t *spki, s
         EVP_PKEY *pub;
         if (k->len[j] <= 0 || (size_t)k->len[j] != n || memcmp(k->der[j], spki, n) != 0)
             continue;
-        if ((pub = X509_get0_pubkey(k->cert[j])) != NULL && EVP_PKEY_up_ref(pub) == 1)
+        if ((pub = X509_get0_pubkey(sk_X509_value(k->certs, j))) != NULL && EVP_PKEY_up_ref(pub) == 1)
             return pub;
     }
     ERR_clear_error();
