@@ -45,15 +45,19 @@
  * embedded store: what `sks skip import` does, without starting a process) and as
  * `sks skip import` processes on a second store prepared the same way.
  *
- * Busy machine and many clients (issue 13): P-256 signing by one client while as many other
- * processes as cores spin, and by as many clients as cores and twice as many at once (forks of
- * this process, each warmed up, started together), throughput added, for (a), (b) and (c).
+ * Busy machine and many clients (issue 13): P-256 signing by one client alone, by one client
+ * while as many other processes as cores spin, and by as many clients as cores and twice as
+ * many at once (forks of this process, each warmed up, started together), throughput added,
+ * for (a), (b) and (c), and with --ssh-agent for OpenSSH's ssh-agent holding the same key: an
+ * outside program's price for a key in another process on this machine, beside sksd's.
  *
  * Options:
  *   --pcsc READER           enable (d) on pcsc:READER (pcscd found through PCSCLITE_CSOCK_NAME)
  *   --pkcs11 MODULE         enable (e) with this PKCS#11 module (SoftHSM2: SOFTHSM2_CONF)
  *   --pkcs11-token LABEL    token label (sks-bench)       --pkcs11-pin PIN  user PIN (1234)
  *   --pkcs11-engine PATH    libp11's engine (Debian's path by default)
+ *   --ssh-agent SOCKET      the contention rows get a peer column: ssh-agent (OpenSSH) at
+ *                           SOCKET holding keys/p256.pem (ssh-add), signing through its socket
  *   --sks-pin-file PATH     sks keys are loaded as sks:name=NAME?pin-source=file:PATH (a card
  *                           whose keys need the PIN: bench/vhsm_bench.py)
  *   --na X:REASON           variant X is not available, REASON goes into its column
@@ -110,6 +114,7 @@
 
 #include "../cms/skip_import.h"
 #include "../cms/skip_package.h"
+#include "agent_peer.h"
 
 extern char **environ;
 
@@ -325,7 +330,7 @@ static const struct {
 static struct {
     const char *profile;
     const char *dir, *pcsc, *pkcs11, *pkcs11_token, *pkcs11_pin, *pkcs11_engine, *modules, *tool, *markdown;
-    const char *sks_pin_file;
+    const char *sks_pin_file, *ssh_agent;
     char na[NVARIANTS][REASON];
     int rounds, skip_trials, no_tls, no_skip, want_variant[NVARIANTS];
     long count; /* --count: --profile runs exactly this many operations, after a warm-up */
@@ -344,7 +349,7 @@ static void usage(void)
     fputs("usage: sks_bench --dir DIR [--pcsc READER] [--pkcs11 MODULE] [--pkcs11-token LABEL] [--pkcs11-pin PIN]\n"
           "                 [--na X:REASON] [--rounds N] [--seconds S] [--only OP[,OP]] [--variants abcde]\n"
           "                 [--no-tls] [--no-skip] [--no-contention] [--skip-trials N] [--markdown FILE] [--modules DIR] [--sks PATH]\n"
-          "                 [--sks-pin-file PATH]\n"
+          "                 [--sks-pin-file PATH] [--ssh-agent SOCKET]\n"
           "       sks_bench --dir DIR [...] --profile X:OP [--seconds S | --count N]   (one variant, one operation:\n"
           "                 profilers; --count: N operations in one run_batch after 50 outside it, for\n"
           "                 valgrind --tool=callgrind --toggle-collect=run_batch)\n"
@@ -392,6 +397,8 @@ static void parse_args(int argc, char **argv)
             cfg.pkcs11_engine = v;
         else if (strcmp(a, "--sks-pin-file") == 0)
             cfg.sks_pin_file = v;
+        else if (strcmp(a, "--ssh-agent") == 0)
+            cfg.ssh_agent = v;
         else if (strcmp(a, "--modules") == 0)
             cfg.modules = v;
         else if (strcmp(a, "--sks") == 0)
@@ -1176,6 +1183,7 @@ typedef struct {
     int port, n;
     double rate[MAX_ROUNDS];
     double srv_cpu[MAX_ROUNDS], cli_cpu[MAX_ROUNDS]; /* µs of CPU per handshake */
+    double switches[MAX_ROUNDS];                     /* context switches per handshake, whole machine */
 } ngx_server;
 
 static ngx_server NGX[NNGX];
@@ -1204,6 +1212,21 @@ static double proc_cpu(pid_t pid)
     if (p == NULL || sscanf(p, " %llu %llu", &ut, &st) != 2)
         return 0;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* Context switches of the whole machine so far (/proc/stat ctxt); 0 if unknown. */
+static unsigned long long machine_switches(void)
+{
+    char line[256];
+    unsigned long long v = 0;
+    FILE *f = fopen("/proc/stat", "r");
+
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+        if (sscanf(line, "ctxt %llu", &v) == 1)
+            break;
+    if (f != NULL)
+        fclose(f);
+    return v;
 }
 
 /* CPU of the server side: nginx's master and workers (the master's children), and sksd. */
@@ -1358,6 +1381,7 @@ static int ngx_batch(ngx_server *sv, double secs, pid_t sksd)
     ngx_result r;
     long total = 0;
     double longest = 0, cli = 0, s0, s1;
+    unsigned long long x0, x1;
     char c;
 
     if (pipe(ready) != 0 || pipe(go) != 0 || pipe(out) != 0)
@@ -1381,6 +1405,7 @@ static int ngx_batch(ngx_server *sv, double secs, pid_t sksd)
         if (read(ready[0], &c, 1) != 1)
             failed = 1;
     s0 = ngx_server_cpu(sv, sksd);
+    x0 = machine_switches();
     close(go[1]);
     for (i = 0; i < started; i++) {
         if (read(out[0], &r, sizeof(r)) != (ssize_t)sizeof(r)) {
@@ -1393,6 +1418,7 @@ static int ngx_batch(ngx_server *sv, double secs, pid_t sksd)
             longest = r.secs;
     }
     s1 = ngx_server_cpu(sv, sksd);
+    x1 = machine_switches();
     for (i = 0; i < ngx_clients; i++) {
         int st;
         if (pids[i] > 0 && (waitpid(pids[i], &st, 0) != pids[i] || !WIFEXITED(st) || WEXITSTATUS(st) != 0))
@@ -1405,6 +1431,7 @@ static int ngx_batch(ngx_server *sv, double secs, pid_t sksd)
     sv->rate[sv->n] = (double)total / longest;
     sv->srv_cpu[sv->n] = (s1 - s0) * 1e6 / (double)total;
     sv->cli_cpu[sv->n] = cli * 1e6 / (double)total;
+    sv->switches[sv->n] = (double)(x1 - x0) / (double)total;
     sv->n++;
     return 1;
 }
@@ -1507,6 +1534,9 @@ static void report_nginx(FILE *out, double *in_proc, double *via_sksd)
     fprintf(out, "\n| client CPU per handshake (all client processes), µs |");
     for (i = 0; i < NNGX; i++)
         fprintf(out, NGX[i].n ? " %.0f |" : " |", median(NGX[i].cli_cpu, NGX[i].n));
+    fprintf(out, "\n| context switches per handshake, whole machine (`/proc/stat`) |");
+    for (i = 0; i < NNGX; i++)
+        fprintf(out, NGX[i].n ? " %.1f |" : " |", median(NGX[i].switches, NGX[i].n));
     fprintf(out, "\n\n");
 }
 
@@ -1712,13 +1742,18 @@ static void measure_skip(void)
 static void fmt_rate(char *out, size_t n, double r);
 static double ratio(const double *x, int nx, const double *a, int na);
 
-#define CONT_ROWS 3
-enum { C_BUSY, C_CORES, C_TWICE };
+#define CONT_ROWS 4
+enum { C_ONE, C_BUSY, C_CORES, C_TWICE };
 typedef struct {
     int clients, hogs;
     int n[NVARIANTS];
     double rate[NVARIANTS][MAX_ROUNDS]; /* signatures per second, all clients together */
     char why[NVARIANTS][REASON];
+    int agent_n;                        /* the ssh-agent peer (--ssh-agent) */
+    double agent_rate[MAX_ROUNDS];
+    char agent_why[REASON];
+    int pipe_n;                         /* the machine's floor: perf bench sched pipe */
+    double pipe_rate[MAX_ROUNDS];       /* round trips per second, all pairs together */
 } cont_row;
 static cont_row CONT[CONT_ROWS];
 
@@ -1735,18 +1770,39 @@ static pid_t start_hog(void)
     return pid;
 }
 
-/* One client: warms up (its own connection to sksd or the store, its key cache), says so on
- * ready, waits for the start (go closes), signs for secs, writes its rate to out. */
+/* 16 signatures through the ssh-agent peer (the first ever checked with the PEM key); -1 on
+ * failure, as run_batch. */
+static double agent_batch(agent_peer *a, char *why)
+{
+    static int checked;
+    int i;
+
+    for (i = 0; i < 16; i++) {
+        if (!agent_sign(a, MSG, sizeof(MSG), V[V_A].key[K_P256], !checked, why, REASON))
+            return -1;
+        checked = 1;
+    }
+    return 0;
+}
+
+/* One client: warms up (its own connection to sksd, the store or the agent, its key cache),
+ * says so on ready, waits for the start (go closes), signs for secs, writes its rate to out.
+ * v NULL: the ssh-agent peer. */
 static void cont_client(const variant *v, int ready, int go, int out, double secs)
 {
     char c = 1, why[REASON];
     double t0, t, rate;
     long n = 0;
+    agent_peer agent;
 
     /* The provider reopens its device in a forked child, from SKS_DEVICE again. */
-    if (v->device[0])
+    if (v != NULL && v->device[0])
         setenv("SKS_DEVICE", v->device, 1);
-    if (run_batch(OP_P256, v, 16, why) < 0 || write(ready, &c, 1) != 1) {
+    if (v == NULL && !agent_open(&agent, cfg.ssh_agent, V[V_A].key[K_P256], why, sizeof(why))) {
+        note("client %d: %s\n", (int)getpid(), why);
+        _exit(1);
+    }
+    if ((v ? run_batch(OP_P256, v, 16, why) : agent_batch(&agent, why)) < 0 || write(ready, &c, 1) != 1) {
         note("client %d: %s\n", (int)getpid(), why);
         _exit(1);
     }
@@ -1755,7 +1811,7 @@ static void cont_client(const variant *v, int ready, int go, int out, double sec
         _exit(1);
     t0 = now();
     do {
-        if (run_batch(OP_P256, v, 16, why) < 0) {
+        if ((v ? run_batch(OP_P256, v, 16, why) : agent_batch(&agent, why)) < 0) {
             note("client %d: %s\n", (int)getpid(), why);
             _exit(1);
         }
@@ -1765,7 +1821,79 @@ static void cont_client(const variant *v, int ready, int go, int out, double sec
     _exit(write(out, &rate, sizeof(rate)) == (ssize_t)sizeof(rate) ? 0 : 1);
 }
 
-/* clients processes signing at once on variant v, for secs; their rates added, -1 on failure. */
+/*
+ * The machine's own price of a process boundary: `perf bench sched pipe` (Linux's perf, not
+ * this project's) ping-pongs a word between two processes through pipes, with no work between:
+ * each round trip is two context switches and four system calls. pairs of them at once, about
+ * secs long; round trips per second of all pairs added, or -1 (no perf: linux-perf).
+ */
+#define PERF "/usr/bin/perf"
+
+/* The "N ops/sec" line of a perf bench output file; 0 if there is none. */
+static double pipe_rate_of(const char *path)
+{
+    char line[256];
+    double r = 0, v;
+    FILE *f = fopen(path, "r");
+
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+        if (strstr(line, "ops/sec") != NULL && sscanf(line, " %lf", &v) == 1)
+            r = v;
+    if (f != NULL)
+        fclose(f);
+    return r;
+}
+
+/* DIR/perf-pipe-I.out, the output of pair i */
+static void pipe_out(char *path, size_t n, int i)
+{
+    char name[64];
+
+    fmt(name, sizeof(name), "perf-pipe-%d.out", i);
+    path_in(path, n, cfg.dir, name);
+}
+
+static double pipe_pairs(int pairs, double secs)
+{
+    static double one = 0; /* round trips/s of one pair, to size the runs */
+    char loops[32] = "20000", path[4096];
+    char *argv[] = { PERF, "bench", "sched", "pipe", "-l", loops, NULL };
+    pid_t pids[256];
+    double sum = 0, r;
+    int i, failed = 0;
+
+    if (pairs > 256 || access(PERF, X_OK) != 0)
+        return -1;
+    if (one <= 0) {
+        one = -1; /* one calibration attempt */
+        pipe_out(path, sizeof(path), 0);
+        unlink(path);
+        if (run_cmd(argv, NULL, path, NULL) != 0 || (one = pipe_rate_of(path)) <= 0)
+            return -1;
+    }
+    fmt(loops, sizeof(loops), "%ld", (long)(one * secs / pairs) + 1000);
+    for (i = 0; i < pairs; i++) {
+        pipe_out(path, sizeof(path), i);
+        unlink(path);
+        if ((pids[i] = spawn_bg(argv, NULL, path)) < 0)
+            failed = 1;
+    }
+    for (i = 0; i < pairs; i++) {
+        int st;
+        if (pids[i] < 0 || waitpid(pids[i], &st, 0) != pids[i] || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            failed = 1;
+            continue;
+        }
+        pipe_out(path, sizeof(path), i);
+        if ((r = pipe_rate_of(path)) <= 0)
+            failed = 1;
+        sum += r;
+    }
+    return failed ? -1 : sum;
+}
+
+/* clients processes signing at once on variant v (NULL: the ssh-agent peer), for secs; their
+ * rates added, -1 on failure. */
 static double cont_run(const variant *v, int clients, double secs)
 {
     int ready[2], go[2], res[2], i, started = 0, failed = 0;
@@ -1820,6 +1948,7 @@ static void measure_contention(void)
 
     if (cores < 1)
         cores = 1;
+    CONT[C_ONE].clients = 1;
     CONT[C_BUSY].clients = 1;
     CONT[C_BUSY].hogs = cores;
     CONT[C_CORES].clients = cores;
@@ -1830,15 +1959,34 @@ static void measure_contention(void)
                 fmt(CONT[row].why[vi], REASON, "not run");
             else if (!V[vi].available || V[vi].key[K_P256] == NULL)
                 fmt(CONT[row].why[vi], REASON, "n/a");
+    for (row = 0; row < CONT_ROWS; row++)
+        if (cfg.ssh_agent == NULL)
+            fmt(CONT[row].agent_why, REASON, "not run");
     for (r = 0; r < cfg.rounds; r++) {
         note("\rbusy machine and many clients: round %d/%d ", r + 1, cfg.rounds);
         for (row = 0; row < CONT_ROWS; row++) {
             cont_row *c = &CONT[row];
             for (h = 0; h < c->hogs && h < 256; h++)
                 hogs[h] = start_hog();
-            for (i = 0; i < NVARIANTS; i++) {
+            /* the variants, the ssh-agent peer (slot NVARIANTS) and the machine's floor (slot
+             * NVARIANTS + 1: as many pipe pairs as clients), in a rotating order */
+            for (i = 0; i <= NVARIANTS + 1; i++) {
                 double rate;
-                vi = (i + r) % NVARIANTS;
+                vi = (i + r) % (NVARIANTS + 2);
+                if (vi == NVARIANTS + 1) {
+                    if ((rate = pipe_pairs(c->clients, secs)) > 0)
+                        c->pipe_rate[c->pipe_n++] = rate;
+                    continue;
+                }
+                if (vi == NVARIANTS) {
+                    if (c->agent_why[0])
+                        continue;
+                    if ((rate = cont_run(NULL, c->clients, secs)) < 0)
+                        fmt(c->agent_why, REASON, "failed while measuring");
+                    else
+                        c->agent_rate[c->agent_n++] = rate;
+                    continue;
+                }
                 if (c->why[vi][0])
                     continue;
                 if ((rate = cont_run(&V[vi], c->clients, secs)) < 0) {
@@ -1857,6 +2005,41 @@ static void measure_contention(void)
     note("\n");
 }
 
+static void report_agent_cell(FILE *out, const cont_row *c)
+{
+    char buf[64];
+
+    if (c->agent_n == 0) {
+        fprintf(out, " %s |", c->agent_why[0] ? c->agent_why : "n/a");
+        return;
+    }
+    fmt_rate(buf, sizeof(buf), median(c->agent_rate, c->agent_n));
+    if (c->n[V_A] == 0)
+        fprintf(out, " %s |", buf);
+    else
+        fprintf(out, " %s (%.2f×) |", buf, ratio(c->agent_rate, c->agent_n, c->rate[V_A], c->n[V_A]));
+}
+
+/* Throughput from as many clients as cores to twice as many, for sksd and for the peer: the
+ * price of more processes than cores taking turns at a key in another process. */
+static void report_scaling(FILE *out)
+{
+    const cont_row *k = &CONT[C_CORES], *t = &CONT[C_TWICE];
+
+    if (k->n[V_C] == 0 || t->n[V_C] == 0)
+        return;
+    fprintf(out, "From %d to %d clients, all clients' signatures/s: sksd %.2f×", k->clients, t->clients,
+            median(t->rate[V_C], t->n[V_C]) / median(k->rate[V_C], k->n[V_C]));
+    if (k->agent_n > 0 && t->agent_n > 0)
+        fprintf(out, ", ssh-agent %.2f×", median(t->agent_rate, t->agent_n) / median(k->agent_rate, k->agent_n));
+    if (k->pipe_n > 0 && t->pipe_n > 0)
+        fprintf(out, ", bare process pairs (`perf bench sched pipe`) %.2f×",
+                median(t->pipe_rate, t->pipe_n) / median(k->pipe_rate, k->pipe_n));
+    if (k->n[V_A] > 0 && t->n[V_A] > 0)
+        fprintf(out, " (the key in each process: %.2f×)", median(t->rate[V_A], t->n[V_A]) / median(k->rate[V_A], k->n[V_A]));
+    fprintf(out, ".\n\n");
+}
+
 static void report_contention(FILE *out, double *busy_sksd, double *worst_scaling)
 {
     int row, vi;
@@ -1866,14 +2049,21 @@ static void report_contention(FILE *out, double *busy_sksd, double *worst_scalin
     for (vi = 0; vi <= V_C; vi++)
         if (cfg.want_variant[vi])
             fprintf(out, " %s |", VARIANT_TITLES[vi]);
+    if (cfg.ssh_agent != NULL)
+        fprintf(out, " peer: ssh-agent (OpenSSH), the same key in another process |");
+    fprintf(out, " floor: `perf bench sched pipe`, as many process pairs as clients, round trips/s (no crypto) |");
     fprintf(out, "\n|---|");
     for (vi = 0; vi <= V_C; vi++)
         if (cfg.want_variant[vi])
             fprintf(out, "--:|");
-    fprintf(out, "\n");
+    if (cfg.ssh_agent != NULL)
+        fprintf(out, "--:|");
+    fprintf(out, "--:|\n");
     for (row = 0; row < CONT_ROWS; row++) {
         const cont_row *c = &CONT[row];
-        if (row == C_BUSY)
+        if (row == C_ONE)
+            fprintf(out, "| 1 client, nothing else running |");
+        else if (row == C_BUSY)
             fprintf(out, "| 1 client, %d other processes keeping the cores busy |", c->hogs);
         else
             fprintf(out, "| %d clients at once (%s) |", c->clients, row == C_CORES ? "as many as cores" : "twice the cores");
@@ -1894,9 +2084,18 @@ static void report_contention(FILE *out, double *busy_sksd, double *worst_scalin
                     *busy_sksd = q;
             }
         }
+        if (cfg.ssh_agent != NULL)
+            report_agent_cell(out, c);
+        if (c->pipe_n > 0) {
+            fmt_rate(buf, sizeof(buf), median(c->pipe_rate, c->pipe_n));
+            fprintf(out, " %s |", buf);
+        } else {
+            fprintf(out, " n/a (no %s: linux-perf) |", PERF);
+        }
         fprintf(out, "\n");
     }
     fprintf(out, "\n");
+    report_scaling(out);
     /* sksd's throughput must not fall as clients are added */
     if (CONT[C_CORES].n[V_C] > 0 && CONT[C_TWICE].n[V_C] > 0 && CELLS[OP_P256][V_C].n > 0) {
         double one = median(CELLS[OP_P256][V_C].rate, CELLS[OP_P256][V_C].n);

@@ -13,7 +13,8 @@
 # and into a SoftHSM2 token (pkcs11-tool --write-object); sksd serving the store; a private pcscd
 # (socket activation on a socket of ours, so a system pcscd is left alone) with vpcd and the
 # virtual card sks-vcard on the same store; a CA for SKIP packages. sks_bench starts nginx itself
-# (Debian's, on 127.0.0.1, one configuration per variant in the temporary directory). The run includes P-256
+# (Debian's, on 127.0.0.1, one configuration per variant in the temporary directory). OpenSSH's
+# ssh-agent holds the P-256 key too: the peer of the contention rows (a key in another process). The run includes P-256
 # signing on a busy machine and with as many clients as cores and twice as many (--no-contention
 # leaves it out). Every process started here is stopped by its PID on exit. Then
 # bench/vhsm_bench.py compares sks with OpenSC's PKCS#11 module (through libp11's engine) on one
@@ -144,11 +145,24 @@ os.execvp(sys.argv[2], sys.argv[2:])' "$PCSCLITE_CSOCK_NAME" pcscd -f -c "$W/rea
   PCSC=(--pcsc "$READER")
 fi
 
+# ---- the peer for a key in another process: OpenSSH's ssh-agent holding the P-256 key
+AGENT=()
+if command -v ssh-agent >/dev/null && command -v ssh-add >/dev/null; then
+  ssh-agent -D -a "$W/agent.sock" >"$W/agent.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do [ -S "$W/agent.sock" ] && break; sleep 0.05; done
+  if SSH_AUTH_SOCK=$W/agent.sock ssh-add -q "$W/keys/p256.pem" 2>>"$W/agent.log"; then
+    AGENT=(--ssh-agent "$W/agent.sock")
+  else
+    log "ssh-add failed (see $W/agent.log): no ssh-agent column"
+  fi
+fi
+
 for _ in $(seq 100); do [ -S "$W/sksd.sock" ] && break; sleep 0.05; done
 [ -S "$W/sksd.sock" ] || NA+=(--na "c:sksd did not start")
 
 log "running the benchmark (about 2-3 minutes)"
-OPENSSL_MODULES=$BUILD "$BENCH" --dir "$W" --sks "$SKS" "${PCSC[@]}" "${PKCS11[@]}" "${NA[@]}" \
+OPENSSL_MODULES=$BUILD "$BENCH" --dir "$W" --sks "$SKS" "${PCSC[@]}" "${PKCS11[@]}" "${AGENT[@]}" "${NA[@]}" \
   --markdown "$W/results.md" "$@"
 
 VHSM_MD=

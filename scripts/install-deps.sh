@@ -8,6 +8,7 @@ PACKAGES=(
   libssl-dev openssl libsqlite3-dev sqlite3 libtasn1-6-dev libtasn1-bin libcjson-dev
   python3 python3-pytest python3-cryptography python3-asn1crypto
   nginx-light curl util-linux procps
+  openssh-client linux-perf  # scripts/bench.sh: ssh-agent (a key in another process) and perf bench (the machine's switch cost)
   pcscd libpcsclite-dev vsmartcard-vpcd
   softhsm2 libengine-pkcs11-openssl opensc   # scripts/bench.sh: libp11 over SoftHSM2; OpenSC judges sks-vhsm
   debhelper lintian dpkg-dev fakeroot man-db  # scripts/package.sh and the man page checks
