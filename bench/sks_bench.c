@@ -1184,6 +1184,7 @@ typedef struct {
     double rate[MAX_ROUNDS];
     double srv_cpu[MAX_ROUNDS], cli_cpu[MAX_ROUNDS]; /* µs of CPU per handshake */
     double switches[MAX_ROUNDS];                     /* context switches per handshake, whole machine */
+    double sksd_cpu[MAX_ROUNDS];                     /* µs of sksd's CPU per handshake (in srv_cpu) */
 } ngx_server;
 
 static ngx_server NGX[NNGX];
@@ -1380,7 +1381,7 @@ static int ngx_batch(ngx_server *sv, double secs, pid_t sksd)
     pid_t pids[256];
     ngx_result r;
     long total = 0;
-    double longest = 0, cli = 0, s0, s1;
+    double longest = 0, cli = 0, s0, s1, d0, d1;
     unsigned long long x0, x1;
     char c;
 
@@ -1405,6 +1406,7 @@ static int ngx_batch(ngx_server *sv, double secs, pid_t sksd)
         if (read(ready[0], &c, 1) != 1)
             failed = 1;
     s0 = ngx_server_cpu(sv, sksd);
+    d0 = sksd > 0 ? proc_cpu(sksd) : 0;
     x0 = machine_switches();
     close(go[1]);
     for (i = 0; i < started; i++) {
@@ -1418,6 +1420,7 @@ static int ngx_batch(ngx_server *sv, double secs, pid_t sksd)
             longest = r.secs;
     }
     s1 = ngx_server_cpu(sv, sksd);
+    d1 = sksd > 0 ? proc_cpu(sksd) : 0;
     x1 = machine_switches();
     for (i = 0; i < ngx_clients; i++) {
         int st;
@@ -1432,6 +1435,7 @@ static int ngx_batch(ngx_server *sv, double secs, pid_t sksd)
     sv->srv_cpu[sv->n] = (s1 - s0) * 1e6 / (double)total;
     sv->cli_cpu[sv->n] = cli * 1e6 / (double)total;
     sv->switches[sv->n] = (double)(x1 - x0) / (double)total;
+    sv->sksd_cpu[sv->n] = (d1 - d0) * 1e6 / (double)total;
     sv->n++;
     return 1;
 }
@@ -1531,6 +1535,11 @@ static void report_nginx(FILE *out, double *in_proc, double *via_sksd)
     fprintf(out, "\n| server CPU per handshake (nginx%s), µs |", NGX[N_SKSD].n ? "; sksd's included in its column" : "");
     for (i = 0; i < NNGX; i++)
         fprintf(out, NGX[i].n ? " %.0f |" : " |", median(NGX[i].srv_cpu, NGX[i].n));
+    if (NGX[N_SKSD].n > 0 && median(NGX[N_SKSD].sksd_cpu, NGX[N_SKSD].n) > 0) {
+        fprintf(out, "\n| of which sksd (its signature, the wake-ups and switches it pays), µs |");
+        for (i = 0; i < NNGX; i++)
+            fprintf(out, i == N_SKSD ? " %.0f |" : " |", median(NGX[i].sksd_cpu, NGX[i].n));
+    }
     fprintf(out, "\n| client CPU per handshake (all client processes), µs |");
     for (i = 0; i < NNGX; i++)
         fprintf(out, NGX[i].n ? " %.0f |" : " |", median(NGX[i].cli_cpu, NGX[i].n));
