@@ -118,8 +118,9 @@ class VirtualHsm:
     """sks-vhsm in one vpcd slot. pull() stops it like a card taken out; insert() puts the same
     card (same state file) back."""
 
-    def __init__(self, port, state, apdu_log, stderr_log, fault=None):
+    def __init__(self, port, state, apdu_log, stderr_log, fault=None, fault_after=0):
         self.fault = fault
+        self.fault_after = fault_after
         self.port = port
         self.state = state
         self.apdu_log = apdu_log
@@ -129,7 +130,9 @@ class VirtualHsm:
     def insert(self):
         self.logf = open(self.stderr_log, "ab")
         self.proc = subprocess.Popen([VHSM, "--port", str(self.port), "--state", self.state,
-                                      "--apdu-log", self.apdu_log] + (["--fault", self.fault] if self.fault else []),
+                                      "--apdu-log", self.apdu_log]
+                                     + (["--fault", self.fault, "--fault-after", str(self.fault_after)] if self.fault
+                                        else []),
                                      stdout=subprocess.DEVNULL, stderr=self.logf)
         return self
 
@@ -197,25 +200,26 @@ class PcscRig:
     def path(self, name):
         return os.path.join(self.base, name)
 
-    def vhsm(self, slot=0, state=None, fault=None):
+    def vhsm(self, slot=0, state=None, fault=None, fault_after=0):
         """Inserts sks-vhsm into `slot` (0 or 1); state defaults to card<slot>.json in the rig;
-        fault makes it misbehave (sks-vhsm --fault)."""
+        fault makes it misbehave (sks-vhsm --fault, after fault_after commands: --fault-after)."""
         state = state or self.path(f"card{slot}.json")
         card = VirtualHsm(self.port + slot, state, self.path(f"card{slot}.apdu.log"), self.path(f"card{slot}.err"),
-                          fault)
+                          fault, fault_after)
         self.cards[slot] = card
         return card.insert()
 
-    def reinsert(self, slot, state=None, fault=None):
-        """Pulls the card in `slot` and inserts sks-vhsm with `state` (default: the same file);
-        a new state or a fault makes it another card (sks-vhsm --fault)."""
+    def reinsert(self, slot, state=None, fault=None, fault_after=0):
+        """Pulls the card in `slot` and inserts sks-vhsm with `state` (default: the same file)
+        and `fault` (sks-vhsm --fault, --fault-after; default: none, so a faulty card comes
+        back sound)."""
         old = self.cards[slot]
         old.pull()
         self.wait_for_card(slot, present=False)
-        if (state is None or state == old.state) and fault is None:
+        if (state is None or state == old.state) and (fault, fault_after) == (old.fault, old.fault_after):
             self.cards[slot] = old.insert()
         else:
-            self.vhsm(slot, state=state or old.state, fault=fault)
+            self.vhsm(slot, state=state or old.state, fault=fault, fault_after=fault_after)
         self.wait_for_card(slot)
         return self.cards[slot]
 
