@@ -13,6 +13,7 @@ APDU (-a).
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -320,3 +321,48 @@ class PcscClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class DriverPipe:
+    """One session of the sks driver on a card (test/helpers/sks_transport_pipe in the build
+    tree, `pipe`) for raw wire requests: byte method, then its fields; the reply's first byte is
+    the status."""
+
+    def __init__(self, pipe, device, env):
+        self.proc = subprocess.Popen([pipe, device], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+
+    def call(self, request):
+        self.proc.stdin.write(len(request).to_bytes(4, "big") + request)
+        self.proc.stdin.flush()
+        n = int.from_bytes(self.proc.stdout.read(4), "big")
+        return self.proc.stdout.read(n)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+    def apdus_of(self, card, request):
+        """(reply, the command APDUs `card` (a VirtualHsm) logged while the driver handled
+        request). An hsmStatus (212) opens the session first, so only the request's own APDUs
+        count."""
+        if self.call(bytes([212]))[:1] != b"\x00":
+            raise AssertionError("hsmStatus failed: no card session")
+        mark = len(card.apdu_lines())
+        reply = self.call(request)
+        return reply, card.apdu_lines()[mark:]
+
+
+def card_objects(env, slot):
+    """Every key (CCxx) and file a SmartCard-HSM in `slot` holds, sorted, as OpenSC's opensc-tool
+    reads them with ENUMERATE OBJECTS (80 58, extended Le) after selecting the application."""
+    res = subprocess.run(["opensc-tool", "--reader", str(slot), "-s", SELECT_HSM, "-s", "80580000000000"], env=env,
+                         capture_output=True, timeout=60)
+    text = res.stdout.decode(errors="replace")
+    answers = re.findall(r"Received \(SW1=0x([0-9A-F]{2}), SW2=0x([0-9A-F]{2})\)(?::\s*\n(.*?))?(?=\nSending|\Z)",
+                         text, re.S)
+    if res.returncode != 0 or len(answers) != 2 or answers[1][:2] != ("90", "00"):
+        raise AssertionError(f"opensc-tool could not enumerate the card's objects:\n{text}{res.stderr.decode()}")
+    # each line: hex bytes (up to 16) then their ASCII
+    hexdump = "".join("".join(re.findall(r"\b[0-9A-F]{2}\b", line[:48])) for line in answers[1][2].splitlines())
+    return sorted(hexdump[i:i + 4] for i in range(0, len(hexdump), 4))

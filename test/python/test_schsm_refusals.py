@@ -12,7 +12,6 @@ card's own APDU log shows. The same for hsmDomainUnwrapKey (228) is in test_schs
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -21,7 +20,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import provtools as pt  # noqa: E402
 import sksissuer as wire  # noqa: E402
-from pcscrig import SELECT_HSM, PcscRig  # noqa: E402
+from pcscrig import DriverPipe, PcscRig, card_objects  # noqa: E402
 
 SKS = str(pt.SKS)
 BUILD = str(pt.BUILD)
@@ -65,15 +64,7 @@ class Card:
         self.rig.reinsert(0, fault=fault, fault_after=fault_after)
 
     def objects(self):
-        """Every key (CCxx) and file the card holds, as OpenSC's opensc-tool reads them with
-        ENUMERATE OBJECTS (80 58) after selecting the SmartCard-HSM application."""
-        res = pt.run(["opensc-tool", "--reader", "0", "-s", SELECT_HSM, "-s", "80580000000000"], env=self.env)
-        text = pt._text(res.stdout)
-        answers = re.findall(r"Received \(SW1=0x([0-9A-F]{2}), SW2=0x([0-9A-F]{2})\)(?::\s*\n(.*?))?(?=\nSending|\Z)",
-                             text, re.S)
-        assert len(answers) == 2 and answers[1][:2] == ("90", "00"), text
-        hexdump = "".join(re.findall(r"\b[0-9A-F]{2}\b", "\n".join(line[:48] for line in answers[1][2].splitlines())))
-        return sorted(hexdump[i:i + 4] for i in range(0, len(hexdump), 4))
+        return card_objects(self.env, 0)
 
     def opensc_keys(self):
         """(pkcs15-tool's private key labels, pkcs11-tool's private key objects) of the card."""
@@ -161,25 +152,6 @@ def test_restore_refused_half_way_leaves_no_key(sound, fault, after, named):
 
 # ---- labels over 64 bytes: refused before the card sees anything ----
 
-class Pipe:
-    """One session of the sks driver on the card (test/helpers/sks_transport_pipe) for raw wire
-    requests: byte method, the fields; the reply's first byte is the status."""
-
-    def __init__(self, card):
-        self.proc = subprocess.Popen([PIPE, card.dev], env=card.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL)
-
-    def call(self, request):
-        self.proc.stdin.write(len(request).to_bytes(4, "big") + request)
-        self.proc.stdin.flush()
-        n = int.from_bytes(self.proc.stdout.read(4), "big")
-        return self.proc.stdout.read(n)
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(10)
-
-
 def der_header(data, i=0):
     """(header length, value length) of the DER TLV at data[i]."""
     n = data[i + 1]
@@ -201,14 +173,10 @@ def der_children(data):
 
 
 def sent_during(card, request):
-    """(reply, the command APDUs the card logged while the driver handled request). The session
-    is opened by an hsmStatus (212) first, so only the request's own APDUs count."""
-    pipe = Pipe(card)
+    """(reply, the APDUs the card logged while the driver handled request)."""
+    pipe = DriverPipe(PIPE, card.dev, card.env)
     try:
-        assert pipe.call(bytes([212]))[0] == 0
-        mark = len(card.vhsm.apdu_lines())
-        reply = pipe.call(request)
-        return reply, card.vhsm.apdu_lines()[mark:]
+        return pipe.apdus_of(card.vhsm, request)
     finally:
         pipe.close()
 
