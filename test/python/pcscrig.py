@@ -132,10 +132,16 @@ class VirtualHsm:
         self.logf = open(self.stderr_log, "ab")
         self.proc = subprocess.Popen([VHSM, "--port", str(self.port), "--state", self.state,
                                       "--apdu-log", self.apdu_log]
-                                     + (["--fault", self.fault, "--fault-after", str(self.fault_after)] if self.fault
-                                        else []),
+                                     + [arg for f in self.faults() for arg in ("--fault", f)]
+                                     + (["--fault-after", str(self.fault_after)] if self.fault else []),
                                      stdout=subprocess.DEVNULL, stderr=self.logf)
         return self
+
+    def faults(self):
+        """fault is one sks-vhsm --fault name, or a tuple of them."""
+        if not self.fault:
+            return ()
+        return (self.fault,) if isinstance(self.fault, str) else tuple(self.fault)
 
     def pull(self, sig=signal.SIGKILL):
         stop_process(self.proc, sig)

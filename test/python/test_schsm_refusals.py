@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import provtools as pt  # noqa: E402
 import sksissuer as wire  # noqa: E402
-from pcscrig import DriverPipe, PcscRig, card_objects  # noqa: E402
+from pcscrig import SELECT_HSM, DriverPipe, PcscRig, card_objects  # noqa: E402
 
 SKS = str(pt.SKS)
 BUILD = str(pt.BUILD)
@@ -148,6 +148,25 @@ def test_restore_refused_half_way_leaves_no_key(sound, fault, after, named):
     assert len(unwrapped) == 1, log
     kid = re.search(r" p1=([0-9A-F]{2}) ", unwrapped[0]).group(1)
     assert any(line.startswith("E4 ") and f"data=CC{kid}" in line for line in log), log
+
+
+def test_a_key_the_card_will_not_delete_is_reported_left_behind(sound):
+    """The cleanup itself refused: the card will not write the PrKD of the restored key and then
+    will not delete the key either (--fault prkd-write-refused --fault delete-refused). The error
+    names both refusals and the key object left behind, and that is exactly what OpenSC finds
+    added (one CCxx, no PrKD or certificate); deleted by hand afterwards."""
+    before = sound.objects()
+    sound.reinsert(("prkd-write-refused", "delete-refused"))
+    err = sound.sks_fails("hsm", "restore", sound.backup, "--name", "stuck", "--subject", "CN=stuck")
+    sound.reinsert()
+    m = re.search(r"UPDATE BINARY of file C4([0-9A-F]{2}) .*; the new key (\d+) is not wholly removed: "
+                  r"DELETE FILE CC([0-9A-F]{2}) answered SW 6982", err)
+    assert m and int(m.group(1), 16) == int(m.group(2)) == int(m.group(3), 16), err
+    assert sorted(set(sound.objects()) - set(before)) == [f"CC{m.group(1)}"]
+    hexpin = PIN.encode().hex()
+    pt.run(["opensc-tool", "--reader", "0", "-s", SELECT_HSM, "-s", f"0020008106{hexpin}",
+            "-s", f"00E4020002CC{m.group(1)}"], env=sound.env)
+    assert sound.objects() == before
 
 
 # ---- labels over 64 bytes: refused before the card sees anything ----
