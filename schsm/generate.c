@@ -12,8 +12,6 @@
 
 #include "mgmt.h"
 
-#define MAX_LABEL 64
-
 typedef struct {
     sks_span pin;
     sks_span label;
@@ -38,8 +36,8 @@ static int parse_request(mg_call *m, sks_reader *in, gen_request *g)
     if (!schsm_keyspec_from_uri(g->uri.p, g->uri.n, &g->ks))
         return mg_fail(m, MG_ERROR_ALGORITHM, "a SmartCard-HSM cannot make %.*s keys", (int)g->uri.n,
                        (const char *)g->uri.p);
-    if (g->label.n == 0 || g->label.n > MAX_LABEL)
-        return mg_fail(m, MG_ERROR_OPTION, "the friendly name (the key's label) must be 1..%d bytes", MAX_LABEL);
+    if (g->label.n == 0 || g->label.n > MG_MAX_LABEL)
+        return mg_fail(m, MG_ERROR_OPTION, "the friendly name (the key's label) must be 1..%d bytes", MG_MAX_LABEL);
     if (g->subject.n > 0)
         return mg_certificate_subject(m, g->subject, NULL, 0, g->days, &g->name);
     return MG_STEP_OK;

@@ -211,26 +211,52 @@ int mg_delete_file(mg_call *m, uint16_t fid)
     return MG_STEP_OK;
 }
 
+/* The error reply kept (status, message) written again with note appended to its message, so
+ * the user learns what became of the key; a reply not of that form is written back as it was. */
+static void restore_refusal(mg_call *m, const sks_buf *keep, const char *note)
+{
+    char msg[1400];
+    size_t n = keep->len >= 3 ? (size_t)keep->data[1] << 8 | keep->data[2] : 0;
+
+    sks_buf_reset(m->reply);
+    if (keep->len < 3 || 3 + n != keep->len || n >= sizeof(msg)) {
+        sks_buf_put(m->reply, keep->data, keep->len);
+        return;
+    }
+    snprintf(msg, sizeof(msg), "%.*s; %s", (int)n, (const char *)keep->data + 3, note);
+    sks_buf_byte(m->reply, keep->data[0]);
+    sks_buf_string(m->reply, msg);
+}
+
 /* A key just put into kid that is refused after all (it does not match its description, or its
  * description or certificate could not be written): its key object, PrKD and certificate file
- * are deleted (files not there are deleted already), keeping the refusal already written. */
+ * are deleted (files not there are deleted already), keeping the refusal already written and
+ * saying whether the key is gone or, when the card refuses a DELETE FILE, what is left of it. */
 int mg_drop_new_key(mg_call *m, uint8_t kid, int r)
 {
     static const uint16_t prefix[] = { 0xCE00, 0xC400, 0xCC00 };
+    char note[128] = "";
     sks_buf keep;
     size_t i;
+    int d;
 
     if (r == MG_STEP_LINK)
         return r;
     sks_buf_init(&keep);
     sks_buf_put(&keep, m->reply->data, m->reply->len);
-    for (i = 0; i < sizeof(prefix) / sizeof(prefix[0]) && r != MG_STEP_LINK; i++)
-        if (mg_delete_file(m, (uint16_t)(prefix[i] | kid)) == MG_STEP_LINK)
+    for (i = 0; i < sizeof(prefix) / sizeof(prefix[0]); i++) {
+        if ((d = mg_delete_file(m, (uint16_t)(prefix[i] | kid))) == MG_STEP_LINK) {
             r = MG_STEP_LINK;
-    if (r != MG_STEP_LINK) {
-        sks_buf_reset(m->reply);
-        sks_buf_put(m->reply, keep.data, keep.len);
+            break;
+        }
+        if (d != MG_STEP_OK && note[0] == '\0')
+            snprintf(note, sizeof(note), "the new key %u is not wholly removed: DELETE FILE %04X answered SW %04X",
+                     kid, prefix[i] | kid, m->sw);
     }
+    if (r != MG_STEP_LINK && note[0] == '\0')
+        snprintf(note, sizeof(note), "the new key %u was deleted again", kid);
+    if (r != MG_STEP_LINK)
+        restore_refusal(m, &keep, note);
     sks_buf_free(&keep);
     return r;
 }

@@ -12,7 +12,6 @@
 
 #include "keymgmt_formats.h"
 
-#define MAX_LABEL 64
 #define MAX_FILE 8192       /* PrKD or certificate read back from the card */
 #define MAX_CHALLENGE 1024  /* what one hsmGetChallenge returns at most */
 #define SHARE_LEN 32
@@ -336,8 +335,8 @@ static int parse_unwrap(mg_call *m, sks_reader *in, unwrap_request *u)
         return malformed(m, in);
     if (u->days < 1 || u->days > MG_MAX_CERT_DAYS)
         return mg_fail(m, MG_ERROR_OPTION, "validityDays must be 1..%d, got %u", MG_MAX_CERT_DAYS, u->days);
-    if (u->name.n > MAX_LABEL)
-        return mg_fail(m, MG_ERROR_OPTION, "the friendly name (the key's label) must be 1..%d bytes", MAX_LABEL);
+    if (u->name.n > MG_MAX_LABEL)
+        return mg_fail(m, MG_ERROR_OPTION, "the friendly name (the key's label) must be 1..%d bytes", MG_MAX_LABEL);
     if (u->blob.n < SCHSM_KCV_LEN + 1 + 16 + 16)
         return mg_fail(m, MG_ERROR_OPTION, "the wrapped key is %zu bytes: too short for a SmartCard-HSM key blob",
                        u->blob.n);

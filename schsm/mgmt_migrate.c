@@ -21,8 +21,6 @@
 #include "keymgmt_formats.h"
 #include "mgmt.h"
 
-#define MAX_LABEL 64
-
 int mg_domain_wrap_key(mg_call *m, sks_reader *in)
 {
     sks_span pin = sks_get_array(in, "authorization");
@@ -142,8 +140,8 @@ static int parse_unwrap(mg_call *m, sks_reader *in, unwrap_request *u)
     sks_reader_expect_end(in);
     if (!sks_reader_ok(in))
         return mg_fail(m, MG_ERROR_OPTION, "malformed request");
-    if (u->label.n == 0 || u->label.n > MAX_LABEL)
-        return mg_fail(m, MG_ERROR_OPTION, "the friendly name (the key's label) must be 1..%d bytes", MAX_LABEL);
+    if (u->label.n == 0 || u->label.n > MG_MAX_LABEL)
+        return mg_fail(m, MG_ERROR_OPTION, "the friendly name (the key's label) must be 1..%d bytes", MG_MAX_LABEL);
     if (u->blob.n < 8)
         return mg_fail(m, MG_ERROR_OPTION, "the blob is too short");
     if (u->req.n == 0 && u->cert.n == 0)

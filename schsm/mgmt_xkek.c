@@ -12,7 +12,6 @@
 
 #include "mgmt.h"
 
-#define MAX_LABEL 64
 #define MAX_ALGORITHMS 16
 #define ALG_DERIVE_XKEK 0x84
 
@@ -35,8 +34,8 @@ static int parse_domain_key(mg_call *m, sks_reader *in, domain_key_request *g)
     if (!schsm_keyspec_from_uri(g->uri.p, g->uri.n, &g->ks) || g->ks.is_rsa)
         return mg_fail(m, MG_ERROR_ALGORITHM, "a key domain key here is an EC key; %.*s is not one", (int)g->uri.n,
                        (const char *)g->uri.p);
-    if (g->label.n == 0 || g->label.n > MAX_LABEL)
-        return mg_fail(m, MG_ERROR_OPTION, "the friendly name (the key's label) must be 1..%d bytes", MAX_LABEL);
+    if (g->label.n == 0 || g->label.n > MG_MAX_LABEL)
+        return mg_fail(m, MG_ERROR_OPTION, "the friendly name (the key's label) must be 1..%d bytes", MG_MAX_LABEL);
     if (g->algorithms.n == 0 || g->algorithms.n > MAX_ALGORITHMS)
         return mg_fail(m, MG_ERROR_OPTION, "the algorithm list must have 1..%d entries", MAX_ALGORITHMS);
     return MG_STEP_OK;

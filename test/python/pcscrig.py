@@ -13,6 +13,7 @@ APDU (-a).
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -118,8 +119,9 @@ class VirtualHsm:
     """sks-vhsm in one vpcd slot. pull() stops it like a card taken out; insert() puts the same
     card (same state file) back."""
 
-    def __init__(self, port, state, apdu_log, stderr_log, fault=None):
+    def __init__(self, port, state, apdu_log, stderr_log, fault=None, fault_after=0):
         self.fault = fault
+        self.fault_after = fault_after
         self.port = port
         self.state = state
         self.apdu_log = apdu_log
@@ -129,9 +131,17 @@ class VirtualHsm:
     def insert(self):
         self.logf = open(self.stderr_log, "ab")
         self.proc = subprocess.Popen([VHSM, "--port", str(self.port), "--state", self.state,
-                                      "--apdu-log", self.apdu_log] + (["--fault", self.fault] if self.fault else []),
+                                      "--apdu-log", self.apdu_log]
+                                     + [arg for f in self.faults() for arg in ("--fault", f)]
+                                     + (["--fault-after", str(self.fault_after)] if self.fault else []),
                                      stdout=subprocess.DEVNULL, stderr=self.logf)
         return self
+
+    def faults(self):
+        """fault is one sks-vhsm --fault name, or a tuple of them."""
+        if not self.fault:
+            return ()
+        return (self.fault,) if isinstance(self.fault, str) else tuple(self.fault)
 
     def pull(self, sig=signal.SIGKILL):
         stop_process(self.proc, sig)
@@ -197,25 +207,26 @@ class PcscRig:
     def path(self, name):
         return os.path.join(self.base, name)
 
-    def vhsm(self, slot=0, state=None, fault=None):
+    def vhsm(self, slot=0, state=None, fault=None, fault_after=0):
         """Inserts sks-vhsm into `slot` (0 or 1); state defaults to card<slot>.json in the rig;
-        fault makes it misbehave (sks-vhsm --fault)."""
+        fault makes it misbehave (sks-vhsm --fault, after fault_after commands: --fault-after)."""
         state = state or self.path(f"card{slot}.json")
         card = VirtualHsm(self.port + slot, state, self.path(f"card{slot}.apdu.log"), self.path(f"card{slot}.err"),
-                          fault)
+                          fault, fault_after)
         self.cards[slot] = card
         return card.insert()
 
-    def reinsert(self, slot, state=None, fault=None):
-        """Pulls the card in `slot` and inserts sks-vhsm with `state` (default: the same file);
-        a new state or a fault makes it another card (sks-vhsm --fault)."""
+    def reinsert(self, slot, state=None, fault=None, fault_after=0):
+        """Pulls the card in `slot` and inserts sks-vhsm with `state` (default: the same file)
+        and `fault` (sks-vhsm --fault, --fault-after; default: none, so a faulty card comes
+        back sound)."""
         old = self.cards[slot]
         old.pull()
         self.wait_for_card(slot, present=False)
-        if (state is None or state == old.state) and fault is None:
+        if (state is None or state == old.state) and (fault, fault_after) == (old.fault, old.fault_after):
             self.cards[slot] = old.insert()
         else:
-            self.vhsm(slot, state=state or old.state, fault=fault)
+            self.vhsm(slot, state=state or old.state, fault=fault, fault_after=fault_after)
         self.wait_for_card(slot)
         return self.cards[slot]
 
@@ -316,3 +327,48 @@ class PcscClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class DriverPipe:
+    """One session of the sks driver on a card (test/helpers/sks_transport_pipe in the build
+    tree, `pipe`) for raw wire requests: byte method, then its fields; the reply's first byte is
+    the status."""
+
+    def __init__(self, pipe, device, env):
+        self.proc = subprocess.Popen([pipe, device], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+
+    def call(self, request):
+        self.proc.stdin.write(len(request).to_bytes(4, "big") + request)
+        self.proc.stdin.flush()
+        n = int.from_bytes(self.proc.stdout.read(4), "big")
+        return self.proc.stdout.read(n)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+    def apdus_of(self, card, request):
+        """(reply, the command APDUs `card` (a VirtualHsm) logged while the driver handled
+        request). An hsmStatus (212) opens the session first, so only the request's own APDUs
+        count."""
+        if self.call(bytes([212]))[:1] != b"\x00":
+            raise AssertionError("hsmStatus failed: no card session")
+        mark = len(card.apdu_lines())
+        reply = self.call(request)
+        return reply, card.apdu_lines()[mark:]
+
+
+def card_objects(env, slot):
+    """Every key (CCxx) and file a SmartCard-HSM in `slot` holds, sorted, as OpenSC's opensc-tool
+    reads them with ENUMERATE OBJECTS (80 58, extended Le) after selecting the application."""
+    res = subprocess.run(["opensc-tool", "--reader", str(slot), "-s", SELECT_HSM, "-s", "80580000000000"], env=env,
+                         capture_output=True, timeout=60)
+    text = res.stdout.decode(errors="replace")
+    answers = re.findall(r"Received \(SW1=0x([0-9A-F]{2}), SW2=0x([0-9A-F]{2})\)(?::\s*\n(.*?))?(?=\nSending|\Z)",
+                         text, re.S)
+    if res.returncode != 0 or len(answers) != 2 or answers[1][:2] != ("90", "00"):
+        raise AssertionError(f"opensc-tool could not enumerate the card's objects:\n{text}{res.stderr.decode()}")
+    # each line: hex bytes (up to 16) then their ASCII
+    hexdump = "".join("".join(re.findall(r"\b[0-9A-F]{2}\b", line[:48])) for line in answers[1][2].splitlines())
+    return sorted(hexdump[i:i + 4] for i in range(0, len(hexdump), 4))

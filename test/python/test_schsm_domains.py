@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives import serialization
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import provtools as pt  # noqa: E402
-from pcscrig import VHSM, PcscRig  # noqa: E402
+import sksissuer as wire  # noqa: E402
+from pcscrig import VHSM, DriverPipe, PcscRig, card_objects  # noqa: E402
 
 SKS = str(pt.SKS)
 BUILD = str(pt.BUILD)
@@ -672,3 +673,83 @@ def test_unwrap_refuses_a_request_of_another_key(rig, pair):
                       input=f"{PIN}\n".encode())
     assert "not the key of the CV request" in err, err
     assert b.sks("list") == before
+
+
+# ---- a card that refuses half-way through an unwrap (sks-vhsm --fault) ----
+
+def b_keys(b):
+    """Card B as OpenSC sees it: every key and file (opensc-tool's ENUMERATE OBJECTS) and the
+    private keys pkcs15-tool lists."""
+    p15 = pt._text(pt.run(["pkcs15-tool", "--reader", "1", "--list-keys"], env=b.env).stdout)
+    return card_objects(b.env, 1), sorted(re.findall(r"Private \w+ Key \[(.*)\]", p15))
+
+
+def wrapped_on_a(a, name):
+    handle, _ = xkek_generate(a, name)
+    wrapped = a.path(f"{name}.wrap")
+    a.sks("hsm", "xkek", "wrap", "--key", handle, "--out", wrapped, "--pin-file", "-", input=f"{PIN}\n".encode())
+    return wrapped
+
+
+# (fault, --fault-after, what the error names): card B refuses, after UNWRAP KEY, to sign the
+# challenge that proves the key, to sign the key's certificate, to write its PrKD, or to write
+# its certificate once the PrKD is written.
+UNWRAP_REFUSALS = [
+    ("sign-refused", 0, "does not sign (SW 6982)"),
+    ("sign-refused", 1, "SIGN of the certificate: SW 6982"),
+    ("prkd-write-refused", 0, "UPDATE BINARY of file C4"),
+    ("cert-write-refused", 0, "UPDATE BINARY of file CE"),
+]
+
+
+@pytest.mark.parametrize("fault,after,named", UNWRAP_REFUSALS, ids=[f"{f}-after-{a}" for f, a, _ in UNWRAP_REFUSALS])
+def test_unwrap_refused_half_way_leaves_no_key(rig, pair, fault, after, named):
+    """After test_two_cards_derive_the_same_xkek: a key wrapped on card A goes into card B
+    (UNWRAP KEY answers 9000), then B refuses the next step (sks-vhsm --fault): the unwrap
+    fails naming that step, and B holds exactly the keys and files OpenSC saw before — the
+    unwrapped key, and its PrKD when it was written, are deleted again."""
+    a, b = pair
+    wrapped = wrapped_on_a(a, f"refused-{fault}-{after}")
+    before = b_keys(b)
+    rig.reinsert(1, fault=fault, fault_after=after)
+    try:
+        mark = len(rig.cards[1].apdu_lines())
+        err = b.sks_fails("hsm", "xkek", "unwrap", "--name", f"refused-{fault}-{after}", "--pin-file", "-", wrapped,
+                          input=f"{PIN}\n".encode())
+        log = rig.cards[1].apdu_lines()[mark:]
+    finally:
+        rig.reinsert(1)
+    assert named in err and re.search(r"the new key \d+ was deleted again", err), err
+    assert b_keys(b) == before
+    unwrapped = [line for line in log if line.startswith("74 ") and " sw=9000 " in line]
+    assert len(unwrapped) == 1, log
+    kid = re.search(r" p1=([0-9A-F]{2}) ", unwrapped[0]).group(1)
+    assert any(line.startswith("E4 ") and f"data=CC{kid}" in line for line in log), log
+
+
+def test_unwrap_with_a_65_byte_label_sends_nothing(rig, pair):
+    """hsmDomainUnwrapKey (228) with a label of 65 bytes (a SmartCard-HSM label is at most 64) is
+    refused by the driver, naming the limit, before it sends card B a single APDU (B's log
+    shows none); the same request with 64 bytes unwraps the key."""
+    from cryptography import x509
+    a, b = pair
+    with open(wrapped_on_a(a, "long-label"), "rb") as f:
+        fields = dict(tlv_items(tlv_items(f.read())[0][1]))
+    subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "moved")]).public_bytes()
+
+    def request(label):
+        return (bytes([228]) + wire.arr(PIN.encode()) + wire.string(label) + wire.arr(fields[0x04])
+                + wire.arr(tlv_bytes(0x67, fields[0x67])) + wire.arr(b"") + wire.arr(subject) + wire.uint(30))
+
+    before = b_keys(b)
+    pipe = DriverPipe(os.path.join(BUILD, "test", "helpers", "sks_transport_pipe"), b.dev, b.env)
+    try:
+        reply, sent = pipe.apdus_of(rig.cards[1], request("L" * 65))
+        assert reply[0] != 0 and b"friendly name (the key's label) must be 1..64 bytes" in reply, reply
+        assert sent == [], sent
+        assert b_keys(b) == before
+        reply, sent = pipe.apdus_of(rig.cards[1], request("l" * 64))
+        assert reply[0] == 0 and len(sent) > 0, reply
+    finally:
+        pipe.close()
+    assert "l" * 64 in b_keys(b)[1]
