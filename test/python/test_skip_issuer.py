@@ -8,6 +8,7 @@ device stores, and the openssl CLI as the independent peer for signatures and ar
 import base64
 import sqlite3
 import subprocess
+from pathlib import Path
 
 import pytest
 from asn1crypto import keys as asn1keys
@@ -214,11 +215,11 @@ def test_reused_token_is_refused(service, tmp_path):
 def test_token_of_a_pending_enrolment_is_refused_to_another_key(service, tmp_path):
     """The token's package is issued but not yet confirmed (the answer was lost): another
     factory key with the same token gets nothing, not even the kept package."""
-    proxy = it.WireProxy(service.plain_port, "cut")
+    proxy = it.WireProxy(service, "cut")
     try:
         owner, thief = device(tmp_path, "owner"), device(tmp_path, "thief")
         token = service.add_token("owner")
-        res = enroll(service, owner, token, check=False, url=f"http://127.0.0.1:{proxy.port}")
+        res = enroll(service, owner, token, check=False, url=proxy.url)
         assert res.returncode == 1 and proxy.spoiled == 1, out(res)
     finally:
         proxy.close()
@@ -271,11 +272,11 @@ def test_wrong_trust_anchor_on_the_device(service, tmp_path):
 def test_tampered_package_on_the_wire(service, tmp_path):
     """A proxy flips one base64 character of the package: refused, the device unchanged;
     directly, the same package then imports."""
-    proxy = it.WireProxy(service.plain_port, "flip")
+    proxy = it.WireProxy(service, "flip")
     try:
         store = device(tmp_path, "tampered")
         token = service.add_token("tampered")
-        url = f"http://127.0.0.1:{proxy.port}"
+        url = proxy.url
         res = enroll(service, store, token, check=False, url=url)
         assert res.returncode == 1 and "refused" in out(res), out(res)
         snap = store.snapshot()
@@ -296,11 +297,11 @@ def test_tampered_package_on_the_wire(service, tmp_path):
 def test_answer_cut_off_then_enrol_again(service, tmp_path):
     """The answer is cut mid-transfer: nothing imported; enrolling again fetches the same
     package (issued once) and imports it once."""
-    proxy = it.WireProxy(service.plain_port, "cut")
+    proxy = it.WireProxy(service, "cut")
     try:
         store = device(tmp_path, "cut")
         token = service.add_token("cut")
-        res = enroll(service, store, token, check=False, url=f"http://127.0.0.1:{proxy.port}")
+        res = enroll(service, store, token, check=False, url=proxy.url)
         assert res.returncode == 1 and proxy.spoiled == 1, out(res)
         assert device_keys(store) == {}
         res = enroll(service, store, token)
@@ -434,3 +435,58 @@ def test_client_key_in_the_device_through_the_engine(tmp_path):
         assert "who=cert:" in service.log_text()
     finally:
         service.stop()
+
+
+# ------------------------------------------------------------------------------------------ the client's transport
+
+def test_plain_http_url_is_refused_before_the_token_leaves(service, tmp_path):
+    """http://: the bearer token would cross the network readable; whoever reads it can enrol
+    its own factory key as this device first. The client refuses the URL before it sends
+    anything or makes a factory key."""
+    listener = it.Impostor()
+    try:
+        store = device(tmp_path, "plain")
+        token = service.add_token("plain")
+        res = enroll(service, store, token, check=False, url=f"http://127.0.0.1:{listener.port}")
+        assert res.returncode == 2 and "must be https://" in out(res), out(res)
+        assert token.encode() not in listener.received and listener.received == b""
+        assert device_keys(store) == {} and store.open_skip_sessions() == []
+    finally:
+        listener.close()
+    # The token is unused: the device enrols with it over https.
+    assert "enrolment confirmed" in out(enroll(service, store, token))
+
+
+def test_tls_ca_alone_verifies_the_server(service, tmp_path):
+    """--tls-ca names the CA of the issuer: a server whose certificate chains only to a CA of
+    the system's certificate directory (/etc/ssl/certs) is not the issuer and gets no token."""
+    sysca_key, sysca = it.self_signed(tmp_path, "sysca", ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+                                      "a CA the system trusts", ["-addext", "basicConstraints=critical,CA:TRUE"])
+    key, csr, cert = tmp_path / "impostor.key", tmp_path / "impostor.csr", tmp_path / "impostor.pem"
+    it.openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
+               "-out", csr, "-subj", "/CN=127.0.0.1")
+    ext = tmp_path / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    it.openssl("x509", "-req", "-in", csr, "-CA", sysca, "-CAkey", sysca_key, "-CAcreateserial", "-days", "1",
+               "-extfile", ext, "-out", cert)
+    subject_hash = it.openssl("x509", "-in", sysca, "-noout", "-subject_hash").stdout.decode().strip()
+    link = next(Path(f"/etc/ssl/certs/{subject_hash}.{i}") for i in range(10)
+                if not Path(f"/etc/ssl/certs/{subject_hash}.{i}").exists())
+    impostor = it.Impostor(tls=(cert, key))
+    link.symlink_to(sysca)
+    try:
+        # The set-up is what it claims: curl with the system's CAs accepts the impostor.
+        res = st.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{ssl_verify_result}",
+                      f"https://127.0.0.1:{impostor.port}/"], check=False)
+        assert impostor.received.startswith(b"GET / "), (impostor.received, out(res))
+        impostor.received = b""
+        store = device(tmp_path, "pinned")
+        token = service.add_token("pinned")
+        res = enroll(service, store, token, check=False, url=f"https://127.0.0.1:{impostor.port}")
+        assert res.returncode == 1, out(res)
+        assert token.encode() not in impostor.received and b"Authorization" not in impostor.received, \
+            impostor.received
+    finally:
+        link.unlink()
+        impostor.close()
+    assert "enrolment confirmed" in out(enroll(service, store, token))
