@@ -490,3 +490,32 @@ def test_tls_ca_alone_verifies_the_server(service, tmp_path):
         link.unlink()
         impostor.close()
     assert "enrolment confirmed" in out(enroll(service, store, token))
+
+
+# ------------------------------------------------------------------------------------------ secrets in memory
+
+def test_no_archived_key_stays_in_the_issuers_memory(service, tmp_path):
+    """After the packages are out, no clear device key remains in any issuer process, not
+    even in freed heap blocks (what a core dump or a later memory disclosure would show):
+    every archived key (this test's and the earlier tests'), recovered from the archive, is
+    searched for in the processes' writable memory."""
+    for i in range(2):
+        store = device(tmp_path, f"mem{i}")
+        assert "enrolment confirmed" in out(enroll(service, store, service.add_token(f"mem{i}")))
+    needles = []
+    for serial, _, _, _, envelope in service.archived():
+        env_file = tmp_path / f"envelope-{serial}.der"
+        env_file.write_bytes(envelope)
+        p8 = tmp_path / f"recovered-{serial}.der"
+        st.run(["openssl", "cms", "-decrypt", "-binary", "-inform", "DER", "-in", env_file, "-inkey",
+                service.rsa_recovery_key, "-recip", service.rsa_recovery, "-out", p8])
+        der = p8.read_bytes()
+        # The scalar, and the PKCS#8 past the 16 bytes malloc reuses in a freed block.
+        needles.append((serial, private_scalar(der), der[16:]))
+    assert len(needles) >= 2 * ARCHIVED_PER_PACKAGE
+    pids = [int(p) for p in service.pidfile.read_text().split()]
+    for pid in pids:
+        memory = it.process_memory(pid)
+        assert len(memory) > 100000
+        for serial, scalar, tail in needles:
+            assert scalar not in memory and tail not in memory, f"the key of certificate {serial} is in process {pid}"

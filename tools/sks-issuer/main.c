@@ -25,6 +25,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +82,50 @@ int cli_mkdir_parents(const char *path)
 {
     (void)path;
     return 0; /* the service never creates a default CA */
+}
+
+/* ------------------------------------------------------------------ OpenSSL's heap */
+
+/* The service makes other devices' private keys. OpenSSL wipes its key objects, but some of
+ * its own temporary copies go back to the heap unwiped (OpenSSL 3.0's PKCS#8 encoder, behind
+ * EVP_PKEY2PKCS8, writes the clear PrivateKeyInfo through a buffer it frees plainly; so do
+ * its BIO buffers). A freed block keeps its bytes until reused, so a core dump or a later
+ * memory disclosure would show keys of packages long gone. Every block OpenSSL frees or
+ * moves is therefore wiped first. */
+static void *wiping_malloc(size_t n, const char *file, int line)
+{
+    (void)file;
+    (void)line;
+    return malloc(n);
+}
+
+static void wiping_free(void *p, const char *file, int line)
+{
+    (void)file;
+    (void)line;
+    if (p == NULL)
+        return;
+    OPENSSL_cleanse(p, malloc_usable_size(p));
+    free(p);
+}
+
+static void *wiping_realloc(void *p, size_t n, const char *file, int line)
+{
+    size_t old;
+    void *q;
+
+    if (p == NULL)
+        return wiping_malloc(n, file, line);
+    if (n == 0) {
+        wiping_free(p, file, line);
+        return NULL;
+    }
+    old = malloc_usable_size(p);
+    if ((q = malloc(n)) == NULL)
+        return NULL;
+    memcpy(q, p, old < n ? old : n);
+    wiping_free(p, file, line);
+    return q;
 }
 
 /* ------------------------------------------------------------------ the log */
@@ -690,6 +735,11 @@ int main(int argc, char **argv)
     char err[600];
     int adding = has_arg(argc, argv, "add-token"), ok;
 
+    /* Before OpenSSL allocates anything. */
+    if (!CRYPTO_set_mem_functions(wiping_malloc, wiping_realloc, wiping_free)) {
+        cli_error("cannot make OpenSSL wipe the memory it frees");
+        return 1;
+    }
     if (has_arg(argc, argv, "--help") || has_arg(argc, argv, "-h")) {
         fputs(USAGE, stdout);
         return 0;
