@@ -619,7 +619,7 @@ static void handle(service *sv, FCGX_Request *rq)
     }
     read_body(rq, body, &n, &too_big);
     if (too_big || (req = issuer_parse_pkcs10(body, n, err, sizeof(err))) == NULL
-        || !skip_build_check_request(req, err, sizeof(err)) || !skip_session_id(X509_REQ_get0_pubkey(req), factory)) {
+        || !issuer_check_request(req, factory, err, sizeof(err))) {
         if (too_big)
             snprintf(err, sizeof(err), "the body is larger than %d bytes", ISSUER_MAX_BODY);
         log_event(sv, "refused who=%s source=%s: %s", r.shown, source, err);

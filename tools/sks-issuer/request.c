@@ -2,6 +2,8 @@
  * Bounded parsers for what reaches sks-issuer over HTTP (request.h).
  */
 #include "request.h"
+#include "../../cms/skip_common.h"
+#include "../../cms/skip_package.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -51,6 +53,30 @@ X509_REQ *issuer_parse_pkcs10(const char *body, size_t n, char *err, size_t errl
     if (req == NULL)
         snprintf(err, errlen, "the body is not a base64 DER PKCS#10 request");
     return req;
+}
+
+int issuer_check_request(X509_REQ *req, char factory[33], char *err, size_t errlen)
+{
+    EVP_PKEY *key = X509_REQ_get0_pubkey(req);
+    int ok;
+
+    factory[0] = '\0';
+    if (key == NULL) {
+        snprintf(err, errlen, "the request has no readable public key");
+        ok = 0;
+    } else if (!skip_key_supported(key, 0)) {
+        snprintf(err, errlen, "the request's key is not EC on a SKIP curve");
+        ok = 0;
+    } else if (X509_REQ_verify(req, key) != 1) {
+        snprintf(err, errlen, "the signature of the request does not verify with its own key");
+        ok = 0;
+    } else if (!skip_session_id(key, factory)) {
+        snprintf(err, errlen, "the request's key has no SKIP session id");
+        ok = 0;
+    } else
+        ok = 1;
+    ERR_clear_error();
+    return ok;
 }
 
 int issuer_parse_bearer(const char *header, char token[ISSUER_MAX_TOKEN + 1])
