@@ -231,6 +231,29 @@ def test_token_of_a_pending_enrolment_is_refused_to_another_key(service, tmp_pat
     assert "enrolment confirmed" in out(enroll(service, owner, token))
 
 
+def test_one_token_raced_by_many_keys(service, tmp_path):
+    """Eight requests with one token and eight different factory keys at once, spread over
+    the issuer's four processes: one key gets a package, the seven others 403; one package's
+    keys archived, the token bound to the winner."""
+    token = service.add_token("raced")
+    bodies = []
+    for i in range(8):
+        body = tmp_path / f"race{i}.b64"
+        body.write_bytes(base64.encodebytes(si.make_request(si.new_key("secp256r1"), "raced")))
+        bodies.append(body)
+    archived_before = len(service.archived())
+    procs = [subprocess.Popen(["curl", "-sS", "--cacert", service.server_cert, "-H", f"Authorization: Bearer {token}",
+                               "--data-binary", f"@{b}", "-o", "/dev/null", "-w", "%{http_code}",
+                               f"{service.url}/.well-known/est/skip/simpleenroll"], stdout=subprocess.PIPE)
+             for b in bodies]
+    codes = sorted(p.communicate(timeout=300)[0].decode() for p in procs)
+    assert codes == ["200"] + ["403"] * 7, codes
+    assert len(service.archived()) == archived_before + ARCHIVED_PER_PACKAGE
+    rows = [r for r in service.enrolments() if r[2] == "raced"]
+    assert len(rows) == 1 and rows[0][3] and rows[0][4], rows
+    assert service.log_text().count("another factory key") >= 7
+
+
 def test_request_not_signed_by_its_key(service, tmp_path):
     """A PKCS#10 whose signature does not verify with its own key: 400, and the token stays
     unused (the genuine device then enrols with it)."""
