@@ -1,7 +1,8 @@
 /*
  * sks-issuer's parsers of outside input (tools/sks-issuer/request.c, config.c): the HTTP body
  * of an enrolment (base64 PKCS#10) and every check the service makes of the request before
- * it touches its state (key type, signature, SKIP session id), the Authorization header, and
+ * it touches its state (key type, signature, SKIP session id), the Authorization header (and
+ * the same text as a device name), and
  * the configuration file. The first input byte chooses which one gets the rest. The seeds
  * (fuzz/corpus/issuer_request) hold signed requests on every SKIP curve, with compressed and
  * explicit-parameter keys, RSA and Ed25519 keys and a broken signature.
@@ -37,6 +38,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(text, data + 1, size - 1);
         text[size - 1] = '\0';
         issuer_parse_bearer(text, token);
+        issuer_device_name_ok(text);
         free(text);
         break;
     default:

@@ -542,3 +542,52 @@ def test_no_archived_key_stays_in_the_issuers_memory(service, tmp_path):
         assert len(memory) > 100000
         for serial, scalar, tail in needles:
             assert scalar not in memory and tail not in memory, f"the key of certificate {serial} is in process {pid}"
+
+
+# ------------------------------------------------------------------------------------------ device names
+
+FORGED = '2026-01-01T00:00:00Z confirmed who=token:000000000000 source=10.0.0.1 device="victim"'
+
+
+def test_device_name_that_would_forge_a_log_line(tmp_path):
+    """A client certificate (from the trusted client CA) whose CN carries a quote and a line
+    break would write a second, invented line into the issuer's log and a CN with a control
+    character into certificates: refused (403) before anything is issued. add-token refuses
+    such a --device too."""
+    import datetime
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    service = it.Service(tmp_path / "svc", PROFILE, auth="cert", extra="cert-profile = device")
+    try:
+        ca_key = serialization.load_pem_private_key(service.client_ca_key.read_bytes(), None)
+        ca = x509.load_pem_x509_certificate(service.client_ca.read_bytes())
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(x509.Name([
+                    x509.NameAttribute(NameOID.COMMON_NAME, 'dev"\n' + FORGED)]))
+                .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                .sign(ca_key, hashes.SHA256()))
+        cert_file, key_file = tmp_path / "forger.pem", tmp_path / "forger.key"
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        body = tmp_path / "req.b64"
+        body.write_bytes(base64.encodebytes(si.make_request(si.new_key("secp256r1"), "forger")))
+        res = st.run(["curl", "-sS", "--cacert", service.server_cert, "--cert", cert_file, "--key", key_file,
+                      "--data-binary", f"@{body}", "-w", "\n%{http_code}",
+                      f"{service.url}/.well-known/est/skip/simpleenroll"])
+        text = res.stdout.decode(errors="replace")
+        assert text.endswith("\n403") and "device name" in text, text[-300:]
+        assert not any(line.startswith(FORGED[:30]) for line in service.log_text().splitlines()), service.log_text()
+        assert service.enrolments() == [] and service.archived() == []
+        for bad in ('a"b', "two\nlines", "tab\there", "\x7f"):
+            res = st.run([it.ISSUER, "--config", service.config, "add-token", "--profile", "device", "--device", bad],
+                         check=False)
+            assert res.returncode != 0 and res.stdout == b"", (bad, res.stdout)
+        assert service.enrolments() == []
+        # A name in any script is fine.
+        assert len(service.add_token("Gerät 7 – Halle Süd")) == 64
+    finally:
+        service.stop()

@@ -308,6 +308,25 @@ static X509 *client_certificate(const char *escaped)
     return x;
 }
 
+/* The client certificate's CN as UTF-8, if it is a usable device name. */
+static int certificate_device(X509 *x, char *out, size_t n)
+{
+    X509_NAME *name = X509_get_subject_name(x);
+    int i = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
+    X509_NAME_ENTRY *cn = i >= 0 ? X509_NAME_get_entry(name, i) : NULL;
+    unsigned char *utf8 = NULL;
+    int len = cn != NULL ? ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(cn)) : -1;
+    int ok = len > 0 && (size_t)len < n && memchr(utf8, 0, (size_t)len) == NULL
+             && issuer_device_name_ok((const char *)utf8);
+
+    if (ok)
+        memcpy(out, utf8, (size_t)len + 1);
+    OPENSSL_free(utf8);
+    return ok;
+}
+
+/* 1: r says who asks; 0: no usable credential (401); -1: a credential that is refused
+ * (403). *why says why. */
 static int identify(const service *sv, FCGX_ParamArray env, requester *r, const char **why)
 {
     char token[ISSUER_MAX_TOKEN + 1];
@@ -333,7 +352,12 @@ static int identify(const service *sv, FCGX_ParamArray env, requester *r, const 
             *why = "the client certificate nginx passed is unreadable";
             return 0;
         }
-        X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, r->device, sizeof(r->device));
+        if (!certificate_device(x, r->device, sizeof(r->device))) {
+            X509_free(x);
+            *why = "the client certificate's CN is not a usable device name (1 to 64 bytes of UTF-8, no control"
+                   " character, quote or backslash)";
+            return -1;
+        }
         X509_free(x);
         hex(md, 32, h);
         snprintf(r->who, sizeof(r->who), "cert:%s", h);
@@ -606,9 +630,12 @@ static void handle(service *sv, FCGX_Request *rq)
         return;
     }
     snprintf(source_who, sizeof(source_who), "source:%s", source);
-    if (!identify(sv, rq->envp, &r, &why)) {
+    if ((ok = identify(sv, rq->envp, &r, &why)) != 1) {
         log_event(sv, "refused source=%s: %s", source, why);
-        answer_error(rq->out, 401, "Unauthorized", why);
+        if (ok < 0)
+            answer_error(rq->out, 403, "Forbidden", why);
+        else
+            answer_error(rq->out, 401, "Unauthorized", why);
         return;
     }
     if (!state_rate_ok(&sv->st, source_who, sv->cfg.rate_limit, now)
@@ -688,8 +715,9 @@ static int add_token(service *sv, const char *profile, const char *device, long 
         cli_error("add-token: no profile %s in the configuration", profile);
         return 0;
     }
-    if (strlen(device) == 0 || strlen(device) > 64) {
-        cli_error("add-token: --device must be 1 to 64 characters");
+    if (!issuer_device_name_ok(device)) {
+        cli_error("add-token: --device must be 1 to %d bytes of UTF-8 without control characters, quotes or"
+                  " backslashes", ISSUER_MAX_DEVICE);
         return 0;
     }
     if (RAND_bytes(raw, sizeof(raw)) != 1)

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/asn1.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 
@@ -77,6 +78,24 @@ int issuer_check_request(X509_REQ *req, char factory[33], char *err, size_t errl
         ok = 1;
     ERR_clear_error();
     return ok;
+}
+
+int issuer_device_name_ok(const char *name)
+{
+    const unsigned char *p = (const unsigned char *)name;
+    int left = (int)strnlen(name, ISSUER_MAX_DEVICE + 1);
+
+    if (left == 0 || left > ISSUER_MAX_DEVICE)
+        return 0;
+    while (left > 0) {
+        unsigned long c;
+        int n = UTF8_getc(p, left, &c);
+        if (n <= 0 || c < 0x20 || (c >= 0x7f && c < 0xa0) || c == '"' || c == '\\')
+            return 0;
+        p += n;
+        left -= n;
+    }
+    return 1;
 }
 
 int issuer_parse_bearer(const char *header, char token[ISSUER_MAX_TOKEN + 1])

@@ -25,6 +25,14 @@ X509_REQ *issuer_parse_pkcs10(const char *body, size_t n, char *err, size_t errl
  * enrolment's factory key id) goes into factory. 0 with a message. */
 int issuer_check_request(X509_REQ *req, char factory[33], char *err, size_t errlen);
 
+/* Longest device name, in bytes of UTF-8. */
+#define ISSUER_MAX_DEVICE 64
+
+/* A device name goes into certificate subjects and log lines ("device=\"NAME\""): 1 to
+ * ISSUER_MAX_DEVICE bytes of UTF-8 without control characters (C0, DEL, C1), '"' or '\\', so
+ * that it can neither end its field nor start another line. */
+int issuer_device_name_ok(const char *name);
+
 /* "Bearer TOKEN" into token (NUL-terminated; [A-Za-z0-9_-], 16 to ISSUER_MAX_TOKEN chars). */
 int issuer_parse_bearer(const char *header, char token[ISSUER_MAX_TOKEN + 1]);
 
