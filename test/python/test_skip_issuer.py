@@ -591,3 +591,13 @@ def test_device_name_that_would_forge_a_log_line(tmp_path):
         assert len(service.add_token("Gerät 7 – Halle Süd")) == 64
     finally:
         service.stop()
+
+
+def test_service_files_are_the_services_alone(service):
+    """The database (token hashes, kept packages), the archive (envelopes of device keys) and
+    the log are readable by the service's user only, whoever made them first (the service or
+    add-token)."""
+    import stat
+    for path in (service.db, service.archive, service.log):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{path} has mode {mode:o}"
