@@ -86,12 +86,13 @@ int cli_mkdir_parents(const char *path)
 
 /* ------------------------------------------------------------------ OpenSSL's heap */
 
-/* The service makes other devices' private keys. OpenSSL wipes its key objects, but some of
- * its own temporary copies go back to the heap unwiped (OpenSSL 3.0's PKCS#8 encoder, behind
- * EVP_PKEY2PKCS8, writes the clear PrivateKeyInfo through a buffer it frees plainly; so do
- * its BIO buffers). A freed block keeps its bytes until reused, so a core dump or a later
- * memory disclosure would show keys of packages long gone. Every block OpenSSL frees or
- * moves is therefore wiped first. */
+/* The service makes other devices' private keys. OpenSSL wipes its key objects, but not all
+ * of its temporary copies: an archived key's clear PKCS#8 was found in a freed heap block
+ * after its package was out (OpenSSL 3.0's encoder behind EVP_PKEY2PKCS8 writes the DER
+ * through a buffer it frees without wiping). A freed block keeps its bytes until reused, so
+ * a core dump or a later memory disclosure would show keys of packages long gone. Every
+ * block OpenSSL frees or moves is therefore wiped first (test_skip_issuer.py scans the
+ * processes' memory). */
 static void *wiping_malloc(size_t n, const char *file, int line)
 {
     (void)file;
