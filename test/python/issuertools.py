@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import sqlite3
 import subprocess
 import threading
@@ -203,16 +204,20 @@ def enroll_args(service, store, token, *, url=None, trust=None):
 
 
 class WireProxy:
-    """A TCP proxy in front of nginx's plain HTTP port that spoils answers of enrolments:
-    mode "flip" changes one base64 character of the package, "cut" sends half of it and
-    closes the connection. Other answers (confirmations) pass unchanged."""
+    """A TLS-terminating proxy (the server's own certificate: a compromised front end) in
+    front of nginx's plain HTTP port that spoils answers of enrolments: mode "flip" changes
+    one base64 character of the package, "cut" sends half of it and closes the connection.
+    Other answers (confirmations) pass unchanged. Its URL is `url` (https://)."""
 
-    def __init__(self, upstream_port, mode):
-        self.upstream, self.mode = upstream_port, mode
+    def __init__(self, service, mode):
+        self.upstream, self.mode = service.plain_port, mode
+        self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.tls.load_cert_chain(service.server_cert, service.server_key)
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
+        self.url = f"https://127.0.0.1:{self.port}"
         self.spoiled = 0
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -249,7 +254,12 @@ class WireProxy:
                 body += chunk
         return head + b"\r\n\r\n" + body
 
-    def _one(self, client):
+    def _one(self, raw):
+        try:
+            client = self.tls.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            return
         with client, socket.create_connection(("127.0.0.1", self.upstream)) as up:
             request = self._read_message(client)
             request = request.replace(b"Connection: keep-alive", b"Connection: close")
@@ -273,3 +283,60 @@ class WireProxy:
 
     def close(self):
         self.sock.close()
+
+
+class Impostor:
+    """A server that is not the issuer: it records what a client sends it (up to the end of
+    the HTTP head) and hangs up. With `tls=(cert, key)` it speaks TLS first."""
+
+    def __init__(self, tls=None):
+        self.tls = None
+        if tls is not None:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(*tls)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.received = b""
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                if self.tls is not None:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                conn.settimeout(10)
+                while b"\r\n\r\n" not in self.received:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    self.received += chunk
+            except (ssl.SSLError, OSError):
+                pass
+            finally:
+                conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def process_memory(pid):
+    """The writable memory of a live process (heap, stacks, data), as one bytes object."""
+    chunks = []
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            if "w" not in fields[1]:
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                chunks.append(mem.read(end - start))
+            except (OSError, ValueError):
+                pass
+    return b"".join(chunks)

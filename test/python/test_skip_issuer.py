@@ -8,6 +8,7 @@ device stores, and the openssl CLI as the independent peer for signatures and ar
 import base64
 import sqlite3
 import subprocess
+from pathlib import Path
 
 import pytest
 from asn1crypto import keys as asn1keys
@@ -214,11 +215,11 @@ def test_reused_token_is_refused(service, tmp_path):
 def test_token_of_a_pending_enrolment_is_refused_to_another_key(service, tmp_path):
     """The token's package is issued but not yet confirmed (the answer was lost): another
     factory key with the same token gets nothing, not even the kept package."""
-    proxy = it.WireProxy(service.plain_port, "cut")
+    proxy = it.WireProxy(service, "cut")
     try:
         owner, thief = device(tmp_path, "owner"), device(tmp_path, "thief")
         token = service.add_token("owner")
-        res = enroll(service, owner, token, check=False, url=f"http://127.0.0.1:{proxy.port}")
+        res = enroll(service, owner, token, check=False, url=proxy.url)
         assert res.returncode == 1 and proxy.spoiled == 1, out(res)
     finally:
         proxy.close()
@@ -228,6 +229,29 @@ def test_token_of_a_pending_enrolment_is_refused_to_another_key(service, tmp_pat
     assert (service.enrolments(), len(service.archived())) == before
     assert device_keys(thief) == {}
     assert "enrolment confirmed" in out(enroll(service, owner, token))
+
+
+def test_one_token_raced_by_many_keys(service, tmp_path):
+    """Eight requests with one token and eight different factory keys at once, spread over
+    the issuer's four processes: one key gets a package, the seven others 403; one package's
+    keys archived, the token bound to the winner."""
+    token = service.add_token("raced")
+    bodies = []
+    for i in range(8):
+        body = tmp_path / f"race{i}.b64"
+        body.write_bytes(base64.encodebytes(si.make_request(si.new_key("secp256r1"), "raced")))
+        bodies.append(body)
+    archived_before = len(service.archived())
+    procs = [subprocess.Popen(["curl", "-sS", "--cacert", service.server_cert, "-H", f"Authorization: Bearer {token}",
+                               "--data-binary", f"@{b}", "-o", "/dev/null", "-w", "%{http_code}",
+                               f"{service.url}/.well-known/est/skip/simpleenroll"], stdout=subprocess.PIPE)
+             for b in bodies]
+    codes = sorted(p.communicate(timeout=300)[0].decode() for p in procs)
+    assert codes == ["200"] + ["403"] * 7, codes
+    assert len(service.archived()) == archived_before + ARCHIVED_PER_PACKAGE
+    rows = [r for r in service.enrolments() if r[2] == "raced"]
+    assert len(rows) == 1 and rows[0][3] and rows[0][4], rows
+    assert service.log_text().count("another factory key") >= 7
 
 
 def test_request_not_signed_by_its_key(service, tmp_path):
@@ -271,11 +295,11 @@ def test_wrong_trust_anchor_on_the_device(service, tmp_path):
 def test_tampered_package_on_the_wire(service, tmp_path):
     """A proxy flips one base64 character of the package: refused, the device unchanged;
     directly, the same package then imports."""
-    proxy = it.WireProxy(service.plain_port, "flip")
+    proxy = it.WireProxy(service, "flip")
     try:
         store = device(tmp_path, "tampered")
         token = service.add_token("tampered")
-        url = f"http://127.0.0.1:{proxy.port}"
+        url = proxy.url
         res = enroll(service, store, token, check=False, url=url)
         assert res.returncode == 1 and "refused" in out(res), out(res)
         snap = store.snapshot()
@@ -296,11 +320,11 @@ def test_tampered_package_on_the_wire(service, tmp_path):
 def test_answer_cut_off_then_enrol_again(service, tmp_path):
     """The answer is cut mid-transfer: nothing imported; enrolling again fetches the same
     package (issued once) and imports it once."""
-    proxy = it.WireProxy(service.plain_port, "cut")
+    proxy = it.WireProxy(service, "cut")
     try:
         store = device(tmp_path, "cut")
         token = service.add_token("cut")
-        res = enroll(service, store, token, check=False, url=f"http://127.0.0.1:{proxy.port}")
+        res = enroll(service, store, token, check=False, url=proxy.url)
         assert res.returncode == 1 and proxy.spoiled == 1, out(res)
         assert device_keys(store) == {}
         res = enroll(service, store, token)
@@ -434,3 +458,146 @@ def test_client_key_in_the_device_through_the_engine(tmp_path):
         assert "who=cert:" in service.log_text()
     finally:
         service.stop()
+
+
+# ------------------------------------------------------------------------------------------ the client's transport
+
+def test_plain_http_url_is_refused_before_the_token_leaves(service, tmp_path):
+    """http://: the bearer token would cross the network readable; whoever reads it can enrol
+    its own factory key as this device first. The client refuses the URL before it sends
+    anything or makes a factory key."""
+    listener = it.Impostor()
+    try:
+        store = device(tmp_path, "plain")
+        token = service.add_token("plain")
+        res = enroll(service, store, token, check=False, url=f"http://127.0.0.1:{listener.port}")
+        assert res.returncode == 2 and "must be https://" in out(res), out(res)
+        assert token.encode() not in listener.received and listener.received == b""
+        assert device_keys(store) == {} and store.open_skip_sessions() == []
+    finally:
+        listener.close()
+    # The token is unused: the device enrols with it over https.
+    assert "enrolment confirmed" in out(enroll(service, store, token))
+
+
+def test_tls_ca_alone_verifies_the_server(service, tmp_path):
+    """--tls-ca names the CA of the issuer: a server whose certificate chains only to a CA of
+    the system's certificate directory (/etc/ssl/certs) is not the issuer and gets no token."""
+    sysca_key, sysca = it.self_signed(tmp_path, "sysca", ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+                                      "a CA the system trusts", ["-addext", "basicConstraints=critical,CA:TRUE"])
+    key, csr, cert = tmp_path / "impostor.key", tmp_path / "impostor.csr", tmp_path / "impostor.pem"
+    it.openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
+               "-out", csr, "-subj", "/CN=127.0.0.1")
+    ext = tmp_path / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    it.openssl("x509", "-req", "-in", csr, "-CA", sysca, "-CAkey", sysca_key, "-CAcreateserial", "-days", "1",
+               "-extfile", ext, "-out", cert)
+    subject_hash = it.openssl("x509", "-in", sysca, "-noout", "-subject_hash").stdout.decode().strip()
+    link = next(Path(f"/etc/ssl/certs/{subject_hash}.{i}") for i in range(10)
+                if not Path(f"/etc/ssl/certs/{subject_hash}.{i}").exists())
+    impostor = it.Impostor(tls=(cert, key))
+    link.symlink_to(sysca)
+    try:
+        # The set-up is what it claims: curl with the system's CAs accepts the impostor.
+        res = st.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{ssl_verify_result}",
+                      f"https://127.0.0.1:{impostor.port}/"], check=False)
+        assert impostor.received.startswith(b"GET / "), (impostor.received, out(res))
+        impostor.received = b""
+        store = device(tmp_path, "pinned")
+        token = service.add_token("pinned")
+        res = enroll(service, store, token, check=False, url=f"https://127.0.0.1:{impostor.port}")
+        assert res.returncode == 1, out(res)
+        assert token.encode() not in impostor.received and b"Authorization" not in impostor.received, \
+            impostor.received
+    finally:
+        link.unlink()
+        impostor.close()
+    assert "enrolment confirmed" in out(enroll(service, store, token))
+
+
+# ------------------------------------------------------------------------------------------ secrets in memory
+
+def test_no_archived_key_stays_in_the_issuers_memory(service, tmp_path):
+    """After the packages are out, no clear device key remains in any issuer process, not
+    even in freed heap blocks (what a core dump or a later memory disclosure would show):
+    every archived key (this test's and the earlier tests'), recovered from the archive, is
+    searched for in the processes' writable memory."""
+    for i in range(2):
+        store = device(tmp_path, f"mem{i}")
+        assert "enrolment confirmed" in out(enroll(service, store, service.add_token(f"mem{i}")))
+    needles = []
+    for serial, _, _, _, envelope in service.archived():
+        env_file = tmp_path / f"envelope-{serial}.der"
+        env_file.write_bytes(envelope)
+        p8 = tmp_path / f"recovered-{serial}.der"
+        st.run(["openssl", "cms", "-decrypt", "-binary", "-inform", "DER", "-in", env_file, "-inkey",
+                service.rsa_recovery_key, "-recip", service.rsa_recovery, "-out", p8])
+        der = p8.read_bytes()
+        # The scalar, and the PKCS#8 past the 16 bytes malloc reuses in a freed block.
+        needles.append((serial, private_scalar(der), der[16:]))
+    assert len(needles) >= 2 * ARCHIVED_PER_PACKAGE
+    pids = [int(p) for p in service.pidfile.read_text().split()]
+    for pid in pids:
+        memory = it.process_memory(pid)
+        assert len(memory) > 100000
+        for serial, scalar, tail in needles:
+            assert scalar not in memory and tail not in memory, f"the key of certificate {serial} is in process {pid}"
+
+
+# ------------------------------------------------------------------------------------------ device names
+
+FORGED = '2026-01-01T00:00:00Z confirmed who=token:000000000000 source=10.0.0.1 device="victim"'
+
+
+def test_device_name_that_would_forge_a_log_line(tmp_path):
+    """A client certificate (from the trusted client CA) whose CN carries a quote and a line
+    break would write a second, invented line into the issuer's log and a CN with a control
+    character into certificates: refused (403) before anything is issued. add-token refuses
+    such a --device too."""
+    import datetime
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    service = it.Service(tmp_path / "svc", PROFILE, auth="cert", extra="cert-profile = device")
+    try:
+        ca_key = serialization.load_pem_private_key(service.client_ca_key.read_bytes(), None)
+        ca = x509.load_pem_x509_certificate(service.client_ca.read_bytes())
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(x509.Name([
+                    x509.NameAttribute(NameOID.COMMON_NAME, 'dev"\n' + FORGED)]))
+                .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                .sign(ca_key, hashes.SHA256()))
+        cert_file, key_file = tmp_path / "forger.pem", tmp_path / "forger.key"
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        body = tmp_path / "req.b64"
+        body.write_bytes(base64.encodebytes(si.make_request(si.new_key("secp256r1"), "forger")))
+        res = st.run(["curl", "-sS", "--cacert", service.server_cert, "--cert", cert_file, "--key", key_file,
+                      "--data-binary", f"@{body}", "-w", "\n%{http_code}",
+                      f"{service.url}/.well-known/est/skip/simpleenroll"])
+        text = res.stdout.decode(errors="replace")
+        assert text.endswith("\n403") and "device name" in text, text[-300:]
+        assert not any(line.startswith(FORGED[:30]) for line in service.log_text().splitlines()), service.log_text()
+        assert service.enrolments() == [] and service.archived() == []
+        for bad in ('a"b', "two\nlines", "tab\there", "\x7f"):
+            res = st.run([it.ISSUER, "--config", service.config, "add-token", "--profile", "device", "--device", bad],
+                         check=False)
+            assert res.returncode != 0 and res.stdout == b"", (bad, res.stdout)
+        assert service.enrolments() == []
+        # A name in any script is fine.
+        assert len(service.add_token("Gerät 7 – Halle Süd")) == 64
+    finally:
+        service.stop()
+
+
+def test_service_files_are_the_services_alone(service):
+    """The database (token hashes, kept packages), the archive (envelopes of device keys) and
+    the log are readable by the service's user only, whoever made them first (the service or
+    add-token)."""
+    import stat
+    for path in (service.db, service.archive, service.log):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{path} has mode {mode:o}"

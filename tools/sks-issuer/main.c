@@ -25,6 +25,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +82,51 @@ int cli_mkdir_parents(const char *path)
 {
     (void)path;
     return 0; /* the service never creates a default CA */
+}
+
+/* ------------------------------------------------------------------ OpenSSL's heap */
+
+/* The service makes other devices' private keys. OpenSSL wipes its key objects, but not all
+ * of its temporary copies: an archived key's clear PKCS#8 was found in a freed heap block
+ * after its package was out (OpenSSL 3.0's encoder behind EVP_PKEY2PKCS8 writes the DER
+ * through a buffer it frees without wiping). A freed block keeps its bytes until reused, so
+ * a core dump or a later memory disclosure would show keys of packages long gone. Every
+ * block OpenSSL frees or moves is therefore wiped first (test_skip_issuer.py scans the
+ * processes' memory). */
+static void *wiping_malloc(size_t n, const char *file, int line)
+{
+    (void)file;
+    (void)line;
+    return malloc(n);
+}
+
+static void wiping_free(void *p, const char *file, int line)
+{
+    (void)file;
+    (void)line;
+    if (p == NULL)
+        return;
+    OPENSSL_cleanse(p, malloc_usable_size(p));
+    free(p);
+}
+
+static void *wiping_realloc(void *p, size_t n, const char *file, int line)
+{
+    size_t old;
+    void *q;
+
+    if (p == NULL)
+        return wiping_malloc(n, file, line);
+    if (n == 0) {
+        wiping_free(p, file, line);
+        return NULL;
+    }
+    old = malloc_usable_size(p);
+    if ((q = malloc(n)) == NULL)
+        return NULL;
+    memcpy(q, p, old < n ? old : n);
+    wiping_free(p, file, line);
+    return q;
 }
 
 /* ------------------------------------------------------------------ the log */
@@ -263,6 +309,25 @@ static X509 *client_certificate(const char *escaped)
     return x;
 }
 
+/* The client certificate's CN as UTF-8, if it is a usable device name. */
+static int certificate_device(X509 *x, char *out, size_t n)
+{
+    X509_NAME *name = X509_get_subject_name(x);
+    int i = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
+    X509_NAME_ENTRY *cn = i >= 0 ? X509_NAME_get_entry(name, i) : NULL;
+    unsigned char *utf8 = NULL;
+    int len = cn != NULL ? ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(cn)) : -1;
+    int ok = len > 0 && (size_t)len < n && memchr(utf8, 0, (size_t)len) == NULL
+             && issuer_device_name_ok((const char *)utf8);
+
+    if (ok)
+        memcpy(out, utf8, (size_t)len + 1);
+    OPENSSL_free(utf8);
+    return ok;
+}
+
+/* 1: r says who asks; 0: no usable credential (401); -1: a credential that is refused
+ * (403). *why says why. */
 static int identify(const service *sv, FCGX_ParamArray env, requester *r, const char **why)
 {
     char token[ISSUER_MAX_TOKEN + 1];
@@ -288,7 +353,12 @@ static int identify(const service *sv, FCGX_ParamArray env, requester *r, const 
             *why = "the client certificate nginx passed is unreadable";
             return 0;
         }
-        X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, r->device, sizeof(r->device));
+        if (!certificate_device(x, r->device, sizeof(r->device))) {
+            X509_free(x);
+            *why = "the client certificate's CN is not a usable device name (1 to 64 bytes of UTF-8, no control"
+                   " character, quote or backslash)";
+            return -1;
+        }
         X509_free(x);
         hex(md, 32, h);
         snprintf(r->who, sizeof(r->who), "cert:%s", h);
@@ -561,9 +631,12 @@ static void handle(service *sv, FCGX_Request *rq)
         return;
     }
     snprintf(source_who, sizeof(source_who), "source:%s", source);
-    if (!identify(sv, rq->envp, &r, &why)) {
+    if ((ok = identify(sv, rq->envp, &r, &why)) != 1) {
         log_event(sv, "refused source=%s: %s", source, why);
-        answer_error(rq->out, 401, "Unauthorized", why);
+        if (ok < 0)
+            answer_error(rq->out, 403, "Forbidden", why);
+        else
+            answer_error(rq->out, 401, "Unauthorized", why);
         return;
     }
     if (!state_rate_ok(&sv->st, source_who, sv->cfg.rate_limit, now)
@@ -574,7 +647,7 @@ static void handle(service *sv, FCGX_Request *rq)
     }
     read_body(rq, body, &n, &too_big);
     if (too_big || (req = issuer_parse_pkcs10(body, n, err, sizeof(err))) == NULL
-        || !skip_build_check_request(req, err, sizeof(err)) || !skip_session_id(X509_REQ_get0_pubkey(req), factory)) {
+        || !issuer_check_request(req, factory, err, sizeof(err))) {
         if (too_big)
             snprintf(err, sizeof(err), "the body is larger than %d bytes", ISSUER_MAX_BODY);
         log_event(sv, "refused who=%s source=%s: %s", r.shown, source, err);
@@ -643,8 +716,9 @@ static int add_token(service *sv, const char *profile, const char *device, long 
         cli_error("add-token: no profile %s in the configuration", profile);
         return 0;
     }
-    if (strlen(device) == 0 || strlen(device) > 64) {
-        cli_error("add-token: --device must be 1 to 64 characters");
+    if (!issuer_device_name_ok(device)) {
+        cli_error("add-token: --device must be 1 to %d bytes of UTF-8 without control characters, quotes or"
+                  " backslashes", ISSUER_MAX_DEVICE);
         return 0;
     }
     if (RAND_bytes(raw, sizeof(raw)) != 1)
@@ -690,6 +764,11 @@ int main(int argc, char **argv)
     char err[600];
     int adding = has_arg(argc, argv, "add-token"), ok;
 
+    /* Before OpenSSL allocates anything. */
+    if (!CRYPTO_set_mem_functions(wiping_malloc, wiping_realloc, wiping_free)) {
+        cli_error("cannot make OpenSSL wipe the memory it frees");
+        return 1;
+    }
     if (has_arg(argc, argv, "--help") || has_arg(argc, argv, "-h")) {
         fputs(USAGE, stdout);
         return 0;

@@ -2,11 +2,14 @@
  * Bounded parsers for what reaches sks-issuer over HTTP (request.h).
  */
 #include "request.h"
+#include "../../cms/skip_common.h"
+#include "../../cms/skip_package.h"
 
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/asn1.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 
@@ -51,6 +54,48 @@ X509_REQ *issuer_parse_pkcs10(const char *body, size_t n, char *err, size_t errl
     if (req == NULL)
         snprintf(err, errlen, "the body is not a base64 DER PKCS#10 request");
     return req;
+}
+
+int issuer_check_request(X509_REQ *req, char factory[33], char *err, size_t errlen)
+{
+    EVP_PKEY *key = X509_REQ_get0_pubkey(req);
+    int ok;
+
+    factory[0] = '\0';
+    if (key == NULL) {
+        snprintf(err, errlen, "the request has no readable public key");
+        ok = 0;
+    } else if (!skip_key_supported(key, 0)) {
+        snprintf(err, errlen, "the request's key is not EC on a SKIP curve");
+        ok = 0;
+    } else if (X509_REQ_verify(req, key) != 1) {
+        snprintf(err, errlen, "the signature of the request does not verify with its own key");
+        ok = 0;
+    } else if (!skip_session_id(key, factory)) {
+        snprintf(err, errlen, "the request's key has no SKIP session id");
+        ok = 0;
+    } else
+        ok = 1;
+    ERR_clear_error();
+    return ok;
+}
+
+int issuer_device_name_ok(const char *name)
+{
+    const unsigned char *p = (const unsigned char *)name;
+    int left = (int)strnlen(name, ISSUER_MAX_DEVICE + 1);
+
+    if (left == 0 || left > ISSUER_MAX_DEVICE)
+        return 0;
+    while (left > 0) {
+        unsigned long c;
+        int n = UTF8_getc(p, left, &c);
+        if (n <= 0 || c < 0x20 || (c >= 0x7f && c < 0xa0) || c == '"' || c == '\\')
+            return 0;
+        p += n;
+        left -= n;
+    }
+    return 1;
 }
 
 int issuer_parse_bearer(const char *header, char token[ISSUER_MAX_TOKEN + 1])

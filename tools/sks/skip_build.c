@@ -28,26 +28,6 @@ typedef struct {
     sks_buf containers; /* the KeyPairContainer elements, concatenated */
 } build_state;
 
-int skip_build_check_request(X509_REQ *req, char *err, size_t errlen)
-{
-    EVP_PKEY *factory = X509_REQ_get0_pubkey(req);
-
-    if (factory == NULL) {
-        snprintf(err, errlen, "the request has no readable public key");
-        return 0;
-    }
-    if (X509_REQ_verify(req, factory) != 1) {
-        ERR_clear_error();
-        snprintf(err, errlen, "the signature of the request does not verify with its own key");
-        return 0;
-    }
-    if (!skip_key_supported(factory, 0)) {
-        snprintf(err, errlen, "the request's key is not EC on a SKIP curve");
-        return 0;
-    }
-    return 1;
-}
-
 /* ------------------------------------------------------------------ keys and containers */
 
 static EVP_PKEY *generate(const char *group)

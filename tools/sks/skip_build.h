@@ -29,7 +29,7 @@ typedef int (*skip_build_hook)(void *arg, size_t index, const skip_build_key *sp
                                X509 *cert);
 
 typedef struct {
-    X509_REQ *req;                /* verified by the caller (skip_build_check_request) */
+    X509_REQ *req;                /* verified by the caller (sks-issuer: issuer_check_request) */
     const issuer_ca *ca;
     STACK_OF(X509) *ca_chain;     /* certificates above the CA's own, may be NULL */
     const skip_build_key *keys;
@@ -39,9 +39,6 @@ typedef struct {
     skip_build_hook hook;         /* may be NULL */
     void *hook_arg;
 } skip_build_params;
-
-/* The request's signature verifies with its own key, which is EC on a SKIP curve. */
-int skip_build_check_request(X509_REQ *req, char *err, size_t errlen);
 
 /* The package's DER into *der (OPENSSL_free it), its length into *len. */
 int skip_build_package(const skip_build_params *p, unsigned char **der, size_t *len, char *err, size_t errlen);

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -40,7 +41,7 @@ static const char ENROLL_USAGE[] =
     "  --token T, --token-file F  the one-time enrolment token (F: its first line)\n"
     "  --cert C --key K           or a TLS client certificate (PEM) and its key (PEM file or sks: URI,\n"
     "                             through the sks ENGINE)\n"
-    "  --tls-ca FILE              the CA certificates that verify the server (default: the system's)\n"
+    "  --tls-ca FILE              the only CA certificates that verify the server (default: the system's)\n"
     "  --state FILE               where the pending request is kept (default: STORE.skip-enroll.pem);\n"
     "                             running enroll again after a failure sends it again\n";
 
@@ -189,9 +190,17 @@ static long post(const enroll_args *a, const char *path, const sks_buf *request,
         curl_easy_setopt(c, CURLOPT_WRITEDATA, answer);
         curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
         curl_easy_setopt(c, CURLOPT_TIMEOUT, 300L);
-        curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https,http");
-        if (a->tls_ca != NULL)
+        /* The token (or the client certificate's proof) only over TLS with a verified server;
+         * no redirect is followed. */
+        curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+        curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+        curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+        if (a->tls_ca != NULL) {
+            /* --tls-ca alone verifies the server: without clearing CAPATH, libcurl would also
+             * trust every CA of its built-in directory (Debian: /etc/ssl/certs). */
             curl_easy_setopt(c, CURLOPT_CAINFO, a->tls_ca);
+            curl_easy_setopt(c, CURLOPT_CAPATH, NULL);
+        }
         if (a->cert != NULL) {
             curl_easy_setopt(c, CURLOPT_SSLCERT, a->cert);
             if (strncmp(a->key, "sks:", 4) == 0) {
@@ -357,6 +366,11 @@ int skip_cmd_enroll(cli_store *store, int argc, char **argv)
         || (a.token != NULL && a.cert != NULL)) {
         cli_error(CMD_ENROLL ": give URL, --trust, and --token (or --token-file) or --cert with --key"
                   " (see sks skip enroll --help)");
+        return CLI_EXIT_USAGE;
+    }
+    if (strncasecmp(a.url, "https://", 8) != 0) {
+        cli_error(CMD_ENROLL ": %s: the URL must be https:// (the token or client certificate would travel"
+                  " unprotected, and whoever reads it can enrol its own key as this device)", a.url);
         return CLI_EXIT_USAGE;
     }
     a.curve = a.curve ? a.curve : "P-256";
