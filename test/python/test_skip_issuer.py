@@ -496,6 +496,10 @@ def test_tls_ca_alone_verifies_the_server(service, tmp_path):
     link = next(Path(f"/etc/ssl/certs/{subject_hash}.{i}") for i in range(10)
                 if not Path(f"/etc/ssl/certs/{subject_hash}.{i}").exists())
     impostor = it.Impostor(tls=(cert, key))
+    # The system trusts this CA only while the test runs; should the test be killed before the
+    # link goes, neither the CA's key nor the impostor's is left anywhere to use it with.
+    sysca_key.unlink()
+    key.unlink()
     link.symlink_to(sysca)
     try:
         # The set-up is what it claims: curl with the system's CAs accepts the impostor.
