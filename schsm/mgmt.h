@@ -163,7 +163,7 @@ int mg_make_certificate(mg_call *m, uint8_t kid, EVP_PKEY *pub, X509_NAME *name,
 #define MG_MAX_CERT_DAYS 36500
 /* The longest key label (friendlyName, the PrKD's label) the key management writes, in bytes:
  * refused above it before any APDU, for every method that makes a key. */
-#define MG_MAX_LABEL 64
+#define MG_MAX_LABEL SCHSM_MAX_LABEL
 #define MG_MAX_SUBJECT_DER 1024 /* keeps the certificate well inside a card file (and a backup) */
 /* The subject of a certificate the card is to sign: subject_der (exactly one DER Name), else
  * CN=<label>; and days checked (1..MG_MAX_CERT_DAYS). MG_STEP_OK with *name the caller's to

@@ -14,6 +14,9 @@
 
 #include "../wire/codec.h"
 
+/* The longest key label (PrKD label, the SKS friendly name) the driver writes, in bytes. */
+#define SCHSM_MAX_LABEL 64
+
 /* The SmartCard-HSM application identifier. */
 #define SCHSM_AID_BYTES 0xE8, 0x2B, 0x06, 0x01, 0x04, 0x01, 0x81, 0xC3, 0x1F, 0x02, 0x01
 #define SCHSM_AID_LEN 11

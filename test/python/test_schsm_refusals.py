@@ -232,3 +232,25 @@ def test_a_65_byte_label_is_refused_before_any_apdu(sound, method):
     assert reply[0] == 0, reply
     assert len(sent) > 0
     assert label in sound.opensc_keys()[0]
+
+
+@pytest.mark.parametrize("command", [
+    ["generate", "--algorithm", "P-256", "--name"],
+    ["hsm", "xkek", "generate", "--domain", "0", "--name"],
+    ["hsm", "xkek", "request", "--domain", "0", "--out", "/dev/null", "--name"],
+    ["hsm", "restore", "BACKUP", "--name"],
+])
+def test_the_command_refuses_a_65_byte_name_before_the_card_is_asked(sound, command):
+    """The sks command itself checks the card's 64-byte label limit, before it lists keys, logs
+    in or sends the request: the user hears why at once, the card logs no command at all (or, for
+    commands that open the card first, nothing that makes or unwraps a key), its objects are as
+    they were."""
+    args = [sound.backup if a == "BACKUP" else a for a in command] + [LONG_LABEL]
+    before, mark = sound.objects(), len(sound.vhsm.apdu_lines())
+    err = sound.sks_fails(*args)
+    assert "at most 64 bytes" in err and "label" in err, err
+    sent = sound.vhsm.apdu_lines()[mark:]
+    # 46 GENERATE ASYMMETRIC KEY PAIR, 74 UNWRAP KEY, 20 VERIFY with a PIN: none of them (a
+    # VERIFY without data only asks how many tries are left)
+    assert not [line for line in sent if line[:2] in ("46", "74") or (line[:2] == "20" and " lc=0 " not in line)], sent
+    assert sound.objects() == before

@@ -246,6 +246,10 @@ extern const char CLI_KEY_OPTS_HELP[];
  * sorted and de-duplicated in place). Prints the error and returns 0 if an option is wrong. */
 int cli_key_spec(const char *cmd, cli_key_opts *o, issuer_key_spec *spec);
 
+/* Refuses a name longer than a SmartCard-HSM key label may be (SCHSM_MAX_LABEL bytes), before
+ * anything is sent to the card. NULL passes (the caller's default applies). */
+int cli_check_card_label(const char *cmd, const char *name);
+
 /* Refuses a missing, over-long or already used friendly name. */
 int cli_check_new_name(sks_transport *t, const char *cmd, const char *name);
 

@@ -580,7 +580,7 @@ static int restore_name(sks_transport *t, const char *cmd, const char *name, con
         cli_error("%s: the file names no label for the key: give --name", cmd);
         return 0;
     }
-    return cli_check_new_name(t, cmd, out);
+    return cli_check_card_label(cmd, out) && cli_check_new_name(t, cmd, out);
 }
 
 int cli_hsm_restore(cli_store *store, int argc, char **argv)

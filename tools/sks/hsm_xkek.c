@@ -77,7 +77,8 @@ static int xkek_request(cli_store *store, int argc, char **argv)
         cli_error("hsm xkek request: give --domain D and --out FILE");
         return CLI_EXIT_USAGE;
     }
-    if (!cli_parse_number("hsm xkek request", "--domain", domain, 0, 254, &d))
+    if (!cli_parse_number("hsm xkek request", "--domain", domain, 0, 254, &d)
+        || !cli_check_card_label("hsm xkek request", name))
         return CLI_EXIT_USAGE;
     snprintf(label, sizeof(label), "xkek-%lu", d);
     if ((t = cli_open_with_pin(store, "hsm xkek request", &pin, &rc)) == NULL)
@@ -219,7 +220,8 @@ static int xkek_generate(cli_store *store, int argc, char **argv)
         cli_error("hsm xkek generate: give --domain D and --name LABEL");
         return CLI_EXIT_USAGE;
     }
-    if (!cli_parse_number("hsm xkek generate", "--domain", domain, 0, 254, &d))
+    if (!cli_parse_number("hsm xkek generate", "--domain", domain, 0, 254, &d)
+        || !cli_check_card_label("hsm xkek generate", name))
         return CLI_EXIT_USAGE;
     if ((t = cli_open_with_pin(store, "hsm xkek generate", &pin, &rc)) == NULL)
         return rc;
@@ -402,6 +404,8 @@ static int xkek_unwrap(cli_store *store, int argc, char **argv)
         cli_error("hsm xkek unwrap: give --name LABEL and the wrap file");
         return CLI_EXIT_USAGE;
     }
+    if (!cli_check_card_label("hsm xkek unwrap", name))
+        return CLI_EXIT_USAGE;
     sks_buf_init(&dn);
     if ((days != NULL && !cli_parse_number("hsm xkek unwrap", "--days", days, 1, 36500, &ndays))
         || !cli_subject_der("hsm xkek unwrap", subject, &dn)) {

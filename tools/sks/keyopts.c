@@ -7,6 +7,8 @@
 
 #include <openssl/crypto.h>
 
+#include "../../schsm/schsm.h"
+
 #define PIN_MIN 4
 #define PIN_MAX 64
 #define DEFAULT_RETRIES 3
@@ -34,6 +36,16 @@ static size_t utf8_chars(const char *s)
         if (((unsigned char)*s & 0xC0) != 0x80)
             n++;
     return n;
+}
+
+int cli_check_card_label(const char *cmd, const char *name)
+{
+    if (name != NULL && strlen(name) > SCHSM_MAX_LABEL) {
+        cli_error("%s: --name must be at most %d bytes on a SmartCard-HSM (the card's key label)", cmd,
+                  SCHSM_MAX_LABEL);
+        return 0;
+    }
+    return 1;
 }
 
 int cli_check_new_name(sks_transport *t, const char *cmd, const char *name)
