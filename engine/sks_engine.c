@@ -57,9 +57,23 @@ static int engine_init(ENGINE *e)
     return ensure_providers();
 }
 
+/* Not where the providers are let go: programs finish the engine as soon as a key is loaded
+ * (openssl's -keyform engine) and go on using the key, which unloading would deactivate. */
 static int engine_finish(ENGINE *e)
 {
     (void)e;
+    return 1;
+}
+
+/* The engine is freed (at the latest by OPENSSL_cleanup, before the providers are): the
+ * providers it loaded are let go, so that the sks provider is torn down. Left loaded, its
+ * state stays allocated at exit. */
+static int engine_destroy(ENGINE *e)
+{
+    (void)e;
+    OSSL_PROVIDER_unload(sks_provider);
+    OSSL_PROVIDER_unload(default_provider);
+    sks_provider = default_provider = NULL;
     return 1;
 }
 
@@ -140,7 +154,8 @@ static int bind(ENGINE *e, const char *id)
     if (id != NULL && strcmp(id, ENGINE_ID) != 0)
         return 0;
     return ENGINE_set_id(e, ENGINE_ID) && ENGINE_set_name(e, ENGINE_NAME) && ENGINE_set_init_function(e, engine_init)
-           && ENGINE_set_finish_function(e, engine_finish) && ENGINE_set_load_privkey_function(e, load_privkey)
+           && ENGINE_set_finish_function(e, engine_finish)
+           && ENGINE_set_destroy_function(e, engine_destroy) && ENGINE_set_load_privkey_function(e, load_privkey)
            && ENGINE_set_load_pubkey_function(e, load_pubkey) && ENGINE_set_ctrl_function(e, engine_ctrl)
            && ENGINE_set_cmd_defns(e, COMMANDS);
 }

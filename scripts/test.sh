@@ -38,19 +38,22 @@ run_sanitized() {
   export ASAN_OPTIONS="detect_leaks=0:log_path=$logs/asan"
   export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$logs/ubsan"
   local status=0
-  echo "== CTest (ASan + UBSan)"
-  (cd "$build" && ctest --output-on-failure) || status=1
+  echo "== CTest (ASan + UBSan + LeakSanitizer)"
+  # The unit tests are our programs alone, so their leaks are ours: checked here.
+  (cd "$build" && ASAN_OPTIONS="detect_leaks=1:log_path=$logs/asan" ctest --output-on-failure) || status=1
   echo "== pytest (ASan + UBSan)"
   # curl 7.88 hangs in setlocale() with the runtime preloaded (with it, libp11-kit's start-up,
   # pulled in through gnutls, leaves glibc's locale lock broken before curl's main), and cannot
-  # load the instrumented engine without it: the tests that drive curl are left out.
+  # load the instrumented engine or provider without it: the tests that drive curl are left out
+  # (test_nginx_key_on_card_one_sign_per_handshake: its curl reads nginx's openssl.cnf).
   SKS_BUILD_DIR="$PWD/$build" /usr/bin/python3 -m pytest -q test/python -k "not curl \
     and not test_request_without_client_certificate_is_refused \
     and not test_client_certificate_from_another_ca_is_refused and not test_proxy_client_key_in_store \
     and not test_many_requests_over_fresh_connections \
     and not test_nginx_unprivileged_workers_serve_with_keys_in_sksd \
     and not test_nginx_worker_killed_and_respawned_still_serves \
-    and not test_nginx_proxy_authenticates_to_upstream_with_key_in_sksd" || status=1
+    and not test_nginx_proxy_authenticates_to_upstream_with_key_in_sksd \
+    and not test_nginx_key_on_card_one_sign_per_handshake" || status=1
   if [ -n "$(ls -A "$logs")" ]; then
     echo "== sanitizer reports ($logs)"
     head -n 60 "$logs"/*

@@ -26,20 +26,8 @@ SKSD = st.BUILD / "tools" / "sksd" / "sksd"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SPAWN_FCGI = shutil.which("spawn-fcgi") or "/usr/bin/spawn-fcgi"
 
-NGINX_CONF = """\
-daemon off;
-master_process on;
-worker_processes 2;
-{user}
-pid {dir}/nginx.pid;
-error_log {dir}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    client_body_temp_path {dir}/tmp-body;
-    proxy_temp_path {dir}/tmp-proxy;
-    fastcgi_temp_path {dir}/tmp-fastcgi;
-    uwsgi_temp_path {dir}/tmp-uwsgi;
-    scgi_temp_path {dir}/tmp-scgi;
+# The http block after the common part (provtools.nginx_conf).
+NGINX_HTTP = """\
     access_log {dir}/access.log;
     client_max_body_size 64k;
     server {{
@@ -62,7 +50,6 @@ http {{
             fastcgi_param SSL_CLIENT_CERT $ssl_client_escaped_cert;
         }}
     }}
-}}
 """
 
 
@@ -137,9 +124,10 @@ class Service:
         while self.plain_port == self.port:
             self.plain_port = pt.free_port()
         conf = self.nginx_dir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(user="user root;" if os.geteuid() == 0 else "", dir=self.nginx_dir,
-                                          tls=self.port, plain=self.plain_port, server_cert=self.server_cert,
-                                          server_key=self.server_key, client_ca=self.client_ca, socket=self.socket))
+        http = NGINX_HTTP.format(dir=self.nginx_dir, tls=self.port, plain=self.plain_port,
+                                 server_cert=self.server_cert, server_key=self.server_key,
+                                 client_ca=self.client_ca, socket=self.socket)
+        conf.write_text(pt.nginx_conf(self.nginx_dir, http, worker_connections=256))
         self.nginx = pt.Daemon([NGINX, "-p", self.nginx_dir, "-c", conf, "-e", self.nginx_dir / "error.log"],
                                env=st.plain_env(), log=self.nginx_dir / "nginx.out")
         if not (pt.wait_port(self.port, self.nginx.proc) and pt.wait_port(self.plain_port, self.nginx.proc)):

@@ -130,6 +130,24 @@ def wait_port(port, proc=None, timeout=START_WAIT):
     return False
 
 
+def nginx_conf(directory, http, *, worker_connections=64, env=(), user_root=None):
+    """A complete nginx.conf for a test's own nginx: in the foreground, a master and two workers,
+    its pid file, error log (level info) and every temporary directory under `directory`, then
+    `http` (the test's log formats and servers, already formatted) inside the http block.
+    `env`: variables the workers keep (nginx clears the rest). `user_root`: workers run as root
+    (None: when the test runs as root, so that they can read the test's files)."""
+    if user_root is None:
+        user_root = os.geteuid() == 0
+    lines = ["daemon off;", "master_process on;", "worker_processes 2;", "user root;" if user_root else ""]
+    lines += [f"env {name};" for name in env]
+    lines += [f"pid {directory}/nginx.pid;", f"error_log {directory}/error.log info;",
+              f"events {{ worker_connections {worker_connections}; }}", "http {"]
+    lines += [f"    {kind}_temp_path {directory}/tmp-{suffix};" for kind, suffix in
+              (("client_body", "body"), ("proxy", "proxy"), ("fastcgi", "fastcgi"), ("uwsgi", "uwsgi"),
+               ("scgi", "scgi"))]
+    return "\n".join(lines) + "\n" + http + "}\n"
+
+
 # ---------------------------------------------------------------------------------------------
 # Background processes
 # ---------------------------------------------------------------------------------------------

@@ -102,3 +102,35 @@ def handle_of(sks_binary, store, name):
         if line.startswith("key ") and line.endswith(": " + name):
             return int(line[4:].split(":")[0])
     raise AssertionError(f"no key {name}")
+
+
+def memory_holds(pid, needle):
+    """Whether any readable mapping of process pid holds the bytes (root reads /proc/PID/mem)."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            if "r" not in fields[1] or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]")):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            # Terabyte-sized readable mappings are a sanitizer's shadow memory (scripts/test.sh
+            # --sanitize), not where a program keeps its buffers.
+            if end - start > 1 << 30:
+                continue
+            if mapping_holds(mem, start, end, needle):
+                return True
+    return False
+
+
+def mapping_holds(mem, start, end, needle, chunk=4 << 20):
+    """Reads the mapping in chunks that overlap by len(needle) - 1, so no match is split."""
+    pos = start
+    while pos < end:
+        try:
+            mem.seek(pos)
+            data = mem.read(min(chunk + len(needle) - 1, end - pos))
+        except (OSError, ValueError, OverflowError):
+            return False
+        if needle in data:
+            return True
+        pos += chunk
+    return False

@@ -33,20 +33,8 @@ KEYS = [
     ("engkey", "P-256"),
 ]
 
-NGINX_CONF = """\
-daemon off;
-master_process on;
-worker_processes 2;
-{user}
-pid {dir}/nginx.pid;
-error_log {dir}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    client_body_temp_path {dir}/tmp-body;
-    proxy_temp_path {dir}/tmp-proxy;
-    fastcgi_temp_path {dir}/tmp-fastcgi;
-    uwsgi_temp_path {dir}/tmp-uwsgi;
-    scgi_temp_path {dir}/tmp-scgi;
+# The http block after the common part (provtools.nginx_conf).
+NGINX_HTTP = """\
     log_format tls '$ssl_client_verify|$ssl_client_s_dn|$ssl_protocol|$request_uri';
 
     server {{
@@ -86,7 +74,6 @@ http {{
             return 200 "upstream saw: $ssl_client_s_dn\\n";
         }}
     }}
-}}
 """
 
 
@@ -106,10 +93,10 @@ def nginx(store):
     while up == front:
         up = pt.free_port()
     conf = d / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(
-        user="user root;" if os.geteuid() == 0 else "", dir=d, front=front, up=up,
+    conf.write_text(pt.nginx_conf(d, NGINX_HTTP.format(
+        dir=d, front=front, up=up,
         web_cert=store.keys["web"].chain, up_cert=store.keys["upstream"].chain,
-        proxy_cert=store.keys["proxyclient"].cert, issuer=store.issuer_ca))
+        proxy_cert=store.keys["proxyclient"].cert, issuer=store.issuer_ca)))
     # Only OPENSSL_CONF: the store, module and engine come from the configuration.
     env = pt.clean_env(OPENSSL_CONF=cnf)
     res = pt.run([NGINX, "-t", "-p", d, "-c", conf, "-e", d / "error.log"], env=env, check=False)

@@ -136,21 +136,8 @@ def test_system_wide_include_enables_the_provider(installed, tmp_path):
     assert re.search(r"^\s+sks\n\s+name: sks", res.stdout, re.M) and "default" in res.stdout, res.stdout
 
 
-NGINX_CONF = """\
-daemon off;
-master_process on;
-worker_processes 2;
-user root;
-env SKS_STORE;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log info;
-events {{ worker_connections 16; }}
-http {{
-    client_body_temp_path {dir}/tmp-body;
-    proxy_temp_path {dir}/tmp-proxy;
-    fastcgi_temp_path {dir}/tmp-fastcgi;
-    uwsgi_temp_path {dir}/tmp-uwsgi;
-    scgi_temp_path {dir}/tmp-scgi;
+# The http block after the common part (provtools.nginx_conf).
+NGINX_HTTP = """\
     access_log off;
     server {{
         listen 127.0.0.1:{port} ssl;
@@ -159,7 +146,6 @@ http {{
         ssl_protocols TLSv1.2 TLSv1.3;
         location / {{ return 200 "served with a key from the store\\n"; }}
     }}
-}}
 """
 
 
@@ -171,7 +157,8 @@ def test_nginx_serves_with_the_installed_engine(installed, tmp_path):
     (tmp_path / "chain.pem").write_text(sh("/usr/bin/sks", "cert", "--name", "web", "--chain", env=env).stdout)
     port = pt.free_port()
     conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=tmp_path, port=port, cert=tmp_path / "chain.pem"))
+    conf.write_text(pt.nginx_conf(tmp_path, NGINX_HTTP.format(port=port, cert=tmp_path / "chain.pem"),
+                                  worker_connections=16, env=["SKS_STORE"], user_root=True))
     daemon = pt.Daemon([NGINX, "-p", tmp_path, "-c", conf, "-e", tmp_path / "error.log"], env=env,
                        log=tmp_path / "nginx.out")
     try:

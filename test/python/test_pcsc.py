@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sksissuer as s  # noqa: E402
 from pcscrig import PCSCD, READERS, VPCD_DRIVER, Pcscd, free_port_pair, stop_process  # noqa: E402
+from skshelpers import memory_holds  # noqa: E402
 
 BUILD = os.environ.get("SKS_BUILD_DIR", "/work/main/build")
 SKS = os.path.join(BUILD, "tools", "sks", "sks")
@@ -748,38 +749,6 @@ def test_card_with_flag_exports_and_deletes(rig_ok):
     assert device_call(rig_ok["env"], "pcsc:" + READER1, b"\x50" + s.uint(h) + s.arr(b""))[0] == 0
     with pytest.raises(AssertionError):
         handle_of(rig_ok, "managed")
-
-
-def memory_holds(pid, needle):
-    """Whether any readable mapping of process pid holds the bytes (root reads /proc/PID/mem)."""
-    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
-        for line in maps:
-            fields = line.split()
-            if "r" not in fields[1] or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]")):
-                continue
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            # Terabyte-sized readable mappings are a sanitizer's shadow memory (scripts/test.sh
-            # --sanitize), not where a program keeps its buffers.
-            if end - start > 1 << 30:
-                continue
-            if mapping_holds(mem, start, end, needle):
-                return True
-    return False
-
-
-def mapping_holds(mem, start, end, needle, chunk=4 << 20):
-    """Reads the mapping in chunks that overlap by len(needle) - 1, so no match is split."""
-    pos = start
-    while pos < end:
-        try:
-            mem.seek(pos)
-            data = mem.read(min(chunk + len(needle) - 1, end - pos))
-        except (OSError, ValueError, OverflowError):
-            return False
-        if needle in data:
-            return True
-        pos += chunk
-    return False
 
 
 def test_card_keeps_no_pin_in_memory(rig_ok):

@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pcscrig import PcscRig  # noqa: E402
 import sksissuer as wire  # noqa: E402
+from skshelpers import memory_holds  # noqa: E402
 
 BUILD = os.environ.get("SKS_BUILD_DIR", "/work/main/build")
 SKS = os.path.join(BUILD, "tools", "sks", "sks")
@@ -564,24 +565,6 @@ def test_faulty_rsa_signature_is_not_handed_out(hsm):
         pipe.close()
 
 
-def process_memory_holds(pid, needle):
-    """Whether any readable mapping of process pid holds the bytes needle (read as root
-    through /proc/pid/mem while the process waits)."""
-    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
-        for line in maps:
-            fields = line.split()
-            if "r" not in fields[1] or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]")):
-                continue
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            try:
-                mem.seek(start)
-                if needle in mem.read(end - start):
-                    return True
-            except OSError:
-                continue
-    return False
-
-
 def test_decrypted_block_is_not_left_in_memory(hsm):
     """The card's raw RSA answer to an asymmetricKeyDecrypt is the whole padded block
     00 02 PS 00 M; once the driver has taken M out, no copy of the block may stay in the
@@ -602,7 +585,7 @@ def test_decrypted_block_is_not_left_in_memory(hsm):
     try:
         reply = pipe.call(request)
         assert reply[0] == 0 and reply.endswith(message), reply
-        assert not process_memory_holds(pipe.proc.pid, ps[:64]), \
+        assert not memory_holds(pipe.proc.pid, ps[:64]), \
             "the decrypted block (its padding) is still in the process's memory"
     finally:
         pipe.close()

@@ -197,21 +197,8 @@ def test_s_server_rsa_pkcs1_tls12(card, tmp_path):
 # nginx (sks ENGINE) with its key on the card, curl with its key on the card
 # ---------------------------------------------------------------------------------------------
 
-NGINX_CONF = """\
-daemon off;
-master_process on;
-worker_processes 2;
-{user}
-env PCSCLITE_CSOCK_NAME;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    client_body_temp_path {dir}/tmp-body;
-    proxy_temp_path {dir}/tmp-proxy;
-    fastcgi_temp_path {dir}/tmp-fastcgi;
-    uwsgi_temp_path {dir}/tmp-uwsgi;
-    scgi_temp_path {dir}/tmp-scgi;
+# The http block after the common part (provtools.nginx_conf).
+NGINX_HTTP = """\
     log_format tls '$pid|$ssl_client_verify|$ssl_client_s_dn|$ssl_protocol|$ssl_session_reused|$request_uri';
     server {{
         listen 127.0.0.1:{port} ssl reuseport;
@@ -229,7 +216,6 @@ http {{
             return 200 "client dn: $ssl_client_s_dn\\nverify: $ssl_client_verify\\n";
         }}
     }}
-}}
 """
 
 OPENSSL_CONF = """\
@@ -266,8 +252,8 @@ def nginx(card, tmp_path_factory):
     cnf.write_text(OPENSSL_CONF.format(provider=pt.PROVIDER, engine=pt.ENGINE, pin=PIN))
     port = pt.free_port()
     conf = d / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(user="user root;" if os.geteuid() == 0 else "", dir=d, port=port,
-                                      cert=card.cert("srv-ec"), ca=card.ca))
+    conf.write_text(pt.nginx_conf(d, NGINX_HTTP.format(dir=d, port=port, cert=card.cert("srv-ec"), ca=card.ca),
+                                  env=["PCSCLITE_CSOCK_NAME"]))
     env = dict(card.rig.plain_env, OPENSSL_CONF=str(cnf), PCSCLITE_CSOCK_NAME=card.rig.env["PCSCLITE_CSOCK_NAME"])
     # A client key in a file, certified by the same CA: its handshakes touch the card only
     # on nginx's side.

@@ -28,6 +28,10 @@ int cli_store_resolve(cli_store *s, const char *device_opt, const char *store_op
 /* Creates the directories above path (0700). */
 int cli_mkdir_parents(const char *path);
 
+/* Loads OpenSSL's default provider and the sks provider (once), for the commands that reach a
+ * key through an sks: URI; they are unloaded at exit. 0 if one cannot be loaded. */
+int cli_load_providers(void);
+
 /* Prints "sks: <message>" to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -17,7 +17,6 @@
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
 #include <openssl/err.h>
-#include <openssl/provider.h>
 #include <openssl/store.h>
 #include <openssl/ui.h>
 
@@ -216,7 +215,7 @@ static EVP_PKEY *load_signer(const cli_store *store, const char *uri)
         setenv("SKS_STORE", store->db_path, 1);
     if (store->master_path[0] != '\0' && secure_getenv("SKS_MASTER_KEY") == NULL)
         setenv("SKS_MASTER_KEY", store->master_path, 1);
-    if (OSSL_PROVIDER_load(NULL, "default") == NULL || OSSL_PROVIDER_load(NULL, "sks") == NULL) {
+    if (!cli_load_providers()) {
         cli_error("hsm kdm issue: cannot load the sks provider (set OPENSSL_MODULES to the directory holding "
                   "sks.so)");
         return NULL;

@@ -22,7 +22,6 @@
 #include <openssl/cms.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
-#include <openssl/provider.h>
 #include <openssl/rand.h>
 #include <openssl/store.h>
 #include <openssl/ui.h>
@@ -149,7 +148,7 @@ EVP_PKEY *skip_load_sks_key(const cli_store *store, const char *cmd, const char 
         setenv("SKS_STORE", store->db_path, 1);
     if (store->master_path[0] != '\0' && secure_getenv("SKS_MASTER_KEY") == NULL)
         setenv("SKS_MASTER_KEY", store->master_path, 1);
-    if (OSSL_PROVIDER_load(NULL, "default") == NULL || OSSL_PROVIDER_load(NULL, "sks") == NULL) {
+    if (!cli_load_providers()) {
         cli_error("%s: cannot load the sks provider for %s (install it, or set OPENSSL_MODULES to the directory"
                   " holding sks.so)", cmd, printable_key_name(uri, shown, sizeof(shown)));
         return NULL;
