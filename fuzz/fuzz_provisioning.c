@@ -1,8 +1,8 @@
 /*
  * libFuzzer target for the provisioning methods that carry a MAC under the session key:
  * createPukPolicy, createPinPolicy, createKeyEntry, setCertificatePath, importPrivateKey,
- * importSymmetricKey, addExtension, closeProvisioningSession, the four post operations, and
- * getKeyHandle. A fuzzed request cannot reach them (the session key comes from an ECDH with a
+ * importSymmetricKey, addExtension, closeProvisioningSession, the four post operations,
+ * getKeyHandle, and updateKeyManagementKey (authorized by a signature). A fuzzed request cannot reach them (the session key comes from an ECDH with a
  * random device key), so this target plays the issuer: it opens a real session through the
  * dispatcher, derives the session key as an issuer does (device/provisioning.c, tools/sks/
  * issuer.c), and for every fuzzed call computes the correct MAC over the fuzzed fields. The
@@ -66,6 +66,7 @@ enum {
     OP_POST_UPDATE,
     OP_POST_CLONE,
     OP_NEW_SESSION,
+    OP_UPDATE_KMK,
     OP_COUNT
 };
 
@@ -123,9 +124,10 @@ static const char *const EXTENSION_TYPES[] = {
 static EVP_PKEY *premade[N_KEY_ALGS];
 static EVP_PKEY *issuer_ephemeral; /* the issuer's ECDH key, P-256 */
 static EVP_PKEY *kmk;              /* the issuer's keyManagementKey, P-256 */
+static EVP_PKEY *kmk2;             /* the one updateKeyManagementKey rolls over to, P-384 */
 static EVP_PKEY *ca_key;           /* Ed25519: certificates come out the same every time */
 static X509 *ca_cert;
-static sks_buf ca_der, issuer_ephemeral_spki, kmk_spki;
+static sks_buf ca_der, issuer_ephemeral_spki, kmk_spki, kmk2_spki;
 
 static void die(const char *what, const char *detail) __attribute__((noreturn));
 
@@ -242,17 +244,19 @@ static int hmac_sha256(const uint8_t *key, size_t keylen, const uint8_t *data, s
 static void sign_raw(EVP_PKEY *key, const sks_buf *data, sks_buf *out)
 {
     EVP_MD_CTX *mc = EVP_MD_CTX_new();
-    unsigned char der[160], raw[64];
+    unsigned char der[160], raw[132];
     const unsigned char *q = der;
     size_t n = sizeof(der);
+    int half = (EVP_PKEY_get_bits(key) + 7) / 8;
     ECDSA_SIG *sig;
 
-    if (mc == NULL || EVP_DigestSignInit_ex(mc, NULL, "SHA256", NULL, NULL, key, NULL) != 1
+    if (mc == NULL || half > 66 || EVP_DigestSignInit_ex(mc, NULL, "SHA256", NULL, NULL, key, NULL) != 1
         || EVP_DigestSign(mc, der, &n, data->data, data->len) != 1 || (sig = d2i_ECDSA_SIG(NULL, &q, (long)n)) == NULL)
         die("ECDSA", "signature failed");
-    if (BN_bn2binpad(ECDSA_SIG_get0_r(sig), raw, 32) != 32 || BN_bn2binpad(ECDSA_SIG_get0_s(sig), raw + 32, 32) != 32)
+    if (BN_bn2binpad(ECDSA_SIG_get0_r(sig), raw, half) != half
+        || BN_bn2binpad(ECDSA_SIG_get0_s(sig), raw + half, half) != half)
         die("ECDSA", "r or s too long");
-    sks_buf_put(out, raw, sizeof(raw));
+    sks_buf_put(out, raw, 2 * (size_t)half);
     ECDSA_SIG_free(sig);
     EVP_MD_CTX_free(mc);
 }
@@ -406,6 +410,9 @@ static sks_buf device_cert; /* the device ID of sessions without privacy */
 /* Keys of the template's closed session: the post operations' targets. */
 static issued_key targets[MAX_OBJECTS];
 static size_t n_targets;
+static uint32_t template_session;
+/* The template session's keyManagementKey in this input (updateKeyManagementKey changes it). */
+static EVP_PKEY *target_kmk;
 
 static void session_clear(session *s)
 {
@@ -1033,7 +1040,7 @@ static void in_authorization(fuzz_in *in, const session *s, const issued_key *ta
             die("HMAC", "target key reference");
         sks_buf_put(&tbs, "TargetKeyReference", 18);
         sks_buf_put(&tbs, inner, 32);
-        sign_raw(kmk, &tbs, out);
+        sign_raw(target_kmk, &tbs, out);
         sks_buf_free(&key);
         sks_buf_free(&tbs);
         if (kind & 0x80)
@@ -1100,11 +1107,50 @@ static int op_post(fuzz_in *in, session *s, int op)
     return ok;
 }
 
+/* updateKeyManagementKey of a closed session (the template's, this input's, or a fuzzed handle)
+ * to the harness's second key or fuzzed bytes, authorized by the current key's signature over
+ * "RollOverAuthorization" || new key (with edits), or fuzzed bytes. */
+static int op_update_kmk(fuzz_in *in, session *s)
+{
+    uint8_t which = in_byte(in), kind = in_byte(in);
+    uint32_t handle = which >= 0xF0 ? in_u32(in) : (which & 1) ? s->handle : template_session;
+    sks_buf new_key, tbs, auth;
+    int ok;
+
+    sks_buf_init(&new_key);
+    sks_buf_init(&tbs);
+    sks_buf_init(&auth);
+    if ((kind & 1) == 0) {
+        sks_buf_put(&new_key, kmk2_spki.data, kmk2_spki.len);
+    } else {
+        sks_span b = in_bytes(in, 600);
+        sks_buf_put(&new_key, b.p, b.n);
+    }
+    if ((kind & 2) == 0) {
+        sks_buf_put(&tbs, "RollOverAuthorization", 21);
+        sks_buf_put(&tbs, new_key.data, new_key.len);
+        sign_raw(handle == template_session ? target_kmk : kmk, &tbs, &auth);
+        if (kind & 0x80)
+            in_edits(in, &auth);
+    } else {
+        sks_span b = in_bytes(in, 600);
+        sks_buf_put(&auth, b.p, b.n);
+    }
+    ok = sks_client_update_key_management_key(&transport, handle, span_of(&new_key), span_of(&auth), NULL);
+    if (ok && handle == template_session && (kind & 1) == 0)
+        target_kmk = kmk2;
+    sks_buf_free(&new_key);
+    sks_buf_free(&tbs);
+    sks_buf_free(&auth);
+    return ok;
+}
+
 /* Runs an input; returns how many operations the device accepted (and the number run). */
 static unsigned run_input(fuzz_in *in, session *s, unsigned *ran)
 {
     unsigned accepted = 0, n = 0;
 
+    target_kmk = kmk;
     if (!session_open(s, in_byte(in), in))
         return 0;
     while (in->n > 0 && n < MAX_OPS) {
@@ -1141,6 +1187,9 @@ static unsigned run_input(fuzz_in *in, session *s, unsigned *ran)
             break;
         case OP_NEW_SESSION:
             ok = session_open(s, in_byte(in), in);
+            break;
+        case OP_UPDATE_KMK:
+            ok = op_update_kmk(in, s);
             break;
         default:
             ok = op_post(in, s, op);
@@ -1382,6 +1431,20 @@ static void seed_post(sks_buf *b)
     seed_close(b);
 }
 
+/* The template session's keyManagementKey rolled over to the second key, then a post
+ * operation authorized by the new one. */
+static void seed_kmk(sks_buf *b)
+{
+    sks_buf_byte(b, 0);
+    sks_buf_byte(b, OP_UPDATE_KMK);
+    sks_buf_byte(b, 0); /* the template's session */
+    sks_buf_byte(b, 0); /* to the second key, valid authorization */
+    sks_buf_byte(b, OP_POST_DELETE);
+    sks_buf_byte(b, 2);
+    sks_buf_byte(b, 0);
+    seed_close(b);
+}
+
 static const struct {
     const char *name;
     void (*build)(sks_buf *b);
@@ -1390,6 +1453,7 @@ static const struct {
     { "imports", seed_imports },
     { "policies", seed_policies },
     { "post", seed_post },
+    { "kmk", seed_kmk },
 };
 #define N_SEEDS (sizeof(SEEDS) / sizeof(SEEDS[0]))
 
@@ -1520,6 +1584,7 @@ static void make_template(void)
         sks_buf_put(&targets[i].ee, s.keys[i].ee.data, s.keys[i].ee.len);
     }
     n_targets = s.n_keys;
+    template_session = s.handle;
     session_clear(&s);
     sks_buf_free(&seed);
     close_store();
@@ -1572,17 +1637,20 @@ static void write_seeds(const char *dir)
 static void make_issuer_keys(void)
 {
     kmk = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    kmk2 = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384");
     issuer_ephemeral = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
     ca_key = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
-    if (kmk == NULL || issuer_ephemeral == NULL || ca_key == NULL)
+    if (kmk == NULL || kmk2 == NULL || issuer_ephemeral == NULL || ca_key == NULL)
         die("issuer keys", "cannot be made");
     ca_cert = make_cert(ca_key, 1, 1);
     sks_buf_init(&ca_der);
     sks_buf_init(&kmk_spki);
+    sks_buf_init(&kmk2_spki);
     sks_buf_init(&issuer_ephemeral_spki);
     sks_buf_init(&device_cert);
     der_of_cert(ca_cert, &ca_der);
     der_of_pubkey(kmk, &kmk_spki);
+    der_of_pubkey(kmk2, &kmk2_spki);
     der_of_pubkey(issuer_ephemeral, &issuer_ephemeral_spki);
 }
 
