@@ -714,6 +714,33 @@ static int compare_strings(const void *a, const void *b)
 #define KEY_SORT_ENDORSED 0x08
 #define KEY_WRONG_ALGORITHM 0x10 /* hand the device the key of another algorithm */
 
+/* createKeyEntry's MAC data, in the device's order (device/provisioning.c h_create_key_entry):
+ * the PIN policy's id, and pinValue only when the issuer set it (encrypted). */
+static void key_entry_mac_data(const sks_key_entry_args *a, const policy *pin, sks_buf *data)
+{
+    size_t i;
+
+    sks_buf_string(data, a->id);
+    sks_buf_string(data, a->key_entry_algorithm);
+    sks_buf_array(data, a->server_seed.p, a->server_seed.n);
+    sks_buf_string(data, pin ? pin->id : "");
+    if (pin != NULL && !pin->user_defined)
+        sks_buf_array(data, a->pin_value.p, a->pin_value.n);
+    else
+        sks_buf_string(data, "");
+    sks_buf_bool(data, a->device_pin_protection);
+    sks_buf_bool(data, a->enable_pin_caching);
+    sks_buf_byte(data, a->biometric_protection);
+    sks_buf_byte(data, a->export_protection);
+    sks_buf_byte(data, a->delete_protection);
+    sks_buf_byte(data, a->app_usage);
+    sks_buf_string(data, a->friendly_name);
+    sks_buf_string(data, a->key_algorithm);
+    sks_buf_array(data, a->key_parameters.p, a->key_parameters.n);
+    for (i = 0; i < a->endorsed_count; i++)
+        sks_buf_string(data, a->endorsed_algorithms[i]);
+}
+
 static int op_key_entry(fuzz_in *in, session *s)
 {
     sks_key_entry_args a;
@@ -776,26 +803,7 @@ static int op_key_entry(fuzz_in *in, session *s)
     a.key_algorithm = key_alg;
     a.endorsed_algorithms = endorsed_ptr;
     a.endorsed_count = n_endorsed;
-    /* MAC data in the device's order (device/provisioning.c h_create_key_entry) */
-    sks_buf_string(&data, id);
-    sks_buf_string(&data, kea);
-    sks_buf_array(&data, seed.p, seed.n);
-    sks_buf_string(&data, pin ? pin->id : "");
-    if (pin != NULL && !pin->user_defined)
-        sks_buf_array(&data, pin_value.data, pin_value.len);
-    else
-        sks_buf_string(&data, "");
-    sks_buf_bool(&data, a.device_pin_protection);
-    sks_buf_bool(&data, a.enable_pin_caching);
-    sks_buf_byte(&data, a.biometric_protection);
-    sks_buf_byte(&data, a.export_protection);
-    sks_buf_byte(&data, a.delete_protection);
-    sks_buf_byte(&data, a.app_usage);
-    sks_buf_string(&data, friendly);
-    sks_buf_string(&data, key_alg);
-    sks_buf_array(&data, a.key_parameters.p, a.key_parameters.n);
-    for (i = 0; i < n_endorsed; i++)
-        sks_buf_string(&data, endorsed_ptr[i]);
+    key_entry_mac_data(&a, pin, &data);
     call_mac(s, "createKeyEntry", &data, mac);
     a.mac.p = mac;
     a.mac.n = 32;
