@@ -12,7 +12,8 @@
 # APDU layer), fuzz_pcsc_link (the PC/SC link and the card protocols on it, with a fuzzed card and
 # pcscd), fuzz_skip (SKIP packages), fuzz_schsm (the SmartCard-HSM driver with a fuzzed card),
 # fuzz_schsm_prkd (the key description rewriter of sks hsm restore), fuzz_channel (sksd's reader of the
-# shared-memory channel a client writes).
+# shared-memory channel a client writes), fuzz_provisioning (the provisioning methods behind a
+# session MAC, with the target playing the issuer; its seeds: SKS_FUZZ_WRITE_SEEDS=DIR writes them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 long=0
