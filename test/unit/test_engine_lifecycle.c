@@ -2,9 +2,10 @@
  * An application that uses the sks ENGINE the way openssl's -keyform engine does: it loads
  * the engine, initialises it, loads a key, finishes the engine at once and only then signs
  * with the key; the signature is verified by the default provider against the key's
- * certificate. Then it frees key and engine and exits: under scripts/test.sh --sanitize
- * (CTest runs with LeakSanitizer) nothing the engine and the provider it loaded allocated may
- * be left at exit.
+ * certificate. It frees the engine and signs again: the engine, loaded by path, is in no
+ * list and is destroyed, and the key it handed out and the default provider it loaded must
+ * keep working. Then it exits: under scripts/test.sh --sanitize (CTest runs with
+ * LeakSanitizer) nothing the engine and the provider it loaded allocated may be left at exit.
  *
  * usage: test_engine_lifecycle SKS_BINARY ENGINE_MODULE PROVIDER_DIR WORKDIR
  */
@@ -102,9 +103,12 @@ int main(int argc, char **argv)
     if (key == NULL)
         FAIL("ENGINE_load_private_key(sks:name=engkey) failed");
     sign_and_verify(key, cert);
+    /* An engine loaded by path is in no list: freeing it destroys it. Its key, and the
+     * default provider the engine loaded (the process's only one), must still work. */
+    ENGINE_free(e);
+    sign_and_verify(key, cert);
     EVP_PKEY_free(key);
     X509_free(cert);
-    ENGINE_free(e);
-    printf("engine_lifecycle: signed after ENGINE_finish, verified\n");
+    printf("engine_lifecycle: signed after ENGINE_finish and after ENGINE_free, verified\n");
     return 0;
 }
