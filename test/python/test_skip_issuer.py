@@ -6,6 +6,7 @@ device stores, and the openssl CLI as the independent peer for signatures and ar
 """
 
 import base64
+import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -492,30 +493,38 @@ def test_tls_ca_alone_verifies_the_server(service, tmp_path):
     ext.write_text("subjectAltName=IP:127.0.0.1\n")
     it.openssl("x509", "-req", "-in", csr, "-CA", sysca, "-CAkey", sysca_key, "-CAcreateserial", "-days", "1",
                "-extfile", ext, "-out", cert)
+    sysca_key.unlink()  # nothing else is signed under it
+    # The system's certificate directory, as the client sees it, with that CA linked in: a copy
+    # bind-mounted over /etc/ssl/certs in a mount namespace of the client's own, so neither the
+    # host nor any other process ever trusts the CA.
+    certs = tmp_path / "certs"
+    shutil.copytree("/etc/ssl/certs", certs, symlinks=True)
     subject_hash = it.openssl("x509", "-in", sysca, "-noout", "-subject_hash").stdout.decode().strip()
-    link = next(Path(f"/etc/ssl/certs/{subject_hash}.{i}") for i in range(10)
-                if not Path(f"/etc/ssl/certs/{subject_hash}.{i}").exists())
+    (certs / f"{subject_hash}.{sum(1 for _ in certs.glob(subject_hash + '.*'))}").symlink_to(sysca)
+
+    def trusting(args):
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount --bind "$0" /etc/ssl/certs && exec "$@"', certs, *args]
+
     impostor = it.Impostor(tls=(cert, key))
-    # The system trusts this CA only while the test runs; should the test be killed before the
-    # link goes, neither the CA's key nor the impostor's is left anywhere to use it with.
-    sysca_key.unlink()
-    key.unlink()
-    link.symlink_to(sysca)
     try:
         # The set-up is what it claims: curl with the system's CAs accepts the impostor.
-        res = st.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{ssl_verify_result}",
-                      f"https://127.0.0.1:{impostor.port}/"], check=False)
+        res = st.run(trusting(["curl", "-sS", "-o", "/dev/null", "-w", "%{ssl_verify_result}",
+                               f"https://127.0.0.1:{impostor.port}/"]), check=False)
         assert impostor.received.startswith(b"GET / "), (impostor.received, out(res))
         impostor.received = b""
         store = device(tmp_path, "pinned")
         token = service.add_token("pinned")
-        res = enroll(service, store, token, check=False, url=f"https://127.0.0.1:{impostor.port}")
+        res = st.run(trusting(it.enroll_args(service, store, token, url=f"https://127.0.0.1:{impostor.port}")),
+                     check=False, cwd=store.dir)
         assert res.returncode == 1, out(res)
         assert token.encode() not in impostor.received and b"Authorization" not in impostor.received, \
             impostor.received
     finally:
-        link.unlink()
         impostor.close()
+    # and the host's directory never had it
+    assert not any(Path("/etc/ssl/certs").glob(subject_hash + ".*")) or \
+        all(p.resolve() != sysca.resolve() for p in Path("/etc/ssl/certs").glob(subject_hash + ".*"))
     assert "enrolment confirmed" in out(enroll(service, store, token))
 
 
@@ -566,27 +575,30 @@ def test_device_name_that_would_forge_a_log_line(tmp_path):
     try:
         ca_key = serialization.load_pem_private_key(service.client_ca_key.read_bytes(), None)
         ca = x509.load_pem_x509_certificate(service.client_ca.read_bytes())
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([
-                    x509.NameAttribute(NameOID.COMMON_NAME, 'dev"\n' + FORGED)]))
-                .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-                .sign(ca_key, hashes.SHA256()))
-        cert_file, key_file = tmp_path / "forger.pem", tmp_path / "forger.key"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-        body = tmp_path / "req.b64"
-        body.write_bytes(base64.encodebytes(si.make_request(si.new_key("secp256r1"), "forger")))
-        res = st.run(["curl", "-sS", "--cacert", service.server_cert, "--cert", cert_file, "--key", key_file,
-                      "--data-binary", f"@{body}", "-w", "\n%{http_code}",
-                      f"{service.url}/.well-known/est/skip/simpleenroll"])
-        text = res.stdout.decode(errors="replace")
-        assert text.endswith("\n403") and "device name" in text, text[-300:]
-        assert not any(line.startswith(FORGED[:30]) for line in service.log_text().splitlines()), service.log_text()
-        assert service.enrolments() == [] and service.archived() == []
-        for bad in ('a"b', "two\nlines", "tab\there", "\x7f"):
+        short = 'x"\n2026-01-01T00:00:00Z confirmed device="v'  # under 64 bytes: the characters decide
+        for n, cn in enumerate(('dev"\n' + FORGED, short, "back\\slash")):
+            key = ec.generate_private_key(ec.SECP256R1())
+            now = datetime.datetime.now(datetime.timezone.utc)
+            cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+                    .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                    .not_valid_before(now - datetime.timedelta(minutes=5))
+                    .not_valid_after(now + datetime.timedelta(days=1))
+                    .sign(ca_key, hashes.SHA256()))
+            cert_file, key_file = tmp_path / f"forger{n}.pem", tmp_path / f"forger{n}.key"
+            cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()))
+            body = tmp_path / "req.b64"
+            body.write_bytes(base64.encodebytes(si.make_request(si.new_key("secp256r1"), "forger")))
+            res = st.run(["curl", "-sS", "--cacert", service.server_cert, "--cert", cert_file, "--key", key_file,
+                          "--data-binary", f"@{body}", "-w", "\n%{http_code}",
+                          f"{service.url}/.well-known/est/skip/simpleenroll"])
+            text = res.stdout.decode(errors="replace")
+            assert text.endswith("\n403") and "device name" in text, (cn, text[-300:])
+            lines = service.log_text().splitlines()
+            assert not any(line.startswith((FORGED[:30], "2026-01-01T00:00:00Z")) for line in lines), lines
+            assert service.enrolments() == [] and service.archived() == []
+        for bad in ('a"b', "two\nlines", "tab\there", "\x7f", "line\u2028sep", "evil\u202egnp.exe", "iso\u2066x"):
             res = st.run([it.ISSUER, "--config", service.config, "add-token", "--profile", "device", "--device", bad],
                          check=False)
             assert res.returncode != 0 and res.stdout == b"", (bad, res.stdout)

@@ -80,6 +80,14 @@ int issuer_check_request(X509_REQ *req, char factory[33], char *err, size_t errl
     return ok;
 }
 
+/* Characters that break or disguise a log line without being control characters: the
+ * Unicode line and paragraph separators and the bidirectional overrides and isolates. */
+static int disguises_a_line(unsigned long c)
+{
+    return c == 0x2028 || c == 0x2029 || (c >= 0x202A && c <= 0x202E) || (c >= 0x2066 && c <= 0x2069)
+        || c == 0x200E || c == 0x200F || c == 0x061C;
+}
+
 int issuer_device_name_ok(const char *name)
 {
     const unsigned char *p = (const unsigned char *)name;
@@ -90,7 +98,7 @@ int issuer_device_name_ok(const char *name)
     while (left > 0) {
         unsigned long c;
         int n = UTF8_getc(p, left, &c);
-        if (n <= 0 || c < 0x20 || (c >= 0x7f && c < 0xa0) || c == '"' || c == '\\')
+        if (n <= 0 || c < 0x20 || (c >= 0x7f && c < 0xa0) || c == '"' || c == '\\' || disguises_a_line(c))
             return 0;
         p += n;
         left -= n;
