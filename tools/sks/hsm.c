@@ -97,11 +97,11 @@ int cli_hsm_generate(sks_transport *t, const char *name, const char *uri, const 
     const unsigned char *q;
 
     sks_buf_init(&der);
-    if (!cli_subject_der("generate", subject, &der)) {
+    if (!cli_check_card_label("generate", name) || !cli_subject_der("generate", subject, &der)) {
         sks_buf_free(&der);
         return CLI_EXIT_USAGE;
     }
-    if (!cli_check_card_label("generate", name) || !cli_check_new_name(t, "generate", name)
+    if (!cli_check_new_name(t, "generate", name)
         || !cli_need_secret("generate", "--pin", "the card's user PIN", 0, &pin)) {
         sks_buf_free(&der);
         return CLI_EXIT_FAIL;
