@@ -10,7 +10,10 @@ out="$(realpath -m "${1:-dist}")"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/sks" "$out"
-git ls-files -z | xargs -0 tar -cf - | tar -xf - -C "$work/sks"
+# tar reads the names itself: xargs would split a long list over several tar runs, whose
+# second archive the reading tar never takes (it stops at the first end-of-archive) and so
+# gets SIGPIPE
+git ls-files -z | tar --null --files-from=- -cf - | tar -xf - -C "$work/sks"
 (cd "$work/sks" && DEB_BUILD_OPTIONS="parallel=$(nproc) ${DEB_BUILD_OPTIONS:-}" dpkg-buildpackage -us -uc -b >"$work/build.log" 2>&1) \
     || { tail -40 "$work/build.log"; echo "package: dpkg-buildpackage failed" >&2; exit 1; }
 mv "$work"/*.deb "$out"/
