@@ -39,6 +39,7 @@
 #include <openssl/x509.h>
 
 #include "../client/sks_client.h"
+#include "store_files.h"
 #include "wire_reply.h"
 
 #define ALG "https://webpki.github.io/sks/algorithm#"
@@ -1484,39 +1485,6 @@ static void make_dirs(void)
         die("mkdtemp", strerror(errno));
 }
 
-static void copy_file(const char *from_dir, const char *to_dir, const char *name)
-{
-    char from[256], to[256], buf[65536];
-    ssize_t n;
-    int in, out;
-
-    snprintf(from, sizeof(from), "%s/%s", from_dir, name);
-    snprintf(to, sizeof(to), "%s/%s", to_dir, name);
-    if ((in = open(from, O_RDONLY | O_CLOEXEC)) < 0)
-        die(from, strerror(errno));
-    if ((out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
-        die(to, strerror(errno));
-    while ((n = read(in, buf, sizeof(buf))) > 0)
-        if (write(out, buf, (size_t)n) != n)
-            die(to, strerror(errno));
-    if (n < 0)
-        die(from, strerror(errno));
-    close(in);
-    close(out);
-}
-
-static void remove_store(const char *dir)
-{
-    static const char *const SUFFIXES[] = { "", "-wal", "-shm", "-journal", ".key" };
-    char path[256];
-    size_t i;
-
-    for (i = 0; i < sizeof(SUFFIXES) / sizeof(SUFFIXES[0]); i++) {
-        snprintf(path, sizeof(path), "%s/store.db%s", dir, SUFFIXES[i]);
-        unlink(path);
-    }
-}
-
 static void open_store(const char *dir)
 {
     char path[256], err[512];
@@ -1540,17 +1508,16 @@ static void close_store(void)
 static void reset_store(void)
 {
     close_store();
-    remove_store(work_dir);
-    copy_file(template_dir, work_dir, "store.db");
-    copy_file(template_dir, work_dir, "store.db.key");
+    fuzz_store_remove(work_dir);
+    fuzz_store_copy(template_dir, work_dir);
     open_store(work_dir);
 }
 
 static void cleanup(void)
 {
     close_store();
-    remove_store(work_dir);
-    remove_store(template_dir);
+    fuzz_store_remove(work_dir);
+    fuzz_store_remove(template_dir);
     rmdir(work_dir);
     rmdir(template_dir);
 }

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "../device/internal.h"
+#include "store_files.h"
 #include "wire_reply.h"
 
 #define RESET_EVERY 4096
@@ -34,41 +35,6 @@ static void die(const char *what, const char *detail)
     abort();
 }
 
-static void copy_file(const char *name)
-{
-    char from[4200], to[4200], buf[65536];
-    ssize_t n;
-    int in, out;
-
-    snprintf(from, sizeof(from), "%s/%s", template_dir, name);
-    snprintf(to, sizeof(to), "%s/%s", work_dir, name);
-    if ((in = open(from, O_RDONLY | O_CLOEXEC)) < 0)
-        die(from, strerror(errno));
-    if ((out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
-        die(to, strerror(errno));
-    while ((n = read(in, buf, sizeof(buf))) > 0)
-        if (write(out, buf, (size_t)n) != n)
-            die(to, strerror(errno));
-    if (n < 0)
-        die(from, strerror(errno));
-    close(in);
-    close(out);
-}
-
-/* The store's files in the working directory (SQLite's -wal/-shm and the change counter
- * beside the database and key). */
-static void remove_work_files(void)
-{
-    static const char *const SUFFIXES[] = { "", "-wal", "-shm", ".gen", ".key" };
-    char path[4200];
-    size_t i;
-
-    for (i = 0; i < sizeof(SUFFIXES) / sizeof(SUFFIXES[0]); i++) {
-        snprintf(path, sizeof(path), "%s/store.db%s", work_dir, SUFFIXES[i]);
-        unlink(path);
-    }
-}
-
 static void reset_store(void)
 {
     char path[4200], err[512];
@@ -76,9 +42,8 @@ static void reset_store(void)
 
     if (dev != NULL)
         sks_device_close(dev);
-    remove_work_files();
-    copy_file("store.db");
-    copy_file("store.db.key");
+    fuzz_store_remove(work_dir);
+    fuzz_store_copy(template_dir, work_dir);
     snprintf(path, sizeof(path), "%s/store.db", work_dir);
     if ((dev = sks_device_open(&loc, err, sizeof(err))) == NULL)
         die("opening the copy of the template", err);
@@ -91,7 +56,7 @@ static void cleanup(void)
     if (dev != NULL)
         sks_device_close(dev);
     dev = NULL;
-    remove_work_files();
+    fuzz_store_remove(work_dir);
     rmdir(work_dir);
 }
 
