@@ -1230,8 +1230,8 @@ static unsigned long long machine_switches(void)
     return v;
 }
 
-/* CPU of the server side: nginx's master and workers (the master's children), and sksd. */
-static double ngx_server_cpu(const ngx_server *sv, pid_t sksd)
+/* CPU of nginx: its master and workers (the master's children). */
+static double ngx_cpu(const ngx_server *sv)
 {
     char path[64], buf[4096];
     double sum = proc_cpu(sv->pid);
@@ -1245,8 +1245,6 @@ static double ngx_server_cpu(const ngx_server *sv, pid_t sksd)
                 sum += proc_cpu((pid_t)atoi(tok));
         fclose(f);
     }
-    if (sksd > 0)
-        sum += proc_cpu(sksd);
     return sum;
 }
 
@@ -1405,8 +1403,8 @@ static int ngx_batch(ngx_server *sv, double secs, pid_t sksd)
     for (i = 0; i < started; i++)
         if (read(ready[0], &c, 1) != 1)
             failed = 1;
-    s0 = ngx_server_cpu(sv, sksd);
     d0 = sksd > 0 ? proc_cpu(sksd) : 0;
+    s0 = ngx_cpu(sv) + d0; /* the server side: nginx, and sksd when it serves the key */
     x0 = machine_switches();
     close(go[1]);
     for (i = 0; i < started; i++) {
@@ -1419,8 +1417,8 @@ static int ngx_batch(ngx_server *sv, double secs, pid_t sksd)
         if (r.secs > longest)
             longest = r.secs;
     }
-    s1 = ngx_server_cpu(sv, sksd);
     d1 = sksd > 0 ? proc_cpu(sksd) : 0;
+    s1 = ngx_cpu(sv) + d1;
     x1 = machine_switches();
     for (i = 0; i < ngx_clients; i++) {
         int st;
@@ -1794,6 +1792,12 @@ static double agent_batch(agent_peer *a, char *why)
     return 0;
 }
 
+/* 16 signatures by variant v, or by the agent when v is NULL; -1 on failure. */
+static double client_batch(const variant *v, agent_peer *agent, char *why)
+{
+    return v != NULL ? run_batch(OP_P256, v, 16, why) : agent_batch(agent, why);
+}
+
 /* One client: warms up (its own connection to sksd, the store or the agent, its key cache),
  * says so on ready, waits for the start (go closes), signs for secs, writes its rate to out.
  * v NULL: the ssh-agent peer. */
@@ -1811,7 +1815,7 @@ static void cont_client(const variant *v, int ready, int go, int out, double sec
         note("client %d: %s\n", (int)getpid(), why);
         _exit(1);
     }
-    if ((v ? run_batch(OP_P256, v, 16, why) : agent_batch(&agent, why)) < 0 || write(ready, &c, 1) != 1) {
+    if (client_batch(v, &agent, why) < 0 || write(ready, &c, 1) != 1) {
         note("client %d: %s\n", (int)getpid(), why);
         _exit(1);
     }
@@ -1820,7 +1824,7 @@ static void cont_client(const variant *v, int ready, int go, int out, double sec
         _exit(1);
     t0 = now();
     do {
-        if ((v ? run_batch(OP_P256, v, 16, why) : agent_batch(&agent, why)) < 0) {
+        if (client_batch(v, &agent, why) < 0) {
             note("client %d: %s\n", (int)getpid(), why);
             _exit(1);
         }
@@ -1864,21 +1868,22 @@ static void pipe_out(char *path, size_t n, int i)
 
 static double pipe_pairs(int pairs, double secs)
 {
-    static double one = 0; /* round trips/s of one pair, to size the runs */
+    static double one = 0; /* round trips/s of one pair, to size the runs; -1: perf failed */
     char loops[32] = "20000", path[4096];
     char *argv[] = { PERF, "bench", "sched", "pipe", "-l", loops, NULL };
     pid_t pids[256];
     double sum = 0, r;
     int i, failed = 0;
 
-    if (pairs > 256 || access(PERF, X_OK) != 0)
+    if (pairs > 256 || one < 0 || access(PERF, X_OK) != 0)
         return -1;
-    if (one <= 0) {
-        one = -1; /* one calibration attempt */
+    if (one == 0) { /* calibrated once; a failure is not tried again */
         pipe_out(path, sizeof(path), 0);
         unlink(path);
-        if (run_cmd(argv, NULL, path, NULL) != 0 || (one = pipe_rate_of(path)) <= 0)
+        if (run_cmd(argv, NULL, path, NULL) != 0 || (one = pipe_rate_of(path)) <= 0) {
+            one = -1;
             return -1;
+        }
     }
     fmt(loops, sizeof(loops), "%ld", (long)(one * secs / pairs) + 1000);
     for (i = 0; i < pairs; i++) {
