@@ -359,6 +359,20 @@ class DriverPipe:
         return reply, card.apdu_lines()[mark:]
 
 
+# The steps after UNWRAP KEY a card can refuse (sks-vhsm --fault, --fault-after), as
+# (fault, --fault-after, what the driver's error names): signing the challenge that proves the
+# new key, signing its certificate (the challenge served first), writing its PrKD, writing its
+# certificate (the PrKD written first: a half-described key). hsmUnwrapKey (restore) and
+# hsmDomainUnwrapKey (XKEK migration) must each leave no key after any of them.
+REFUSALS_AFTER_UNWRAP = [
+    ("sign-refused", 0, "does not sign (SW 6982)"),
+    ("sign-refused", 1, "SIGN of the certificate: SW 6982"),
+    ("prkd-write-refused", 0, "UPDATE BINARY of file C4"),
+    ("cert-write-refused", 0, "UPDATE BINARY of file CE"),
+]
+REFUSAL_IDS = [f"{f}-after-{a}" for f, a, _ in REFUSALS_AFTER_UNWRAP]
+
+
 def card_objects(env, slot):
     """Every key (CCxx) and file a SmartCard-HSM in `slot` holds, sorted, as OpenSC's opensc-tool
     reads them with ENUMERATE OBJECTS (80 58, extended Le) after selecting the application."""

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import provtools as pt  # noqa: E402
 import sksissuer as wire  # noqa: E402
-from pcscrig import VHSM, DriverPipe, PcscRig, card_objects  # noqa: E402
+from pcscrig import REFUSAL_IDS, REFUSALS_AFTER_UNWRAP, VHSM, DriverPipe, PcscRig, card_objects  # noqa: E402
 
 SKS = str(pt.SKS)
 BUILD = str(pt.BUILD)
@@ -691,18 +691,7 @@ def wrapped_on_a(a, name):
     return wrapped
 
 
-# (fault, --fault-after, what the error names): card B refuses, after UNWRAP KEY, to sign the
-# challenge that proves the key, to sign the key's certificate, to write its PrKD, or to write
-# its certificate once the PrKD is written.
-UNWRAP_REFUSALS = [
-    ("sign-refused", 0, "does not sign (SW 6982)"),
-    ("sign-refused", 1, "SIGN of the certificate: SW 6982"),
-    ("prkd-write-refused", 0, "UPDATE BINARY of file C4"),
-    ("cert-write-refused", 0, "UPDATE BINARY of file CE"),
-]
-
-
-@pytest.mark.parametrize("fault,after,named", UNWRAP_REFUSALS, ids=[f"{f}-after-{a}" for f, a, _ in UNWRAP_REFUSALS])
+@pytest.mark.parametrize("fault,after,named", REFUSALS_AFTER_UNWRAP, ids=REFUSAL_IDS)
 def test_unwrap_refused_half_way_leaves_no_key(rig, pair, fault, after, named):
     """After test_two_cards_derive_the_same_xkek: a key wrapped on card A goes into card B
     (UNWRAP KEY answers 9000), then B refuses the next step (sks-vhsm --fault): the unwrap

@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import provtools as pt  # noqa: E402
 import sksissuer as wire  # noqa: E402
-from pcscrig import SELECT_HSM, DriverPipe, PcscRig, card_objects  # noqa: E402
+from pcscrig import REFUSAL_IDS, REFUSALS_AFTER_UNWRAP, SELECT_HSM, DriverPipe, PcscRig, card_objects  # noqa: E402,E501
 
 SKS = str(pt.SKS)
 BUILD = str(pt.BUILD)
@@ -119,19 +119,7 @@ def test_the_backup_restores_on_a_sound_card(sound):
     assert "restored-ok" in sound.opensc_keys()[0]
 
 
-# (fault, --fault-after, what the error names): the card refuses, after the key is unwrapped,
-# to sign the challenge that proves the key, to sign the key's certificate (the challenge
-# signature before it is served), to write the PrKD, or to write the certificate (the PrKD
-# before it is written: a half-described key).
-REFUSALS = [
-    ("sign-refused", 1, "SIGN of the certificate: SW 6982"),
-    ("sign-refused", 0, "does not sign (SW 6982)"),
-    ("prkd-write-refused", 0, "UPDATE BINARY of file C4"),
-    ("cert-write-refused", 0, "UPDATE BINARY of file CE"),
-]
-
-
-@pytest.mark.parametrize("fault,after,named", REFUSALS, ids=[f"{f}-after-{a}" for f, a, _ in REFUSALS])
+@pytest.mark.parametrize("fault,after,named", REFUSALS_AFTER_UNWRAP, ids=REFUSAL_IDS)
 def test_restore_refused_half_way_leaves_no_key(sound, fault, after, named):
     before, keys_before = sound.objects(), sound.opensc_keys()
     sound.reinsert(fault, after)
