@@ -34,7 +34,34 @@ static const ENGINE_CMD_DEFN COMMANDS[] = {
 
 static OSSL_PROVIDER *default_provider, *sks_provider;
 
-static int unload_at_cleanup(void);
+/* Run by OPENSSL_cleanup before it frees the library context: the providers the engine loaded
+ * are let go, so that the sks provider is torn down. Not when the engine is destroyed: a
+ * program may free an engine it loaded by path (the engine is then in no list) and go on
+ * using the keys it loaded, and the default provider the engine loaded may be the only one
+ * the process has (an explicit load turns OpenSSL's fallback off). */
+static void unload_providers(void)
+{
+    OSSL_PROVIDER_unload(sks_provider);
+    OSSL_PROVIDER_unload(default_provider);
+    sks_provider = default_provider = NULL;
+}
+
+/* The handler must outlive the engine: a dynamic engine's module is unmapped when the engine
+ * is freed, and OpenSSL pins a handler's module only when it is built without "nodelete"
+ * (Debian's libcrypto is built with it), so the module pins itself. */
+static int unload_at_cleanup(void)
+{
+    static int registered;
+    Dl_info self;
+
+    if (registered)
+        return 1;
+    if (dladdr((void *)unload_at_cleanup, &self) == 0 || self.dli_fname == NULL
+        || dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) == NULL || !OPENSSL_atexit(unload_providers))
+        return 0;
+    registered = 1;
+    return 1;
+}
 
 /* Loads the providers once per process; the configuration may already have done it. */
 static int ensure_providers(void)
@@ -65,35 +92,6 @@ static int engine_init(ENGINE *e)
 static int engine_finish(ENGINE *e)
 {
     (void)e;
-    return 1;
-}
-
-/* Run by OPENSSL_cleanup before it frees the library context: the providers the engine loaded
- * are let go, so that the sks provider is torn down. Not when the engine is destroyed: a
- * program may free an engine it loaded by path (the engine is then in no list) and go on
- * using the keys it loaded, and the default provider the engine loaded may be the only one
- * the process has (an explicit load turns OpenSSL's fallback off). */
-static void unload_providers(void)
-{
-    OSSL_PROVIDER_unload(sks_provider);
-    OSSL_PROVIDER_unload(default_provider);
-    sks_provider = default_provider = NULL;
-}
-
-/* The handler must outlive the engine: a dynamic engine's module is unmapped when the engine
- * is freed, and OpenSSL pins a handler's module only when it is built without "nodelete"
- * (Debian's is not), so the module pins itself. */
-static int unload_at_cleanup(void)
-{
-    static int registered;
-    Dl_info self;
-
-    if (registered)
-        return 1;
-    if (dladdr((void *)unload_at_cleanup, &self) == 0 || self.dli_fname == NULL
-        || dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) == NULL || !OPENSSL_atexit(unload_providers))
-        return 0;
-    registered = 1;
     return 1;
 }
 
@@ -174,8 +172,7 @@ static int bind(ENGINE *e, const char *id)
     if (id != NULL && strcmp(id, ENGINE_ID) != 0)
         return 0;
     return ENGINE_set_id(e, ENGINE_ID) && ENGINE_set_name(e, ENGINE_NAME) && ENGINE_set_init_function(e, engine_init)
-           && ENGINE_set_finish_function(e, engine_finish)
-           && ENGINE_set_load_privkey_function(e, load_privkey)
+           && ENGINE_set_finish_function(e, engine_finish) && ENGINE_set_load_privkey_function(e, load_privkey)
            && ENGINE_set_load_pubkey_function(e, load_pubkey) && ENGINE_set_ctrl_function(e, engine_ctrl)
            && ENGINE_set_cmd_defns(e, COMMANDS);
 }
